@@ -1,0 +1,47 @@
+"""One verb that turns a candidate's float network into its compressed version."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..spaces import Candidate, build_model, conv_linear_layers
+from .inherit import inherit_weights_
+from .pruning import prune_
+from .quantization import quantize_
+
+
+def compress_(
+    model: nn.Module,
+    candidate: Candidate,
+    *,
+    input_shape: tuple[int, ...],
+    teacher_state: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """In place: inherit teacher weights, physically prune, then insert fake-quant.
+
+    Order matters: weights are inherited first so that pruning ranks channels by the teacher's
+    trained weights, and pruning runs on plain float layers before they become quant layers.
+    The classifier (last Conv2d/Linear) is never pruned.
+    """
+    if teacher_state is not None:
+        inherit_weights_(model, teacher_state)
+    ratios = candidate.prune_ratios()
+    if ratios:
+        example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+        prune_(model, ratios, example, ignored=[conv_linear_layers(model)[-1]])
+    quantize_(model, candidate.bits())
+    return model
+
+
+def build_compressed(
+    candidate: Candidate,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    teacher_state: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    model = build_model(candidate, num_classes=num_classes, input_shape=input_shape)
+    return compress_(model, candidate, input_shape=input_shape, teacher_state=teacher_state)

@@ -1,0 +1,279 @@
+"""Quantization-aware training: fake-quant Conv2d/Linear layers at any bit-width from 2 to 32.
+
+Weights are quantized symmetrically per output channel; input activations asymmetrically per
+tensor, with a min/max range tracked by an exponential moving average while training. Rounding
+uses a straight-through estimator (STE) so the layers train like float layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FLOAT_BITS = 32  # at this many bits (or more) a tensor is left in floating point
+MIN_BITS = 2  # symmetric weights need at least one level on each side of zero
+MOMENTUM = 0.1  # weight of the newest batch in the activation-range EMA
+_MIN_SCALE = 1e-8  # keeps the activation scale finite when the observed range is empty
+
+
+def fake_quantize(
+    x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int, qmax: int
+) -> Tensor:
+    """Quantize ``x`` to integers in ``[qmin, qmax]`` and dequantize it back.
+
+    ``scale`` and ``zero_point`` broadcast against ``x`` (shape them ``[C, 1, ...]`` for
+    per-channel quantization). The gradient w.r.t. ``x`` is passed straight through where the
+    integer value lies inside ``[qmin, qmax]`` and is zero where it is clamped; ``scale`` and
+    ``zero_point`` get no gradient.
+    """
+    q_unclamped = torch.round(x / scale) + zero_point
+    inside = (q_unclamped >= qmin) & (q_unclamped <= qmax)
+    dequantized = (torch.clamp(q_unclamped, qmin, qmax) - zero_point) * scale
+    # ``x - x.detach()`` is exactly zero in value but carries d/dx = 1, so the forward result is
+    # bit-identical to ``dequantized`` (no float drift adding extra levels) while the backward is
+    # the masked straight-through gradient. Plain tensor ops also keep the graph traceable.
+    return dequantized.detach() + (x - x.detach()) * inside
+
+
+def quantize_weight(weight: Tensor, bits: int) -> Tensor:
+    """Symmetric per-output-channel fake-quant of a Conv/Linear weight (channel = dim 0)."""
+    if bits >= FLOAT_BITS:
+        return weight
+    qmax = 2 ** (bits - 1) - 1
+    max_abs = weight.detach().abs().flatten(1).amax(dim=1)
+    # An all-zero channel would give scale 0 (and 0/0); any scale maps it to zero exactly.
+    scale = torch.where(max_abs > 0, max_abs / qmax, torch.ones_like(max_abs))
+    scale = scale.view(-1, *([1] * (weight.dim() - 1)))
+    return fake_quantize(weight, scale, 0.0, -qmax, qmax)
+
+
+def activation_qparams(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Scale and integer zero point of the unsigned range ``[0, 2^bits - 1]`` covering [lo, hi].
+
+    The range is widened to include 0 so that zero (padding, ReLU output) is exactly
+    representable.
+    """
+    qmax = 2**bits - 1
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
+    scale = torch.clamp((hi - lo) / qmax, min=_MIN_SCALE)
+    zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
+    return scale, zero_point
+
+
+class _QuantMixin:
+    """Observer state and the two fake-quant steps shared by QuantConv2d and QuantLinear."""
+
+    weight: Tensor
+    training: bool
+    act_min: Tensor
+    act_max: Tensor
+    act_initialized: Tensor
+    register_buffer: Any
+
+    def _init_quant(self, *, w_bits: int, a_bits: int) -> None:
+        self.w_bits = w_bits
+        self.a_bits = a_bits
+        self.quant_enabled = True
+        # Persistent so a saved QAT checkpoint restores the frozen activation ranges too.
+        like = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.register_buffer("act_min", torch.zeros((), **like))
+        self.register_buffer("act_max", torch.zeros((), **like))
+        self.register_buffer(
+            "act_initialized", torch.zeros((), dtype=torch.bool, device=self.weight.device)
+        )
+
+    @torch.no_grad()
+    def _observe(self, x: Tensor) -> None:
+        batch_min = x.detach().amin().to(self.act_min.dtype)
+        batch_max = x.detach().amax().to(self.act_max.dtype)
+        # torch.where instead of ``if self.act_initialized``: no host-device sync per layer and
+        # no data-dependent Python branch (keeps the layer traceable/exportable).
+        first = ~self.act_initialized
+        self.act_min.copy_(torch.where(first, batch_min, self.act_min.lerp(batch_min, MOMENTUM)))
+        self.act_max.copy_(torch.where(first, batch_max, self.act_max.lerp(batch_max, MOMENTUM)))
+        self.act_initialized.fill_(True)
+
+    def _quantize_input(self, x: Tensor) -> Tensor:
+        if self.a_bits >= FLOAT_BITS:
+            return x
+        if self.training:
+            self._observe(x)
+        # Evaluated before any training batch: use this batch's range without storing it, so
+        # the observer is still initialised by the first real training batch.
+        lo = torch.where(self.act_initialized, self.act_min, x.detach().amin().to(self.act_min))
+        hi = torch.where(self.act_initialized, self.act_max, x.detach().amax().to(self.act_max))
+        scale, zero_point = activation_qparams(lo, hi, self.a_bits)
+        return fake_quantize(x, scale.to(x.dtype), zero_point.to(x.dtype), 0, 2**self.a_bits - 1)
+
+    def _copy_quant_state(self, source: nn.Module) -> None:
+        if isinstance(source, _QuantMixin):
+            self.quant_enabled = source.quant_enabled
+            with torch.no_grad():
+                self.act_min.copy_(source.act_min)
+                self.act_max.copy_(source.act_max)
+                self.act_initialized.copy_(source.act_initialized)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"  # type: ignore[misc]
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` with fake-quantized weights (``w_bits``) and input activations (``a_bits``).
+
+    Same parameters and state_dict weight/bias keys as the float layer, plus the persistent
+    buffers ``act_min``, ``act_max`` and ``act_initialized``. ``quant_enabled=False`` makes
+    ``forward`` exactly the float convolution (the observer is not updated either).
+    """
+
+    def __init__(self, *args: Any, w_bits: int, a_bits: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quant(w_bits=w_bits, a_bits=a_bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.quant_enabled:
+            return super().forward(x)
+        x = self._quantize_input(x)
+        return self._conv_forward(x, quantize_weight(self.weight, self.w_bits), self.bias)
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, *, w_bits: int, a_bits: int) -> QuantConv2d:
+        """A QuantConv2d with ``module``'s hyper-parameters, weights, device and dtype."""
+        if not isinstance(module, nn.Conv2d):
+            raise ValueError(
+                "The 'module' parameter of QuantConv2d.from_float must be an nn.Conv2d. "
+                f"Got {type(module).__name__} instead."
+            )
+        _check_bits(w_bits, a_bits, where="QuantConv2d.from_float", name="bits")
+        quant = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+            w_bits=w_bits,
+            a_bits=a_bits,
+        )
+        _copy_params(module, quant)
+        quant._copy_quant_state(module)
+        return quant
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """``nn.Linear`` with fake-quantized weights and input activations; see QuantConv2d."""
+
+    def __init__(self, *args: Any, w_bits: int, a_bits: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quant(w_bits=w_bits, a_bits=a_bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.quant_enabled:
+            return super().forward(x)
+        x = self._quantize_input(x)
+        return F.linear(x, quantize_weight(self.weight, self.w_bits), self.bias)
+
+    @classmethod
+    def from_float(cls, module: nn.Linear, *, w_bits: int, a_bits: int) -> QuantLinear:
+        """A QuantLinear with ``module``'s shape, weights, device and dtype."""
+        if not isinstance(module, nn.Linear):
+            raise ValueError(
+                "The 'module' parameter of QuantLinear.from_float must be an nn.Linear. "
+                f"Got {type(module).__name__} instead."
+            )
+        _check_bits(w_bits, a_bits, where="QuantLinear.from_float", name="bits")
+        quant = cls(
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+            w_bits=w_bits,
+            a_bits=a_bits,
+        )
+        _copy_params(module, quant)
+        quant._copy_quant_state(module)
+        return quant
+
+
+def _copy_params(source: nn.Module, target: nn.Module) -> None:
+    with torch.no_grad():
+        target.weight.copy_(source.weight)
+        target.weight.requires_grad_(source.weight.requires_grad)
+        if source.bias is not None:
+            target.bias.copy_(source.bias)
+            target.bias.requires_grad_(source.bias.requires_grad)
+    target.train(source.training)
+
+
+def _check_bits(*bits: Any, where: str, name: str) -> None:
+    for b in bits:
+        # bool is an int subclass; True/False as a bit-width is always a caller bug.
+        if isinstance(b, bool) or not isinstance(b, int) or not MIN_BITS <= b <= FLOAT_BITS:
+            raise ValueError(
+                f"The '{name}' parameter of {where} must hold integers in "
+                f"[{MIN_BITS}, {FLOAT_BITS}]. Got {bits!r} instead."
+            )
+
+
+def quantize_(model: nn.Module, bits: Mapping[str, tuple[int, int]]) -> nn.Module:
+    """Swap the named Conv2d/Linear layers of ``model`` for fake-quant layers, in place.
+
+    ``bits`` maps fully-qualified module names (as in ``model.named_modules()``) to
+    ``(w_bits, a_bits)``; 32 leaves that tensor in float. A layer that is already a Quant layer
+    only gets its bits updated (its observer state is kept). Everything is validated before the
+    model is touched. Returns ``model``.
+    """
+    modules = dict(model.named_modules())
+    for name, pair in bits.items():
+        if name not in modules:
+            raise ValueError(
+                "The 'bits' parameter of quantize_ must be keyed by module names of the model. "
+                f"Got {name!r} instead."
+            )
+        if not isinstance(modules[name], nn.Conv2d | nn.Linear):
+            raise ValueError(
+                "The 'bits' parameter of quantize_ must name nn.Conv2d or nn.Linear layers. "
+                f"Got {name!r} ({type(modules[name]).__name__}) instead."
+            )
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(
+                f"The 'bits[{name!r}]' parameter of quantize_ must be a (w_bits, a_bits) pair. "
+                f"Got {pair!r} instead."
+            )
+        _check_bits(*pair, where="quantize_", name=f"bits[{name!r}]")
+        if name == "" and not isinstance(model, _QuantMixin):
+            raise ValueError(
+                "The 'bits' parameter of quantize_ must not name the root module '' unless it "
+                "is already a Quant layer (a module cannot replace itself in place). "
+                f"Got {type(model).__name__} instead."
+            )
+
+    for name, (w_bits, a_bits) in bits.items():
+        module = modules[name]
+        if isinstance(module, _QuantMixin):
+            module.w_bits, module.a_bits = int(w_bits), int(a_bits)
+            continue
+        quant_cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+        quant = quant_cls.from_float(module, w_bits=int(w_bits), a_bits=int(a_bits))
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(modules[parent_name], child_name, quant)
+    return model
+
+
+def quantized_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{name: (w_bits, a_bits)}`` of every fake-quant layer in ``model``, in module order."""
+    return {
+        name: (m.w_bits, m.a_bits)
+        for name, m in model.named_modules()
+        if isinstance(m, QuantConv2d | QuantLinear)
+    }

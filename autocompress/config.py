@@ -1,0 +1,154 @@
+"""The run config: one YAML file, validated with pydantic, loaded with ``yaml.safe_load``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .evaluators.data import DataConfig
+from .report.pareto import parse_objective
+from .spaces import SpaceConfig, get_family
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Section):
+    """How a network is trained: the teacher from scratch, a candidate by QAT + distillation."""
+
+    epochs: int = Field(default=3, ge=0)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    batch_size: int | None = Field(default=None, gt=0, description="defaults to data.batch_size")
+    kd_alpha: float = Field(default=0.7, ge=0, le=1, description="weight of the distillation term")
+    kd_temperature: float = Field(default=4.0, gt=0)
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps. Got {device!r}")
+        return device
+
+
+class BudgetConfig(_Section):
+    """Hard limits: a candidate over any of them is rejected before it is trained."""
+
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_energy_mj: float | None = Field(default=None, gt=0)
+    max_size_kb: float | None = Field(default=None, gt=0)
+    max_peak_mem_kb: float | None = Field(default=None, gt=0)
+
+    def limits(self) -> dict[str, float]:
+        """metric name -> limit, for the limits that are set."""
+        return {
+            name.removeprefix("max_"): value
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
+
+class HardwareConfig(_Section):
+    profile: Literal["analytic", "measured"] = "analytic"
+    device: str = Field(default="cortex_a72", description="device spec name or YAML path")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments of the measured profile"
+    )
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+
+class SearchConfig(_Section):
+    n_trials: int = Field(default=40, gt=0)
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    population_size: int = Field(default=16, ge=2)
+    n_jobs: int = Field(default=1, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    objectives: list[str] = Field(default=["accuracy", "latency_ms", "size_kb"], min_length=2)
+    save_models: bool = True
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, objectives: list[str]) -> list[str]:
+        parsed = [parse_objective(o) for o in objectives]
+        names = [o.name for o in parsed]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives must be distinct. Got {names}")
+        return objectives
+
+
+class RunConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    teacher: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=20))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    def objectives(self):
+        return [parse_objective(o) for o in self.search.objectives]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes what a trial means (not n_trials, n_jobs, timeout)."""
+        relevant = self.model_dump(
+            mode="json", exclude={"search": {"n_trials", "n_jobs", "timeout_s", "save_models"}}
+        )
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def format_validation_error(err: ValidationError, *, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        loc = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {e['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: a run config must be a YAML mapping. Got {type(data).__name__}"
+        )
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source=source)) from None
+    # The arch knobs belong to the family, so they are validated by the family's own model;
+    # the error locations are prefixed so they still name the config field.
+    try:
+        arch = get_family(config.space.family).space_model.model_validate(config.space.arch)
+    except ValidationError as err:
+        message = format_validation_error(err, source=source)
+        raise ConfigError(re.sub(r"^  ", "  space.arch.", message, flags=re.M)) from None
+    config.space.arch = arch.model_dump()
+    return config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist (expected a YAML run config).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, source=str(path))
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,143 @@
+"""Training evaluator: the fp32 teacher once per run, then QAT + distillation per candidate."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..compression.distillation import kd_loss
+from ..spaces import Candidate
+from ._base import CandidateError, Evaluator, TaskMetrics
+from .data import DataBundle, make_loaders
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"The 'train.device' field asks for {name!r} but CUDA is not available.")
+    return device
+
+
+def train_epochs(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    teacher: nn.Module | None = None,
+    kd_alpha: float = 0.0,
+    kd_temperature: float = 4.0,
+) -> int:
+    """AdamW + cosine schedule. Raises CandidateError on a non-finite loss. Returns epochs run."""
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = max(1, epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    for epoch in range(epochs):
+        for step, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            if teacher is not None and kd_alpha > 0:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = kd_loss(
+                    logits, teacher_logits, y, alpha=kd_alpha, temperature=kd_temperature
+                )
+            else:
+                loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise CandidateError(f"non-finite training loss at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return epochs
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module, loader: DataLoader, *, device: torch.device
+) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of ``model`` on ``loader``."""
+    model.to(device).eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+    if total == 0:
+        raise ValueError(
+            "The validation split is empty: check 'data.val_fraction' / 'data.limit_val'."
+        )
+    return correct / total, loss_sum / total
+
+
+class TrainEvaluator(Evaluator):
+    """QAT fine-tuning of a compressed candidate, distilled from the uncompressed teacher."""
+
+    def __init__(
+        self,
+        *,
+        data: DataBundle,
+        epochs: int,
+        lr: float,
+        weight_decay: float,
+        batch_size: int,
+        num_workers: int = 0,
+        kd_alpha: float = 0.7,
+        kd_temperature: float = 4.0,
+        device: torch.device,
+        teacher: nn.Module | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.data = data
+        self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.kd_alpha, self.kd_temperature = kd_alpha, kd_temperature
+        self.device = device
+        self.teacher = teacher
+        self.seed = seed
+        if teacher is not None:
+            teacher.to(device).eval()
+
+    def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
+        # Loaders are made per call: a shared iterator would not survive --n-jobs threads.
+        train_loader, val_loader = make_loaders(
+            self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
+        )
+        start = time.perf_counter()
+        try:
+            epochs = train_epochs(
+                model,
+                train_loader,
+                epochs=self.epochs,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                device=self.device,
+                teacher=self.teacher,
+                kd_alpha=self.kd_alpha,
+                kd_temperature=self.kd_temperature,
+            )
+            accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
+        except torch.cuda.OutOfMemoryError as err:
+            torch.cuda.empty_cache()
+            raise CandidateError(f"out of GPU memory: {err}") from err
+        if not math.isfinite(loss):
+            raise CandidateError("non-finite validation loss")
+        return TaskMetrics(
+            accuracy=accuracy, loss=loss, epochs=epochs, train_seconds=time.perf_counter() - start
+        )

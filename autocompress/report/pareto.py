@@ -1,0 +1,284 @@
+"""Pareto fronts and hypervolume over a DataFrame of search trials.
+
+Data contract: one row per Optuna trial with at least ``number``, ``state`` ("COMPLETE", "FAIL",
+...), ``feasible`` (bool, meets the hardware budget) and one float column per metric (NaN when
+unknown). Only rows that are COMPLETE *and* feasible, with every objective known, take part in
+fronts, reference points and hypervolumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+
+MAXIMIZE = "maximize"
+MINIMIZE = "minimize"
+_DIRECTIONS = (MAXIMIZE, MINIMIZE)
+_DIRECTION_ALIASES = {"max": MAXIMIZE, "maximize": MAXIMIZE, "min": MINIMIZE, "minimize": MINIMIZE}
+
+# The built-in metrics and the direction in which each one improves; "accuracy" alone on the
+# command line means Objective("accuracy", "maximize").
+METRIC_DIRECTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "accuracy": MAXIMIZE,
+        "latency_ms": MINIMIZE,
+        "energy_mj": MINIMIZE,
+        "size_kb": MINIMIZE,
+        "peak_mem_kb": MINIMIZE,
+    }
+)
+
+# Reference point: the worst feasible value pushed 10% of the observed range further out, so the
+# extreme front points still add volume. Accuracy has a natural worst value instead, which keeps
+# its reference independent of how bad the worst trial happened to be.
+_REFERENCE_MARGIN = 0.1
+_FIXED_REFERENCE = {"accuracy": 0.0}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One optimisation target: a metric column of the trials DataFrame and its direction."""
+
+    name: str
+    direction: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(
+                f"The 'name' parameter of Objective must be a non-empty str. Got {self.name!r} "
+                "instead."
+            )
+        if self.direction not in _DIRECTIONS:
+            raise ValueError(
+                "The 'direction' parameter of Objective must be 'maximize' or 'minimize'. "
+                f"Got {self.direction!r} instead."
+            )
+
+
+def parse_objective(text: str) -> Objective:
+    """Parse "accuracy" (direction from ``METRIC_DIRECTIONS``) or "name:max" / "name:min".
+
+    The explicit form accepts any column name, so custom metrics can be optimised too.
+    """
+    valid = ", ".join(METRIC_DIRECTIONS)
+    constraint = f"a metric name ({valid}) or 'name:max' / 'name:min'"
+    if not isinstance(text, str):
+        raise ValueError(
+            f"The 'text' parameter of parse_objective must be {constraint}. Got {text!r} instead."
+        )
+    name, sep, direction = text.strip().partition(":")
+    name, direction = name.strip(), direction.strip().lower()
+    if not sep and name in METRIC_DIRECTIONS:
+        return Objective(name, METRIC_DIRECTIONS[name])
+    if sep and name and direction in _DIRECTION_ALIASES:
+        return Objective(name, _DIRECTION_ALIASES[direction])
+    raise ValueError(
+        f"The 'text' parameter of parse_objective must be {constraint}. Got {text!r} instead."
+    )
+
+
+def non_dominated_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the rows of ``values`` (n_points x n_objectives) that no row dominates.
+
+    Exact duplicates of a front point do not dominate each other, so all copies are kept. Rows
+    with a NaN never lie on the front and never dominate another row.
+    """
+    loss = _to_loss(values, directions, func="non_dominated_mask")
+    valid = ~np.isnan(loss).any(axis=1)
+    points = loss[valid]
+    on_front = np.ones(len(points), dtype=bool)
+    # One vectorised pass per point: O(n^2 k) time but O(n k) memory, fine for thousands of trials.
+    for i, point in enumerate(points):
+        no_worse = (points <= point).all(axis=1)
+        better = (points < point).any(axis=1)
+        on_front[i] = not np.any(no_worse & better)
+    mask = np.zeros(len(loss), dtype=bool)
+    mask[valid] = on_front
+    return mask
+
+
+def pareto_front(df: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
+    """Rows of ``df`` on the Pareto front of its feasible COMPLETE trials.
+
+    Sorted best-first by the first objective (ties by trial number); the original index is kept.
+    """
+    _check_frame(df, objectives, func="pareto_front")
+    values = _objective_values(df, objectives)
+    eligible = _eligible_mask(df) & np.isfinite(values).all(axis=1)
+    mask = np.zeros(len(df), dtype=bool)
+    mask[eligible] = non_dominated_mask(values[eligible], [o.direction for o in objectives])
+    first = objectives[0]
+    return df.loc[mask].sort_values(
+        [first.name, "number"], ascending=[first.direction == MINIMIZE, True], kind="mergesort"
+    )
+
+
+def hypervolume(
+    points: np.ndarray, directions: Sequence[str], reference: Sequence[float] | np.ndarray
+) -> float:
+    """Volume dominated by ``points`` and bounded by ``reference``, in the objectives' own units.
+
+    Points that are not strictly better than ``reference`` in every objective (or that hold a
+    NaN) add no volume and are dropped.
+    """
+    loss = _to_loss(points, directions, func="hypervolume")
+    ref_loss = _reference_loss(reference, directions, func="hypervolume")
+    keep = (loss < ref_loss).all(axis=1)  # NaN compares False, so NaN rows drop out here too
+    return _compute_hypervolume(loss[keep], ref_loss)
+
+
+def reference_point(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
+    """Reference point derived only from ``df``, so the same trials always give the same one.
+
+    Over feasible COMPLETE trials with every objective finite: a maximised objective gets its
+    worst (lowest) value minus 10% of its range, a minimised one its worst (highest) value plus
+    10% of its range. "accuracy" uses 0.0. When all values of an objective are equal the range
+    is taken as ``|value|`` (1.0 for 0), so a lone trial still has positive hypervolume.
+    """
+    _check_frame(df, objectives, func="reference_point")
+    values = _objective_values(df, objectives)
+    values = values[_eligible_mask(df) & np.isfinite(values).all(axis=1)]
+    if len(values) == 0:
+        raise ValueError(
+            "The 'df' parameter of reference_point must contain at least one feasible COMPLETE "
+            "trial with every objective finite. Got 0 such trials instead."
+        )
+    reference = np.empty(len(objectives))
+    for j, objective in enumerate(objectives):
+        low, high = float(values[:, j].min()), float(values[:, j].max())
+        worst = low if objective.direction == MAXIMIZE else high
+        spread = high - low if high > low else (abs(worst) or 1.0)
+        if objective.direction == MAXIMIZE:
+            reference[j] = _FIXED_REFERENCE.get(objective.name, worst - _REFERENCE_MARGIN * spread)
+        else:
+            reference[j] = worst + _REFERENCE_MARGIN * spread
+    return reference
+
+
+def hypervolume_history(
+    df: pd.DataFrame,
+    objectives: Sequence[Objective],
+    *,
+    reference: Sequence[float] | np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Hypervolume after each trial: columns ``number`` and ``hypervolume``, one row per trial.
+
+    Row n holds the hypervolume of the feasible COMPLETE trials with number <= n. ``reference``
+    defaults to ``reference_point(df, objectives)`` over the whole run, so the curve is measured
+    against one fixed point and never decreases.
+    """
+    _check_frame(df, objectives, func="hypervolume_history")
+    directions = [o.direction for o in objectives]
+    order = np.argsort(df["number"].to_numpy(), kind="stable")
+    numbers = df["number"].to_numpy()[order]
+    values = _objective_values(df, objectives)[order]
+    eligible = (_eligible_mask(df)[order]) & np.isfinite(values).all(axis=1)
+    if reference is None and not eligible.any():
+        return pd.DataFrame({"number": numbers.astype(int), "hypervolume": np.zeros(len(df))})
+    if reference is None:
+        reference = reference_point(df, objectives)
+    ref_loss = _reference_loss(reference, directions, func="hypervolume_history")
+    loss = _to_loss(values, directions, func="hypervolume_history")
+
+    front = np.empty((0, len(objectives)))
+    current = 0.0
+    history = np.zeros(len(df))
+    for i, point in enumerate(loss):
+        # Recompute only when the front changes: a point weakly dominated by the front (or not
+        # inside the reference box) cannot add volume.
+        if eligible[i] and (point < ref_loss).all() and not (front <= point).all(axis=1).any():
+            front = np.vstack([front[~(point <= front).all(axis=1)], point])
+            # max() guards against a rounding-level dip when the front is recomputed from scratch.
+            current = max(current, _compute_hypervolume(front, ref_loss))
+        history[i] = current
+    return pd.DataFrame({"number": numbers.astype(int), "hypervolume": history})
+
+
+def _eligible_mask(df: pd.DataFrame) -> np.ndarray:
+    """Rows that count for fronts: state COMPLETE and feasible True (missing feasible -> False)."""
+    complete = (df["state"] == "COMPLETE").to_numpy(dtype=bool, na_value=False)
+    feasible = df["feasible"].eq(True).to_numpy(dtype=bool, na_value=False)
+    return complete & feasible
+
+
+def _objective_values(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
+    """Objective columns as a float array (n_rows x n_objectives), missing values as NaN."""
+    columns = [
+        pd.to_numeric(df[o.name]).to_numpy(dtype=float, na_value=np.nan) for o in objectives
+    ]
+    return np.column_stack(columns) if columns else np.empty((len(df), 0))
+
+
+def _compute_hypervolume(loss: np.ndarray, ref_loss: np.ndarray) -> float:
+    # optuna._hypervolume is private API: this is the only place that touches it, so an Optuna
+    # upgrade breaks one function. Imported lazily to keep ``import autocompress.report`` light.
+    from optuna._hypervolume import compute_hypervolume
+
+    if len(loss) == 0:
+        return 0.0
+    return float(compute_hypervolume(loss, ref_loss))
+
+
+def _check_directions(directions: Sequence[str], n_objectives: int, *, func: str) -> np.ndarray:
+    directions = list(directions)
+    if len(directions) != n_objectives or any(d not in _DIRECTIONS for d in directions):
+        raise ValueError(
+            f"The 'directions' parameter of {func} must be a list of {n_objectives} "
+            f"'maximize'/'minimize' strings. Got {directions!r} instead."
+        )
+    return np.array([d == MAXIMIZE for d in directions])
+
+
+def _to_loss(values: np.ndarray, directions: Sequence[str], *, func: str) -> np.ndarray:
+    """Copy of ``values`` as a 2-D float array in which every objective is minimised."""
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 2:
+        raise ValueError(
+            f"The 'values' parameter of {func} must be a 2-D array (n_points x n_objectives). "
+            f"Got an array of shape {array.shape} instead."
+        )
+    maximize = _check_directions(directions, array.shape[1], func=func)
+    return np.where(maximize, -array, array)
+
+
+def _reference_loss(
+    reference: Sequence[float] | np.ndarray, directions: Sequence[str], *, func: str
+) -> np.ndarray:
+    ref = np.asarray(reference, dtype=float)
+    directions = list(directions)
+    if ref.shape != (len(directions),) or not np.isfinite(ref).all():
+        raise ValueError(
+            f"The 'reference' parameter of {func} must be {len(directions)} finite floats, one "
+            f"per objective. Got {reference!r} instead."
+        )
+    maximize = _check_directions(directions, len(directions), func=func)
+    return np.where(maximize, -ref, ref)
+
+
+def _check_frame(df: pd.DataFrame, objectives: Sequence[Objective], *, func: str) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(
+            f"The 'df' parameter of {func} must be a pandas DataFrame. Got {type(df).__name__} "
+            "instead."
+        )
+    objectives = list(objectives)
+    names = [getattr(o, "name", None) for o in objectives]
+    if (
+        not objectives
+        or not all(isinstance(o, Objective) for o in objectives)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError(
+            f"The 'objectives' parameter of {func} must be a non-empty list of Objective with "
+            f"distinct names. Got {objectives!r} instead."
+        )
+    missing = [c for c in ("number", "state", "feasible", *names) if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"The 'df' parameter of {func} must have the columns {missing!r}. Got columns "
+            f"{list(df.columns)!r} instead."
+        )

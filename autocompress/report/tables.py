@@ -1,0 +1,85 @@
+"""The Pareto front as a rich table for the terminal."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from autocompress.report.pareto import MAXIMIZE, Objective
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# How each built-in metric is shown: (scale, unit suffix). accuracy is stored as a fraction.
+_DISPLAY = {
+    "accuracy": (100.0, "%"),
+    "latency_ms": (1.0, " ms"),
+    "energy_mj": (1.0, " mJ"),
+    "size_kb": (1.0, " kB"),
+    "peak_mem_kb": (1.0, " kB"),
+}
+_SIGNIFICANT_DIGITS = 3
+_SUMMARY_WIDTH = 48
+
+
+def format_front_table(
+    front_df: pd.DataFrame,
+    objectives: Sequence[Objective],
+    *,
+    title: str | None = "Pareto front",
+) -> Table:
+    """One row per trial of ``front_df`` (e.g. ``pareto_front`` output), in its row order.
+
+    Columns: trial number, each objective to 3 significant digits with its unit, and the
+    ``summary`` column (architecture / bits, cut to one line) when ``front_df`` has one.
+    """
+    from rich.table import Table
+
+    objectives = list(objectives)
+    missing = [c for c in ("number", *(o.name for o in objectives)) if c not in front_df.columns]
+    if missing:
+        raise ValueError(
+            f"The 'front_df' parameter of format_front_table must have the columns {missing!r}. "
+            f"Got columns {list(front_df.columns)!r} instead."
+        )
+    has_summary = "summary" in front_df.columns
+
+    table = Table(title=title)
+    table.add_column("trial", justify="right")
+    for objective in objectives:
+        arrow = "↑" if objective.direction == MAXIMIZE else "↓"
+        table.add_column(f"{objective.name} {arrow}", justify="right")
+    if has_summary:
+        table.add_column("summary", max_width=_SUMMARY_WIDTH, no_wrap=True, overflow="ellipsis")
+
+    for _, row in front_df.iterrows():
+        cells = [str(int(row["number"]))]
+        cells += [format_metric(o.name, row[o.name]) for o in objectives]
+        if has_summary:
+            summary = row["summary"]
+            cells.append("" if pd.isna(summary) else str(summary))
+        table.add_row(*cells)
+    return table
+
+
+def format_metric(name: str, value: float) -> str:
+    """E.g. ("accuracy", 0.91234) -> "91.2%", ("latency_ms", 2.349) -> "2.35 ms"; NaN -> "-"."""
+    if value is None or pd.isna(value):
+        return "-"
+    scale, unit = _DISPLAY.get(name, (1.0, ""))
+    return _significant(float(value) * scale) + unit
+
+
+def _significant(value: float, digits: int = _SIGNIFICANT_DIGITS) -> str:
+    # Fixed-point with `digits` significant digits (trailing zeros kept: 1.20 ms), never the
+    # exponent notation of "{:.3g}", which is hard to scan down a column (12300 kB, not 1.23e+04).
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    rounded = float(f"{value:.{digits}g}")  # round first: 9.996 -> 10.0 has a new magnitude
+    decimals = digits - 1 - math.floor(math.log10(abs(rounded)))
+    return f"{rounded:.{max(decimals, 0)}f}"

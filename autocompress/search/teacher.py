@@ -1,0 +1,80 @@
+"""The uncompressed teacher: trained once per run folder, then reused (and distilled from)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..evaluators.data import DataBundle, make_loaders
+from ..evaluators.train import evaluate_accuracy, train_epochs
+from ..export.artifacts import load_model, read_spec, save_model
+from ..spaces import JointSearchSpace, build_model
+
+logger = logging.getLogger(__name__)
+
+
+def teacher_fingerprint(config: RunConfig) -> str:
+    """What the teacher depends on: changing the candidates' fine-tuning must not retrain it."""
+    relevant = config.model_dump(mode="json", include={"seed", "data", "space", "teacher"})
+    relevant["space"] = {k: relevant["space"][k] for k in ("family", "arch")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def get_teacher(
+    config: RunConfig,
+    *,
+    space: JointSearchSpace,
+    data: DataBundle,
+    directory: Path,
+    device: torch.device,
+) -> tuple[nn.Module, dict]:
+    """Load the teacher cached in ``directory`` or train it; returns (model, its metrics)."""
+    candidate = space.teacher()
+    if (directory / "spec.json").is_file():
+        spec = read_spec(directory)
+        if spec["metrics"].get("fingerprint") == teacher_fingerprint(config):
+            model, spec = load_model(directory, map_location=device)
+            return model.to(device).eval(), spec["metrics"]
+        logger.warning("Cached teacher in %s does not match this config: retraining.", directory)
+
+    cfg = config.teacher
+    # Initialisation is seeded without touching the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(candidate, num_classes=data.num_classes, input_shape=data.input_shape)
+    train_loader, val_loader = make_loaders(
+        data,
+        batch_size=cfg.batch_size or config.data.batch_size,
+        num_workers=config.data.num_workers,
+        seed=config.seed,
+    )
+    train_epochs(
+        model,
+        train_loader,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        device=device,
+    )
+    accuracy, loss = evaluate_accuracy(model, val_loader, device=device)
+    metrics = {
+        "accuracy": accuracy,
+        "val_loss": loss,
+        "params": sum(p.numel() for p in model.parameters()),
+        "fingerprint": teacher_fingerprint(config),
+    }
+    save_model(
+        directory,
+        model,
+        candidate=candidate,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        metrics=metrics,
+    )
+    return model.eval(), metrics

@@ -1,0 +1,22 @@
+"""What can be searched: model families, per-layer bits and pruning ratios."""
+
+from . import families as _families  # noqa: F401  (registers the built-in families)
+from ._base import JointSearchSpace, SearchSpace, SpaceConfig, build_model, conv_linear_layers
+from ._registry import ModelFamily, create_family, get_family, list_families, register_family
+from .candidate import FLOAT_BITS, Candidate, LayerChoice
+
+__all__ = [
+    "FLOAT_BITS",
+    "Candidate",
+    "JointSearchSpace",
+    "LayerChoice",
+    "ModelFamily",
+    "SearchSpace",
+    "SpaceConfig",
+    "build_model",
+    "conv_linear_layers",
+    "create_family",
+    "get_family",
+    "list_families",
+    "register_family",
+]

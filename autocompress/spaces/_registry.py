@@ -1,0 +1,77 @@
+"""Registry of searchable model families (timm-style: ``@register_family``, ``create_family``)."""
+
+from __future__ import annotations
+
+import fnmatch
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import optuna
+from pydantic import BaseModel
+from torch import nn
+
+_FAMILIES: dict[str, type[ModelFamily]] = {}
+
+
+class ModelFamily(ABC):
+    """A parametrised network family: which architecture knobs exist and how to build one.
+
+    Contract:
+    - ``space_model`` is the pydantic model of the family's ``space.arch`` config section: the
+      *choices* each knob may take, plus fixed parts (strides, stage widths).
+    - ``suggest_arch`` asks the Optuna trial for each knob and returns a self-contained, JSON-able
+      ``arch`` dict: ``build(arch, ...)`` needs nothing else, so an exported candidate rebuilds
+      without the run config.
+    - ``largest_arch`` is the biggest point of the space; it becomes the teacher, and every other
+      point is a sub-network of it (names match, shapes are smaller or equal), which is what lets
+      a candidate inherit the teacher's weights.
+    - ``build`` returns a float, unpruned ``nn.Module`` whose last Conv2d/Linear in module order is
+      the classifier (never pruned).
+    """
+
+    name: ClassVar[str]
+    space_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, space: BaseModel) -> None:
+        self.space = space
+
+    @abstractmethod
+    def suggest_arch(self, trial: optuna.Trial) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def largest_arch(self) -> dict[str, Any]: ...
+
+    @staticmethod
+    @abstractmethod
+    def build(
+        arch: Mapping[str, Any], *, num_classes: int, input_shape: tuple[int, ...]
+    ) -> nn.Module: ...
+
+
+def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
+    if cls.name in _FAMILIES:
+        raise ValueError(f"Model family {cls.name!r} is already registered.")
+    _FAMILIES[cls.name] = cls
+    return cls
+
+
+def list_families(pattern: str = "*") -> list[str]:
+    return sorted(name for name in _FAMILIES if fnmatch.fnmatch(name, pattern))
+
+
+def get_family(name: str) -> type[ModelFamily]:
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise ValueError(
+            f"The 'space.family' field must be one of {list_families()}. Got {name!r} instead."
+        ) from None
+
+
+def create_family(name: str, space: Mapping[str, Any] | BaseModel | None = None) -> ModelFamily:
+    """Instantiate a family with its ``space.arch`` settings (validated by its pydantic model)."""
+    family_cls = get_family(name)
+    if not isinstance(space, BaseModel):
+        space = family_cls.space_model.model_validate(dict(space or {}))
+    return family_cls(space)

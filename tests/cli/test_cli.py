@@ -1,0 +1,49 @@
+import yaml
+from typer.testing import CliRunner
+
+from autocompress.cli import app
+
+runner = CliRunner()
+
+
+def test_search_pareto_export_from_the_command_line(tmp_path, tiny_config_dict):
+    tiny_config_dict["search"]["n_trials"] = 3
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict))
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["search", str(config), "--runs-dir", str(runs), "--n-trials", "4"])
+    assert result.exit_code == 0, result.output
+    assert "[4/4]" in result.output and "Pareto" in result.output
+    assert (runs / "tiny" / "pareto.png").is_file()
+
+    result = runner.invoke(app, ["pareto", str(runs / "tiny")])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output
+
+    front = (runs / "tiny" / "pareto.csv").read_text().splitlines()
+    trial = front[1].split(",")[0]
+    result = runner.invoke(app, ["export", str(runs / "tiny"), "--trial", trial])
+    assert result.exit_code == 0, result.output
+    assert "reproduced" in result.output
+    assert (runs / "tiny" / "export" / f"trial_{trial}" / "candidate.yaml").is_file()
+
+
+def test_bad_config_gives_a_clear_error_and_exit_code_2(tmp_path, tiny_config_dict):
+    tiny_config_dict["search"]["sampler"] = "bayes"
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict))
+    result = runner.invoke(app, ["search", str(config), "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "search.sampler" in result.output and "bad.yaml" in result.output
+
+
+def test_pareto_on_a_folder_that_is_not_a_run(tmp_path):
+    result = runner.invoke(app, ["pareto", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "config.yaml" in result.output or "trials.csv" in result.output
+
+
+def test_devices_lists_the_catalogue():
+    result = runner.invoke(app, ["devices"])
+    assert result.exit_code == 0, result.output
+    assert "cortex_a72" in result.output and "bitfusion" in result.output

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny but real run config (digits, few trials, one epoch)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+TINY_CONFIG = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "digits", "val_fraction": 0.25, "batch_size": 128},
+    "space": {
+        "family": "small_cnn",
+        "arch": {"depths": [2], "widths": [8, 16], "kernel_sizes": [3], "strides": [1, 2]},
+        "w_bits": [2, 4, 8],
+        "a_bits": [4, 8],
+        "prune_ratios": [0.0, 0.5],
+    },
+    "teacher": {"epochs": 8, "lr": 0.01},
+    "train": {"epochs": 1, "lr": 0.003},
+    "hardware": {"profile": "analytic", "device": "cortex_a72"},
+    "search": {
+        "n_trials": 6,
+        "sampler": "random",
+        "objectives": ["accuracy", "latency_ms", "size_kb"],
+    },
+}
+
+
+@pytest.fixture
+def tiny_config_dict() -> dict:
+    return copy.deepcopy(TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """One real tiny search shared by the tests that only read its results."""
+    from autocompress.config import parse_config
+    from autocompress.search import run_search
+
+    runs_dir = tmp_path_factory.mktemp("runs")
+    config = parse_config(copy.deepcopy(TINY_CONFIG))
+    return run_search(config, runs_dir=runs_dir)

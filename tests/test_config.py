@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from autocompress.config import ConfigError, load_config, parse_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    config = load_config(path)
+    assert config.name == path.stem
+    assert len(config.objectives()) >= 2
+
+
+def test_defaults_fill_in(tiny_config_dict):
+    config = parse_config({"name": "x"})
+    assert config.space.family == "small_cnn"
+    assert config.search.sampler == "nsga2"
+    assert parse_config(tiny_config_dict).train.epochs == 1
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"colour": "red"}, "colour"),
+        ({"search": {"n_trials": "many"}}, "search.n_trials"),
+        ({"search": {"sampler": "bayes"}}, "search.sampler"),
+        ({"search": {"objectives": ["accuracy", "speed"]}}, "search.objectives"),
+        ({"train": {"kd_alpha": 2}}, "train.kd_alpha"),
+        ({"train": {"device": "tpu"}}, "train.device"),
+        ({"hardware": {"budget": {"max_latency_ms": -1}}}, "hardware.budget.max_latency_ms"),
+        ({"space": {"family": "nope"}}, "space.family"),
+        ({"space": {"arch": {"widths": ["wide"]}}}, "space.arch.widths.0"),
+        ({"space": {"arch": {"unknown_knob": 1}}}, "space.arch.unknown_knob"),
+        ({"data": {"val_fraction": 1.5}}, "data.val_fraction"),
+    ],
+)
+def test_bad_fields_are_named(tiny_config_dict, patch, field):
+    data = tiny_config_dict
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="my.yaml")
+    assert "my.yaml" in str(info.value)
+    assert field in str(info.value)
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml.*not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_yaml_tags_that_run_code_are_refused(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['echo hacked']")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
+
+
+def test_fingerprint_ignores_only_run_length_knobs(tiny_config_dict):
+    base = parse_config(tiny_config_dict).fingerprint()
+    tiny_config_dict["search"]["n_trials"] = 99
+    assert parse_config(tiny_config_dict).fingerprint() == base
+    tiny_config_dict["train"]["epochs"] = 5
+    assert parse_config(tiny_config_dict).fingerprint() != base
