@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .evaluators.data import DataConfig
 from .report.pareto import parse_objective
@@ -97,6 +104,20 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @model_validator(mode="after")
+    def _energy_needs_a_power_figure(self) -> RunConfig:
+        # A host timing gives latency only; energy needs the host's power (NVML is future work).
+        wants_energy = "energy_mj" in {o.name for o in self.objectives()}
+        wants_energy |= self.hardware.budget.max_energy_mj is not None
+        if self.hardware.profile == "measured" and wants_energy:
+            if "power_w" not in self.hardware.options:
+                raise ValueError(
+                    "The 'hardware.options.power_w' field is required when the measured profile "
+                    "must report energy (energy_mj objective or max_energy_mj budget): energy is "
+                    "estimated as power_w x measured latency."
+                )
+        return self
 
     def objectives(self):
         return [parse_objective(o) for o in self.search.objectives]

@@ -18,7 +18,7 @@ TINY_CONFIG = {
         "prune_ratios": [0.0, 0.5],
     },
     "teacher": {"epochs": 8, "lr": 0.01},
-    "train": {"epochs": 1, "lr": 0.003},
+    "train": {"epochs": 3, "lr": 0.01},
     "hardware": {"profile": "analytic", "device": "cortex_a72"},
     "search": {
         "n_trials": 6,

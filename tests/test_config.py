@@ -18,7 +18,7 @@ def test_defaults_fill_in(tiny_config_dict):
     config = parse_config({"name": "x"})
     assert config.space.family == "small_cnn"
     assert config.search.sampler == "nsga2"
-    assert parse_config(tiny_config_dict).train.epochs == 1
+    assert parse_config(tiny_config_dict).train.epochs == 3
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,13 @@ def test_defaults_fill_in(tiny_config_dict):
         ({"space": {"arch": {"widths": ["wide"]}}}, "space.arch.widths.0"),
         ({"space": {"arch": {"unknown_knob": 1}}}, "space.arch.unknown_knob"),
         ({"data": {"val_fraction": 1.5}}, "data.val_fraction"),
+        (
+            {
+                "hardware": {"profile": "measured"},
+                "search": {"objectives": ["accuracy", "energy_mj"]},
+            },
+            "hardware.options.power_w",
+        ),
     ],
 )
 def test_bad_fields_are_named(tiny_config_dict, patch, field):

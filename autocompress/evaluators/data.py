@@ -71,7 +71,19 @@ _SYNTHETIC_MARGIN = 1.75
 
 
 class DataConfig(BaseModel):
-    """The ``data:`` section of a run config. Errors are located at the offending field."""
+    """The ``data:`` section of a run config. Errors are located at the offending field.
+
+    ``dataset``: one of :data:`BUILTIN_DATASETS` or ``"package.module:function"``, a function
+    called as ``function(root=root, seed=seed)`` that returns ``(train_dataset, val_dataset,
+    num_classes, input_shape)``. ``root``: the local directory of cifar10 / mnist / imagefolder.
+    ``val_fraction``: share held out for validation where a dataset has no official split
+    (digits, synthetic, a single imagefolder tree). ``batch_size``/``num_workers``: for
+    :func:`make_loaders`. ``image_size``: imagefolder images are resized and center-cropped to
+    it (default 32). ``limit_train``/``limit_val``: keep a seeded random subset of at most this
+    many samples. ``normalize``: standardize inputs per channel. ``synthetic_*``: size of the
+    synthetic task. ``augment``: seeded random crop + horizontal flip of cifar10/imagefolder
+    training images.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -277,12 +289,9 @@ def _loader(
     shuffle: bool,
     generator: torch.Generator,
 ) -> DataLoader:
-    # persistent_workers: re-spawning workers every epoch costs more than small epochs take.
-    common: dict[str, Any] = {
-        "num_workers": num_workers,
-        "generator": generator,
-        "persistent_workers": num_workers > 0,
-    }
+    # Workers are not persistent: loaders kept alive with persistent workers were seen to stall
+    # 10 s at pytest session end (worker join timeouts), and re-forking them costs tens of ms.
+    common: dict[str, Any] = {"num_workers": num_workers, "generator": generator}
     if isinstance(dataset, TensorDataset):
         order = (
             RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
@@ -398,8 +407,8 @@ def _load_cifar10(config: DataConfig, seed: int) -> DataBundle:
         augment = _RandomCropFlip(size=32, padding=4, seed=_augment_seed(seed))
         train_tf = _transforms(tv, _CIFAR10_STATS, normalize=config.normalize, augment=augment)
     cls = __getattr__("_LocalCIFAR10")
-    train = cls.open(root, train=True, transform=train_tf)
-    val = cls.open(root, train=False, transform=val_tf)
+    train = cls.read(root, train=True, transform=train_tf)
+    val = cls.read(root, train=False, transform=val_tf)
     return DataBundle(train=train, val=val, num_classes=10, input_shape=(3, 32, 32), name="cifar10")
 
 
@@ -418,13 +427,14 @@ def _make_local_cifar10() -> type:
         meta = {**CIFAR10.meta, "md5": None}  # check_integrity(path, None) tests existence only
 
         @classmethod
-        def open(cls, root: Path, *, train: bool, transform: Callable) -> CIFAR10:
+        def read(cls, root: Path, *, train: bool, transform: Callable) -> CIFAR10:
             try:
                 dataset = cls(str(root), train=train, transform=transform, download=False)
             except Exception as err:
                 raise ValueError(_cifar_read_error(root, train=train, cause=err)) from err
             labels = np.asarray(dataset.targets)
-            if len(labels) != len(dataset.data) or labels.min() < 0 or labels.max() > 9:
+            out_of_range = labels.size > 0 and (labels.min() < 0 or labels.max() > 9)
+            if len(labels) != len(dataset.data) or out_of_range:
                 raise ValueError(
                     _cifar_read_error(
                         root,

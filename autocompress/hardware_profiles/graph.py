@@ -93,9 +93,7 @@ def check_input_shape(input_shape: Any, *, caller: str) -> tuple[int, ...]:
         isinstance(input_shape, Sequence)
         and not isinstance(input_shape, str)
         and len(input_shape) > 0
-        and all(
-            isinstance(d, Integral) and not isinstance(d, bool) and d > 0 for d in input_shape
-        )
+        and all(isinstance(d, Integral) and not isinstance(d, bool) and d > 0 for d in input_shape)
     )
     if not ok:
         raise ValueError(

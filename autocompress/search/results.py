@@ -98,4 +98,7 @@ def load_trials(run_dir: Path) -> pd.DataFrame:
             f"{str(run_dir)!r} is not a finished run folder: trials.csv is missing "
             "(run `autocompress search CONFIG` first)."
         )
-    return pd.read_csv(path, keep_default_na=True).fillna({"fail_reason": "", "summary": ""})
+    text_columns = {"state": str, "fail_reason": str, "summary": str, "candidate": str}
+    return pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values={
+        metric: ["", "nan", "NaN"] for metric in METRICS
+    })

@@ -55,22 +55,14 @@ def hardware_metrics_dict(hw: HardwareMetrics) -> dict[str, float]:
 
 
 def make_sampler(config: RunConfig) -> optuna.samplers.BaseSampler:
+    # Budget violations are stored on each trial with ``Trial.set_constraint``; the NSGA-II and
+    # TPE samplers read them and rank infeasible trials below every feasible one.
     search, seed = config.search, config.seed
-    # Budget violations are stored per trial; constrained samplers rank infeasible trials last.
-    constraints = _constraints_of if config.hardware.budget.limits() else None
     if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            population_size=search.population_size, seed=seed, constraints_func=constraints
-        )
+        return optuna.samplers.NSGAIISampler(population_size=search.population_size, seed=seed)
     if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed, constraints_func=constraints, n_startup_trials=search.population_size
-        )
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.population_size)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def _constraints_of(trial: FrozenTrial) -> list[float]:
-    return trial.user_attrs["constraints"]
 
 
 def make_hardware_profile(config: RunConfig):
@@ -117,11 +109,13 @@ def _alive(pid: int) -> bool:
 def _retry_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
     """Trials left RUNNING by a dead process, or stopped by Ctrl-C, are failed with that reason
     and their parameters queued again, so the resumed search evaluates them once more."""
+    trials = study.get_trials(deepcopy=False)
+    already_retried = {t.user_attrs.get("retry_of") for t in trials}
     retried = 0
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         stale = trial.state == TrialState.RUNNING
         stopped = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
-        if not (stale or stopped) or trial.user_attrs.get("retried"):
+        if not (stale or stopped) or trial.number in already_retried:
             continue
         if stale:
             storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
@@ -129,7 +123,6 @@ def _retry_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage
                 trial._trial_id, "fail_reason", "interrupted: the search process stopped"
             )
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        storage.set_trial_user_attr(trial._trial_id, "retried", True)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         retried += 1
     return retried
@@ -188,11 +181,12 @@ class Objective:
         metrics = hardware_metrics_dict(
             self.profile.profile(model, input_shape=self.data.input_shape)
         )
-        violations = [metrics[name] - limit for name, limit in self.limits.items()]
-        feasible = all(v <= 0 for v in violations)
+        violations = {f"max_{name}": metrics[name] - limit for name, limit in self.limits.items()}
+        feasible = all(v <= 0 for v in violations.values())
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("constraints", violations)
+        for key, value in violations.items():
+            trial.set_constraint(key, value)
         trial.set_user_attr("feasible", feasible)
         trial.set_user_attr("params", sum(p.numel() for p in model.parameters()))
 

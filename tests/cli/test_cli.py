@@ -18,7 +18,7 @@ def test_search_pareto_export_from_the_command_line(tmp_path, tiny_config_dict):
 
     result = runner.invoke(app, ["pareto", str(runs / "tiny")])
     assert result.exit_code == 0, result.output
-    assert "accuracy" in result.output
+    assert "Pareto front" in result.output and "Pareto-optimal" in result.output
 
     front = (runs / "tiny" / "pareto.csv").read_text().splitlines()
     trial = front[1].split(",")[0]

@@ -15,7 +15,7 @@ def test_search_writes_real_results(finished_run):
     assert len(trials) == 6 and (trials["state"] == "COMPLETE").all()
     assert trials["trained"].all()
     # Accuracies are real: far above chance (10%) on digits, and not all identical.
-    assert trials["accuracy"].min() > 0.3
+    assert trials["accuracy"].max() > 0.7 and trials["accuracy"].mean() > 0.4
     assert trials["accuracy"].nunique() > 1
     assert finished_run.teacher_metrics["accuracy"] > 0.85
     for name in ("trials.csv", "pareto.csv", "hypervolume.csv", "pareto.png", "hypervolume.png"):

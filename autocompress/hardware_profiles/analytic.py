@@ -1,0 +1,115 @@
+"""Roofline latency + energy-per-operation estimate of a model on a described edge device."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from autocompress.hardware_profiles._base import (
+    HardwareMetrics,
+    HardwareProfile,
+    register_hardware_profile,
+)
+from autocompress.hardware_profiles.device_spec import (
+    DeviceSpec,
+    MacCost,
+    list_devices,
+    load_device,
+)
+from autocompress.hardware_profiles.graph import (
+    LayerCost,
+    check_input_shape,
+    layer_costs,
+    model_size_bytes,
+    peak_activation_bytes,
+)
+
+__all__ = ["AnalyticProfile", "DeviceSpec", "list_devices", "load_device"]
+
+_PJ_TO_MJ = 1e-9
+_S_TO_MS = 1e3
+
+
+@register_hardware_profile("analytic")
+class AnalyticProfile(HardwareProfile):
+    """Cost a model on a :class:`DeviceSpec` without running it there.
+
+    Per Conv/Linear layer (see :mod:`.graph` for how MACs and bytes are counted):
+
+    * precision and peak rate from :meth:`DeviceSpec.mac_cost` (fallback to the next supported
+      precision, or BitFusion-style scaling on bit-flexible devices);
+    * compute time = MACs / (peak * compute_efficiency);
+    * memory time = off-chip bytes / memory bandwidth. When the whole model's weights fit in
+      ``onchip_memory_bytes`` they are assumed resident on chip (loaded once, reused across
+      inferences), so they cost SRAM energy and no bandwidth time; activations always go
+      off-chip. On-chip bandwidth is assumed never to be the bottleneck;
+    * latency = max(compute, memory) + layer_overhead_s (roofline: compute and transfers
+      overlap), summed over layers run one after another;
+    * energy = MACs * pJ/MAC + off-chip bytes * DRAM pJ/byte + on-chip bytes * SRAM pJ/byte.
+
+    Layers other than Conv/Linear are free (fused); static power is not modelled.
+    ``details`` holds one row per layer call plus the totals.
+    """
+
+    def __init__(self, *, device: str | os.PathLike[str] | DeviceSpec) -> None:
+        if not isinstance(device, str | os.PathLike | DeviceSpec):
+            raise ValueError(
+                "The 'device' parameter of AnalyticProfile must be a device name "
+                f"{list_devices()}, a YAML path or a DeviceSpec. Got {device!r} instead."
+            )
+        self.device = device if isinstance(device, DeviceSpec) else load_device(device)
+
+    def __repr__(self) -> str:
+        return f"AnalyticProfile(device={self.device.name!r})"
+
+    def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
+        shape = check_input_shape(input_shape, caller="AnalyticProfile.profile")
+        costs = layer_costs(model, input_shape=shape)
+        # Dedupe by name: a layer called twice stores its weights once.
+        total_weight_bytes = sum({c.name: c.weight_bytes for c in costs}.values())
+        weights_on_chip = total_weight_bytes <= self.device.onchip_memory_bytes
+        rows = [self._layer_row(c, weights_on_chip=weights_on_chip) for c in costs]
+        return HardwareMetrics(
+            latency_ms=sum(r["latency_ms"] for r in rows),
+            energy_mj=sum(r["energy_mj"] for r in rows),
+            size_bytes=model_size_bytes(model),
+            peak_mem_bytes=peak_activation_bytes(costs),
+            details={
+                "device": self.device.name,
+                "total_macs": sum(c.macs for c in costs),
+                "weight_bytes": total_weight_bytes,
+                "weights_on_chip": weights_on_chip,
+                "layers": rows,
+            },
+        )
+
+    def _layer_row(self, cost: LayerCost, *, weights_on_chip: bool) -> dict[str, Any]:
+        spec = self.device
+        mac: MacCost = spec.mac_cost(w_bits=cost.w_bits, a_bits=cost.a_bits)
+        onchip_bytes = cost.weight_bytes if weights_on_chip else 0
+        offchip_bytes = cost.total_bytes - onchip_bytes
+        compute_s = cost.macs / (mac.peak_macs_per_s * spec.compute_efficiency)
+        memory_s = offchip_bytes / spec.memory_bandwidth_bytes_per_s
+        latency_s = max(compute_s, memory_s) + spec.layer_overhead_s
+        energy_pj = (
+            cost.macs * mac.energy_pj
+            + offchip_bytes * spec.energy_per_dram_byte_pj
+            + onchip_bytes * spec.energy_per_sram_byte_pj
+        )
+        return {
+            "name": cost.name,
+            "kind": cost.kind,
+            "macs": cost.macs,
+            "w_bits": cost.w_bits,
+            "a_bits": cost.a_bits,
+            "precision": mac.precision,
+            "offchip_bytes": offchip_bytes,
+            "onchip_bytes": onchip_bytes,
+            "compute_ms": compute_s * _S_TO_MS,
+            "memory_ms": memory_s * _S_TO_MS,
+            "bound": "compute" if compute_s >= memory_s else "memory",
+            "latency_ms": latency_s * _S_TO_MS,
+            "energy_mj": energy_pj * _PJ_TO_MJ,
+        }

@@ -1,0 +1,174 @@
+"""Edge-device descriptions for the analytic profile, loaded from cited YAML files.
+
+Shipped specs live in ``devices/*.yaml`` (package data); every field there carries a comment
+citing its source. Users can pass the path of their own YAML with the same fields.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Bits = Annotated[int, Field(ge=1, le=32)]
+
+_DEVICES_PACKAGE = "autocompress.hardware_profiles"
+_DEVICES_DIR = "devices"
+
+
+class MacCost(NamedTuple):
+    """How one layer's MACs run: precision label, peak MAC/s and energy per MAC (pJ)."""
+
+    precision: str
+    peak_macs_per_s: float
+    energy_pj: float
+
+
+class DeviceSpec(BaseModel):
+    """Roofline + energy-per-operation description of one edge target.
+
+    Precision rules (see :meth:`mac_cost`):
+
+    * fixed-precision hardware computes a layer at ``max(w_bits, a_bits)`` rounded up to the
+      next entry of ``supported_bits`` (int4 on an int8 CPU runs as int8); a precision above
+      all of them runs at the largest;
+    * ``bit_flexible`` (BitFusion-style) hardware fuses small multipliers, so a ``w x a`` MAC
+      runs ``(base_bits / w') * (base_bits / a')`` times faster than a ``base_bits`` MAC and
+      costs that much less energy, where ``w'``/``a'`` are the bits rounded up to
+      ``supported_bits`` (the fusion widths); above the largest width, to a multiple of it
+      (temporal decomposition). ``peak_macs_per_s``/``energy_per_mac_pj`` then hold only
+      ``base_bits``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    kind: Literal["cpu", "gpu", "mcu", "accelerator"]
+    supported_bits: list[Bits] = Field(min_length=1)
+    peak_macs_per_s: dict[Bits, PositiveFloat] = Field(min_length=1)
+    bit_flexible: bool = False
+    base_bits: Bits | None = None
+    memory_bandwidth_bytes_per_s: PositiveFloat
+    onchip_memory_bytes: PositiveInt
+    energy_per_mac_pj: dict[Bits, PositiveFloat] = Field(min_length=1)
+    energy_per_dram_byte_pj: PositiveFloat
+    energy_per_sram_byte_pj: PositiveFloat
+    layer_overhead_s: PositiveFloat
+    compute_efficiency: Annotated[float, Field(gt=0, le=1)]
+    sources: list[str] = Field(min_length=1)
+
+    @field_validator("supported_bits")
+    @classmethod
+    def _sorted_unique(cls, bits: list[int]) -> list[int]:
+        return sorted(set(bits))
+
+    @model_validator(mode="after")
+    def _tables_match_bits(self) -> DeviceSpec:
+        if self.bit_flexible:
+            if self.base_bits is None or self.base_bits not in self.supported_bits:
+                raise ValueError(
+                    "base_bits: a bit_flexible device needs base_bits, one of supported_bits "
+                    f"{self.supported_bits}; got {self.base_bits!r}"
+                )
+            expected = {self.base_bits}
+        else:
+            expected = set(self.supported_bits)
+        for table in ("peak_macs_per_s", "energy_per_mac_pj"):
+            keys = set(getattr(self, table))
+            if keys != expected:
+                raise ValueError(
+                    f"{table}: needs exactly one entry per precision {sorted(expected)}; "
+                    f"got entries for {sorted(keys)}"
+                )
+        return self
+
+    def compute_bits(self, bits: int) -> int:
+        """The precision the hardware actually uses for a ``bits``-wide operand."""
+        wider = [b for b in self.supported_bits if b >= bits]
+        if wider:
+            return wider[0]
+        if self.bit_flexible:
+            top = self.supported_bits[-1]
+            return math.ceil(bits / top) * top
+        return self.supported_bits[-1]
+
+    def mac_cost(self, *, w_bits: int, a_bits: int) -> MacCost:
+        """Peak throughput and energy of one MAC with ``w_bits`` weights and ``a_bits`` inputs."""
+        if self.bit_flexible:
+            base = self.base_bits
+            w, a = self.compute_bits(w_bits), self.compute_bits(a_bits)
+            # Number of base-width MAC slots one w x a MAC occupies (BitBricks used).
+            scale = (w / base) * (a / base)
+            return MacCost(
+                precision=f"w{w}a{a}",
+                peak_macs_per_s=self.peak_macs_per_s[base] / scale,
+                energy_pj=self.energy_per_mac_pj[base] * scale,
+            )
+        prec = self.compute_bits(max(w_bits, a_bits))
+        return MacCost(
+            precision=f"{prec}",
+            peak_macs_per_s=self.peak_macs_per_s[prec],
+            energy_pj=self.energy_per_mac_pj[prec],
+        )
+
+
+def list_devices() -> list[str]:
+    """Names of the shipped device specs (accepted by :func:`load_device`), sorted."""
+    return sorted(
+        entry.name[: -len(".yaml")]
+        for entry in _devices_dir().iterdir()
+        if entry.name.endswith(".yaml")
+    )
+
+
+def load_device(name_or_path: str | os.PathLike[str]) -> DeviceSpec:
+    """Load a shipped spec by name (see :func:`list_devices`) or a user YAML by path."""
+    if isinstance(name_or_path, str) and name_or_path in list_devices():
+        entry = _devices_dir().joinpath(f"{name_or_path}.yaml")
+        return _parse(entry.read_text(encoding="utf-8"), source=f"{name_or_path}.yaml")
+    if isinstance(name_or_path, str | os.PathLike):
+        path = Path(name_or_path)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            return _parse(path.read_text(encoding="utf-8"), source=str(path))
+    raise ValueError(
+        f"The 'name_or_path' parameter of load_device must be one of {list_devices()} or the "
+        f"path of an existing .yaml file. Got {name_or_path!r} instead."
+    )
+
+
+def _parse(text: str, *, source: str) -> DeviceSpec:
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"Device spec {source} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"Device spec {source} must be a YAML mapping of fields. Got {type(data).__name__}."
+        )
+    try:
+        return DeviceSpec.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(_describe(e) for e in err.errors())
+        raise ValueError(f"Invalid device spec {source}: {problems}") from None
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    msg = error["msg"].removeprefix("Value error, ")
+    if not loc:
+        return msg  # model-level checks already start with the field name
+    if error["type"] == "missing":
+        return f"field '{loc}' is missing"
+    return f"field '{loc}': {msg} (got {error.get('input')!r})"
+
+
+def _devices_dir() -> Any:
+    return resources.files(_DEVICES_PACKAGE).joinpath(_DEVICES_DIR)

@@ -1,0 +1,160 @@
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.hardware_profiles import (
+    AnalyticProfile,
+    DeviceSpec,
+    create_hardware_profile,
+    layer_costs,
+    list_devices,
+    model_size_bytes,
+)
+
+
+def _quant(layer: nn.Module, *, w_bits: int, a_bits: int) -> nn.Module:
+    layer.w_bits, layer.a_bits, layer.quant_enabled = w_bits, a_bits, True
+    layer.register_buffer("act_min", torch.tensor(-1.0))
+    layer.register_buffer("act_max", torch.tensor(1.0))
+    return layer
+
+
+def _spec(**changes) -> DeviceSpec:
+    fields = dict(
+        name="toy",
+        kind="cpu",
+        supported_bits=[8, 32],
+        peak_macs_per_s={8: 4e9, 32: 1e9},
+        memory_bandwidth_bytes_per_s=1e9,
+        onchip_memory_bytes=1,
+        energy_per_mac_pj={8: 1.0, 32: 4.0},
+        energy_per_dram_byte_pj=100.0,
+        energy_per_sram_byte_pj=10.0,
+        layer_overhead_s=1e-6,
+        compute_efficiency=0.5,
+        sources=["test"],
+    )
+    fields.update(changes)
+    return DeviceSpec(**fields)
+
+
+def _big_conv(w_bits: int, a_bits: int) -> nn.Module:
+    """64->64 3x3 conv on 32x32: ~38 MMAC, compute-bound on every shipped device."""
+    return _quant(nn.Conv2d(64, 64, 3, padding=1, bias=False), w_bits=w_bits, a_bits=a_bits)
+
+
+_BIG_SHAPE = (64, 32, 32)
+
+
+def _layer(metrics, i=0):
+    return metrics.details["layers"][i]
+
+
+def test_roofline_takes_max_of_compute_and_memory():
+    model = nn.Linear(100, 10)  # 1000 MACs, (1000 + 100 + 10) * 4 bytes, fp32
+    (cost,) = layer_costs(model, input_shape=(100,))
+    compute_s = 1000 / (1e9 * 0.5)
+    memory_s = cost.total_bytes / 1e9
+    for bandwidth, expected in ((1e9, max(compute_s, memory_s)), (1e15, compute_s)):
+        m = AnalyticProfile(device=_spec(memory_bandwidth_bytes_per_s=bandwidth)).profile(
+            model, input_shape=(100,)
+        )
+        assert m.latency_ms == pytest.approx((expected + 1e-6) * 1e3)
+    assert memory_s > compute_s  # the first case really was memory-bound
+    row = _layer(AnalyticProfile(device=_spec()).profile(model, input_shape=(100,)))
+    assert row["bound"] == "memory"
+    assert row["compute_ms"] == pytest.approx(compute_s * 1e3)
+    assert row["memory_ms"] == pytest.approx(memory_s * 1e3)
+
+
+def test_energy_formula_offchip_and_onchip_weights():
+    model = _quant(nn.Linear(100, 10, bias=False), w_bits=8, a_bits=8)
+    (cost,) = layer_costs(model, input_shape=(100,))
+    assert (cost.weight_bytes, cost.input_bytes, cost.output_bytes) == (1040, 100, 10)
+    off = AnalyticProfile(device=_spec()).profile(model, input_shape=(100,))
+    assert off.energy_mj == pytest.approx((1000 * 1.0 + 1150 * 100.0) * 1e-9)
+    assert off.details["weights_on_chip"] is False
+    on = AnalyticProfile(device=_spec(onchip_memory_bytes=1 << 20)).profile(
+        model, input_shape=(100,)
+    )
+    assert on.details["weights_on_chip"] is True
+    assert on.energy_mj == pytest.approx((1000 * 1.0 + 110 * 100.0 + 1040 * 10.0) * 1e-9)
+    assert _layer(on)["memory_ms"] == pytest.approx(110 / 1e9 * 1e3)  # SRAM weights: no DRAM time
+
+
+def test_size_and_peak_memory_fields():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 10))
+    m = AnalyticProfile(device="cortex_a72").profile(model, input_shape=(1, 8, 8))
+    assert m.size_bytes == model_size_bytes(model)
+    assert m.peak_mem_bytes == 1280
+    assert m.details["total_macs"] == 2304 + 2560
+    assert [r["name"] for r in m.details["layers"]] == ["0", "2"]
+
+
+def test_cortex_a72_int4_costs_the_same_compute_as_int8():
+    profile = AnalyticProfile(device="cortex_a72")
+    m4 = profile.profile(_big_conv(4, 4), input_shape=_BIG_SHAPE)
+    m8 = profile.profile(_big_conv(8, 8), input_shape=_BIG_SHAPE)
+    assert _layer(m4)["precision"] == _layer(m8)["precision"] == "8"
+    assert _layer(m4)["compute_ms"] == pytest.approx(_layer(m8)["compute_ms"])
+    assert _layer(m8)["bound"] == "compute"
+    assert m4.latency_ms == pytest.approx(m8.latency_ms)  # compute-bound: bits below 8 buy nothing
+    assert m4.size_bytes < m8.size_bytes  # ...but storage still shrinks
+
+
+def test_bitfusion_low_bits_are_faster():
+    profile = AnalyticProfile(device="bitfusion")
+    m = {b: profile.profile(_big_conv(b, b), input_shape=_BIG_SHAPE) for b in (2, 4, 8)}
+    assert m[4].latency_ms < m[8].latency_ms
+    assert m[2].latency_ms < m[4].latency_ms
+    assert all(_layer(m[b])["bound"] == "compute" for b in m)
+    assert _layer(m[8])["compute_ms"] == pytest.approx(16 * _layer(m[2])["compute_ms"])
+    assert m[8].latency_ms / m[2].latency_ms > 10  # ~16x, minus the fixed layer overhead
+    assert m[2].energy_mj < m[8].energy_mj
+
+
+@pytest.mark.parametrize("device", list_devices())
+def test_latency_and_energy_monotone_in_macs(device):
+    profile = AnalyticProfile(device=device)
+    results = [
+        profile.profile(nn.Conv2d(8, width, 3, padding=1), input_shape=(8, 16, 16))
+        for width in (4, 8, 16, 32, 64)
+    ]
+    macs = [r.details["total_macs"] for r in results]
+    assert macs == sorted(macs)
+    for a, b in zip(results, results[1:], strict=False):
+        assert b.latency_ms > a.latency_ms
+        assert b.energy_mj > a.energy_mj
+
+
+def test_profile_leaves_model_unchanged():
+    model = nn.Sequential(_quant(nn.Conv2d(3, 8, 3), w_bits=4, a_bits=8), nn.BatchNorm2d(8))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    AnalyticProfile(device="cortex_m7").profile(model, input_shape=(3, 16, 16))
+    assert model.training and model[0].quant_enabled
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_concurrent_calls_agree():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 14 * 14, 10))
+    profile = create_hardware_profile("analytic", device="cortex_a72")
+    expected = profile.profile(model, input_shape=(3, 16, 16))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(
+            pool.map(lambda _: profile.profile(model, input_shape=(3, 16, 16)), range(32))
+        )
+    assert all(r == expected for r in results)
+
+
+def test_device_argument_forms(tmp_path):
+    spec = _spec()
+    assert AnalyticProfile(device=spec).device is spec
+    with pytest.raises(ValueError, match="cortex_a72"):
+        AnalyticProfile(device="no_such_device")
+    with pytest.raises(ValueError, match="'device' parameter of AnalyticProfile"):
+        AnalyticProfile(device=42)
+    with pytest.raises(TypeError):
+        AnalyticProfile("cortex_a72")  # keyword-only
