@@ -103,3 +103,26 @@ def test_over_budget_candidates_are_never_trained(tmp_path, tiny_config_dict, mo
     assert (result.front["size_kb"] <= 1.2).all()
     for number in over["number"]:
         assert not (result.run_dir / "trials" / str(number)).exists()
+
+
+@pytest.mark.parametrize(
+    ("family", "sampler", "hardware"),
+    [
+        ("mlp", "tpe", {"profile": "measured", "options": {"repeats": 5, "warmup": 1}}),
+        ("mobilenetv2", "nsga2", {"profile": "analytic", "device": "bitfusion"}),
+    ],
+)
+def test_families_samplers_profiles_and_parallel_jobs(
+    tmp_path, tiny_config_dict, family, sampler, hardware
+):
+    cfg = tiny_config_dict
+    cfg["space"] = {"family": family, "w_bits": [4, 8], "a_bits": [8], "prune_ratios": [0.0, 0.25]}
+    cfg["teacher"]["epochs"] = 3
+    cfg["hardware"] = hardware
+    cfg["search"].update(n_trials=4, sampler=sampler, n_jobs=2, population_size=2)
+    result = run_search(parse_config(cfg), runs_dir=tmp_path)
+    trials = result.trials
+    assert len(trials) == 4 and (trials["state"] == "COMPLETE").all(), trials["fail_reason"]
+    assert (trials["latency_ms"] > 0).all() and (trials["accuracy"] > 0.1).all()
+    assert trials["summary"].str.startswith(family).all()
+    assert len(result.front) >= 1
