@@ -92,6 +92,14 @@ def write_results(
 
 
 def load_trials(run_dir: Path) -> pd.DataFrame:
+    """The trials of a run folder: live from its study (so a running or interrupted search shows
+    its latest state), else from trials.csv."""
+    study_file = run_dir / "study.db"
+    if study_file.is_file():
+        storage = f"sqlite:///{study_file}"
+        names = optuna.get_all_study_names(storage)
+        if len(names) == 1:
+            return trials_dataframe(optuna.load_study(study_name=names[0], storage=storage))
     path = run_dir / "trials.csv"
     if not path.is_file():
         raise FileNotFoundError(
@@ -99,6 +107,9 @@ def load_trials(run_dir: Path) -> pd.DataFrame:
             "(run `autocompress search CONFIG` first)."
         )
     text_columns = {"state": str, "fail_reason": str, "summary": str, "candidate": str}
-    return pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values={
-        metric: ["", "nan", "NaN"] for metric in METRICS
-    })
+    return pd.read_csv(
+        path,
+        dtype=text_columns,
+        keep_default_na=False,
+        na_values={metric: ["", "nan", "NaN"] for metric in METRICS},
+    )

@@ -87,7 +87,7 @@ class _RunLock:
             if pid and pid != os.getpid() and _alive(pid):
                 raise RuntimeError(
                     f"Another search (pid {pid}) is running in {self.path.parent}. "
-                    "Wait for it or stop it; for several workers on one study see issue-4 mode."
+                    "Wait for it or stop it, or use another run name."
                 )
         self.path.write_text(str(os.getpid()))
         return self
@@ -300,18 +300,23 @@ def run_search(
 
         done = sum(_counted(t) for t in study.get_trials(deepcopy=False))
         remaining = config.search.n_trials - done
-        if remaining > 0:
-            callbacks = [lambda s, t: on_trial(s, t, config.search.n_trials)] if on_trial else []
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                n_jobs=config.search.n_jobs,
-                timeout=config.search.timeout_s,
-                catch=(Exception,),
-                callbacks=callbacks,
-            )
-        trials = trials_dataframe(study)
-        front = write_results(trials, run_dir, config.objectives())
+        try:
+            if remaining > 0:
+                callbacks = (
+                    [lambda s, t: on_trial(s, t, config.search.n_trials)] if on_trial else []
+                )
+                study.optimize(
+                    objective,
+                    n_trials=remaining,
+                    n_jobs=config.search.n_jobs,
+                    timeout=config.search.timeout_s,
+                    catch=(Exception,),
+                    callbacks=callbacks,
+                )
+        finally:
+            # Also after Ctrl-C: the tables and plots then show what was finished so far.
+            trials = trials_dataframe(study)
+            front = write_results(trials, run_dir, config.objectives())
     return SearchResult(
         run_dir=run_dir, study=study, trials=trials, front=front, teacher_metrics=teacher_metrics
     )

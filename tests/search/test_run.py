@@ -126,3 +126,45 @@ def test_families_samplers_profiles_and_parallel_jobs(
     assert (trials["latency_ms"] > 0).all() and (trials["accuracy"] > 0.1).all()
     assert trials["summary"].str.startswith(family).all()
     assert len(result.front) >= 1
+
+
+def test_a_second_search_in_a_live_run_folder_is_refused(tmp_path, tiny_config_dict):
+    import os
+
+    run_dir = tmp_path / "tiny"
+    run_dir.mkdir()
+    (run_dir / "search.lock").write_text(str(os.getppid()))  # a live process holds the run
+    with pytest.raises(RuntimeError, match="Another search"):
+        run_search(parse_config(tiny_config_dict), runs_dir=tmp_path)
+
+
+def test_ctrl_c_keeps_finished_trials_and_the_rerun_retries_the_cut_one(
+    tmp_path, tiny_config_dict, monkeypatch
+):
+    original = TrainEvaluator.evaluate
+    calls = []
+
+    def interrupted_on_third(self, model, candidate):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, model, candidate)
+
+    monkeypatch.setattr(TrainEvaluator, "evaluate", interrupted_on_third)
+    tiny_config_dict["search"]["n_trials"] = 4
+    config = parse_config(tiny_config_dict)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, runs_dir=tmp_path)
+    partial = pd.read_csv(tmp_path / "tiny" / "trials.csv")  # written despite the interrupt
+    assert list(partial["state"]) == ["COMPLETE", "COMPLETE", "FAIL"]
+    kept = partial.loc[:1, "accuracy"].tolist()
+
+    monkeypatch.setattr(TrainEvaluator, "evaluate", original)
+    trials = run_search(config, runs_dir=tmp_path).trials
+    assert trials.loc[:1, "accuracy"].tolist() == kept  # finished trials untouched
+    assert (trials["state"] == "COMPLETE").sum() == 4
+    cut = trials[trials["state"] == "FAIL"].iloc[0]
+    assert cut["fail_reason"] == "interrupted by the user"
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tiny/study.db")
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == int(cut["number"])]
+    assert len(retry) == 1 and retry[0].params == study.trials[int(cut["number"])].params
