@@ -48,12 +48,16 @@ def format_front_table(
     has_summary = "summary" in front_df.columns
 
     table = Table(title=title)
-    table.add_column("trial", justify="right")
+    # Numbers never wrap or shrink: on a narrow terminal the summary column gives way instead.
+    table.add_column("trial", justify="right", no_wrap=True, min_width=5)
     for objective in objectives:
         arrow = "↑" if objective.direction == MAXIMIZE else "↓"
-        table.add_column(f"{objective.name} {arrow}", justify="right")
+        header = f"{objective.name} {arrow}"
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     if has_summary:
-        table.add_column("summary", max_width=_SUMMARY_WIDTH, no_wrap=True, overflow="ellipsis")
+        table.add_column(
+            "summary", max_width=_SUMMARY_WIDTH, no_wrap=True, overflow="ellipsis", ratio=1
+        )
 
     for _, row in front_df.iterrows():
         cells = [str(int(row["number"]))]
