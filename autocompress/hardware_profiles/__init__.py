@@ -1,9 +1,16 @@
 """What a candidate model costs on an edge target: latency, energy, size, peak memory.
 
-``create_hardware_profile("analytic", device="cortex_a72")`` estimates from a cited device spec
-(roofline + energy per operation, bit-width aware); ``create_hardware_profile("measured")``
-times real inference on this host (float kernels: architecture and pruning only). Importing this
-package registers both; onnxruntime is imported only when the measured profile uses it.
+Registered profiles (``list_hardware_profiles()``):
+
+- ``analytic``: roofline + energy per operation from a cited device spec, bit-width aware;
+- ``measured``: real inference timed on this host (float kernels: architecture and pruning
+  only), with NVML GPU energy on CUDA;
+- ``remote``: the same timing done by ``autocompress agent`` on a target device over HTTP;
+- ``lut``: per-layer latencies measured once (``autocompress profile build-lut``) and summed;
+- ``learned``: a per-layer gradient-boosted predictor with a model-level correction, trained
+  from measurements (``autocompress profile fit``).
+
+onnxruntime and scikit-learn are imported only when a profile that needs them is used.
 """
 
 from autocompress.hardware_profiles._base import (
@@ -13,6 +20,7 @@ from autocompress.hardware_profiles._base import (
     list_hardware_profiles,
     register_hardware_profile,
 )
+from autocompress.hardware_profiles.agent import AgentServer, RemoteProfile, serve, serve_forever
 from autocompress.hardware_profiles.analytic import AnalyticProfile
 from autocompress.hardware_profiles.device_spec import (
     DeviceSpec,
@@ -26,22 +34,54 @@ from autocompress.hardware_profiles.graph import (
     model_size_bytes,
     peak_activation_bytes,
 )
+from autocompress.hardware_profiles.lut import (
+    LatencyLUT,
+    LayerKey,
+    LUTProfile,
+    build_lut,
+    layer_shapes_of_space,
+    model_layers,
+)
 from autocompress.hardware_profiles.measured import MeasuredProfile
+from autocompress.hardware_profiles.predictor import (
+    LatencyPredictor,
+    LearnedProfile,
+    calibrate_analytic,
+    fit_predictor,
+    host_device_spec,
+    latency_fidelity,
+)
 
 __all__ = [
+    "AgentServer",
     "AnalyticProfile",
     "DeviceSpec",
     "HardwareMetrics",
     "HardwareProfile",
+    "LUTProfile",
+    "LatencyLUT",
+    "LatencyPredictor",
     "LayerCost",
+    "LayerKey",
+    "LearnedProfile",
     "MacCost",
     "MeasuredProfile",
+    "RemoteProfile",
+    "build_lut",
+    "calibrate_analytic",
     "create_hardware_profile",
+    "fit_predictor",
+    "host_device_spec",
+    "latency_fidelity",
+    "layer_shapes_of_space",
     "layer_costs",
     "list_devices",
     "list_hardware_profiles",
     "load_device",
+    "model_layers",
     "model_size_bytes",
     "peak_activation_bytes",
     "register_hardware_profile",
+    "serve",
+    "serve_forever",
 ]

@@ -44,7 +44,14 @@ class DeviceSpec(BaseModel):
       costs that much less energy, where ``w'``/``a'`` are the bits rounded up to
       ``supported_bits`` (the fusion widths); above the largest width, to a multiple of it
       (temporal decomposition). ``peak_macs_per_s``/``energy_per_mac_pj`` then hold only
-      ``base_bits``.
+      ``base_bits``;
+    * ``fallback_bits`` (a subset of ``supported_bits``, empty by default) lists precisions the
+      device's own compute units cannot run, which its runtime hands to another processor (an
+      int8-only accelerator runs float layers on its host CPU). Their ``peak_macs_per_s`` /
+      ``energy_per_mac_pj`` entries are that processor's, and :meth:`mac_cost` labels them
+      ``"<bits>-fallback"``. The memory roof, on-chip memory, layer overhead and compute
+      efficiency stay the device's, and the hand-over itself is not costed, so a fallback layer
+      is an optimistic estimate.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,6 +63,7 @@ class DeviceSpec(BaseModel):
     peak_macs_per_s: dict[Bits, PositiveFloat] = Field(min_length=1)
     bit_flexible: bool = False
     base_bits: Bits | None = None
+    fallback_bits: list[Bits] = Field(default_factory=list)
     memory_bandwidth_bytes_per_s: PositiveFloat
     onchip_memory_bytes: PositiveInt
     energy_per_mac_pj: dict[Bits, PositiveFloat] = Field(min_length=1)
@@ -65,7 +73,7 @@ class DeviceSpec(BaseModel):
     compute_efficiency: Annotated[float, Field(gt=0, le=1)]
     sources: list[str] = Field(min_length=1)
 
-    @field_validator("supported_bits")
+    @field_validator("supported_bits", "fallback_bits")
     @classmethod
     def _sorted_unique(cls, bits: list[int]) -> list[int]:
         return sorted(set(bits))
@@ -81,6 +89,7 @@ class DeviceSpec(BaseModel):
             expected = {self.base_bits}
         else:
             expected = set(self.supported_bits)
+        self._check_fallback_bits()
         for table in ("peak_macs_per_s", "energy_per_mac_pj"):
             keys = set(getattr(self, table))
             if keys != expected:
@@ -89,6 +98,26 @@ class DeviceSpec(BaseModel):
                     f"got entries for {sorted(keys)}"
                 )
         return self
+
+    def _check_fallback_bits(self) -> None:
+        if not self.fallback_bits:
+            return
+        if self.bit_flexible:
+            raise ValueError(
+                "fallback_bits: a bit_flexible device runs every precision itself; "
+                f"got {self.fallback_bits}"
+            )
+        outside = sorted(set(self.fallback_bits) - set(self.supported_bits))
+        if outside:
+            raise ValueError(
+                f"fallback_bits: must be a subset of supported_bits {self.supported_bits}; "
+                f"got {outside} outside it"
+            )
+        if set(self.fallback_bits) == set(self.supported_bits):
+            raise ValueError(
+                "fallback_bits: at least one precision of supported_bits must run on the device "
+                f"itself; got all of {self.supported_bits} as fallback"
+            )
 
     def compute_bits(self, bits: int) -> int:
         """The precision the hardware actually uses for a ``bits``-wide operand."""
@@ -114,7 +143,7 @@ class DeviceSpec(BaseModel):
             )
         prec = self.compute_bits(max(w_bits, a_bits))
         return MacCost(
-            precision=f"{prec}",
+            precision=f"{prec}-fallback" if prec in self.fallback_bits else f"{prec}",
             peak_macs_per_s=self.peak_macs_per_s[prec],
             energy_pj=self.energy_per_mac_pj[prec],
         )

@@ -1,16 +1,21 @@
-"""Wall-clock latency of batch-1 inference on this host (PyTorch or ONNX Runtime)."""
+"""Wall-clock latency of batch-1 inference on this host (PyTorch or ONNX Runtime).
+
+On a CUDA device with NVML available (``pynvml``, from the ``gpu`` extra), energy per inference
+is read from the GPU's total-energy counter around the timed runs.
+"""
 
 from __future__ import annotations
 
 import copy
 import io
 import math
+import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -40,9 +45,27 @@ _ENERGY_NOTE = (
     "Energy unknown: pass power_w (average board power in watts while running inference) "
     "to get energy = power_w * latency."
 )
+_NVML_NOTE = (
+    "Energy from NVML's total-energy counter of the whole GPU board, read before and after the "
+    "timed runs and divided by repeats: it includes the board's idle power and any other work "
+    "on that GPU during the runs."
+)
+_NVML_MISSING = "pynvml is not installed (pip install 'autocompress[gpu]')"
+# NVML's energy counter is refreshed periodically by the driver: a short window gives a coarse
+# figure. Below this window the details say so.
+_NVML_MIN_WINDOW_S = 1.0
 # Timing runs on the same host disturb each other (cores, caches, the GPU), and torch's thread
 # count is process-global: measure one model at a time.
 _TIMING_LOCK = threading.Lock()
+# torch.onnx.export keeps exporter state in module globals: one export at a time.
+_EXPORT_LOCK = threading.Lock()
+
+
+class _Timing(NamedTuple):
+    """Seconds per timed run and the wall-clock window around all of them."""
+
+    samples_s: list[float]
+    window_s: float
 
 
 @register_hardware_profile("measured")
@@ -63,9 +86,17 @@ class MeasuredProfile(HardwareProfile):
     None keeps the library default. ``device``: ``"cpu"`` or a CUDA device (``"cuda"``,
     ``"cuda:1"``); CUDA runs are synchronised around each timed call.
 
-    Energy: ``power_w * latency`` when ``power_w`` (average power of the device under load, in
-    watts) is given, otherwise NaN with a note in ``details``. Reading GPU energy counters
-    through NVML is not implemented yet.
+    Energy, first that applies (``details["energy_source"]`` says which):
+
+    * ``"nvml"``: on a CUDA device with NVML (``pynvml`` from the ``gpu`` extra) and a GPU that
+      has a total-energy counter (Volta or newer), the counter's increase over the timed runs
+      divided by ``repeats``. It is the whole board's energy, idle power and other processes'
+      work on that GPU included; keep ``repeats * latency`` well above a second, since the
+      driver refreshes the counter periodically;
+    * ``"power_w"``: ``power_w * latency`` when ``power_w`` (average power of the device under
+      load, in watts) is given;
+    * ``None``: NaN. ``details["energy_note"]`` then says why (and, on CUDA, why NVML was not
+      used).
 
     Calls are serialised by a process-wide lock so concurrent measurements do not disturb
     each other; the model passed in is never modified (only its copy is run).
@@ -86,25 +117,11 @@ class MeasuredProfile(HardwareProfile):
                 "The 'backend' parameter of MeasuredProfile must be one of "
                 f"{list(_BACKENDS)}. Got {backend!r} instead."
             )
-        _check_int(warmup, name="warmup", minimum=0)
-        _check_int(repeats, name="repeats", minimum=1)
-        if threads is not None:
-            _check_int(threads, name="threads", minimum=1)
-        if power_w is not None and (
-            isinstance(power_w, bool)
-            or not isinstance(power_w, Real)
-            or not math.isfinite(power_w)
-            or power_w <= 0
-        ):
-            raise ValueError(
-                "The 'power_w' parameter of MeasuredProfile must be None or a positive finite "
-                f"number of watts. Got {power_w!r} instead."
-            )
         self.backend = backend
-        self.warmup = int(warmup)
-        self.repeats = int(repeats)
-        self.threads = None if threads is None else int(threads)
-        self.power_w = None if power_w is None else float(power_w)
+        self.warmup = _check_int(warmup, name="warmup", minimum=0, owner="MeasuredProfile")
+        self.repeats = _check_int(repeats, name="repeats", minimum=1, owner="MeasuredProfile")
+        self.threads = _check_threads(threads, owner="MeasuredProfile")
+        self.power_w = _check_power(power_w, owner="MeasuredProfile")
         self.device = _check_device(device)
 
     def __repr__(self) -> str:
@@ -118,33 +135,36 @@ class MeasuredProfile(HardwareProfile):
         shape = check_input_shape(input_shape, caller="MeasuredProfile.profile")
         costs = layer_costs(model, input_shape=shape)
         host_model = _float_copy(model)
-        generator = torch.Generator().manual_seed(_INPUT_SEED)
-        x = torch.randn((1, *shape), generator=generator)
+        x = _seeded_input(shape)
         with _TIMING_LOCK:
-            if self.backend == "torch":
-                samples_s = self._time_torch(host_model, x)
-            else:
-                samples_s = self._time_onnxruntime(host_model, x)
-        samples_ms = [s * 1e3 for s in samples_s]
-        latency_ms = float(np.median(samples_ms))
+            meter, nvml_problem = None, None
+            if self.device.type == "cuda":
+                meter, nvml_problem = _NvmlEnergyMeter.open(self.device)
+            try:
+                if self.backend == "torch":
+                    timing = self._time_torch(host_model, x, meter=meter)
+                else:
+                    timing = self._time_onnxruntime(host_model, x, meter=meter)
+            finally:
+                if meter is not None:
+                    meter.close()
+        samples_ms = [s * 1e3 for s in timing.samples_s]
+        spread = latency_spread(samples_ms)
+        latency_ms = spread.pop("median_ms")
         details: dict[str, Any] = {
             "backend": self.backend,
             "device": str(self.device),
             "threads": self.threads,
             "warmup": self.warmup,
             "repeats": self.repeats,
-            "p10_ms": float(np.percentile(samples_ms, 10)),
-            "p90_ms": float(np.percentile(samples_ms, 90)),
-            "min_ms": float(min(samples_ms)),
-            "max_ms": float(max(samples_ms)),
+            **spread,
             "samples_ms": samples_ms,
             "note": _HOST_NOTE,
         }
-        if self.power_w is None:
-            energy_mj = math.nan
-            details["energy_note"] = _ENERGY_NOTE
-        else:
-            energy_mj = self.power_w * latency_ms  # W * ms = mJ
+        energy_mj, energy_details = self._energy(
+            latency_ms, meter=meter, nvml_problem=nvml_problem, window_s=timing.window_s
+        )
+        details.update(energy_details)
         return HardwareMetrics(
             latency_ms=latency_ms,
             energy_mj=energy_mj,
@@ -153,7 +173,34 @@ class MeasuredProfile(HardwareProfile):
             details=details,
         )
 
-    def _time_torch(self, model: nn.Module, x: torch.Tensor) -> list[float]:
+    def _energy(
+        self,
+        latency_ms: float,
+        *,
+        meter: _NvmlEnergyMeter | None,
+        nvml_problem: str | None,
+        window_s: float,
+    ) -> tuple[float, dict[str, Any]]:
+        """Energy per inference (mJ) and its details keys: NVML, else power_w, else NaN."""
+        if meter is not None:
+            total_mj, nvml_problem = meter.total_mj()
+            if total_mj is not None:
+                return total_mj / self.repeats, {
+                    "energy_source": "nvml",
+                    "nvml_device": meter.bus_id,
+                    "nvml_energy_total_mj": total_mj,
+                    "energy_window_ms": window_s * 1e3,
+                    "energy_note": _NVML_NOTE + _window_warning(window_s),
+                }
+        energy_mj, details = power_energy(self.power_w, latency_ms=latency_ms)
+        if nvml_problem is not None:
+            notes = [f"NVML energy not used: {nvml_problem}.", details.get("energy_note")]
+            details["energy_note"] = " ".join(n for n in notes if n)
+        return energy_mj, details
+
+    def _time_torch(
+        self, model: nn.Module, x: torch.Tensor, *, meter: _NvmlEnergyMeter | None
+    ) -> _Timing:
         model = model.to(self.device)
         x = x.to(self.device)
         previous_threads = torch.get_num_threads()
@@ -161,11 +208,13 @@ class MeasuredProfile(HardwareProfile):
             torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                return self._time(lambda: model(x))
+                return self._time(lambda: model(x), meter=meter)
         finally:
             torch.set_num_threads(previous_threads)
 
-    def _time_onnxruntime(self, model: nn.Module, x: torch.Tensor) -> list[float]:
+    def _time_onnxruntime(
+        self, model: nn.Module, x: torch.Tensor, *, meter: _NvmlEnergyMeter | None
+    ) -> _Timing:
         try:
             import onnxruntime as ort  # heavy, optional: only when this backend is used
         except ImportError as err:
@@ -195,12 +244,23 @@ class MeasuredProfile(HardwareProfile):
         )
         feeds = {session.get_inputs()[0].name: x.numpy()}
         # session.run returns host arrays, so each call is complete when it returns.
-        return self._time(lambda: session.run(None, feeds), sync=False)
+        return self._time(lambda: session.run(None, feeds), sync=False, meter=meter)
 
-    def _time(self, run: Callable[[], Any], *, sync: bool = True) -> list[float]:
+    def _time(
+        self,
+        run: Callable[[], Any],
+        *,
+        sync: bool = True,
+        meter: _NvmlEnergyMeter | None = None,
+    ) -> _Timing:
         cuda = sync and self.device.type == "cuda"
         for _ in range(self.warmup):
             run()
+        if cuda:  # warm-up work still queued on the GPU must not count in the energy window
+            torch.cuda.synchronize(self.device)
+        window_start = time.perf_counter()
+        if meter is not None:
+            meter.read()
         samples = []
         for _ in range(self.repeats):
             if cuda:
@@ -210,7 +270,142 @@ class MeasuredProfile(HardwareProfile):
             if cuda:
                 torch.cuda.synchronize(self.device)
             samples.append(time.perf_counter() - start)
-        return samples
+        if meter is not None:
+            meter.read()
+        return _Timing(samples, time.perf_counter() - window_start)
+
+
+class _NvmlEnergyMeter:
+    """The total-energy counter (mJ since the driver loaded) of one GPU, through NVML.
+
+    Made per measurement by :meth:`open` (which calls ``nvmlInit``) and closed with
+    :meth:`close` (``nvmlShutdown``; NVML counts init/shutdown pairs, so other users of NVML in
+    the process are unaffected). :meth:`read` never raises: the first failure is kept in
+    ``error`` and reported by :meth:`total_mj`.
+    """
+
+    def __init__(self, nvml: Any, handle: Any, *, bus_id: str) -> None:
+        self._nvml = nvml
+        self._handle = handle
+        self.bus_id = bus_id
+        self.readings_mj: list[float] = []
+        self.error: str | None = None
+
+    @classmethod
+    def open(cls, device: torch.device) -> tuple[_NvmlEnergyMeter | None, str | None]:
+        """A meter for CUDA ``device``, or None and the reason NVML cannot be used."""
+        try:
+            import pynvml  # optional (the 'gpu' extra): only for CUDA measurements
+        except ImportError:
+            return None, _NVML_MISSING
+        # NVML failures (no driver, GPU lost, call not supported) must never break a latency
+        # measurement: report them and fall back to power_w.
+        try:
+            pynvml.nvmlInit()
+        except Exception as err:
+            return None, f"nvmlInit failed ({err})"
+        try:
+            bus_id, handle = _nvml_handle(pynvml, device)
+        except Exception as err:
+            _nvml_shutdown(pynvml)
+            return None, f"no NVML handle for {device} ({err})"
+        return cls(pynvml, handle, bus_id=bus_id), None
+
+    def read(self) -> None:
+        if self.error is not None:
+            return
+        try:
+            value = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+        except Exception as err:  # e.g. NVMLError_NotSupported before Volta
+            self.error = f"nvmlDeviceGetTotalEnergyConsumption failed on {self.bus_id} ({err})"
+            return
+        self.readings_mj.append(float(value))
+
+    def total_mj(self) -> tuple[float | None, str | None]:
+        """Energy between the first and last reading, or None and the reason there is none."""
+        if self.error is not None:
+            return None, self.error
+        if len(self.readings_mj) < 2:
+            return None, "the energy counter was not read around the timed runs"
+        total = self.readings_mj[-1] - self.readings_mj[0]
+        if not total > 0:
+            return None, (
+                f"the energy counter of {self.bus_id} did not advance during the timed runs "
+                f"(readings {self.readings_mj[0]:g} and {self.readings_mj[-1]:g} mJ); "
+                "raise repeats so that the runs last longer"
+            )
+        return total, None
+
+    def close(self) -> None:
+        _nvml_shutdown(self._nvml)
+
+
+def _nvml_handle(nvml: Any, device: torch.device) -> tuple[str, Any]:
+    """``(PCI bus id, NVML handle)`` of CUDA ``device``.
+
+    Matched by PCI bus id rather than index: CUDA's device order (and CUDA_VISIBLE_DEVICES)
+    need not match NVML's.
+    """
+    props = torch.cuda.get_device_properties(device)
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is None:  # torch without PCI ids: trust the index when no devices are hidden
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+            raise RuntimeError("torch gives no PCI bus id and CUDA_VISIBLE_DEVICES is set")
+        index = device.index or 0
+        return f"index {index}", nvml.nvmlDeviceGetHandleByIndex(index)
+    bus_id = f"{props.pci_domain_id:08X}:{bus:02X}:{props.pci_device_id:02X}.0"
+    return bus_id, nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+
+
+def _nvml_shutdown(nvml: Any) -> None:
+    try:
+        nvml.nvmlShutdown()
+    except Exception:  # nothing useful to do about a failed shutdown
+        pass
+
+
+def _window_warning(window_s: float) -> str:
+    if window_s >= _NVML_MIN_WINDOW_S:
+        return ""
+    return (
+        f" The timed runs lasted only {window_s * 1e3:.0f} ms, and the driver refreshes the "
+        "counter periodically: the figure is coarse; raise repeats."
+    )
+
+
+def latency_spread(samples_ms: Sequence[float]) -> dict[str, float]:
+    """Median, p10, p90, min and max (ms) of timing samples, keyed ``median_ms``, ``p10_ms``..."""
+    return {
+        "median_ms": float(np.median(samples_ms)),
+        "p10_ms": float(np.percentile(samples_ms, 10)),
+        "p90_ms": float(np.percentile(samples_ms, 90)),
+        "min_ms": float(min(samples_ms)),
+        "max_ms": float(max(samples_ms)),
+    }
+
+
+def power_energy(power_w: float | None, *, latency_ms: float) -> tuple[float, dict[str, Any]]:
+    """Energy (mJ) as ``power_w * latency`` and the details keys that say where it came from.
+
+    Without ``power_w``: NaN and a note saying how to get energy.
+    """
+    if power_w is None:
+        return math.nan, {"energy_source": None, "energy_note": _ENERGY_NOTE}
+    return power_w * latency_ms, {"energy_source": "power_w"}  # W * ms = mJ
+
+
+def float_onnx_bytes(model: nn.Module, *, input_shape: tuple[int, ...]) -> bytes:
+    """ONNX bytes of a float copy of ``model`` (see :func:`_float_copy`) at batch size 1.
+
+    The copy is traced on the same seeded input the host measurements use; ``model`` itself is
+    not modified. Shared by :class:`MeasuredProfile` and the remote profile.
+    """
+    return _export_onnx(_float_copy(model), _seeded_input(input_shape))
+
+
+def _seeded_input(shape: tuple[int, ...]) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(_INPUT_SEED)
+    return torch.randn((1, *shape), generator=generator)
 
 
 def _float_copy(model: nn.Module) -> nn.Module:
@@ -226,7 +421,7 @@ def _export_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
     """ONNX bytes of ``model`` traced on ``x`` (CPU), exported in memory."""
     model = model.to("cpu")
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         # torch >= 2.9 warns that the TorchScript exporter is legacy; it is still the one that
         # exports plain nn.Modules without extra dependencies, so prefer it while it exists.
         warnings.simplefilter("ignore")
@@ -241,12 +436,34 @@ def _export_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _check_int(value: Any, *, name: str, minimum: int) -> None:
+def _check_int(value: Any, *, name: str, minimum: int, owner: str) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(
-            f"The '{name}' parameter of MeasuredProfile must be an int >= {minimum}. "
-            f"Got {value!r} instead."
+            f"The '{name}' parameter of {owner} must be an int >= {minimum}. Got {value!r} instead."
         )
+    return int(value)
+
+
+def _check_threads(threads: Any, *, owner: str) -> int | None:
+    if threads is None:
+        return None
+    return _check_int(threads, name="threads", minimum=1, owner=owner)
+
+
+def _check_power(power_w: Any, *, owner: str) -> float | None:
+    if power_w is None:
+        return None
+    if (
+        isinstance(power_w, bool)
+        or not isinstance(power_w, Real)
+        or not math.isfinite(power_w)
+        or power_w <= 0
+    ):
+        raise ValueError(
+            f"The 'power_w' parameter of {owner} must be None or a positive finite "
+            f"number of watts. Got {power_w!r} instead."
+        )
+    return float(power_w)
 
 
 def _check_device(device: Any) -> torch.device:

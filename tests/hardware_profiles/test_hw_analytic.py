@@ -115,6 +115,27 @@ def test_bitfusion_low_bits_are_faster():
     assert m[2].energy_mj < m[8].energy_mj
 
 
+def test_edgetpu_int8_is_far_faster_than_the_host_fallback():
+    profile = AnalyticProfile(device="edgetpu")
+    m = {b: profile.profile(_big_conv(b, b), input_shape=_BIG_SHAPE) for b in (4, 8, 16, 32)}
+    assert _layer(m[4])["precision"] == _layer(m[8])["precision"] == "8"
+    assert _layer(m[16])["precision"] == _layer(m[32])["precision"] == "32-fallback"
+    assert m[4].latency_ms <= m[8].latency_ms  # fewer input bytes over the link, same compute
+    assert m[32].latency_ms > 10 * m[8].latency_ms
+    assert m[16].latency_ms > 10 * m[8].latency_ms  # int16 is not native either
+    assert _layer(m[32])["bound"] == "compute"
+    assert m[32].energy_mj > 10 * m[8].energy_mj
+
+
+def test_jetson_nano_fp16_halves_compute_time():
+    profile = AnalyticProfile(device="jetson_nano")
+    m16 = profile.profile(_big_conv(16, 16), input_shape=_BIG_SHAPE)
+    m32 = profile.profile(_big_conv(32, 32), input_shape=_BIG_SHAPE)
+    assert _layer(m16)["bound"] == _layer(m32)["bound"] == "compute"
+    assert _layer(m32)["compute_ms"] == pytest.approx(2 * _layer(m16)["compute_ms"])
+    assert m16.latency_ms < m32.latency_ms and m16.energy_mj < m32.energy_mj
+
+
 @pytest.mark.parametrize("device", list_devices())
 def test_latency_and_energy_monotone_in_macs(device):
     profile = AnalyticProfile(device=device)

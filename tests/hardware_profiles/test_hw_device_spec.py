@@ -24,7 +24,8 @@ def _numbers(value):
 
 
 def test_required_devices_are_shipped():
-    assert {"cortex_a72", "bitfusion", "cortex_m7"} <= set(list_devices())
+    required = {"cortex_a72", "bitfusion", "cortex_m7", "cortex_a53", "jetson_nano", "edgetpu"}
+    assert required <= set(list_devices())
 
 
 @pytest.mark.parametrize("name", list_devices())
@@ -75,6 +76,13 @@ def test_user_yaml_by_path(tmp_path):
         ({"clock_hz": 1e9}, "clock_hz"),
         ({"peak_macs_per_s": {8: 1e9, 32: 1e9}}, "peak_macs_per_s"),
         ({"bit_flexible": True}, "base_bits"),
+        ({"fallback_bits": [4]}, "fallback_bits"),
+        ({"fallback_bits": [8, 16, 32]}, "fallback_bits"),
+        ({"fallback_bits": [0]}, "fallback_bits.0"),
+        (
+            {"bit_flexible": True, "base_bits": 8, "fallback_bits": [32]},
+            "fallback_bits",
+        ),
     ],
 )
 def test_bad_user_yaml_names_file_and_field(tmp_path, changes, field):
@@ -156,3 +164,49 @@ def test_spec_is_frozen_and_forbids_extra():
         spec.name = "other"
     with pytest.raises(ValueError):
         _spec(turbo=True)
+
+
+def test_fallback_precision_is_labelled_and_uses_its_own_rates():
+    spec = _spec(fallback_bits=[16, 32])
+    assert spec.fallback_bits == [16, 32]
+    assert spec.mac_cost(w_bits=8, a_bits=8).precision == "8"
+    assert spec.mac_cost(w_bits=4, a_bits=12) == ("16-fallback", 2e9, 2.0)
+    assert spec.mac_cost(w_bits=32, a_bits=8).precision == "32-fallback"
+    assert _spec().fallback_bits == []  # optional field: existing specs load unchanged
+
+
+def test_edgetpu_runs_int8_only_and_falls_back_to_the_host_cpu():
+    spec = load_device("edgetpu")
+    assert spec.kind == "accelerator" and spec.fallback_bits == [32]
+    int8 = spec.mac_cost(w_bits=8, a_bits=8)
+    assert int8.precision == "8"
+    assert spec.mac_cost(w_bits=2, a_bits=4) == int8  # sub-8-bit is stored/computed as int8
+    for w_bits, a_bits in ((16, 16), (8, 16), (32, 32)):
+        host = spec.mac_cost(w_bits=w_bits, a_bits=a_bits)
+        assert host.precision == "32-fallback"
+        assert int8.peak_macs_per_s > 100 * host.peak_macs_per_s
+        assert int8.energy_pj < host.energy_pj / 10
+    assert int8.peak_macs_per_s == pytest.approx(2e12)  # 4 TOPS = 2e12 MAC/s
+    assert spec.onchip_memory_bytes == 8 * 1024 * 1024
+
+
+def test_jetson_nano_fp16_is_twice_fp32_and_has_no_int8():
+    spec = load_device("jetson_nano")
+    fp16 = spec.mac_cost(w_bits=16, a_bits=16)
+    fp32 = spec.mac_cost(w_bits=32, a_bits=32)
+    assert fp16.peak_macs_per_s == pytest.approx(2 * fp32.peak_macs_per_s)
+    assert fp16.energy_pj < fp32.energy_pj
+    assert spec.mac_cost(w_bits=8, a_bits=8) == fp16  # sm_53 has no int8 path: runs as fp16
+    assert spec.memory_bandwidth_bytes_per_s == pytest.approx(25.6e9)
+
+
+def test_cortex_a53_is_a_slower_a72():
+    a53, a72 = load_device("cortex_a53"), load_device("cortex_a72")
+    assert a53.supported_bits == a72.supported_bits == [8, 16, 32]
+    assert a53.mac_cost(w_bits=4, a_bits=4) == a53.mac_cost(w_bits=8, a_bits=8)
+    int8, fp32 = (a53.mac_cost(w_bits=b, a_bits=b).peak_macs_per_s for b in (8, 32))
+    assert int8 == pytest.approx(2 * fp32)
+    for bits in (8, 16, 32):
+        slow = a53.mac_cost(w_bits=bits, a_bits=bits).peak_macs_per_s
+        assert slow < a72.mac_cost(w_bits=bits, a_bits=bits).peak_macs_per_s
+    assert a53.memory_bandwidth_bytes_per_s < a72.memory_bandwidth_bytes_per_s

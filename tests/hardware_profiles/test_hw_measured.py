@@ -1,4 +1,6 @@
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -106,3 +108,111 @@ def test_cuda_unavailable_is_rejected():
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="'device' parameter of MeasuredProfile"):
         MeasuredProfile(device="cuda")
+
+
+# --- energy through NVML (CUDA) --------------------------------------------------------------
+
+
+class _FakeNvmlError(Exception):
+    pass
+
+
+def _fake_pynvml(readings, *, fail_on=None):
+    """A pynvml stand-in whose energy counter returns ``readings`` (mJ) one call at a time."""
+    fake = types.ModuleType("pynvml")
+    fake.calls = []
+    fake.NVMLError = _FakeNvmlError
+    values = iter(readings)
+
+    def call(name, result=None):
+        fake.calls.append(name)
+        if name == fail_on:
+            raise _FakeNvmlError("Not Supported")
+        return result
+
+    fake.nvmlInit = lambda: call("init")
+    fake.nvmlShutdown = lambda: call("shutdown")
+    fake.nvmlDeviceGetHandleByPciBusId = lambda bus_id: call("handle", ("handle", bus_id))
+    fake.nvmlDeviceGetTotalEnergyConsumption = lambda handle: call("energy", next(values))
+    return fake
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Pretend CUDA exists; the timed runs happen on the CPU but take the CUDA code path."""
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x3B, pci_device_id=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+
+    def time_on_cpu(self, model, x, *, meter):
+        with torch.inference_mode():
+            return self._time(lambda: model(x), meter=meter)
+
+    monkeypatch.setattr(MeasuredProfile, "_time_torch", time_on_cpu)
+    return syncs
+
+
+def test_nvml_energy_is_counter_delta_over_repeats(monkeypatch, fake_cuda):
+    fake = _fake_pynvml([10_000.0, 10_600.0])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    m = MeasuredProfile(device="cuda", warmup=2, repeats=5, power_w=3.0).profile(
+        _model(), input_shape=_SHAPE
+    )
+    assert m.energy_mj == pytest.approx(600.0 / 5)  # NVML wins over power_w
+    d = m.details
+    assert d["energy_source"] == "nvml" and d["nvml_energy_total_mj"] == pytest.approx(600.0)
+    assert d["nvml_device"] == "00000000:3B:00.0"  # matched by PCI bus id, not index
+    assert "whole GPU board" in d["energy_note"] and d["energy_window_ms"] > 0
+    assert "coarse" in d["energy_note"]  # a 5-run window is far below a second
+    assert fake.calls == ["init", "handle", "energy", "energy", "shutdown"]
+    # Synchronised before the first reading (warm-up work done) and around every timed run.
+    assert len(fake_cuda) == 1 + 2 * 5
+
+
+def test_nvml_missing_falls_back_to_power_or_nan(monkeypatch, fake_cuda):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    m = _fast(device="cuda", power_w=4.0).profile(_model(), input_shape=_SHAPE)
+    assert m.energy_mj == pytest.approx(4.0 * m.latency_ms)
+    assert m.details["energy_source"] == "power_w"
+    assert "autocompress[gpu]" in m.details["energy_note"]
+    m = _fast(device="cuda").profile(_model(), input_shape=_SHAPE)
+    assert math.isnan(m.energy_mj) and m.details["energy_source"] is None
+    assert "autocompress[gpu]" in m.details["energy_note"] and "power_w" in m.details["energy_note"]
+
+
+@pytest.mark.parametrize(
+    ("readings", "fail_on", "reason"),
+    [
+        ([5.0, 5.0], None, "did not advance"),
+        ([5.0, 6.0], "energy", "Not Supported"),  # pre-Volta GPUs have no energy counter
+        ([5.0, 6.0], "handle", "no NVML handle"),
+        ([5.0, 6.0], "init", "nvmlInit failed"),
+    ],
+)
+def test_nvml_failures_fall_back_with_a_note(monkeypatch, fake_cuda, readings, fail_on, reason):
+    fake = _fake_pynvml(readings, fail_on=fail_on)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    m = _fast(device="cuda", power_w=2.0).profile(_model(), input_shape=_SHAPE)
+    assert m.energy_mj == pytest.approx(2.0 * m.latency_ms)
+    assert m.details["energy_source"] == "power_w"
+    assert reason in m.details["energy_note"]
+    assert fake.calls.count("init") == fake.calls.count("shutdown") or fail_on == "init"
+
+
+def test_cpu_never_touches_nvml(monkeypatch):
+    fake = _fake_pynvml([1.0, 2.0])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    m = _fast().profile(_model(), input_shape=_SHAPE)
+    assert fake.calls == [] and math.isnan(m.energy_mj)
+    assert "NVML" not in m.details["energy_note"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_energy_from_real_nvml_when_present():
+    m = MeasuredProfile(device="cuda", warmup=5, repeats=200).profile(_model(), input_shape=_SHAPE)
+    if m.details["energy_source"] == "nvml":
+        assert math.isfinite(m.energy_mj) and m.energy_mj > 0
+    else:
+        assert math.isnan(m.energy_mj) and "NVML energy not used" in m.details["energy_note"]

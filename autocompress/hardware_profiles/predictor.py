@@ -1,0 +1,754 @@
+"""Learned latency predictor (the ``"learned"`` profile) and calibration of the analytic model.
+
+The predictor has two stages, trained from measurements on one host/runtime:
+
+1. **Per layer** (nn-Meter style): features of a :class:`LayerKey` (MACs, parameters, input and
+   output elements, kernel, stride, groups, channels, depthwise flag, precision, SIMD-block
+   alignment of the channels, ...) -> latency of the layer op group. A physical prior
+   (non-negative least-squares fit of latency on MACs, activation elements and parameters, in
+   relative error) carries the trend, and scikit-learn gradient-boosted trees (fixed
+   ``random_state``) learn the log-ratio between the measurement and that prior, so predictions
+   outside the training range follow the prior instead of a flat tree leaf. Training data: the
+   entries of a :class:`LatencyLUT`. A layer that is in the training data keeps its measured
+   value; the trees price the layers never measured.
+2. **Per model**: a linear correction, fitted to whole-model measurements in relative error,
+   ``latency = b0 + b1 * sum(layer predictions) + b2 * n_layers + b3 * n_uncosted_ops
+   + b4 * uncosted_elems`` (see :class:`ModelLayers`): it absorbs the per-run overhead and what
+   per-layer timings miss (ops outside the layer groups such as pooling and residual additions,
+   cache effects between layers).
+
+Persistence is plain JSON: the training rows, hyper-parameters and correction coefficients;
+loading refits the trees deterministically (same data, same ``random_state``) and checks that
+the refit reproduces the stored training predictions. Nothing is ever unpickled.
+
+scikit-learn and SciPy are imported only when a predictor is fitted/loaded or a calibration
+runs, so importing :mod:`autocompress.hardware_profiles` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from torch import nn
+
+from autocompress.hardware_profiles._base import (
+    HardwareMetrics,
+    HardwareProfile,
+    register_hardware_profile,
+)
+from autocompress.hardware_profiles.device_spec import DeviceSpec
+from autocompress.hardware_profiles.graph import (
+    check_input_shape,
+    layer_costs,
+    model_size_bytes,
+    peak_activation_bytes,
+)
+from autocompress.hardware_profiles.lut import (
+    HOST_PRECISION,
+    LatencyLUT,
+    LayerKey,
+    host_facts,
+    model_layers,
+)
+
+__all__ = [
+    "AnalyticCalibration",
+    "LatencyFidelity",
+    "LatencyPredictor",
+    "LearnedProfile",
+    "calibrate_analytic",
+    "fit_predictor",
+    "host_device_spec",
+    "latency_fidelity",
+    "layer_features",
+]
+
+PREDICTOR_FORMAT = "autocompress-latency-predictor"
+PREDICTOR_VERSION = 1
+FEATURE_NAMES = (
+    "log_macs",
+    "log_params",
+    "log_input_elems",
+    "log_output_elems",
+    "kernel_area",
+    "stride",
+    "log_groups",
+    "log_in_channels",
+    "log_out_channels",
+    "depthwise",
+    "linear",
+    "log_spatial_in",
+    "log_spatial_out",
+    "log_reduction",
+    "log_intensity",
+    "bn",
+    "act",
+    "precision_bits",
+    "in_channels_mult8",
+    "out_channels_mult8",
+    "in_channels_mult16",
+    "out_channels_mult16",
+)
+CORRECTION_FEATURES = ("layer_sum_ms", "n_layers", "n_uncosted_ops", "uncosted_elems")
+#: Gradient-boosting settings a saved predictor may carry (an allow-list: anything else in a
+#: file is rejected rather than passed to scikit-learn).
+DEFAULT_PARAMS: dict[str, Any] = {
+    "n_estimators": 300,
+    "learning_rate": 0.05,
+    "max_depth": 3,
+    "min_samples_leaf": 3,
+    "subsample": 1.0,
+}
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "n_estimators": (int,),
+    "learning_rate": (int, float),
+    "max_depth": (int,),
+    "min_samples_leaf": (int,),
+    "subsample": (int, float),
+}
+# Latencies below this (0.1 us) are noise around the subtracted per-run overhead; the log
+# target needs a positive floor.
+_MIN_MS = 1e-4
+_MIN_CORRECTION_MODELS = len(CORRECTION_FEATURES) + 1
+_ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4, "sigmoid": 5}
+# Refit-on-load must reproduce the saved model; anything beyond float round-off means the
+# scikit-learn build grows different trees.
+_REFIT_RTOL = 1e-9
+
+
+# ----------------------------------------------------------------------------- features
+def layer_features(keys: Sequence[LayerKey]) -> np.ndarray:
+    """Feature matrix (one row per key, columns :data:`FEATURE_NAMES`) of layer op groups."""
+    rows = []
+    for key in keys:
+        if not isinstance(key, LayerKey):
+            raise ValueError(
+                "The 'keys' parameter of layer_features must hold LayerKey objects. "
+                f"Got {key!r} instead."
+            )
+        macs, params = key.macs, key.weight_params
+        in_elems, out_elems = key.input_elems, key.output_elems
+        rows.append(
+            [
+                math.log1p(macs),
+                math.log1p(params),
+                math.log1p(in_elems),
+                math.log1p(out_elems),
+                math.prod(key.kernel),
+                math.prod(key.stride),
+                math.log(key.groups),
+                math.log(key.in_channels),
+                math.log(key.out_channels),
+                float(key.depthwise),
+                float(key.kind == "linear"),
+                math.log1p(math.prod(key.input_size)),
+                math.log1p(math.prod(key.output_size)),
+                math.log1p(macs / max(out_elems, 1)),
+                math.log1p(macs / (in_elems + out_elems + params)),
+                float(key.bn),
+                float(_ACT_CODES.get(key.act, len(_ACT_CODES))),
+                float(_precision_bits(key.precision)),
+                # Channel counts that fill whole SIMD blocks (8 floats: AVX2/NEON pairs, 16:
+                # AVX-512) get blocked-layout kernels; others take slower edge paths.
+                float(key.in_channels % 8 == 0),
+                float(key.out_channels % 8 == 0),
+                float(key.in_channels % 16 == 0),
+                float(key.out_channels % 16 == 0),
+            ]
+        )
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURE_NAMES))
+
+
+def _prior_design(keys: Sequence[LayerKey]) -> np.ndarray:
+    """Columns of the physical prior: 1, MACs, activation elements, weight parameters."""
+    return np.asarray(
+        [[1.0, k.macs, k.input_elems + k.output_elems, k.weight_params] for k in keys],
+        dtype=np.float64,
+    ).reshape(len(keys), 4)
+
+
+def _precision_bits(label: str) -> int:
+    """Bits of a precision label: ``"fp32"`` -> 32, ``"8"`` -> 8, ``"w4a8"`` -> 8 (widest)."""
+    numbers = [int(n) for n in re.findall(r"\d+", label)]
+    return max(numbers) if numbers else 32
+
+
+# ----------------------------------------------------------------------------- predictor
+class LatencyPredictor:
+    """Per-layer gradient-boosted trees + a model-level linear correction (see module doc).
+
+    Build one with :func:`fit_predictor` or :meth:`load`; it is read-only afterwards, so
+    ``predict*`` may be called from several threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        layer_keys: Sequence[LayerKey],
+        layer_ms: Sequence[float],
+        params: Mapping[str, Any],
+        random_state: int,
+        correction: Sequence[float],
+        model_rows: Sequence[Mapping[str, float]] = (),
+        overhead_ms: float = 0.0,
+        precision: str = HOST_PRECISION,
+        host: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Fit the per-layer stage on ``layer_keys``/``layer_ms``; use :func:`fit_predictor`."""
+        self.layer_keys = list(layer_keys)
+        self.layer_ms = np.asarray(layer_ms, dtype=np.float64)
+        self.params = _check_params(params)
+        self.random_state = int(random_state)
+        self.correction = np.asarray(correction, dtype=np.float64)
+        if self.correction.shape != (len(CORRECTION_FEATURES) + 1,) or not np.all(
+            np.isfinite(self.correction)
+        ):
+            raise ValueError(
+                f"The 'correction' parameter of LatencyPredictor must be "
+                f"{len(CORRECTION_FEATURES) + 1} finite numbers (intercept, then one per "
+                f"{list(CORRECTION_FEATURES)}). Got {list(correction)!r} instead."
+            )
+        self.model_rows = [dict(r) for r in model_rows]
+        self.overhead_ms = float(overhead_ms)
+        self.precision = precision
+        self.host = dict(host or {})
+        self._known = dict(zip(self.layer_keys, self.layer_ms.tolist(), strict=True))
+        self._prior_coef, self._trees = _fit_layers(
+            self.layer_keys, self.layer_ms, params=self.params, random_state=self.random_state
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LatencyPredictor({len(self.layer_keys)} layers, {len(self.model_rows)} models, "
+            f"correction={np.round(self.correction, 6).tolist()})"
+        )
+
+    def predict_layers(self, keys: Sequence[LayerKey], *, use_known: bool = True) -> np.ndarray:
+        """Latency (ms) each layer op group adds to a model, one per key.
+
+        A key the predictor was trained on gets its training value (a measurement beats an
+        estimate of it) unless ``use_known`` is False; other keys get the tree estimate.
+        """
+        keys = list(keys)
+        if not keys:
+            return np.zeros(0)
+        prior = np.maximum(_prior_design(keys) @ self._prior_coef, _MIN_MS)
+        estimate = prior * np.exp(self._trees.predict(layer_features(keys)))
+        if use_known:
+            known = [self._known.get(k) for k in keys]
+            estimate = np.array(
+                [e if v is None else v for e, v in zip(estimate, known, strict=True)]
+            )
+        return estimate
+
+    def predict_summary(
+        self, *, layer_sum_ms: float, n_layers: int, n_uncosted_ops: int, uncosted_elems: int
+    ) -> float:
+        """Whole-model latency (ms) from the per-layer sum and the op counts (the correction)."""
+        row = np.array([1.0, layer_sum_ms, n_layers, n_uncosted_ops, uncosted_elems])
+        return max(float(row @ self.correction), _MIN_MS)
+
+    def predict(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> float:
+        """Predicted whole-model latency (ms) of one batch-1 inference."""
+        return self.explain(model, input_shape=input_shape)["latency_ms"]
+
+    def explain(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        """The prediction with its parts: per-layer rows, sums and counts."""
+        traced = model_layers(model, input_shape=input_shape, precision=self.precision)
+        unkeyed = [r.name for r in traced.layers if r.key is None]
+        if unkeyed:
+            raise ValueError(
+                "LatencyPredictor cannot price layers without a LayerKey (transposed or "
+                f"non-zero-padded convs): {unkeyed}."
+            )
+        keys = [r.key for r in traced.layers]
+        layer_ms = self.predict_layers(keys)  # type: ignore[arg-type]
+        layer_sum = float(layer_ms.sum())
+        return {
+            "latency_ms": self.predict_summary(
+                layer_sum_ms=layer_sum,
+                n_layers=len(keys),
+                n_uncosted_ops=traced.uncosted_ops,
+                uncosted_elems=traced.uncosted_elems,
+            ),
+            "layer_sum_ms": layer_sum,
+            "n_layers": len(keys),
+            "n_uncosted_ops": traced.uncosted_ops,
+            "uncosted_elems": traced.uncosted_elems,
+            "layers": [
+                {"name": r.name, "key": str(r.key), "latency_ms": float(ms)}
+                for r, ms in zip(traced.layers, layer_ms, strict=True)
+            ],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        import sklearn
+
+        return {
+            "format": PREDICTOR_FORMAT,
+            "version": PREDICTOR_VERSION,
+            "host": self.host,
+            "precision": self.precision,
+            "params": self.params,
+            "random_state": self.random_state,
+            "overhead_ms": self.overhead_ms,
+            "layers": [
+                {"key": k.as_dict(), "ms": float(ms)}
+                for k, ms in zip(self.layer_keys, self.layer_ms, strict=True)
+            ],
+            "correction": {
+                "features": ["intercept", *CORRECTION_FEATURES],
+                "coef": self.correction.tolist(),
+            },
+            "models": self.model_rows,
+            "check": {
+                "sklearn": sklearn.__version__,
+                "layer_predictions_ms": self.predict_layers(
+                    self.layer_keys, use_known=False
+                ).tolist(),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LatencyPredictor:
+        """Rebuild from :meth:`to_dict` output by refitting; warns if the refit differs."""
+        if not isinstance(data, Mapping) or data.get("format") != PREDICTOR_FORMAT:
+            raise ValueError(
+                "The 'data' parameter of LatencyPredictor.from_dict must be a mapping with "
+                f"format={PREDICTOR_FORMAT!r}. Got {str(data)[:80]} instead."
+            )
+        if data.get("version") != PREDICTOR_VERSION:
+            raise ValueError(
+                f"The 'version' field of a latency predictor must be {PREDICTOR_VERSION}. "
+                f"Got {data.get('version')!r} instead."
+            )
+        try:
+            predictor = cls(
+                layer_keys=[LayerKey.from_dict(row["key"]) for row in data["layers"]],
+                layer_ms=[float(row["ms"]) for row in data["layers"]],
+                params=data["params"],
+                random_state=data["random_state"],
+                correction=[float(c) for c in data["correction"]["coef"]],
+                model_rows=data.get("models", []),
+                overhead_ms=float(data.get("overhead_ms", 0.0)),
+                precision=str(data.get("precision", HOST_PRECISION)),
+                host=data.get("host", {}),
+            )
+            stored = np.asarray(data["check"]["layer_predictions_ms"], dtype=np.float64)
+            saved_with = data["check"].get("sklearn")
+        except (KeyError, TypeError) as err:
+            raise ValueError(
+                f"A latency predictor is missing or mistypes a field: {err!r}."
+            ) from None
+        refit = predictor.predict_layers(predictor.layer_keys, use_known=False)
+        if stored.shape != refit.shape or not np.allclose(refit, stored, rtol=_REFIT_RTOL, atol=0):
+            import sklearn
+
+            warnings.warn(
+                f"The refitted latency predictor differs from the saved one (saved with "
+                f"scikit-learn {saved_with}, refitted with {sklearn.__version__}); predictions "
+                "may shift slightly.",
+                stacklevel=2,
+            )
+        return predictor
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the predictor as JSON to ``path`` (parent folders created); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LatencyPredictor:
+        """Read a predictor written by :meth:`save` (plain JSON; the trees are refitted)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(
+                "The 'path' parameter of LatencyPredictor.load must be an existing JSON file. "
+                f"Got {str(path)!r} instead."
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Latency predictor {path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+
+def fit_predictor(
+    *,
+    layers: LatencyLUT | Mapping[LayerKey, float],
+    models: Sequence[tuple[nn.Module, tuple[int, ...]]] = (),
+    measured_ms: Sequence[float] = (),
+    overhead_ms: float | None = None,
+    params: Mapping[str, Any] | None = None,
+    random_state: int = 0,
+) -> LatencyPredictor:
+    """Train a :class:`LatencyPredictor`.
+
+    ``layers``: per-layer training data, a LUT (its :meth:`LatencyLUT.layer_table` and overhead)
+    or ``{LayerKey: ms}``. ``models``/``measured_ms``: ``(model, input_shape)`` pairs and their
+    measured whole-model latencies (ms) for the correction; at least
+    ``len(CORRECTION_FEATURES) + 1`` of them, or none, in which case the correction is
+    ``overhead_ms + sum(layers)`` (``overhead_ms`` defaults to the LUT's, else 0). ``params``:
+    gradient-boosting settings (keys of :data:`DEFAULT_PARAMS`). Deterministic for fixed inputs.
+    """
+    host: dict[str, Any] = {}
+    precision = HOST_PRECISION
+    if isinstance(layers, LatencyLUT):
+        table = layers.layer_table()
+        host = dict(layers.host)
+        precision = layers.precision
+        if overhead_ms is None:
+            overhead_ms = layers.overhead_ms
+    elif isinstance(layers, Mapping):
+        table = dict(layers)
+    else:
+        raise ValueError(
+            "The 'layers' parameter of fit_predictor must be a LatencyLUT or a mapping of "
+            f"LayerKey to milliseconds. Got {layers!r} instead."
+        )
+    bad = [
+        k
+        for k, v in table.items()
+        if not isinstance(k, LayerKey)
+        or isinstance(v, bool)
+        or not isinstance(v, int | float | np.floating)
+        or not math.isfinite(v)
+        or v < 0
+    ]
+    if len(table) < 2 or bad:
+        raise ValueError(
+            "The 'layers' parameter of fit_predictor must hold at least 2 LayerKey -> finite "
+            f"ms >= 0 entries. Got {len(table)} entries"
+            + (f", a bad one for {bad[0]!r}" if bad else "")
+            + " instead."
+        )
+    overhead = 0.0 if overhead_ms is None else _check_ms(overhead_ms, name="overhead_ms")
+    models, measured = list(models), np.asarray(measured_ms, dtype=np.float64).ravel()
+    if len(models) != len(measured):
+        raise ValueError(
+            "The 'measured_ms' parameter of fit_predictor must have one latency per model. "
+            f"Got {len(measured)} for {len(models)} models instead."
+        )
+    if models and (len(models) < _MIN_CORRECTION_MODELS or not np.all(measured > 0)):
+        raise ValueError(
+            f"The 'models' parameter of fit_predictor must hold none or at least "
+            f"{_MIN_CORRECTION_MODELS} models with positive measured latencies. Got "
+            f"{len(models)} models, latencies {measured.tolist()[:5]} instead."
+        )
+    predictor = LatencyPredictor(
+        layer_keys=list(table),
+        layer_ms=list(table.values()),
+        params={**DEFAULT_PARAMS, **dict(params or {})},
+        random_state=random_state,
+        correction=[overhead, 1.0] + [0.0] * (len(CORRECTION_FEATURES) - 1),
+        overhead_ms=overhead,
+        precision=precision,
+        host=host,
+    )
+    if not models:
+        return predictor
+    rows = []
+    for (model, shape), ms in zip(models, measured, strict=True):
+        parts = predictor.explain(model, input_shape=shape)
+        rows.append({**{f: parts[f] for f in CORRECTION_FEATURES}, "measured_ms": float(ms)})
+    predictor.correction = _fit_correction(rows)
+    predictor.model_rows = rows
+    return predictor
+
+
+def _fit_layers(
+    keys: list[LayerKey], ms: np.ndarray, *, params: Mapping[str, Any], random_state: int
+) -> tuple[np.ndarray, Any]:
+    try:
+        from scipy.optimize import nnls
+        from sklearn.ensemble import GradientBoostingRegressor
+    except ImportError as err:  # core dependencies, but say what is missing
+        raise ImportError(
+            "The learned latency predictor needs scikit-learn and SciPy: "
+            "pip install scikit-learn scipy."
+        ) from err
+    target = np.maximum(ms, _MIN_MS)
+    design = _prior_design(keys)
+    # Relative-error fit: each row divided by its target, so small layers count as much as
+    # large ones (the fidelity that matters is +-10%, not absolute ms).
+    scale = design.max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(design / target[:, None] / scale, np.ones(len(target)))
+    coef = coef / scale
+    prior = np.maximum(design @ coef, _MIN_MS)
+    trees = GradientBoostingRegressor(random_state=random_state, **params)
+    trees.fit(layer_features(keys), np.log(target) - np.log(prior))
+    return coef, trees
+
+
+def _fit_correction(rows: list[dict[str, float]]) -> np.ndarray:
+    """Least squares in relative error of measured ~ [1, *CORRECTION_FEATURES]."""
+    x = np.array([[1.0, *(r[f] for f in CORRECTION_FEATURES)] for r in rows])
+    y = np.array([r["measured_ms"] for r in rows])
+    design = x / y[:, None]
+    # Columns range from ms to element counts: equilibrate them so that the solver's rank
+    # cut-off does not drop the small ones.
+    scale = np.abs(design).max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, *_ = np.linalg.lstsq(design / scale, np.ones(len(y)), rcond=None)
+    return coef / scale
+
+
+def _check_params(params: Any) -> dict[str, Any]:
+    if not isinstance(params, Mapping) or set(params) - set(_PARAM_TYPES):
+        raise ValueError(
+            f"The 'params' parameter of LatencyPredictor must be a mapping with keys among "
+            f"{sorted(_PARAM_TYPES)}. Got {params!r} instead."
+        )
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, _PARAM_TYPES[name]) or value <= 0:
+            raise ValueError(
+                f"The '{name}' gradient-boosting parameter must be a positive number. "
+                f"Got {value!r} instead."
+            )
+    return dict(params)
+
+
+def _check_ms(value: Any, *, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(
+            f"The '{name}' parameter of fit_predictor must be a finite number >= 0. "
+            f"Got {value!r} instead."
+        )
+    return float(value)
+
+
+# ----------------------------------------------------------------------------- profile
+@register_hardware_profile("learned")
+class LearnedProfile(HardwareProfile):
+    """Latency predicted by a :class:`LatencyPredictor` trained on this host's measurements.
+
+    ``predictor``: a LatencyPredictor or the path of one saved as JSON. Energy is unknown
+    (NaN); size and peak memory use the bits. ``details`` holds the per-layer predictions, their
+    sum, the op counts and the host the predictor was trained on. Thread-safe (read-only).
+    """
+
+    def __init__(self, *, predictor: LatencyPredictor | str | os.PathLike[str]) -> None:
+        if isinstance(predictor, str | os.PathLike):
+            predictor = LatencyPredictor.load(predictor)
+        if not isinstance(predictor, LatencyPredictor):
+            raise ValueError(
+                "The 'predictor' parameter of LearnedProfile must be a LatencyPredictor or the "
+                f"path of a predictor JSON file. Got {predictor!r} instead."
+            )
+        self.predictor = predictor
+
+    def __repr__(self) -> str:
+        return f"LearnedProfile(predictor={self.predictor!r})"
+
+    def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
+        shape = check_input_shape(input_shape, caller="LearnedProfile.profile")
+        parts = self.predictor.explain(model, input_shape=shape)
+        costs = layer_costs(model, input_shape=shape)
+        return HardwareMetrics(
+            latency_ms=parts.pop("latency_ms"),
+            energy_mj=math.nan,
+            size_bytes=model_size_bytes(model),
+            peak_mem_bytes=peak_activation_bytes(costs),
+            details={
+                **parts,
+                "trained_on": self.predictor.host,
+                "energy_note": "Energy unknown: the latency predictor holds no power figures.",
+            },
+        )
+
+
+# ----------------------------------------------------------------------------- fidelity
+class LatencyFidelity(NamedTuple):
+    """How well predicted latencies match measured ones.
+
+    ``within_10pct``: fraction of models with ``|predicted - measured| <= 10% * measured``.
+    ``rmse_ms``: root-mean-square error. ``kendall_tau``: rank agreement (what a search needs).
+    ``median_abs_pct``: median of ``|predicted / measured - 1|`` in percent.
+    """
+
+    n: int
+    within_10pct: float
+    rmse_ms: float
+    kendall_tau: float
+    median_abs_pct: float
+
+
+def latency_fidelity(
+    *, predicted_ms: Sequence[float], measured_ms: Sequence[float]
+) -> LatencyFidelity:
+    """Compare predictions to measurements, one pair per model (see :class:`LatencyFidelity`)."""
+    from scipy.stats import kendalltau
+
+    pred = np.asarray(predicted_ms, dtype=np.float64).ravel()
+    meas = np.asarray(measured_ms, dtype=np.float64).ravel()
+    if pred.shape != meas.shape or len(meas) < 2 or not np.all(meas > 0):
+        raise ValueError(
+            "The 'predicted_ms' and 'measured_ms' parameters of latency_fidelity must be "
+            "equally long (>= 2) with positive measurements. Got "
+            f"{len(pred)} predictions and {len(meas)} measurements instead."
+        )
+    rel = np.abs(pred / meas - 1.0)
+    tau = kendalltau(pred, meas).statistic
+    return LatencyFidelity(
+        n=len(meas),
+        within_10pct=float(np.mean(rel <= 0.10)),
+        rmse_ms=float(np.sqrt(np.mean((pred - meas) ** 2))),
+        kendall_tau=float(tau),
+        median_abs_pct=float(100 * np.median(rel)),
+    )
+
+
+# ----------------------------------------------------------------------------- analytic
+class AnalyticCalibration(NamedTuple):
+    """Result of :func:`calibrate_analytic`: the fitted spec and its error before and after."""
+
+    spec: DeviceSpec
+    before: LatencyFidelity
+    after: LatencyFidelity
+
+
+# Search box of the calibration: efficiency in [1e-4, 1] (the DeviceSpec allows (0, 1]), per-
+# layer overhead in [1 ns, 100 ms].
+_EFFICIENCY_BOUNDS = (1e-4, 1.0)
+_OVERHEAD_BOUNDS_S = (1e-9, 1e-1)
+
+
+def calibrate_analytic(
+    spec: DeviceSpec,
+    *,
+    models: Sequence[tuple[nn.Module, tuple[int, ...]]],
+    measured_ms: Sequence[float],
+) -> AnalyticCalibration:
+    """Fit ``compute_efficiency`` and ``layer_overhead_s`` of ``spec`` to measured latencies.
+
+    ``models``: ``(model, input_shape)`` pairs, ``measured_ms`` their measured latencies on the
+    device ``spec`` describes (at least 2). Bounded least squares (SciPy) on the log-ratio of
+    the :class:`AnalyticProfile` prediction to the measurement, so every model counts by its
+    relative error; all other fields of the spec are kept. Returns the new spec (validated like
+    a YAML one) with the :class:`LatencyFidelity` of the old and the new spec on these models.
+    The analytic model has no per-run term, so a per-inference overhead ends up spread over
+    the layers.
+    """
+    from scipy.optimize import least_squares
+
+    from autocompress.hardware_profiles.analytic import AnalyticProfile
+
+    if not isinstance(spec, DeviceSpec):
+        raise ValueError(
+            f"The 'spec' parameter of calibrate_analytic must be a DeviceSpec. Got {spec!r} "
+            "instead."
+        )
+    models = list(models)
+    measured = np.asarray(measured_ms, dtype=np.float64).ravel()
+    if len(models) < 2 or len(models) != len(measured) or not np.all(measured > 0):
+        raise ValueError(
+            "The 'models' and 'measured_ms' parameters of calibrate_analytic must pair at least "
+            f"2 models with positive latencies. Got {len(models)} models and "
+            f"{len(measured)} latencies instead."
+        )
+    # Per layer, compute time at efficiency 1 and memory time do not depend on the two fitted
+    # parameters: profile once, then the fit only re-evaluates sum(max(c / eff, m)) + n * o.
+    unit = AnalyticProfile(device=spec.model_copy(update={"compute_efficiency": 1.0}))
+    parts = []
+    for model, shape in models:
+        rows = unit.profile(model, input_shape=shape).details["layers"]
+        compute = np.array([r["compute_ms"] for r in rows])
+        memory = np.array([r["memory_ms"] for r in rows])
+        parts.append((compute, memory, len(rows)))
+
+    def predict(efficiency: float, overhead_s: float) -> np.ndarray:
+        return np.array(
+            [np.maximum(c / efficiency, m).sum() + n * overhead_s * 1e3 for c, m, n in parts]
+        )
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(predict(*np.exp(theta)), 1e-12)) - np.log(measured)
+
+    lower = np.log([_EFFICIENCY_BOUNDS[0], _OVERHEAD_BOUNDS_S[0]])
+    upper = np.log([_EFFICIENCY_BOUNDS[1], _OVERHEAD_BOUNDS_S[1]])
+    start = np.log([spec.compute_efficiency, spec.layer_overhead_s])
+    # least_squares needs a strictly feasible start.
+    start = np.clip(start, lower + 1e-9, upper - 1e-9)
+    fit = least_squares(
+        residuals, start, bounds=(lower, upper), method="trf", ftol=1e-12, xtol=1e-12, gtol=1e-12
+    )
+    efficiency, overhead_s = (float(v) for v in np.exp(fit.x))
+    efficiency = min(efficiency, 1.0)
+    data = spec.model_dump()
+    data.update(compute_efficiency=efficiency, layer_overhead_s=overhead_s)
+    calibrated = DeviceSpec.model_validate(data)
+    return AnalyticCalibration(
+        spec=calibrated,
+        before=latency_fidelity(
+            predicted_ms=predict(spec.compute_efficiency, spec.layer_overhead_s),
+            measured_ms=measured,
+        ),
+        after=latency_fidelity(predicted_ms=predict(efficiency, overhead_s), measured_ms=measured),
+    )
+
+
+def host_device_spec(*, threads: int = 1) -> DeviceSpec:
+    """A first-guess float-only :class:`DeviceSpec` of this host, meant to be calibrated.
+
+    Peak = ``threads`` x clock x SIMD fp32 lanes (16 with AVX-512, 8 with AVX2, else 4) x 2 FMA
+    pipes, read from ``/proc/cpuinfo`` where it exists (2 GHz and 4 lanes otherwise). Memory
+    bandwidth (10 GB/s per thread), ``compute_efficiency`` 0.5 and ``layer_overhead_s`` 5 us are
+    engineering guesses; on-chip memory is the L2 of cpu0 (1 MiB if unknown). Energy fields are
+    Horowitz (ISSCC 2014) 45 nm placeholders: energy is not calibrated for the host.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(
+            f"The 'threads' parameter of host_device_spec must be an int >= 1. Got {threads!r} "
+            "instead."
+        )
+    mhz, flags = 2000.0, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("cpu MHz") and mhz == 2000.0:
+                mhz = float(line.split(":", 1)[1])
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except (OSError, ValueError):
+        pass
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    l2_bytes = _l2_bytes()
+    cpu = host_facts(backend="torch", threads=threads)["cpu_model"]
+    return DeviceSpec(
+        name="host",
+        description=f"This host ({cpu}), {threads} thread(s), fp32 kernels; first guess.",
+        kind="cpu",
+        supported_bits=[32],
+        peak_macs_per_s={32: threads * mhz * 1e6 * lanes * 2},
+        memory_bandwidth_bytes_per_s=1e10 * threads,
+        onchip_memory_bytes=l2_bytes,
+        energy_per_mac_pj={32: 4.6},
+        energy_per_dram_byte_pj=162.5,
+        energy_per_sram_byte_pj=12.5,
+        layer_overhead_s=5e-6,
+        compute_efficiency=0.5,
+        sources=[
+            f"/proc/cpuinfo: {mhz:.0f} MHz, {lanes} fp32 SIMD lanes, 2 FMA pipes assumed",
+            "M. Horowitz, Computing's energy problem, ISSCC 2014 (energy placeholders)",
+            "bandwidth, efficiency and overhead: guesses to be fitted by calibrate_analytic",
+        ],
+    )
+
+
+def _l2_bytes() -> int:
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
+        units = {"K": 1024, "M": 1024**2}
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    except (OSError, ValueError, IndexError):
+        return 1024**2

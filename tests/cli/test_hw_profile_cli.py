@@ -1,0 +1,57 @@
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from autocompress.cli import app
+from autocompress.hardware_profiles import LatencyLUT, LatencyPredictor
+
+runner = CliRunner()
+_FAST = [
+    "--repeats",
+    "2",
+    "--warmup",
+    "0",
+    "--rounds",
+    "1",
+    "--input-shape",
+    "1,8,8",
+    "--num-classes",
+    "10",
+]
+
+
+def _config(tmp_path, tiny_config_dict):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict))
+    return path
+
+
+def test_build_lut_for_a_tiny_space(tmp_path, tiny_config_dict):
+    config, out = _config(tmp_path, tiny_config_dict), tmp_path / "lut.json"
+    args = ["profile", "build-lut", "host", "--config", str(config), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--samples", "2", *_FAST])
+    assert result.exit_code == 0, result.output
+    assert "distinct layers" in result.output and "wrote" in result.output
+    lut = LatencyLUT.load(out)
+    assert len(lut) >= 3 and lut.backend == "onnxruntime" and lut.threads == 1
+    assert json.loads(out.read_text())["host"]["cpu_model"]
+
+
+def test_fit_writes_a_predictor_and_prints_the_calibrated_spec(tmp_path, tiny_config_dict):
+    config, out = _config(tmp_path, tiny_config_dict), tmp_path / "predictor.json"
+    spec = tmp_path / "host.yaml"
+    args = ["profile", "fit", "host", "--config", str(config), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--samples", "8", "--spec-out", str(spec), *_FAST])
+    assert result.exit_code == 0, result.output
+    assert "after calibration" in result.output and "compute_efficiency" in result.output
+    assert LatencyPredictor.load(out).layer_keys
+    assert yaml.safe_load(spec.read_text())["name"] == "host"
+
+
+def test_unknown_device_lists_the_supported_ones(tmp_path, tiny_config_dict):
+    config = _config(tmp_path, tiny_config_dict)
+    args = ["--config", str(config), "--out", str(tmp_path / "x.json")]
+    result = runner.invoke(app, ["profile", "build-lut", "raspberry-pi", *args])
+    assert result.exit_code == 2
+    assert "'DEVICE' argument" in result.output and "host" in result.output
