@@ -207,9 +207,7 @@ def _eligible_mask(df: pd.DataFrame) -> np.ndarray:
 
 def _objective_values(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
     """Objective columns as a float array (n_rows x n_objectives), missing values as NaN."""
-    columns = [
-        pd.to_numeric(df[o.name]).to_numpy(dtype=float, na_value=np.nan) for o in objectives
-    ]
+    columns = [pd.to_numeric(df[o.name]).to_numpy(dtype=float, na_value=np.nan) for o in objectives]
     return np.column_stack(columns) if columns else np.empty((len(df), 0))
 
 

@@ -178,13 +178,35 @@ def _axis_label(objective: Objective) -> str:
 
 
 def _draw_projection(ax: Axes, p: ProjectionData) -> None:
-    ax.scatter(p.feasible_x, p.feasible_y, s=14, color=_DOMINATED_COLOUR, alpha=0.5,
-               label="dominated", zorder=1)
-    ax.scatter(p.infeasible_x, p.infeasible_y, s=18, marker="x", color=_INFEASIBLE_COLOUR,
-               alpha=0.7, label="infeasible", zorder=2)
+    ax.scatter(
+        p.feasible_x,
+        p.feasible_y,
+        s=14,
+        color=_DOMINATED_COLOUR,
+        alpha=0.5,
+        label="dominated",
+        zorder=1,
+    )
+    ax.scatter(
+        p.infeasible_x,
+        p.infeasible_y,
+        s=18,
+        marker="x",
+        color=_INFEASIBLE_COLOUR,
+        alpha=0.7,
+        label="infeasible",
+        zorder=2,
+    )
     # Full-front trials that this projection hides behind others: hollow, so they stay findable.
-    ax.scatter(p.pareto_x, p.pareto_y, s=30, facecolors="none", edgecolors=_FRONT_COLOUR,
-               label="on full front", zorder=3)
+    ax.scatter(
+        p.pareto_x,
+        p.pareto_y,
+        s=30,
+        facecolors="none",
+        edgecolors=_FRONT_COLOUR,
+        label="on full front",
+        zorder=3,
+    )
     ax.step(p.front_x, p.front_y, where=p.step_where, color=_FRONT_COLOUR, zorder=4)
     ax.scatter(p.front_x, p.front_y, s=24, color=_FRONT_COLOUR, label="2-D front", zorder=5)
     ax.set_xlabel(_axis_label(p.x))

@@ -72,8 +72,11 @@ def test_pareto_plot_data_pair_order_for_four_objectives(three_objective_trials)
     energy = Objective("energy_mj", "minimize")
     data = pareto_plot_data(three_objective_trials, [ACC, LAT, SIZE, energy])
     pairs = [(p.x.name, p.y.name) for p in data.projections]
-    assert pairs[:3] == [("accuracy", "latency_ms"), ("accuracy", "size_kb"),
-                         ("accuracy", "energy_mj")]
+    assert pairs[:3] == [
+        ("accuracy", "latency_ms"),
+        ("accuracy", "size_kb"),
+        ("accuracy", "energy_mj"),
+    ]
     assert len(pairs) == 6
 
 
@@ -102,8 +105,9 @@ def test_plot_pareto_two_objectives_and_many_panels(tmp_path: Path, three_object
 
 
 def test_plot_pareto_without_feasible_trials(tmp_path: Path, make_trials) -> None:
-    df = make_trials([(0, "COMPLETE", False, 0.5, 1.0, 1.0), (1, "FAIL", True, math.nan,
-                                                              math.nan, math.nan)])
+    df = make_trials(
+        [(0, "COMPLETE", False, 0.5, 1.0, 1.0), (1, "FAIL", True, math.nan, math.nan, math.nan)]
+    )
     _assert_png(plot_pareto(df, [ACC, LAT], tmp_path / "empty.png"))
 
 

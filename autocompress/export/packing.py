@@ -1,0 +1,293 @@
+"""Bit-packed integer weights: the compact state-dict export of a compressed model.
+
+Bit order (little-endian, LSB first). A layer's integer weights are flattened in C order
+(``weight.reshape(-1)``) and each value is written as a ``b``-bit two's-complement field: value
+``i`` occupies bits ``i*b .. i*b + b - 1`` of one long bit stream, its least significant bit
+first, and bit ``k`` of the stream is bit ``k % 8`` (``1 << (k % 8)``) of byte ``k // 8``. So
+``n`` values take exactly ``ceil(n * b / 8)`` bytes; the unused high bits of the last byte are
+zero. Example, ``b = 3``, values ``[1, -1, 2]`` -> fields ``001``, ``111``, ``010`` -> stream
+(LSB first) ``100 111 010`` -> bytes ``0b10111001, 0b00000000`` = ``[0xB9, 0x00]``.
+
+A quantized Conv/Linear weight is stored as these packed integers plus one float32 scale per
+output channel (symmetric per-channel quantization, zero point 0, integers in
+``[-(2^(b-1) - 1), 2^(b-1) - 1]``), exactly the grid of
+:func:`autocompress.compression.quantization.quantize_weight`: ``integers * scale`` reproduces
+the fake-quant weight bit for bit.
+
+A whole model is written by :func:`write_packed` as two files: ``weights.bin`` (every tensor's
+bytes back to back, no padding, little-endian) and ``weights.json`` (the index: for each
+state_dict key its ``offset``/``nbytes`` in the blob, shape and either ``"encoding": "raw"`` with a
+dtype or ``"encoding": "packed"`` with ``bits`` and the offset of its float32 scales). Nothing is
+pickled; :func:`read_packed` rebuilds the state_dict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from numbers import Integral
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..compression.quantization import FLOAT_BITS, MIN_BITS
+
+MAX_PACKED_BITS = 16  # wider weights are stored raw (float32), as the fake-quant keeps them
+PACKED_FILE = "weights.bin"
+PACKED_INDEX = "weights.json"
+PACKED_FORMAT = "autocompress-packed"
+PACKED_VERSION = 1
+# Raw tensors in the blob: the dtypes a state_dict of these models holds, by stable names.
+_RAW_DTYPES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.int64: "int64",
+    torch.int32: "int32",
+    torch.bool: "bool",
+}
+_NUMPY_DTYPES = {"float32": "<f4", "float64": "<f8", "float16": "<f2", "int64": "<i8"}
+_NUMPY_DTYPES |= {"int32": "<i4", "bool": "|b1"}
+
+
+def _check_bits(bits: Any, *, where: str) -> int:
+    # bool is an int subclass; True/False as a bit-width is always a caller bug.
+    if (
+        isinstance(bits, bool)
+        or not isinstance(bits, Integral)
+        or not MIN_BITS <= bits <= MAX_PACKED_BITS
+    ):
+        raise ValueError(
+            f"The 'bits' parameter of {where} must be an int in [{MIN_BITS}, {MAX_PACKED_BITS}]. "
+            f"Got {bits!r} instead."
+        )
+    return int(bits)
+
+
+def pack_bits(values: Tensor, *, bits: int) -> Tensor:
+    """Pack signed integers of ``bits`` bits into a 1-D uint8 tensor (see the module doc).
+
+    ``values`` is any integer tensor whose entries lie in ``[-2^(bits-1), 2^(bits-1) - 1]``;
+    it is flattened in C order. The result has ``ceil(values.numel() * bits / 8)`` bytes.
+    """
+    bits = _check_bits(bits, where="pack_bits")
+    if not isinstance(values, Tensor) or values.is_floating_point() or values.is_complex():
+        got = values.dtype if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(
+            f"The 'values' parameter of pack_bits must be an integer tensor. Got {got} instead."
+        )
+    flat = values.detach().cpu().reshape(-1).to(torch.int64).numpy()
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if flat.size and (flat.min() < lo or flat.max() > hi):
+        raise ValueError(
+            f"The 'values' parameter of pack_bits must lie in [{lo}, {hi}] for bits={bits}. "
+            f"Got values in [{flat.min()}, {flat.max()}] instead."
+        )
+    # Two's complement in b bits, then one row of b bits per value, LSB first.
+    unsigned = flat & ((1 << bits) - 1)
+    stream = ((unsigned[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    return torch.from_numpy(np.packbits(stream, bitorder="little"))
+
+
+def unpack_bits(packed: Tensor, *, bits: int, count: int) -> Tensor:
+    """Inverse of :func:`pack_bits`: the first ``count`` values, as a 1-D int32 tensor."""
+    bits = _check_bits(bits, where="unpack_bits")
+    if isinstance(count, bool) or not isinstance(count, Integral) or count < 0:
+        raise ValueError(
+            f"The 'count' parameter of unpack_bits must be a non-negative int. Got {count!r} "
+            "instead."
+        )
+    if not isinstance(packed, Tensor) or packed.dtype != torch.uint8:
+        got = packed.dtype if isinstance(packed, Tensor) else type(packed).__name__
+        raise ValueError(
+            f"The 'packed' parameter of unpack_bits must be a uint8 tensor. Got {got} instead."
+        )
+    needed = math.ceil(count * bits / 8)
+    if packed.numel() < needed:
+        raise ValueError(
+            f"The 'packed' parameter of unpack_bits must hold at least ceil({count} * {bits} / 8)"
+            f" = {needed} bytes. Got {packed.numel()} bytes instead."
+        )
+    stream = np.unpackbits(packed.cpu().reshape(-1).numpy(), bitorder="little")
+    fields = stream[: count * bits].reshape(count, bits).astype(np.int64)
+    unsigned = (fields << np.arange(bits)).sum(axis=1)
+    signed = np.where(unsigned >= 2 ** (bits - 1), unsigned - 2**bits, unsigned)
+    return torch.from_numpy(signed.astype(np.int32))
+
+
+def integer_weight(weight: Tensor, *, bits: int) -> tuple[Tensor, Tensor]:
+    """``(integers, scale)`` of the symmetric per-output-channel grid of ``quantize_weight``.
+
+    ``integers`` (int32, same shape as ``weight``) lie in ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]``;
+    ``scale`` is float32 ``[out_channels]``. ``integers * scale.view(-1, 1, ...)`` equals
+    ``quantize_weight(weight, bits)`` exactly: the same float32 operations, in the same order.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, Integral) or not MIN_BITS <= bits < 32:
+        raise ValueError(
+            f"The 'bits' parameter of integer_weight must be an int in [{MIN_BITS}, 31]. "
+            f"Got {bits!r} instead."
+        )
+    w = weight.detach()
+    qmax = 2 ** (bits - 1) - 1
+    max_abs = w.abs().flatten(1).amax(dim=1)
+    scale = torch.where(max_abs > 0, max_abs / qmax, torch.ones_like(max_abs))
+    view = scale.view(-1, *([1] * (w.dim() - 1)))
+    integers = torch.clamp(torch.round(w / view), -qmax, qmax)
+    return integers.to(torch.int32), scale.to(torch.float32)
+
+
+def dequantize(integers: Tensor, scale: Tensor) -> Tensor:
+    """``integers * scale`` with the scale broadcast along dim 0 (the output channels)."""
+    view = scale.view(-1, *([1] * (integers.dim() - 1)))
+    return integers.to(view.dtype) * view
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """One layer's weight: ``bits``-bit integers packed into ``data`` and per-channel scales."""
+
+    bits: int
+    shape: tuple[int, ...]
+    data: Tensor  # uint8, ceil(prod(shape) * bits / 8) bytes
+    scale: Tensor  # float32 [shape[0]]
+
+    @classmethod
+    def from_weight(cls, weight: Tensor, *, bits: int) -> PackedWeight:
+        bits = _check_bits(bits, where="PackedWeight.from_weight")
+        integers, scale = integer_weight(weight, bits=bits)
+        return cls(bits, tuple(weight.shape), pack_bits(integers, bits=bits), scale)
+
+    def integers(self) -> Tensor:
+        return unpack_bits(self.data, bits=self.bits, count=math.prod(self.shape)).reshape(
+            self.shape
+        )
+
+    def dequantized(self) -> Tensor:
+        return dequantize(self.integers(), self.scale)
+
+
+def packed_weights(model: nn.Module) -> dict[str, PackedWeight]:
+    """``{state_dict key: PackedWeight}`` of every fake-quant layer with 2..16-bit weights.
+
+    Layers with quantization disabled or with float (32-bit) or 17..31-bit weights are left
+    out: they are stored raw.
+    """
+    packed = {}
+    for name, module in model.named_modules():
+        bits = getattr(module, "w_bits", FLOAT_BITS)
+        if not getattr(module, "quant_enabled", False) or not MIN_BITS <= bits <= MAX_PACKED_BITS:
+            continue
+        key = f"{name}.weight" if name else "weight"
+        packed[key] = PackedWeight.from_weight(module.weight, bits=bits)
+    return packed
+
+
+def write_packed(directory: Path, model: nn.Module) -> Path:
+    """Write ``model``'s state_dict as ``weights.bin`` + ``weights.json``; returns the .bin path.
+
+    Quantized weights are bit-packed (see the module doc); every other tensor is stored raw,
+    little-endian, in its own dtype.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    packed = packed_weights(model)
+    chunks: list[bytes] = []
+    index: dict[str, dict[str, Any]] = {}
+    offset = 0
+
+    def add(data: bytes) -> int:
+        nonlocal offset
+        chunks.append(data)
+        start, offset = offset, offset + len(data)
+        return start
+
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if key in packed:
+            p = packed[key]
+            data = p.data.numpy().tobytes()
+            entry = {"encoding": "packed", "bits": p.bits, "shape": list(p.shape)}
+            entry |= {"offset": add(data), "nbytes": len(data)}
+            scale = p.scale.numpy().astype("<f4").tobytes()
+            entry |= {"scale_offset": add(scale), "scale_nbytes": len(scale)}
+        else:
+            if tensor.dtype not in _RAW_DTYPES:
+                raise ValueError(
+                    f"The state_dict entry {key!r} has dtype {tensor.dtype}, which the packed "
+                    f"format does not store (supported: {sorted(_RAW_DTYPES.values())})."
+                )
+            dtype = _RAW_DTYPES[tensor.dtype]
+            data = tensor.contiguous().numpy().astype(_NUMPY_DTYPES[dtype]).tobytes()
+            entry = {"encoding": "raw", "dtype": dtype, "shape": list(tensor.shape)}
+            entry |= {"offset": add(data), "nbytes": len(data)}
+        index[key] = entry
+    blob = directory / PACKED_FILE
+    blob.write_bytes(b"".join(chunks))
+    header = {"format": PACKED_FORMAT, "version": PACKED_VERSION, "byte_order": "little"}
+    (directory / PACKED_INDEX).write_text(json.dumps({**header, "tensors": index}, indent=1))
+    return blob
+
+
+def read_packed(directory: Path) -> dict[str, Tensor]:
+    """The state_dict stored by :func:`write_packed`; packed weights come back dequantized."""
+    index_path, blob_path = directory / PACKED_INDEX, directory / PACKED_FILE
+    for path in (index_path, blob_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No packed weights in {str(directory)!r}: {path.name} is missing."
+            )
+    index = json.loads(index_path.read_text())
+    if index.get("format") != PACKED_FORMAT or index.get("version") != PACKED_VERSION:
+        raise ValueError(
+            f"The 'format'/'version' fields of {str(index_path)!r} must be {PACKED_FORMAT!r} / "
+            f"{PACKED_VERSION}. Got {index.get('format')!r} / {index.get('version')!r} instead."
+        )
+    blob = blob_path.read_bytes()
+    state = {}
+    for key, entry in index["tensors"].items():
+        data = blob[entry["offset"] : entry["offset"] + entry["nbytes"]]
+        shape = tuple(entry["shape"])
+        if entry["encoding"] == "packed":
+            start = entry["scale_offset"]
+            scale = np.frombuffer(blob[start : start + entry["scale_nbytes"]], dtype="<f4")
+            weight = PackedWeight(
+                bits=entry["bits"],
+                shape=shape,
+                data=torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()),
+                scale=torch.from_numpy(scale.copy()),
+            )
+            state[key] = weight.dequantized()
+        else:
+            array = np.frombuffer(data, dtype=_NUMPY_DTYPES[entry["dtype"]]).reshape(shape)
+            state[key] = torch.from_numpy(array.copy())
+    return state
+
+
+def packed_state_equal(model: nn.Module, state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` (from :func:`read_packed`) holds ``model``'s fake-quant weights exactly
+    and every other tensor bit for bit."""
+    packed = packed_weights(model)
+    for key, tensor in model.state_dict().items():
+        expected = packed[key].dequantized() if key in packed else tensor.detach().cpu()
+        if key not in state or not torch.equal(state[key], expected):
+            return False
+    return set(state) == set(model.state_dict())
+
+
+__all__ = [
+    "PACKED_FILE",
+    "PACKED_INDEX",
+    "PackedWeight",
+    "dequantize",
+    "integer_weight",
+    "pack_bits",
+    "packed_state_equal",
+    "packed_weights",
+    "read_packed",
+    "unpack_bits",
+    "write_packed",
+]

@@ -1,0 +1,433 @@
+"""Review figures: a 3-D Pareto plot, parallel coordinates of the front's per-layer compression,
+and the per-layer bars of one trial.
+
+As in ``plots.py``, each ``*_data`` function computes everything its figure shows (tests check
+that) and the matching ``plot_*`` function only draws it. Per-layer settings come from the
+``candidate`` column of the trials DataFrame: the JSON of a ``Candidate``,
+``{"family", "arch", "layers": {layer_name: {"w_bits", "a_bits", "prune_ratio"}}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from autocompress.report.pareto import (
+    MAXIMIZE,
+    Objective,
+    _check_frame,
+    _eligible_mask,
+    _objective_values,
+    pareto_front,
+)
+from autocompress.report.plots import (
+    _DOMINATED_COLOUR,
+    _FRONT_COLOUR,
+    _INFEASIBLE_COLOUR,
+    _axis_label,
+    _new_figure,
+    _save,
+)
+
+LAYER_FIELDS = ("w_bits", "a_bits", "prune_ratio")
+_A_BITS_COLOUR = "tab:orange"
+_PRUNE_COLOUR = "tab:green"
+_COLOUR_MAP = "viridis"
+
+
+# --- 3-D Pareto plot --------------------------------------------------------------------------
+
+
+class Pareto3DData(NamedTuple):
+    """The first three objectives in one 3-D scatter.
+
+    ``feasible_*``: feasible COMPLETE trials with these three objectives finite (front included),
+    rows of ``feasible_values`` are (x, y, z). ``infeasible_*``: COMPLETE trials over the
+    hardware budget. ``front_*``: the trials of ``pareto_front(df, objectives[:3])``, in its
+    order. ``pareto_*``: the trials of ``pareto_front(df, objectives)``, the run's front over
+    all objectives, at these three coordinates; the same trials as ``front_*`` when there are
+    exactly three objectives, and with more, some of them look dominated in 3-D.
+    """
+
+    objectives: tuple[Objective, Objective, Objective]
+    feasible_values: np.ndarray
+    feasible_numbers: np.ndarray
+    infeasible_values: np.ndarray
+    infeasible_numbers: np.ndarray
+    front_values: np.ndarray
+    front_numbers: np.ndarray
+    pareto_values: np.ndarray
+    pareto_numbers: np.ndarray
+
+
+def pareto_3d_data(df: pd.DataFrame, objectives: Sequence[Objective]) -> Pareto3DData:
+    """Data of the 3-D plot of ``objectives[:3]`` (further objectives are ignored)."""
+    _check_frame(df, objectives, func="pareto_3d_data")
+    if len(objectives) < 3:
+        raise ValueError(
+            "The 'objectives' parameter of pareto_3d_data must hold at least 3 objectives. "
+            f"Got {len(objectives)} instead."
+        )
+    first = tuple(objectives[:3])
+    values = _objective_values(df, first)
+    numbers = df["number"].to_numpy()
+    finite = np.isfinite(values).all(axis=1)
+    eligible = _eligible_mask(df)
+    complete = (df["state"] == "COMPLETE").to_numpy(dtype=bool, na_value=False)
+    feasible = eligible & finite
+    infeasible = complete & ~eligible & finite
+    front = pareto_front(df, first)
+    full = front if len(objectives) == 3 else pareto_front(df, objectives)
+    return Pareto3DData(
+        objectives=first,
+        feasible_values=values[feasible],
+        feasible_numbers=numbers[feasible],
+        infeasible_values=values[infeasible],
+        infeasible_numbers=numbers[infeasible],
+        front_values=_objective_values(front, first),
+        front_numbers=front["number"].to_numpy(),
+        pareto_values=_objective_values(full, first),
+        pareto_numbers=full["number"].to_numpy(),
+    )
+
+
+def plot_pareto_3d(
+    df: pd.DataFrame,
+    objectives: Sequence[Objective],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = "Pareto front (3-D)",
+) -> Path:
+    """Draw the first three objectives in 3-D and save it as a PNG at ``path``: their front
+    blue and labelled, other trials of the full front hollow blue, dominated trials faded grey,
+    over-budget trials as red x."""
+    data = pareto_3d_data(df, objectives)
+    # No constrained layout: it does not account for 3-D axes and warns.
+    fig = _new_figure(width=6.5, height=5.5)
+    fig.set_layout_engine("none")
+    # 3-D axes leave a wide empty margin of their own: let them fill the figure instead.
+    ax = fig.add_axes((0.0, 0.02, 0.94, 0.92), projection="3d")
+    hidden = data.pareto_values[~np.isin(data.pareto_numbers, data.front_numbers)]
+    for values, kwargs in (
+        (data.feasible_values, dict(s=14, color=_DOMINATED_COLOUR, alpha=0.4, label="dominated")),
+        (
+            data.infeasible_values,
+            dict(s=18, marker="x", color=_INFEASIBLE_COLOUR, alpha=0.7, label="infeasible"),
+        ),
+        (
+            hidden,
+            dict(s=36, facecolors="none", edgecolors=_FRONT_COLOUR, label="on full front"),
+        ),
+        (data.front_values, dict(s=36, color=_FRONT_COLOUR, depthshade=False, label="3-D front")),
+    ):
+        if len(values):
+            ax.scatter(values[:, 0], values[:, 1], values[:, 2], **kwargs)
+    for (x, y, z), number in zip(data.front_values, data.front_numbers, strict=True):
+        ax.text(x, y, z, f" {int(number)}", fontsize=7, color=_FRONT_COLOUR)
+    x, y, z = data.objectives
+    ax.set_xlabel(_axis_label(x), fontsize=8)
+    ax.set_ylabel(_axis_label(y), fontsize=8)
+    ax.set_zlabel(_axis_label(z), fontsize=8)
+    ax.tick_params(labelsize=7)
+    if len(data.feasible_values) or len(data.infeasible_values):
+        ax.legend(loc="upper left", fontsize="small")
+    if title:
+        ax.set_title(f"{title}: {len(data.front_numbers)} trials on the front of these three")
+    return _save(fig, path)
+
+
+# --- parallel coordinates of the front --------------------------------------------------------
+
+
+class ParallelCoordinatesData(NamedTuple):
+    """One polyline per front trial across per-layer compression axes, then the objectives.
+
+    ``axes``: labels, ``"<layer>.w_bits"``, ``"<layer>.a_bits"``, ``"<layer>.prune_ratio"`` for
+    each layer (in network order, merged over the front's architectures), then the objective
+    names. ``layers``/``fields``: the layer (``None`` for an objective) and field of each axis.
+    ``values``: ``len(numbers) x len(axes)``; NaN where a trial's architecture has no such layer
+    (e.g. a depth-2 network at the third block's axes), which the plot draws as a gap.
+    ``numbers``: the front trials, in ``pareto_front`` order (best first objective first).
+    """
+
+    axes: list[str]
+    layers: list[str | None]
+    fields: list[str]
+    numbers: np.ndarray
+    values: np.ndarray
+    objectives: tuple[Objective, ...]
+
+
+def parallel_coordinates_data(
+    df: pd.DataFrame, objectives: Sequence[Objective]
+) -> ParallelCoordinatesData:
+    """Per-layer w_bits / a_bits / prune_ratio and the objectives of every front trial."""
+    _check_frame(df, objectives, func="parallel_coordinates_data")
+    _check_candidate_column(df, func="parallel_coordinates_data")
+    objectives = tuple(objectives)
+    front = pareto_front(df, objectives)
+    per_trial = [candidate_layers(text) for text in front["candidate"]]
+    layer_names = _merge_layer_orders([list(layers) for layers in per_trial])
+
+    axes = [f"{name}.{field}" for name in layer_names for field in LAYER_FIELDS]
+    axes += [o.name for o in objectives]
+    layers: list[str | None] = [name for name in layer_names for _ in LAYER_FIELDS]
+    layers += [None] * len(objectives)
+    fields = [field for _ in layer_names for field in LAYER_FIELDS]
+    fields += ["objective"] * len(objectives)
+
+    values = np.full((len(front), len(axes)), np.nan)
+    for row, layer_settings in enumerate(per_trial):
+        for col, (name, field) in enumerate(zip(layers, fields, strict=True)):
+            if name is not None and name in layer_settings:
+                values[row, col] = float(layer_settings[name][field])
+    values[:, len(layer_names) * len(LAYER_FIELDS) :] = _objective_values(front, objectives)
+    return ParallelCoordinatesData(
+        axes=axes,
+        layers=layers,
+        fields=fields,
+        numbers=front["number"].to_numpy(),
+        values=values,
+        objectives=objectives,
+    )
+
+
+def plot_parallel_coordinates(
+    df: pd.DataFrame,
+    objectives: Sequence[Objective],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = "Per-layer compression of the Pareto front",
+) -> Path:
+    """Draw ``parallel_coordinates_data`` (each axis scaled to its own min..max, lines coloured
+    by the first objective, layers on alternating bands) and save it as a PNG at ``path``."""
+    data = parallel_coordinates_data(df, objectives)
+    n_axes = len(data.axes)
+    # Wide enough to read every axis label, but bounded: a deep network still gives one image.
+    fig = _new_figure(width=min(max(8.0, 0.42 * n_axes + 2.0), 40.0), height=5.5)
+    ax = fig.subplots()
+    if len(data.numbers) == 0:
+        ax.text(0.5, 0.5, "no feasible completed trial yet", ha="center", va="center")
+        ax.set_axis_off()
+        return _save(fig, path)
+
+    scaled, lows, highs = _scale_columns(data.values)
+    x = np.arange(n_axes)
+    colour_values = data.values[:, data.fields.index("objective")]
+    import matplotlib as mpl
+
+    norm = mpl.colors.Normalize(np.nanmin(colour_values), np.nanmax(colour_values))
+    cmap = mpl.colormaps[_COLOUR_MAP]
+    if data.objectives[0].direction != MAXIMIZE:
+        cmap = cmap.reversed()  # the better end of the first objective stays yellow
+    for number, row, value in zip(data.numbers, scaled, colour_values, strict=True):
+        colour = cmap(norm(value))
+        # NaN entries (layers this architecture lacks) break the solid line: plot() leaves a
+        # gap. A faint dotted line across the gap keeps the trial traceable.
+        known = ~np.isnan(row)
+        ax.plot(x[known], row[known], linestyle=":", linewidth=0.8, color=colour, alpha=0.6)
+        ax.plot(x, row, marker="o", markersize=3, linewidth=1.4, color=colour, alpha=0.85)
+        ax.annotate(
+            f"#{int(number)}",
+            (x[-1], row[-1]),
+            xytext=(4, 0),
+            textcoords="offset points",
+            fontsize=7,
+            va="center",
+        )
+    # Alternate shaded bands group the three axes of each layer.
+    n_layers = data.fields.count("w_bits")
+    for i in range(0, n_layers, 2):
+        ax.axvspan(3 * i - 0.5, 3 * i + 2.5, color="0.93", zorder=0)
+    for i in x:
+        ax.axvline(i, color="0.5", linewidth=0.6, zorder=0)
+        ax.text(i, -0.04, _format_tick(lows[i]), ha="center", va="top", fontsize=6)
+        ax.text(i, 1.04, _format_tick(highs[i]), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, data.axes, rotation=60, ha="right", fontsize=7)
+    ax.set_xlim(-0.5, n_axes - 0.5)
+    ax.set_ylim(-0.12, 1.12)
+    ax.set_yticks([])
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    colourbar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
+    colourbar.set_label(_axis_label(data.objectives[0]))
+    if title:
+        ax.set_title(f"{title} ({len(data.numbers)} trials; dotted: layer absent)", pad=16)
+    return _save(fig, path)
+
+
+# --- per-layer bars of one trial --------------------------------------------------------------
+
+
+class LayerBarsData(NamedTuple):
+    """The per-layer compression of trial ``number``, layers in the candidate's order."""
+
+    number: int
+    summary: str
+    layers: list[str]
+    w_bits: np.ndarray
+    a_bits: np.ndarray
+    prune_ratio: np.ndarray
+
+
+def layer_bars_data(df: pd.DataFrame, *, trial: int) -> LayerBarsData:
+    """The layers of trial ``trial`` as stored in its ``candidate`` JSON."""
+    _check_candidate_column(df, func="layer_bars_data")
+    rows = df[df["number"] == trial]
+    text = rows["candidate"].iloc[0] if len(rows) else ""
+    if not _has_candidate(text):
+        known = sorted(int(n) for n in df.loc[_candidate_mask(df), "number"])
+        raise ValueError(
+            "The 'trial' parameter of layer_bars_data must be the number of a trial that has a "
+            f"candidate (one of {_abbreviate(known)}). Got {trial!r} instead."
+        )
+    layers = candidate_layers(text)
+    summary = rows["summary"].iloc[0] if "summary" in rows.columns else ""
+    return LayerBarsData(
+        number=int(trial),
+        summary="" if pd.isna(summary) else str(summary),
+        layers=list(layers),
+        w_bits=np.array([layers[n]["w_bits"] for n in layers], dtype=float),
+        a_bits=np.array([layers[n]["a_bits"] for n in layers], dtype=float),
+        prune_ratio=np.array([layers[n]["prune_ratio"] for n in layers], dtype=float),
+    )
+
+
+def plot_layer_bars(
+    df: pd.DataFrame, path: str | os.PathLike[str], *, trial: int, title: str | None = None
+) -> Path:
+    """Bars of w_bits and a_bits (top) and prune_ratio (bottom) per layer of ``trial``."""
+    data = layer_bars_data(df, trial=trial)
+    n = len(data.layers)
+    fig = _new_figure(width=min(max(6.0, 0.55 * n + 2.0), 40.0), height=5.5)
+    bits_ax, prune_ax = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    x = np.arange(n)
+    bits_ax.bar(x - 0.2, data.w_bits, width=0.4, color=_FRONT_COLOUR, label="w_bits")
+    bits_ax.bar(x + 0.2, data.a_bits, width=0.4, color=_A_BITS_COLOUR, label="a_bits")
+    bits_ax.set_ylabel("bits (32 = float)")
+    top = max([8.0, *data.w_bits, *data.a_bits])
+    bits_ax.set_ylim(0, top * 1.15)
+    bits_ax.legend(loc="upper right", fontsize="small", ncols=2)
+    bits_ax.grid(axis="y", alpha=0.3)
+    prune_ax.bar(x, data.prune_ratio, width=0.6, color=_PRUNE_COLOUR)
+    prune_ax.set_ylim(0, 1)
+    prune_ax.set_ylabel("prune ratio")
+    prune_ax.grid(axis="y", alpha=0.3)
+    prune_ax.set_xticks(x, data.layers, rotation=45, ha="right", fontsize=8)
+    for i, (w, a, p) in enumerate(zip(data.w_bits, data.a_bits, data.prune_ratio, strict=True)):
+        bits_ax.text(i - 0.2, w, f"{w:g}", ha="center", va="bottom", fontsize=7)
+        bits_ax.text(i + 0.2, a, f"{a:g}", ha="center", va="bottom", fontsize=7)
+        prune_ax.text(i, p, f"{p:.0%}", ha="center", va="bottom", fontsize=7)
+    heading = title if title is not None else f"Trial {data.number}"
+    if data.summary:
+        heading = f"{heading}: {data.summary}"
+    fig.suptitle(heading, fontsize=10)
+    return _save(fig, path)
+
+
+def default_trial(df: pd.DataFrame, objectives: Sequence[Objective]) -> int | None:
+    """The most accurate trial of the Pareto front (lowest number on ties), or ``None`` when the
+    front is empty. Without an accuracy column, the first trial of ``pareto_front``."""
+    front = pareto_front(df, objectives)
+    front = front[_candidate_mask(front)] if "candidate" in front.columns else front
+    if front.empty:
+        return None
+    if "accuracy" not in front.columns or front["accuracy"].isna().all():
+        return int(front["number"].iloc[0])
+    best = front[front["accuracy"] == front["accuracy"].max()]
+    return int(best["number"].min())
+
+
+# --- candidate JSON ---------------------------------------------------------------------------
+
+
+def candidate_layers(text: Any) -> dict[str, dict[str, float]]:
+    """``{layer: {"w_bits", "a_bits", "prune_ratio"}}`` from a ``candidate`` cell, in the
+    candidate's layer order; ``{}`` for an empty cell (a trial that failed before sampling)."""
+    if not _has_candidate(text):
+        return {}
+    try:
+        layers = json.loads(text).get("layers", {})
+        return {
+            str(name): {
+                "w_bits": float(choice["w_bits"]),
+                "a_bits": float(choice["a_bits"]),
+                "prune_ratio": float(choice.get("prune_ratio", 0.0)),
+            }
+            for name, choice in layers.items()
+        }
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            "A 'candidate' cell must hold the JSON of a Candidate with 'layers': {name: "
+            f"{{'w_bits', 'a_bits', 'prune_ratio'}}}}. Got {_abbreviate_text(text)!r} instead "
+            f"({err})."
+        ) from None
+
+
+def _merge_layer_orders(orders: list[list[str]]) -> list[str]:
+    """All names, each new one inserted right after its predecessor in its own list, so layers
+    keep network order even when the first architecture lacks some of them."""
+    merged: list[str] = []
+    for order in orders:
+        position = 0
+        for name in order:
+            if name in merged:
+                position = merged.index(name) + 1
+            else:
+                merged.insert(position, name)
+                position += 1
+    return merged
+
+
+def _scale_columns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each column to [0, 1] over its finite values (NaN stays NaN); a constant column sits at
+    0.5. Also returns each column's min and max, NaN for a column without a finite value."""
+    finite = np.isfinite(values)
+    columns = list(zip(values.T, finite.T, strict=True))
+    lows = np.array([col[ok].min() if ok.any() else np.nan for col, ok in columns])
+    highs = np.array([col[ok].max() if ok.any() else np.nan for col, ok in columns])
+    spread = highs - lows
+    varies = spread > 0  # False for constant and for empty columns
+    scaled = np.where(varies, (values - lows) / np.where(varies, spread, 1.0), 0.5)
+    return np.where(finite, scaled, np.nan), lows, highs
+
+
+def _format_tick(value: float) -> str:
+    if not math.isfinite(value):
+        return ""
+    return f"{value:.3g}"
+
+
+def _has_candidate(text: Any) -> bool:
+    return isinstance(text, str) and bool(text.strip())
+
+
+def _candidate_mask(df: pd.DataFrame) -> np.ndarray:
+    return np.array([_has_candidate(text) for text in df["candidate"]], dtype=bool)
+
+
+def _check_candidate_column(df: pd.DataFrame, *, func: str) -> None:
+    if not isinstance(df, pd.DataFrame) or not {"number", "candidate"} <= set(df.columns):
+        got = list(df.columns) if isinstance(df, pd.DataFrame) else type(df).__name__
+        raise ValueError(
+            f"The 'df' parameter of {func} must be a trials DataFrame with the columns "
+            f"['number', 'candidate']. Got {got!r} instead."
+        )
+
+
+def _abbreviate(numbers: list[int], limit: int = 20) -> str:
+    if len(numbers) <= limit:
+        return str(numbers)
+    return f"[{', '.join(map(str, numbers[:limit]))}, ...]"
+
+
+def _abbreviate_text(text: Any, limit: int = 80) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,415 @@
+"""A run's review page: one self-contained ``report.html`` beside the PNGs it shows.
+
+The page opens offline and can be mailed or archived alone: images are inlined as base64 PNG
+data URIs and the only style is an inline ``<style>`` block; there are no scripts, fonts or
+links to fetch. Every piece of text that comes from the run folder (trial summaries, failure
+reasons, config values) is escaped with ``html.escape``.
+
+As elsewhere in ``autocompress.report``, ``report_header`` and ``trials_table_data`` compute
+what the page shows (tests check those) and ``render_*`` only formats it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from autocompress.report.pareto import MAXIMIZE, Objective, _check_frame, pareto_front
+from autocompress.report.tables import format_metric
+
+REPORT_DIR = "report"
+REPORT_FILE = "report.html"
+_METRICS = ("accuracy", "latency_ms", "energy_mj", "size_kb", "peak_mem_kb")
+_SUMMARY_LIMIT = 120
+
+
+class ReportHeader(NamedTuple):
+    """What the top of the page says about the run.
+
+    ``n_complete``: COMPLETE trials within budget (trained and scored); ``n_over_budget``:
+    COMPLETE trials over the hardware budget (priced, never trained); ``n_failed``: FAIL;
+    ``n_other``: any other state (RUNNING while a search is live, WAITING, PRUNED).
+    ``teacher_accuracy`` is ``None`` when ``teacher/spec.json`` is missing.
+    """
+
+    run_name: str
+    run_dir: str
+    config_summary: list[tuple[str, str]]
+    objectives: tuple[Objective, ...]
+    teacher_accuracy: float | None
+    n_trials: int
+    n_complete: int
+    n_over_budget: int
+    n_failed: int
+    n_other: int
+    n_front: int
+    dashboard_command: str
+
+
+class TableRow(NamedTuple):
+    """One trial: its number, status text, on_front flag and display cells (plain text)."""
+
+    number: int
+    status: str
+    on_front: bool
+    css_class: str
+    cells: list[str]
+
+
+class TrialsTableData(NamedTuple):
+    """Column headers, one row per trial by number, and the front as ``pareto_front`` orders
+    it (best first objective first)."""
+
+    columns: list[str]
+    rows: list[TableRow]
+    front_numbers: list[int]
+
+
+class ReportImage(NamedTuple):
+    title: str
+    path: Path
+    caption: str = ""
+
+
+class ReportResult(NamedTuple):
+    """What ``write_report`` wrote: the page, the PNGs in it, the trial of the layer chart."""
+
+    html: Path
+    images: list[Path]
+    trial: int | None
+
+
+def write_report(
+    run_dir: str | os.PathLike[str],
+    *,
+    trial: int | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> ReportResult:
+    """Write ``report.html`` and its PNGs for the run in ``run_dir`` into ``out_dir``
+    (default ``run_dir/report``).
+
+    ``trial`` picks the trial of the per-layer chart; by default the most accurate front point.
+    Raises ``ConfigError`` when ``config.yaml`` is missing or invalid, ``FileNotFoundError``
+    when the run has no trials yet, and ``ValueError`` when ``trial`` has no candidate.
+    """
+    # Imported here: the config and the study loader pull in torch and Optuna, which
+    # ``import autocompress.report`` must not.
+    from autocompress.config import load_config
+    from autocompress.report.figures import (
+        default_trial,
+        layer_bars_data,
+        plot_layer_bars,
+        plot_parallel_coordinates,
+        plot_pareto_3d,
+    )
+    from autocompress.report.pareto import hypervolume_history
+    from autocompress.report.plots import plot_hypervolume, plot_pareto
+    from autocompress.search.results import load_trials
+
+    run_dir = Path(run_dir)
+    out_dir = run_dir / REPORT_DIR if out_dir is None else Path(out_dir)
+    config = load_config(run_dir / "config.yaml")
+    trials = load_trials(run_dir)
+    objectives = config.objectives()
+    if trial is not None:
+        layer_bars_data(trials, trial=trial)  # fail on a bad --trial before drawing anything
+    else:
+        trial = default_trial(trials, objectives)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    images = [
+        ReportImage(
+            "Pareto front: 2-D projections",
+            plot_pareto(trials, objectives, out_dir / "pareto.png"),
+            "Every objective pair. Filled blue: non-dominated in that pair; hollow blue: on the "
+            "full front but hidden in this projection; grey: dominated; red x: over budget.",
+        )
+    ]
+    if len(objectives) >= 3:
+        names = ", ".join(o.name for o in objectives[:3])
+        images.append(
+            ReportImage(
+                "Pareto front: 3-D",
+                plot_pareto_3d(trials, objectives, out_dir / "pareto_3d.png"),
+                f"The first three objectives ({names}); trials on their front filled and "
+                "labelled by number, other trials of the full front hollow.",
+            )
+        )
+    history = hypervolume_history(trials, objectives)
+    images.append(
+        ReportImage(
+            "Hypervolume",
+            plot_hypervolume(history, out_dir / "hypervolume.png"),
+            "Hypervolume of the front after each trial, against one reference point derived "
+            "from the whole run.",
+        )
+    )
+    images.append(
+        ReportImage(
+            "Per-layer compression of the front",
+            plot_parallel_coordinates(trials, objectives, out_dir / "parallel_coordinates.png"),
+            "One line per front trial: w_bits, a_bits and prune_ratio of each layer, then the "
+            "objectives; each axis spans its own min..max (printed below/above it). Where a "
+            "trial's architecture has no such layer its line has a gap, bridged by dots.",
+        )
+    )
+    if trial is not None:
+        images.append(
+            ReportImage(
+                f"Layers of trial {trial}",
+                plot_layer_bars(trials, out_dir / f"layers_trial_{trial}.png", trial=trial),
+                "Bits of weights and input activations (32 = left in float) and the fraction "
+                "of output channels pruned, per layer. Pick another trial with --trial N.",
+            )
+        )
+
+    teacher = _teacher_metrics(run_dir)
+    header = report_header(
+        run_dir,
+        config=config.model_dump(mode="json"),
+        objectives=objectives,
+        trials=trials,
+        teacher_metrics=teacher,
+    )
+    page = render_report(header, images=images, table=trials_table_data(trials, objectives))
+    path = out_dir / REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    return ReportResult(html=path, images=[image.path for image in images], trial=trial)
+
+
+def report_header(
+    run_dir: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any],
+    objectives: Sequence[Objective],
+    trials: pd.DataFrame,
+    teacher_metrics: Mapping[str, Any] | None,
+) -> ReportHeader:
+    """Header data from the run's config (as a plain dict), its trials and teacher metrics."""
+    _check_frame(trials, objectives, func="report_header")
+    run_dir = Path(run_dir)
+    state = trials["state"]
+    complete = state == "COMPLETE"
+    feasible = trials["feasible"].eq(True)
+    accuracy = (teacher_metrics or {}).get("accuracy")
+    study_url = f"sqlite:///{run_dir / 'study.db'}"
+    return ReportHeader(
+        run_name=str(config.get("name", run_dir.name)),
+        run_dir=str(run_dir),
+        config_summary=_config_summary(config),
+        objectives=tuple(objectives),
+        teacher_accuracy=None if accuracy is None else float(accuracy),
+        n_trials=len(trials),
+        n_complete=int((complete & feasible).sum()),
+        n_over_budget=int((complete & ~feasible).sum()),
+        n_failed=int((state == "FAIL").sum()),
+        n_other=int((~complete & (state != "FAIL")).sum()),
+        n_front=len(pareto_front(trials, objectives)),
+        dashboard_command=f"optuna-dashboard {shlex.quote(study_url)}",
+    )
+
+
+def trials_table_data(trials: pd.DataFrame, objectives: Sequence[Objective]) -> TrialsTableData:
+    """Every trial by number: status, objectives, the other metrics, summary.
+
+    Status is "front" for Pareto-optimal trials, "failed: <reason>" for failed ones, "over
+    budget" for trials rejected before training, else the Optuna state in lower case.
+    """
+    _check_frame(trials, objectives, func="trials_table_data")
+    objectives = list(objectives)
+    names = [o.name for o in objectives]
+    others = [m for m in _METRICS if m in trials.columns and m not in names]
+    arrows = {o.name: "↑" if o.direction == MAXIMIZE else "↓" for o in objectives}
+    columns = ["trial", "status", *(f"{n} {arrows[n]}" for n in names), *others, "summary"]
+    front_numbers = [int(n) for n in pareto_front(trials, objectives)["number"]]
+    front = set(front_numbers)
+
+    rows = []
+    for _, row in trials.sort_values("number", kind="mergesort").iterrows():
+        number = int(row["number"])
+        state = str(row["state"])
+        on_front = number in front
+        if on_front:
+            status, css = "front", "front"
+        elif state == "FAIL":
+            reason = _text(row.get("fail_reason", ""))
+            status, css = f"failed: {reason}" if reason else "failed", "failed"
+        elif state == "COMPLETE" and not _true(row["feasible"]):
+            status, css = "over budget (not trained)", "infeasible"
+        else:
+            status, css = state.lower(), ""
+        # An over-budget trial's accuracy is a placeholder 0 (it was never trained): shown as -.
+        trained = css != "infeasible"
+        metric_cells = [
+            format_metric(n, row[n]) if trained or n != "accuracy" else "-"
+            for n in [*names, *others]
+        ]
+        summary = _text(row.get("summary", ""))
+        if len(summary) > _SUMMARY_LIMIT:
+            summary = summary[: _SUMMARY_LIMIT - 1] + "…"
+        cells = [str(number), status, *metric_cells, summary]
+        rows.append(TableRow(number, status, on_front, css, cells))
+    return TrialsTableData(columns, rows, front_numbers)
+
+
+def render_report(
+    header: ReportHeader, *, images: Sequence[ReportImage], table: TrialsTableData
+) -> str:
+    """The whole page as one string: header, figures (inlined PNG), front and trials tables."""
+    e = html.escape
+    counts = (
+        f"{header.n_trials} trials: {header.n_complete} complete, "
+        f"{header.n_over_budget} over budget (not trained), {header.n_failed} failed"
+        + (f", {header.n_other} running or other" if header.n_other else "")
+        + f"; {header.n_front} on the Pareto front"
+    )
+    teacher = (
+        "not found (teacher/spec.json is missing)"
+        if header.teacher_accuracy is None
+        else format_metric("accuracy", header.teacher_accuracy)
+    )
+    objectives = ", ".join(
+        f"{o.name} {'↑' if o.direction == MAXIMIZE else '↓'}" for o in header.objectives
+    )
+    summary_rows = "".join(
+        f"<tr><th>{e(key)}</th><td>{e(value)}</td></tr>" for key, value in header.config_summary
+    )
+    figures = "".join(_render_image(image) for image in images)
+    by_number = {row.number: row for row in table.rows}
+    front_rows = [by_number[n] for n in table.front_numbers if n in by_number]
+    front = TrialsTableData(table.columns, front_rows, table.front_numbers)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>autocompress report: {e(header.run_name)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>autocompress run <code>{e(header.run_name)}</code></h1>",
+        f'<p class="meta">{e(header.run_dir)}</p>',
+        '<div class="cards">',
+        f'<div class="card"><b>Teacher (fp32) accuracy</b>{e(teacher)}</div>',
+        f'<div class="card"><b>Trials</b>{e(counts)}</div>',
+        f'<div class="card"><b>Objectives</b>{e(objectives)}</div>',
+        "</div>",
+        f'<table class="config">{summary_rows}</table>',
+        "<p>Browse the study interactively (<code>pip install optuna-dashboard</code>):</p>",
+        f"<pre>{e(header.dashboard_command)}</pre>",
+        "<h2>Figures</h2>",
+        figures,
+        f"<h2>Pareto front ({len(front.rows)} trials)</h2>",
+        _render_table(front),
+        f"<h2>All trials ({len(table.rows)})</h2>",
+        _render_table(table),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _render_image(image: ReportImage) -> str:
+    e = html.escape
+    data = base64.b64encode(Path(image.path).read_bytes()).decode("ascii")
+    caption = f"<figcaption>{e(image.caption)}</figcaption>" if image.caption else ""
+    return (
+        f"<figure><h3>{e(image.title)}</h3>"
+        f'<img alt="{e(image.title)}" src="data:image/png;base64,{data}">{caption}</figure>'
+    )
+
+
+def _render_table(table: TrialsTableData) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
+    body = "".join(
+        f'<tr class="{e(row.css_class)}">'
+        + "".join(f"<td>{e(c)}</td>" for c in row.cells)
+        + "</tr>"
+        for row in table.rows
+    )
+    if not table.rows:
+        body = f'<tr><td colspan="{len(table.columns)}">none</td></tr>'
+    return f'<table class="trials"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _config_summary(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The few config fields a reader needs to place the run; the rest is in config.yaml."""
+
+    def get(*keys: str) -> Any:
+        value: Any = config
+        for key in keys:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return value
+
+    budget = {k: v for k, v in (get("hardware", "budget") or {}).items() if v is not None}
+    hardware = f"{get('hardware', 'profile')}"
+    if get("hardware", "profile") == "analytic":
+        hardware += f" ({get('hardware', 'device')})"
+    rows = [
+        ("data", str(get("data", "dataset"))),
+        ("family", str(get("space", "family"))),
+        ("arch space", json.dumps(get("space", "arch"), separators=(", ", ": "))),
+        ("w_bits / a_bits", f"{get('space', 'w_bits')} / {get('space', 'a_bits')}"),
+        ("prune ratios", str(get("space", "prune_ratios"))),
+        ("hardware", hardware),
+        ("budget", ", ".join(f"{k} {v:g}" for k, v in budget.items()) or "none"),
+        (
+            "search",
+            f"{get('search', 'sampler')}, n_trials {get('search', 'n_trials')}, seed {get('seed')}",
+        ),
+        (
+            "training",
+            f"teacher {get('teacher', 'epochs')} epochs, candidates {get('train', 'epochs')} "
+            f"epochs QAT, kd_alpha {get('train', 'kd_alpha')}",
+        ),
+    ]
+    return rows
+
+
+def _teacher_metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "teacher" / "spec.json"
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text()).get("metrics", {}))
+    except (ValueError, AttributeError):
+        return None  # a half-written or foreign spec: the header says "not found"
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def _true(value: Any) -> bool:
+    return not pd.isna(value) and bool(value)
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:24px;
+color:#1d1d1f;max-width:1400px}
+h1{font-size:1.6em;margin-bottom:0}
+h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+h3{font-size:1.05em;margin:0 0 6px}
+.meta{color:#666;margin-top:4px}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
+.card{background:#f4f6fa;border:1px solid #dde3ee;border-radius:6px;padding:10px 14px;
+min-width:220px}
+.card b{display:block;font-size:.8em;color:#555;text-transform:uppercase;letter-spacing:.04em}
+pre,code{font-family:ui-monospace,"DejaVu Sans Mono",monospace}
+pre{background:#f4f4f4;padding:8px 12px;border-radius:4px;overflow-x:auto}
+figure{margin:0 0 28px}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em;margin-top:4px}
+table{border-collapse:collapse;font-size:.85em}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+table.config th{background:#f4f6fa;font-weight:600}
+table.trials th{background:#eef1f6;position:sticky;top:0}
+table.trials td:nth-child(n+3){text-align:right;white-space:nowrap}
+table.trials td:last-child{text-align:left;white-space:normal}
+tr.front{background:#e3efff;font-weight:600}tr.failed{background:#fde8e8;color:#8a1f1f}
+tr.infeasible{color:#999}
+"""
