@@ -68,12 +68,77 @@ class BudgetConfig(_Section):
 
 
 class HardwareConfig(_Section):
-    profile: Literal["analytic", "measured"] = "analytic"
-    device: str = Field(default="cortex_a72", description="device spec name or YAML path")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="extra keyword arguments of the measured profile"
+    profile: str = Field(
+        default="analytic", description="analytic | measured | remote | lut | learned"
     )
+    device: str = Field(
+        default="cortex_a72", description="device spec name or YAML path (analytic profile)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra keyword arguments of the profile (e.g. measured: repeats, power_w; "
+        "remote: url, token; lut: lut; learned: predictor)",
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _registered_profile(cls, profile: str) -> str:
+        from .hardware_profiles import list_hardware_profiles
+
+        if profile not in list_hardware_profiles():
+            raise ValueError(f"must be one of {list_hardware_profiles()}. Got {profile!r}")
+        return profile
+
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+
+# Optuna storage URLs a search can share: SQLAlchemy URLs and Optuna's journal file.
+_STORAGE_URL = re.compile(r"(sqlite|postgresql|mysql)(\+\w+)?://.+|journal:.+")
+_RAY_ADDRESS = re.compile(r"auto|(ray://)?[^\s:/]+:\d+")
+
+
+class RayConfig(_Section):
+    """``search.ray``: how the Ray Tune backend (``search.backend: ray``) uses a cluster."""
+
+    address: str | None = Field(
+        default=None,
+        description="None: start a private Ray head on 127.0.0.1; 'auto' or HOST:PORT: join "
+        "a running cluster",
+    )
+    workers: int = Field(default=1, ge=1, description="trials evaluated at once")
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_failures: int = Field(
+        default=2, ge=0, description="restarts of a trial whose Ray worker died"
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _known_address(cls, address: str | None) -> str | None:
+        if address is not None and not _RAY_ADDRESS.fullmatch(address):
+            raise ValueError(f"must be 'auto' or HOST:PORT. Got {address!r}")
+        return address
+
+
+class WorkerConfig(_Section):
+    """``search.worker``: fault tolerance of ``autocompress worker`` processes sharing a study."""
+
+    heartbeat_interval: int = Field(
+        default=10, ge=1, description="seconds between a running trial's heartbeats"
+    )
+    grace_period: int | None = Field(
+        default=None,
+        ge=1,
+        description="seconds without a heartbeat after which a running trial is failed and "
+        "retried; defaults to 2 x heartbeat_interval",
+    )
+    max_retry: int = Field(default=2, ge=0, description="retries of a trial whose worker died")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads of each worker process (default: torch's, one per core); "
+        "set it to cores / workers when workers share a machine",
+    )
 
 
 class SearchConfig(_Section):
@@ -84,6 +149,24 @@ class SearchConfig(_Section):
     timeout_s: float | None = Field(default=None, gt=0)
     objectives: list[str] = Field(default=["accuracy", "latency_ms", "size_kb"], min_length=2)
     save_models: bool = True
+    backend: Literal["optuna", "ray"] = "optuna"
+    storage: str | None = Field(
+        default=None,
+        description="Optuna storage URL (sqlite:///PATH, postgresql://..., journal:PATH); "
+        "default: the run folder's study.db",
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, storage: str | None) -> str | None:
+        if storage is not None and not _STORAGE_URL.fullmatch(storage):
+            raise ValueError(
+                "must be an Optuna storage URL: sqlite:///PATH, postgresql://USER@HOST/DB, "
+                f"mysql://USER@HOST/DB or journal:PATH. Got {storage!r}"
+            )
+        return storage
 
     @field_validator("objectives")
     @classmethod
@@ -93,6 +176,19 @@ class SearchConfig(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"objectives must be distinct. Got {names}")
         return objectives
+
+
+# search.* fields that may change when a run is resumed; every other field is fingerprinted.
+RESUMABLE_SEARCH_FIELDS = (
+    "n_trials",
+    "n_jobs",
+    "timeout_s",
+    "save_models",
+    "backend",
+    "storage",
+    "ray",
+    "worker",
+)
 
 
 class RunConfig(_Section):
@@ -107,13 +203,16 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _energy_needs_a_power_figure(self) -> RunConfig:
-        # A host timing gives latency only; energy needs the host's power (NVML is future work).
+        # A CPU timing gives latency only; energy needs the device's power draw.
         wants_energy = "energy_mj" in {o.name for o in self.objectives()}
         wants_energy |= self.hardware.budget.max_energy_mj is not None
-        if self.hardware.profile == "measured" and wants_energy:
-            if "power_w" not in self.hardware.options:
+        options = self.hardware.options
+        # On CUDA the measured profile reads the GPU's energy counter through NVML instead.
+        on_gpu = str(options.get("device", "cpu")).startswith("cuda")
+        if self.hardware.profile in {"measured", "remote"} and wants_energy and not on_gpu:
+            if "power_w" not in options:
                 raise ValueError(
-                    "The 'hardware.options.power_w' field is required when the measured profile "
+                    "The 'hardware.options.power_w' field is required when a timed profile "
                     "must report energy (energy_mj objective or max_energy_mj budget): energy is "
                     "estimated as power_w x measured latency."
                 )
@@ -123,10 +222,9 @@ class RunConfig(_Section):
         return [parse_objective(o) for o in self.search.objectives]
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes what a trial means (not n_trials, n_jobs, timeout)."""
-        relevant = self.model_dump(
-            mode="json", exclude={"search": {"n_trials", "n_jobs", "timeout_s", "save_models"}}
-        )
+        """Hash of everything that changes what a trial means (not n_trials, n_jobs, timeout, nor
+        where and how trials run: the same study may go on under another backend)."""
+        relevant = self.model_dump(mode="json", exclude={"search": set(RESUMABLE_SEARCH_FIELDS)})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

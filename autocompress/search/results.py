@@ -45,7 +45,9 @@ def _short(value: Any) -> str:
 
 def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried_as = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
+    for t in trials:
         attrs = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         for metric in METRICS:
@@ -56,6 +58,8 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
         row["train_seconds"] = attrs.get("train_seconds", np.nan)
         row["duration_s"] = attrs.get("duration_s", np.nan)
         row["fail_reason"] = attrs.get("fail_reason", "")
+        if t.state.name == "FAIL" and not row["fail_reason"]:
+            row["fail_reason"] = _silent_failure(t.number, retried_as)
         row["summary"] = candidate_summary(attrs.get("candidate"))
         row["candidate"] = json.dumps(attrs["candidate"]) if "candidate" in attrs else ""
         rows.append(row)
@@ -73,6 +77,15 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
         "candidate",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _silent_failure(number: int, retried_as: dict[int, int]) -> str:
+    # A worker killed mid-trial cannot record why; its heartbeat went stale and another worker
+    # failed the trial (Optuna's heartbeat protocol), queueing it again unless out of retries.
+    if number in retried_as:
+        retry = retried_as[number]
+        return f"stale: its worker stopped sending heartbeats (retried as trial {retry})"
+    return "no reason recorded: the process running it died"
 
 
 def write_results(

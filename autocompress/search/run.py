@@ -3,37 +3,51 @@
 A run lives in one folder (``runs/<name>/``): the resolved config, the SQLite study, the cached
 teacher, one saved model per trained trial, and the result tables and plots. Re-running the same
 command resumes: completed and failed trials are kept, trials cut off by a crash are retried.
+
+The setup (``prepare_setup``) and the trial (``Objective``: ``price`` then ``train``) defined
+here are shared by the three ways of running trials: this process (``run_search``), workers
+sharing a study (``worker.run_worker``) and a Ray cluster (``ray_backend``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
+from torch import nn
 
 from ..compression.apply import build_compressed
 from ..config import ConfigError, RunConfig, dump_config
 from ..evaluators import CandidateError
-from ..evaluators.data import load_data
+from ..evaluators.data import DataBundle, load_data
 from ..evaluators.train import TrainEvaluator, resolve_device
 from ..export.artifacts import save_model
-from ..hardware_profiles import HardwareMetrics, create_hardware_profile
-from ..spaces import JointSearchSpace
+from ..hardware_profiles import HardwareMetrics, HardwareProfile, create_hardware_profile
+from ..spaces import Candidate, JointSearchSpace
+from .locks import file_lock, write_text_atomic
 from .results import trials_dataframe, write_results
+from .storage import STUDY_FILE, default_storage_url, make_storage, redact
 from .teacher import get_teacher
 
 logger = logging.getLogger(__name__)
 
-STUDY_FILE = "study.db"
+__all__ = ["STUDY_FILE", "Objective", "SearchResult", "SearchSetup", "open_study", "run_search"]
+
 LOCK_FILE = "search.lock"
+TEACHER_LOCK = "teacher.lock"
+RESULTS_LOCK = "results.lock"
+WORKER_FILE = "worker.json"
 
 
 @dataclass(frozen=True)
@@ -54,10 +68,12 @@ def hardware_metrics_dict(hw: HardwareMetrics) -> dict[str, float]:
     }
 
 
-def make_sampler(config: RunConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(config: RunConfig, *, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler of ``search.sampler``, seeded with ``seed`` (default: the config's seed)."""
     # Budget violations are stored on each trial with ``Trial.set_constraint``; the NSGA-II and
     # TPE samplers read them and rank infeasible trials below every feasible one.
-    search, seed = config.search, config.seed
+    search = config.search
+    seed = config.seed if seed is None else seed
     if search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=search.population_size, seed=seed)
     if search.sampler == "tpe":
@@ -70,7 +86,7 @@ def make_hardware_profile(config: RunConfig):
     try:
         if hw.profile == "analytic":
             return create_hardware_profile("analytic", device=hw.device, **hw.options)
-        return create_hardware_profile("measured", **hw.options)
+        return create_hardware_profile(hw.profile, **hw.options)
     except (TypeError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"hardware: {err}") from None
 
@@ -106,14 +122,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _retry_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+def _retry_interrupted(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, *, running: bool = True
+) -> int:
     """Trials left RUNNING by a dead process, or stopped by Ctrl-C, are failed with that reason
-    and their parameters queued again, so the resumed search evaluates them once more."""
+    and their parameters queued again, so the resumed search evaluates them once more.
+
+    ``running=False`` leaves RUNNING trials alone: with workers sharing a study they may be
+    live in another process (heartbeats find the dead ones there)."""
     trials = study.get_trials(deepcopy=False)
     already_retried = {t.user_attrs.get("retry_of") for t in trials}
     retried = 0
     for trial in trials:
-        stale = trial.state == TrialState.RUNNING
+        stale = running and trial.state == TrialState.RUNNING
         stopped = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
         if not (stale or stopped) or trial.number in already_retried:
             continue
@@ -128,59 +149,159 @@ def _retry_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage
     return retried
 
 
-def _counted(trial: FrozenTrial) -> bool:
-    """Trials that use up the budget of n_trials: finished, and not cut off by an interruption."""
+def _counted(trial: FrozenTrial, retried: frozenset[int] | set[int] = frozenset()) -> bool:
+    """Trials that use up the budget of n_trials: finished, and not cut off by an interruption
+    or by the death of their worker (``retried``: numbers of trials queued again)."""
     if trial.state == TrialState.COMPLETE:
         return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")
+    return (
+        trial.state == TrialState.FAIL
+        and not trial.user_attrs.get("interrupted")
+        and trial.number not in retried
+    )
+
+
+def count_done(trials: Iterable[FrozenTrial]) -> int:
+    """How many of ``trials`` count towards ``search.n_trials`` (see ``_counted``)."""
+    trials = list(trials)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return sum(_counted(t, retried) for t in trials)
+
+
+def describe_failure(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """Everything a trial needs, built once per process: by the single-process search, by each
+    ``autocompress worker`` and by each Ray worker (and the Ray driver, which prices trials)."""
+
+    config: RunConfig
+    run_dir: Path
+    data: DataBundle
+    space: JointSearchSpace
+    profile: HardwareProfile
+    evaluator: TrainEvaluator
+    teacher_state: dict = field(repr=False)
+    teacher_metrics: dict
+
+
+def prepare_setup(config: RunConfig, run_dir: Path) -> SearchSetup:
+    """Load the data, build the space and the hardware profile, and train or load the teacher."""
+    device = resolve_device(config.train.device)
+    data = load_data(config.data, seed=config.seed)
+    space = JointSearchSpace(
+        config.space, num_classes=data.num_classes, input_shape=data.input_shape
+    )
+    profile = make_hardware_profile(config)
+    # Processes sharing the run folder train the teacher once: the first one takes the lock and
+    # trains it, the others wait for the lock and then load the cached teacher.
+    with file_lock(
+        run_dir / TEACHER_LOCK, waiting="Waiting for another process to train the teacher..."
+    ):
+        teacher, teacher_metrics = get_teacher(
+            config, space=space, data=data, directory=run_dir / "teacher", device=device
+        )
+    evaluator = TrainEvaluator(
+        data=data,
+        epochs=config.train.epochs,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        batch_size=config.train.batch_size or config.data.batch_size,
+        num_workers=config.data.num_workers,
+        kd_alpha=config.train.kd_alpha,
+        kd_temperature=config.train.kd_temperature,
+        device=device,
+        teacher=teacher,
+        seed=config.seed,
+    )
+    return SearchSetup(
+        config=config,
+        run_dir=run_dir,
+        data=data,
+        space=space,
+        profile=profile,
+        evaluator=evaluator,
+        teacher_state=teacher.state_dict(),
+        teacher_metrics=teacher_metrics,
+    )
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A suggested candidate, built and priced on the hardware profile (not trained yet)."""
+
+    candidate: Candidate
+    model: nn.Module | None  # None: over budget, and not built where it is not trained
+    metrics: dict[str, float]  # hardware metrics, see hardware_metrics_dict
+    feasible: bool
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    values: list[float]  # one per objective, in config order
+    attrs: dict[str, Any]  # user attributes recorded on the trial
+
+    def check_finite(self) -> None:
+        if not all(math.isfinite(v) for v in self.values):
+            raise CandidateError(f"non-finite objective values {self.values}")
 
 
 class Objective:
-    """Callable run by ``study.optimize`` for each trial (thread-safe: no per-trial state)."""
+    """Callable run by ``study.optimize`` for each trial (thread-safe: no per-trial state).
 
-    def __init__(
-        self, config: RunConfig, *, space, profile, evaluator, teacher_state, data, run_dir: Path
-    ) -> None:
-        self.config = config
-        self.space = space
-        self.profile = profile
-        self.evaluator = evaluator
-        self.teacher_state = teacher_state
-        self.data = data
-        self.run_dir = run_dir
-        self.objectives = config.objectives()
-        self.limits = config.hardware.budget.limits()
+    A trial is two steps that the Ray backend runs in different processes: ``price`` (suggest,
+    build, hardware cost, budget constraints; cheap, in the process that owns the study) and
+    ``train`` (QAT + distillation when within budget, save the model; wherever there is room).
+    """
+
+    def __init__(self, setup: SearchSetup) -> None:
+        self.setup = setup
+        self.config = setup.config
+        self.objectives = setup.config.objectives()
+        self.limits = setup.config.hardware.budget.limits()
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        start = time.perf_counter()
         try:
-            return self._evaluate(trial)
+            outcome = self.train(trial.number, self.price(trial))
+            for key, value in outcome.attrs.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("duration_s", time.perf_counter() - start)
+            outcome.check_finite()
+            return outcome.values
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("fail_reason", "interrupted by the user")
             raise
         except Exception as err:
             # Recorded as a failed trial with its reason; study.optimize(catch=...) goes on.
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            trial.set_user_attr("fail_reason", describe_failure(err))
             raise
 
-    def _evaluate(self, trial: optuna.Trial) -> list[float]:
-        start = time.perf_counter()
-        candidate = self.space.suggest(trial)
-        trial.set_user_attr("candidate", candidate.to_dict())
+    def build(self, candidate: Candidate) -> nn.Module:
+        data = self.setup.data
         try:
-            model = build_compressed(
+            return build_compressed(
                 candidate,
-                num_classes=self.data.num_classes,
-                input_shape=self.data.input_shape,
-                teacher_state=self.teacher_state,
+                num_classes=data.num_classes,
+                input_shape=data.input_shape,
+                teacher_state=self.setup.teacher_state,
             )
         except ValueError as err:
             raise CandidateError(f"invalid compression plan: {err}") from err
 
-        # Hardware cost first: it is cheap, and a candidate over budget is never trained.
-        metrics = hardware_metrics_dict(
-            self.profile.profile(model, input_shape=self.data.input_shape)
-        )
+    def price(self, trial: optuna.Trial) -> Priced:
+        """Suggest a candidate and record its hardware cost and budget constraints on ``trial``.
+
+        Runs before any training: a candidate over budget is never trained, and the samplers
+        see the constraints of every trial as soon as it is suggested."""
+        candidate = self.setup.space.suggest(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        model = self.build(candidate)
+        profiled = self.setup.profile.profile(model, input_shape=self.setup.data.input_shape)
+        metrics = hardware_metrics_dict(profiled)
         violations = {f"max_{name}": metrics[name] - limit for name, limit in self.limits.items()}
         feasible = all(v <= 0 for v in violations.values())
         for key, value in metrics.items():
@@ -189,53 +310,76 @@ class Objective:
             trial.set_constraint(key, value)
         trial.set_user_attr("feasible", feasible)
         trial.set_user_attr("params", sum(p.numel() for p in model.parameters()))
+        return Priced(candidate=candidate, model=model, metrics=metrics, feasible=feasible)
 
-        if feasible:
-            task = self.evaluator.evaluate(model, candidate)
+    def train(self, number: int, priced: Priced) -> TrialOutcome:
+        """Fine-tune a priced candidate if it is within budget; its objective values and the
+        attributes to record on the trial (the caller records them)."""
+        metrics = dict(priced.metrics)
+        attrs: dict[str, Any] = {}
+        if priced.feasible:
+            trial_dir = self.setup.run_dir / "trials" / str(number)
+            _write_worker_file(trial_dir)
+            task = self.setup.evaluator.evaluate(priced.model, priced.candidate)
             metrics["accuracy"] = task.accuracy
-            trial.set_user_attr("accuracy", task.accuracy)
-            trial.set_user_attr("val_loss", task.loss)
-            trial.set_user_attr("train_seconds", task.train_seconds)
+            attrs.update(accuracy=task.accuracy, val_loss=task.loss)
+            attrs["train_seconds"] = task.train_seconds
             if self.config.search.save_models:
                 save_model(
-                    self.run_dir / "trials" / str(trial.number),
-                    model,
-                    candidate=candidate,
-                    num_classes=self.data.num_classes,
-                    input_shape=self.data.input_shape,
-                    metrics={**metrics, "trial": trial.number},
+                    trial_dir,
+                    priced.model,
+                    candidate=priced.candidate,
+                    num_classes=self.setup.data.num_classes,
+                    input_shape=self.setup.data.input_shape,
+                    metrics={**metrics, "trial": number},
                 )
         else:
             # Untrained: accuracy is reported as 0 so that the objective vector is complete;
             # the trial is marked infeasible and never enters the Pareto front.
             metrics["accuracy"] = 0.0
-        trial.set_user_attr("trained", feasible)
-        trial.set_user_attr("duration_s", time.perf_counter() - start)
-
-        values = [metrics[o.name] for o in self.objectives]
-        if not all(math.isfinite(v) for v in values):
-            raise CandidateError(f"non-finite objective values {values}")
-        return values
+        attrs["trained"] = priced.feasible
+        return TrialOutcome(values=[metrics[o.name] for o in self.objectives], attrs=attrs)
 
 
-def open_study(config: RunConfig, run_dir: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{run_dir / STUDY_FILE}",
-        engine_kwargs={"connect_args": {"timeout": 60}},  # several --n-jobs threads write
-    )
+def _write_worker_file(trial_dir: Path) -> None:
+    """Which process trains this trial: lets an operator (or a test) find a trial's process."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    write_text_atomic(trial_dir / WORKER_FILE, json.dumps(info))
+
+
+def open_study(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    storage: optuna.storages.BaseStorage | None = None,
+    where: str | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """Create or load the run's study (in ``storage``; by default ``search.storage`` or the run
+    folder's study.db) and check that it was made by the same config. ``where`` names the
+    storage in error messages; ``sampler`` defaults to ``make_sampler(config)``."""
+    url = config.search.storage or default_storage_url(run_dir)
+    if storage is None:
+        storage = make_storage(url)
+    if where is None:
+        where = (
+            f"The run folder {run_dir}"
+            if config.search.storage is None
+            else f"The study {config.name!r} in {redact(url)}"
+        )
     directions = [o.direction for o in config.objectives()]
     study = optuna.create_study(
         study_name=config.name,
         storage=storage,
         directions=directions,
-        sampler=make_sampler(config),
+        sampler=sampler or make_sampler(config),
         load_if_exists=True,
     )
     if study.directions and [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(
-            f"The run folder {run_dir} holds a study with objectives "
-            f"{study.user_attrs.get('objectives')}; this config asks for "
-            f"{config.search.objectives}. Use another 'name' or delete the folder."
+            f"{where} holds a study with objectives {study.user_attrs.get('objectives')}; this "
+            f"config asks for {config.search.objectives}. Use another 'name' or delete it."
         )
     saved = study.user_attrs.get("fingerprint")
     if saved is None:
@@ -243,11 +387,40 @@ def open_study(config: RunConfig, run_dir: Path) -> tuple[optuna.Study, optuna.s
         study.set_user_attr("objectives", config.search.objectives)
     elif saved != config.fingerprint():
         raise ConfigError(
-            f"The run folder {run_dir} was created by a different config (only search.n_trials, "
-            "search.n_jobs, search.timeout_s and search.save_models may change on resume). "
-            "Use another 'name' or delete the folder."
+            f"{where} was created by a different config (only search.n_trials, search.n_jobs, "
+            "search.timeout_s, search.save_models and where trials run - search.backend, "
+            "storage, ray, worker - may change on resume). Use another 'name' or delete it."
         )
     return study, storage
+
+
+def write_run_results(
+    study: optuna.Study, run_dir: Path, config: RunConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the tables and plots of the study into the run folder; returns (trials, front).
+
+    One writer at a time: several workers sharing the folder may finish together."""
+    with file_lock(run_dir / RESULTS_LOCK):
+        trials = trials_dataframe(study)
+        front = write_results(trials, run_dir, config.objectives())
+    return trials, front
+
+
+def write_config(config: RunConfig, run_dir: Path) -> None:
+    write_text_atomic(run_dir / "config.yaml", dump_config(config))
+
+
+def _ray_backend():
+    try:
+        from . import ray_backend
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "ray":
+            raise
+        raise ImportError(
+            "The Ray backend (search.backend: ray, --backend ray) needs Ray Tune: "
+            "pip install autocompress[ray]"
+        ) from None
+    return ray_backend
 
 
 def run_search(
@@ -256,50 +429,25 @@ def run_search(
     runs_dir: Path = Path("runs"),
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
 ) -> SearchResult:
-    """Run (or resume) the search described by ``config``; writes the result files."""
+    """Run (or resume) the search described by ``config``; writes the result files.
+
+    ``search.backend: optuna`` evaluates trials in this process (``search.n_jobs`` threads);
+    ``ray`` spreads them over a Ray cluster. For workers sharing a study see ``run_worker``."""
     run_dir = runs_dir / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     with _RunLock(run_dir / LOCK_FILE):
-        (run_dir / "config.yaml").write_text(dump_config(config))
+        write_config(config, run_dir)
+        if config.search.backend == "ray":
+            return _ray_backend().run_ray_search(config, run_dir=run_dir, on_trial=on_trial)
+
         study, storage = open_study(config, run_dir)
         retried = _retry_interrupted(study, storage)
         if retried:
             logger.info("Retrying %d trial(s) interrupted in an earlier run.", retried)
+        setup = prepare_setup(config, run_dir)
+        objective = Objective(setup)
 
-        device = resolve_device(config.train.device)
-        data = load_data(config.data, seed=config.seed)
-        space = JointSearchSpace(
-            config.space, num_classes=data.num_classes, input_shape=data.input_shape
-        )
-        profile = make_hardware_profile(config)
-        teacher, teacher_metrics = get_teacher(
-            config, space=space, data=data, directory=run_dir / "teacher", device=device
-        )
-        evaluator = TrainEvaluator(
-            data=data,
-            epochs=config.train.epochs,
-            lr=config.train.lr,
-            weight_decay=config.train.weight_decay,
-            batch_size=config.train.batch_size or config.data.batch_size,
-            num_workers=config.data.num_workers,
-            kd_alpha=config.train.kd_alpha,
-            kd_temperature=config.train.kd_temperature,
-            device=device,
-            teacher=teacher,
-            seed=config.seed,
-        )
-        objective = Objective(
-            config,
-            space=space,
-            profile=profile,
-            evaluator=evaluator,
-            teacher_state=teacher.state_dict(),
-            data=data,
-            run_dir=run_dir,
-        )
-
-        done = sum(_counted(t) for t in study.get_trials(deepcopy=False))
-        remaining = config.search.n_trials - done
+        remaining = config.search.n_trials - count_done(study.get_trials(deepcopy=False))
         try:
             if remaining > 0:
                 callbacks = (
@@ -315,8 +463,11 @@ def run_search(
                 )
         finally:
             # Also after Ctrl-C: the tables and plots then show what was finished so far.
-            trials = trials_dataframe(study)
-            front = write_results(trials, run_dir, config.objectives())
+            trials, front = write_run_results(study, run_dir, config)
     return SearchResult(
-        run_dir=run_dir, study=study, trials=trials, front=front, teacher_metrics=teacher_metrics
+        run_dir=run_dir,
+        study=study,
+        trials=trials,
+        front=front,
+        teacher_metrics=setup.teacher_metrics,
     )

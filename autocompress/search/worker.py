@@ -1,0 +1,183 @@
+"""Workers sharing one study: ``autocompress worker CONFIG --storage URL`` on many machines.
+
+Every worker opens the same study (same name, same config fingerprint), asks it for trials and
+evaluates them with the same ``Objective`` as the single-process search. The study's storage is
+the only thing they share, plus (for models, teacher and result tables) the run folder, which on
+several machines should be on a shared disk.
+
+There is no ``_RunLock`` here (many processes per run folder is the point); instead:
+
+* the teacher is trained once, by the first worker, under a file lock; the others wait and load
+  it (``prepare_setup``). Without a shared run folder each machine trains the same seeded one;
+* heartbeats: a worker that dies mid-trial stops beating, and after ``search.worker.grace_period``
+  seconds the next worker to ask for a trial fails it and queues its parameters again;
+* trials stopped by Ctrl-C are queued again by the next worker to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from optuna.trial import FrozenTrial
+
+from ..config import ConfigError, RunConfig
+from .locks import file_lock
+from .run import (
+    LOCK_FILE,
+    Objective,
+    _alive,
+    _retry_interrupted,
+    count_done,
+    make_sampler,
+    open_study,
+    prepare_setup,
+    write_config,
+    write_run_results,
+)
+from .storage import make_storage, redact
+
+logger = logging.getLogger(__name__)
+
+STUDY_LOCK = "study.lock"
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    run_dir: Path
+    study: optuna.Study
+    trials: pd.DataFrame  # every trial of the study, not only this worker's
+    front: pd.DataFrame
+    ran: int  # trials this worker evaluated
+    teacher_metrics: dict
+
+
+def run_worker(
+    config: RunConfig,
+    *,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    runs_dir: Path = Path("runs"),
+    on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
+) -> WorkerResult:
+    """Join the study at ``storage`` (default ``search.storage``) and evaluate trials.
+
+    ``n_trials``: this worker runs that many trials (N workers x M trials = N*M trials). By
+    default it works until the study holds ``search.n_trials`` finished trials, counting those
+    of every worker (each worker may finish one trial beyond, as they stop independently).
+    """
+    url = storage or config.search.storage
+    if url is None:
+        raise ConfigError(
+            "A worker needs a study that all workers share: pass --storage URL "
+            "(postgresql://..., sqlite:///PATH, journal:PATH) or set 'search.storage'."
+        )
+    if n_trials is not None and n_trials < 1:
+        raise ValueError(f"The 'n_trials' parameter of run_worker must be >= 1. Got {n_trials}.")
+    run_dir = runs_dir / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_beside_a_single_search(run_dir)
+    write_config(config, run_dir)
+
+    # Creating the tables and the study is not atomic in every database: workers started
+    # together take turns (where the run folder is shared; elsewhere Optuna's own
+    # load_if_exists handles the common race).
+    with file_lock(run_dir / STUDY_LOCK):
+        study, shared = open_study(
+            config,
+            run_dir,
+            storage=make_storage(url, heartbeat=config.search.worker),
+            where=f"The study {config.name!r} in {redact(url)}",
+        )
+        index = int(study.user_attrs.get("workers_joined", 0))
+        study.set_user_attr("workers_joined", index + 1)
+        retried = _retry_interrupted(study, shared, running=False)
+    # Workers seeded alike would suggest the same candidates in lockstep: each gets its own
+    # seed, from the config's seed, its join order and (in case two machines without a shared
+    # run folder join at once) its host and pid. Logged, as the run is not replayable anyway.
+    seed = worker_seed(config.seed, index=index)
+    study.sampler = make_sampler(config, seed=seed)
+    if retried:
+        logger.info("Retrying %d trial(s) stopped by Ctrl-C in an earlier worker.", retried)
+    logger.info(
+        "Worker %d joined study %r in %s (sampler seed %d).", index, config.name, redact(url), seed
+    )
+
+    threads = torch.get_num_threads()
+    if config.search.worker.threads is not None:
+        # Workers sharing a machine, each with one thread per core, oversubscribe it: small
+        # models then train many times slower than with one thread each.
+        torch.set_num_threads(config.search.worker.threads)
+    try:
+        return _work(config, study=study, run_dir=run_dir, n_trials=n_trials, on_trial=on_trial)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _work(
+    config: RunConfig,
+    *,
+    study: optuna.Study,
+    run_dir: Path,
+    n_trials: int | None,
+    on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None,
+) -> WorkerResult:
+    setup = prepare_setup(config, run_dir)
+    objective = Objective(setup)
+    target = config.search.n_trials
+    ran: list[int] = []
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        ran.append(trial.number)
+        if on_trial is not None:
+            on_trial(study, trial, target)
+        if n_trials is None and count_done(study.get_trials(deepcopy=False)) >= target:
+            study.stop()
+
+    try:
+        if n_trials is not None or count_done(study.get_trials(deepcopy=False)) < target:
+            study.optimize(
+                objective,
+                n_trials=n_trials,
+                n_jobs=config.search.n_jobs,
+                timeout=config.search.timeout_s,
+                catch=(Exception,),
+                callbacks=[after_trial],
+            )
+    finally:
+        trials, front = write_run_results(study, run_dir, config)
+    return WorkerResult(
+        run_dir=run_dir,
+        study=study,
+        trials=trials,
+        front=front,
+        ran=len(ran),
+        teacher_metrics=setup.teacher_metrics,
+    )
+
+
+def worker_seed(seed: int, *, index: int) -> int:
+    host = zlib.crc32(socket.gethostname().encode())
+    return int(np.random.SeedSequence([seed, index, host, os.getpid()]).generate_state(1)[0])
+
+
+def _refuse_beside_a_single_search(run_dir: Path) -> None:
+    # A single-process search fails every RUNNING trial it finds on start (they are its own,
+    # cut off by a crash); workers' live trials must not share a study with it.
+    lock = run_dir / LOCK_FILE
+    if lock.exists():
+        pid = int(lock.read_text().strip() or 0)
+        if pid and _alive(pid):
+            raise RuntimeError(
+                f"A single-process search (pid {pid}) is running in {run_dir}. "
+                "Wait for it or stop it before starting workers on this run."
+            )

@@ -1,0 +1,256 @@
+"""How distributed search scales: trials per hour against workers, and the orchestration overhead
+per trial of each study storage.
+
+    python benchmarks/scaling.py [--workers 1,2,4] [--trials-per-worker 6] [--no-ray]
+                                 [--overhead-trials 100,1000] [--postgres-url URL]
+
+1. Throughput: a fixed tiny search (digits, small CNN, 20 QAT epochs per trial) run by 1, 2,
+   4, ... workers (up to the cores here), as ``autocompress worker`` processes sharing a journal
+   file and, if Ray is installed, as the Ray backend with that many concurrent trials. Rate =
+   steady-state trials per hour, from the trials' completion times once every worker has
+   finished its first trial (so process start-up and teacher loading are left out, alike for
+   both backends). Parallel efficiency = rate(N) / (N x rate(1)).
+2. Overhead: a no-op objective (the same number of categorical suggestions, user attributes and
+   a constraint as a tiny trial, NSGA-II) run in one process against SQLite, a journal file and
+   PostgreSQL (``--postgres-url``, or a throwaway local server when Debian's postgresql package
+   is installed): milliseconds per trial over the first 100 trials and over trials 901-1000.
+
+The figures depend on the machine: the script prints the core count and load average with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import yaml
+
+from autocompress.config import parse_config
+from autocompress.search.run import make_sampler, prepare_setup
+from autocompress.search.storage import make_storage
+
+SEARCH = {
+    "name": "scaling",
+    "seed": 0,
+    "data": {"dataset": "digits", "val_fraction": 0.25, "batch_size": 128},
+    "space": {
+        "family": "small_cnn",
+        "arch": {"depths": [2], "widths": [8, 16], "kernel_sizes": [3], "strides": [1, 2]},
+        "w_bits": [2, 4, 8],
+        "a_bits": [4, 8],
+        "prune_ratios": [0.0, 0.5],
+    },
+    "teacher": {"epochs": 4, "lr": 0.01},
+    "train": {"epochs": 20, "lr": 0.01},  # about 1 s per trial on one core
+    "hardware": {"profile": "analytic", "device": "cortex_a72"},
+    # One torch thread per trial for both backends (Ray: cpus_per_trial=1), so N trials at once
+    # use N cores.
+    "search": {"n_trials": 8, "sampler": "random", "save_models": False, "worker": {"threads": 1}},
+}
+
+
+def steady_rate(study: optuna.Study, workers: int) -> float:
+    """Trials per hour between the workers' first completions and the last completion."""
+    done = sorted(
+        t.datetime_complete.timestamp()
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    )
+    if len(done) <= workers:
+        return float("nan")
+    return 3600 * (len(done) - workers) / (done[-1] - done[workers - 1])
+
+
+def worker_throughput(workers: int, per_worker: int, root: Path, teacher: Path) -> float:
+    config = copy.deepcopy(SEARCH)
+    config["name"] = f"workers{workers}"
+    run_dir = root / config["name"]
+    shutil.copytree(teacher, run_dir / "teacher")  # every setting starts with a trained teacher
+    config_file = root / f"{config['name']}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    storage = f"journal:{run_dir}/journal.log"
+    command = [sys.executable, "-m", "autocompress.cli", "worker", str(config_file)]
+    command += ["--storage", storage, "--n-trials", str(per_worker), "--runs-dir", str(root)]
+    procs = [
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"worker failed: {err[-2000:]}")
+    study = optuna.load_study(study_name=config["name"], storage=make_storage(storage))
+    return steady_rate(study, workers)
+
+
+def ray_throughput(workers: int, per_worker: int, root: Path, teacher: Path) -> float:
+    from autocompress.search import run_search
+
+    config = copy.deepcopy(SEARCH)
+    config["name"] = f"ray{workers}"
+    config["search"].update(n_trials=workers * per_worker, backend="ray", ray={"workers": workers})
+    shutil.copytree(teacher, root / config["name"] / "teacher")
+    result = run_search(parse_config(config), runs_dir=root)
+    return steady_rate(result.study, workers)
+
+
+def print_throughput(name: str, rates: dict[int, float]) -> None:
+    base = rates[min(rates)]
+    for workers, rate in rates.items():
+        efficiency = rate / (workers * base)
+        rate_text = f"{rate:8.0f} trials/h"
+        print(f"  {name:8s} {workers:2d} worker(s): {rate_text}   efficiency {efficiency:6.1%}")
+
+
+class NoOp:
+    """A trial's orchestration without its work: as many suggestions and attributes as the tiny
+    search's trials (7 layers' bits and ratios + arch), one constraint, three objective values."""
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        trial.suggest_categorical("arch.width0", [8, 16])
+        trial.suggest_categorical("arch.width1", [8, 16])
+        for layer in range(3):
+            trial.suggest_categorical(f"l{layer}.w_bits", [2, 4, 8])
+            trial.suggest_categorical(f"l{layer}.a_bits", [4, 8])
+            trial.suggest_categorical(f"l{layer}.prune", [0.0, 0.5])
+        for key in ("candidate", "latency_ms", "energy_mj", "size_kb", "feasible", "trained"):
+            trial.set_user_attr(key, 1.0)
+        trial.set_constraint("max_size_kb", -1.0)
+        return 0.5, 1.0, 1.0
+
+
+def overhead_ms(storage: optuna.storages.BaseStorage, sizes: list[int]) -> dict[int, float]:
+    """ms per trial over the 100 trials that end at each of ``sizes`` (NSGA-II, 3 objectives)."""
+    config = parse_config({**copy.deepcopy(SEARCH), "search": {"sampler": "nsga2"}})
+    study = optuna.create_study(
+        storage=storage,
+        directions=["maximize", "minimize", "minimize"],
+        sampler=make_sampler(config),
+    )
+    found, done = {}, 0
+    for size in sorted(sizes):
+        window = min(100, size)
+        if size - window > done:
+            study.optimize(NoOp(), n_trials=size - window - done)
+        start = time.perf_counter()
+        study.optimize(NoOp(), n_trials=window)
+        found[size] = 1000 * (time.perf_counter() - start) / window
+        done = size
+    return found
+
+
+@contextlib.contextmanager
+def local_postgres() -> Iterator[str | None]:
+    """A throwaway PostgreSQL on 127.0.0.1 (as the 'postgres' user when run as root), or None."""
+    initdb = shutil.which("initdb") or next(
+        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None
+    )
+    if initdb is None:
+        yield None
+        return
+    root = tempfile.mkdtemp(prefix="scaling-pg-")
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(root, user="postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg_ctl, data = str(Path(initdb).with_name("pg_ctl")), f"{root}/data"
+    try:
+        subprocess.run(
+            [*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+        )
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", data, "-o", options, "-l", f"{root}/log", "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    except (subprocess.CalledProcessError, LookupError):
+        yield None
+    finally:
+        stop = [*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"]
+        subprocess.run(stop, check=False, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_workers = ",".join(str(2**k) for k in range(cores.bit_length()) if 2**k <= cores)
+    parser.add_argument("--workers", default=default_workers, help="worker counts to measure")
+    parser.add_argument("--trials-per-worker", type=int, default=6)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
+    parser.add_argument("--overhead-trials", default="100,1000")
+    parser.add_argument("--postgres-url", default=None, help="default: a throwaway local server")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f} (1 min)")
+    if not args.skip_throughput:
+        root = Path(tempfile.mkdtemp(prefix="scaling-"))
+        counts = [int(n) for n in args.workers.split(",")]
+        teacher_run = root / "teacher-run"
+        prepare_setup(parse_config(copy.deepcopy(SEARCH)), teacher_run)
+        teacher = teacher_run / "teacher"
+        print(f"throughput ({args.trials_per_worker} trials per worker, steady state):")
+        rates = {n: worker_throughput(n, args.trials_per_worker, root, teacher) for n in counts}
+        print_throughput("workers", rates)
+        try:
+            import ray
+        except ImportError:
+            ray = None
+            print("  ray: not installed (pip install autocompress[ray])")
+        if ray is not None and not args.no_ray:
+            ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+            try:
+                rates = {
+                    n: ray_throughput(n, args.trials_per_worker, root, teacher) for n in counts
+                }
+            finally:
+                ray.shutdown()
+            print_throughput("ray", rates)
+        shutil.rmtree(root, ignore_errors=True)
+
+    sizes = [int(n) for n in args.overhead_trials.split(",")]
+    print("orchestration overhead per trial (no-op objective, NSGA-II, ms):")
+    with tempfile.TemporaryDirectory(prefix="scaling-overhead-") as tmp:
+        with local_postgres() as started:
+            storages = {
+                "sqlite": f"sqlite:///{tmp}/study.db",
+                "journal": f"journal:{tmp}/journal.log",
+                "postgresql": args.postgres_url or started,
+            }
+            for name, url in storages.items():
+                if url is None:
+                    print(
+                        f"  {name:10s} not available (apt-get install postgresql or --postgres-url)"
+                    )
+                    continue
+                found = overhead_ms(make_storage(url), sizes)
+                cells = "   ".join(f"at {size:5d} trials {ms:7.2f}" for size, ms in found.items())
+                print(f"  {name:10s} {cells}")
+    if cores < 16:
+        print(
+            f"note: {cores} cores here; the target (>= 90% parallel efficiency at 16 workers on "
+            "16 cores) needs a 16-core machine to check."
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Workers sharing one study (``autocompress worker``): on a journal file, SQLite and PostgreSQL,
+with heartbeats failing and retrying the trial of a worker that died."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from autocompress.cli import app
+from autocompress.config import ConfigError, parse_config
+from autocompress.search import run_worker, trials_dataframe
+from autocompress.search.run import open_study
+from autocompress.search.storage import (
+    HEARTBEAT_ATTR,
+    HeartbeatJournalStorage,
+    RetryStaleTrial,
+    make_storage,
+)
+
+
+@pytest.fixture
+def fast_config(tiny_config_dict):
+    """The tiny config, one epoch each, heartbeats every second, one torch thread per worker."""
+    tiny_config_dict["teacher"]["epochs"] = 1
+    tiny_config_dict["train"]["epochs"] = 1
+    tiny_config_dict["search"]["worker"] = {
+        "heartbeat_interval": 1,
+        "grace_period": 2,
+        "threads": 1,
+    }
+    return tiny_config_dict
+
+
+def _write(config: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _worker(config_file: Path, *, storage: str, n_trials: int, runs: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "autocompress.cli", "worker", str(config_file)]
+    command += ["--storage", storage, "--n-trials", str(n_trials), "--runs-dir", str(runs)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package), or a skip."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    initdb = shutil.which("initdb") or (str(bins[-1]) if bins else None)
+    if initdb is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    # The server refuses to run as root: run it as the 'postgres' user the package creates.
+    as_user: list[str] = []
+    root = tempfile.mkdtemp(prefix="autocompress-pg-")
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root and runuser is missing: cannot start PostgreSQL")
+        try:
+            shutil.chown(root, user="postgres")
+        except LookupError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = f"{root}/data", _free_port()
+    init = subprocess.run(
+        [*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        capture_output=True,
+        text=True,
+    )
+    if init.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    start = subprocess.run(
+        [*as_user, pg_ctl, "-D", data, "-o", options, "-l", f"{root}/log", "-w", "-t", "60"]
+        + ["start"],
+        capture_output=True,
+        text=True,
+    )
+    if start.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"PostgreSQL did not start: {start.stdout.strip()[-300:]}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_n_workers_times_m_trials_share_one_study(tmp_path, fast_config, kind, request):
+    storage = {
+        "journal": f"journal:{tmp_path}/shared/journal.log",
+        "sqlite": f"sqlite:///{tmp_path}/shared/study.db",
+    }.get(kind) or request.getfixturevalue("postgres_url")
+    config_file = _write(fast_config, tmp_path / "tiny.yaml")
+    runs = tmp_path / "runs"
+    n_workers, m_trials = 2, 2
+    workers = [
+        _worker(config_file, storage=storage, n_trials=m_trials, runs=runs)
+        for _ in range(n_workers)
+    ]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=300)
+        assert worker.returncode == 0, output
+
+    study = optuna.load_study(study_name="tiny", storage=make_storage(storage))
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(n_workers * m_trials))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert study.user_attrs["workers_joined"] == n_workers
+    # Distinctly seeded samplers: the workers did not suggest the same candidates in lockstep.
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) > 1
+    # One teacher for all, and the result tables of the whole study.
+    assert (runs / "tiny" / "teacher" / "spec.json").is_file()
+    assert len(pd.read_csv(runs / "tiny" / "trials.csv")) == len(trials_dataframe(study))
+
+
+def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path, fast_config):
+    fast_config["train"]["epochs"] = 10  # long enough (~1 s) to be killed mid-trial
+    config_file = _write(fast_config, tmp_path / "tiny.yaml")
+    storage = f"sqlite:///{tmp_path}/study.db"
+    runs = tmp_path / "runs"
+    victim = _worker(config_file, storage=storage, n_trials=3, runs=runs)
+    try:
+        marker = _wait_for(lambda: next((runs / "tiny" / "trials").glob("*/worker.json"), None))
+        assert json.loads(marker.read_text())["pid"] == victim.pid
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    finally:
+        victim.kill()
+        victim.communicate()
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1  # left behind by the dead worker
+    dead = running[0]
+
+    # grace_period is 2 s without a heartbeat; SQLite's clock has 1 s steps, so wait longer.
+    time.sleep(4)
+    result = run_worker(parse_config(fast_config), storage=storage, n_trials=1, runs_dir=runs)
+
+    trials = {t.number: t for t in result.study.trials}
+    assert trials[dead.number].state == TrialState.FAIL
+    retry = [t for t in trials.values() if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == dead.params
+    reason = result.trials.set_index("number").loc[dead.number, "fail_reason"]
+    assert reason.startswith("stale") and f"trial {retry[0].number}" in reason
+
+
+def _wait_for(find, *, timeout: float = 240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise TimeoutError("gave up waiting")
+
+
+def test_journal_storage_heartbeats_fail_and_retry_stale_trials(tmp_path):
+    storage = HeartbeatJournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log")),
+        heartbeat_interval=1,
+        grace_period=5,
+        heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=1),
+    )
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    alive, dead = study.ask(), study.ask()
+    for trial in (alive, dead):
+        trial.suggest_categorical("x", [1, 2, 3])
+        storage.record_heartbeat(trial._trial_id)
+    storage.set_trial_system_attr(dead._trial_id, HEARTBEAT_ATTR, time.time() - 60)
+
+    optuna.storages.fail_stale_trials(study)
+
+    states = {t.number: t.state for t in study.trials}
+    assert states[alive.number] == TrialState.RUNNING and states[dead.number] == TrialState.FAIL
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == dead.number
+    assert waiting[0].params == {"x": dead.params["x"]}
+    assert HEARTBEAT_ATTR not in waiting[0].system_attrs  # else it would look stale at once
+    # A finished trial's late heartbeat is ignored, not an error.
+    study.tell(alive, [1.0, 1.0])
+    storage.record_heartbeat(alive._trial_id)
+
+
+def test_worker_refuses_a_study_made_by_another_config(tmp_path, fast_config):
+    storage = f"journal:{tmp_path}/journal.log"
+    fast_config["search"]["storage"] = storage
+    open_study(parse_config(fast_config), tmp_path)
+    fast_config["train"]["lr"] = 0.5
+    with pytest.raises(ConfigError, match="different config"):
+        run_worker(parse_config(fast_config), runs_dir=tmp_path / "runs")
+
+
+def test_worker_refuses_a_run_folder_held_by_a_single_search(tmp_path, fast_config):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "search.lock").write_text(str(os.getppid()))  # a live process
+    with pytest.raises(RuntimeError, match="single-process search"):
+        run_worker(parse_config(fast_config), storage="journal:x.log", runs_dir=tmp_path)
+
+
+def test_worker_command_needs_a_storage(tmp_path, fast_config):
+    config_file = _write(fast_config, tmp_path / "tiny.yaml")
+    result = CliRunner().invoke(app, ["worker", str(config_file), "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--storage" in result.output and "search.storage" in result.output
+
+
+def test_the_default_backend_and_the_workers_do_not_import_ray():
+    code = "import sys, autocompress.cli, autocompress.search; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_plain_postgresql_url_uses_the_installed_driver(monkeypatch):
+    from autocompress.search import storage
+
+    installed = {"psycopg2"}  # only the older driver, as with psycopg2-binary alone
+    monkeypatch.setattr(
+        storage.importlib.util, "find_spec", lambda name: object() if name in installed else None
+    )
+    url = "postgresql://user@db.example:5432/runs"
+    assert storage._postgres_driver(url) == "postgresql+psycopg2://user@db.example:5432/runs"
+    installed.clear()
+    with pytest.raises(ConfigError, match=r"autocompress\[postgres\]"):
+        storage._postgres_driver(url)
+    assert storage.redact("postgresql://me:secret@db/x") == "postgresql://me:***@db/x"
