@@ -45,6 +45,37 @@ def inherit_weights_(student: nn.Module, teacher_state: Mapping[str, Tensor]) ->
     return copied
 
 
+def scatter_grads_(teacher: nn.Module, student: nn.Module) -> list[str]:
+    """Add each student parameter's ``.grad`` into the slice of the teacher's that it came from.
+
+    The adjoint of :func:`inherit_weights_`'s slicing (for the weight-sharing supernet): where
+    ``inherit_weights_`` copied ``teacher[source] -> student[target]``, this does
+    ``teacher.grad[source] += student.grad[target]``, so leading channels and kernel centres get
+    the gradient, and the zero border of a widened student kernel maps to nothing. It
+    accumulates, so the gradients of several sub-networks sum before one optimizer step; a
+    teacher parameter without a ``.grad`` starts from zeros. Only parameters move (buffers have
+    no gradient); a student parameter without a gradient or without a same-dims teacher
+    parameter of the same name is skipped. Valid for students that were not pruned after
+    inheriting (pruning keeps channels by norm, not leading ones). Returns the updated names.
+    """
+    teacher_params = dict(teacher.named_parameters())
+    updated = []
+    with torch.no_grad():
+        for name, param in student.named_parameters():
+            target = teacher_params.get(name)
+            if param.grad is None or target is None or target.dim() != param.dim():
+                continue
+            student_idx, teacher_idx, _ = _overlap(param.shape, target.shape)
+            if any(s.stop - s.start <= 0 for s in student_idx):
+                continue
+            if target.grad is None:
+                target.grad = torch.zeros_like(target)
+            # Basic slicing gives a view, so add_ lands in the teacher's gradient.
+            target.grad[teacher_idx].add_(param.grad[student_idx].to(target.grad))
+            updated.append(name)
+    return updated
+
+
 def _overlap(
     target_shape: torch.Size, source_shape: torch.Size
 ) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:

@@ -85,3 +85,77 @@ def test_missing_or_differently_shaped_keys_are_left_untouched() -> None:
         assert key not in copied
         assert torch.equal(student.state_dict()[key], before[key])
     assert "fc.bias" in copied
+
+
+# --- scatter_grads_: the adjoint of the inheritance slicing ------------------------------------
+
+
+class RunnableNet(Net):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.stem(x)))
+        return self.fc(self.blocks(h).mean(dim=(2, 3)))
+
+
+def _sliced_from(student: nn.Module, teacher: nn.Module) -> dict[str, torch.Tensor]:
+    """The student's parameters as differentiable functions of the teacher's: the slices that
+    inherit_weights_ copies, with zeros around a widened kernel."""
+    from autocompress.compression.inherit import _overlap
+
+    teacher_params = dict(teacher.named_parameters())
+    params = {}
+    for name, param in student.named_parameters():
+        target_idx, source_idx, _ = _overlap(param.shape, teacher_params[name].shape)
+        value = torch.zeros_like(param)
+        value[target_idx] = teacher_params[name][source_idx]
+        params[name] = value
+    return params
+
+
+def _weighted_loss(out: torch.Tensor) -> torch.Tensor:
+    return (out.square() * torch.linspace(0.5, 2.0, out.shape[1])).sum()
+
+
+def test_scatter_grads_is_the_exact_adjoint_of_inheriting() -> None:
+    from torch.func import functional_call
+
+    from autocompress.compression.inherit import scatter_grads_
+
+    teacher = _randomised(RunnableNet(width=8, kernel=5, blocks=3), 0).train()
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    # narrower + smaller kernel + fewer blocks, and narrower + wider kernel
+    for student in (RunnableNet(width=4, kernel=3, blocks=2), RunnableNet(width=6, kernel=7)):
+        inherit_weights_(student, teacher.state_dict())
+        # Autograd through the slicing gives the true gradient w.r.t. the teacher...
+        teacher.zero_grad(set_to_none=True)
+        _weighted_loss(functional_call(student, _sliced_from(student, teacher), (x,))).backward()
+        expected = {n: p.grad.clone() for n, p in teacher.named_parameters() if p.grad is not None}
+        # ...which scatter_grads_ must rebuild from the student's own gradients.
+        teacher.zero_grad(set_to_none=True)
+        student.zero_grad(set_to_none=True)
+        _weighted_loss(student(x)).backward()
+        updated = scatter_grads_(teacher, student)
+        assert sorted(updated) == sorted(expected)
+        teacher_params = dict(teacher.named_parameters())
+        for name, grad in expected.items():
+            assert torch.allclose(teacher_params[name].grad, grad, rtol=1e-5, atol=1e-6), name
+        assert teacher.blocks[2].weight.grad is None  # a block the student lacks gets nothing
+
+
+def test_scatter_grads_satisfies_the_dot_product_identity_and_accumulates() -> None:
+    from autocompress.compression.inherit import scatter_grads_
+
+    # <inherit(T), S> == <T, scatter(S)> for random T and S: the definition of an adjoint.
+    teacher = _randomised(RunnableNet(width=8, kernel=3), 0)
+    student = RunnableNet(width=5, kernel=5)
+    inherit_weights_(student, teacher.state_dict())
+    g = torch.Generator().manual_seed(4)
+    for param in student.parameters():
+        param.grad = torch.randn(param.shape, generator=g)
+    lhs = sum((p * p.grad).sum() for p in student.parameters())
+    scatter_grads_(teacher, student)
+    rhs = sum((p * p.grad).sum() for p in teacher.parameters())
+    assert torch.allclose(lhs, rhs, rtol=1e-5)
+    first = [p.grad.clone() for p in teacher.parameters()]
+    scatter_grads_(teacher, student)  # a second sub-network's gradient adds on top
+    for param, before in zip(teacher.parameters(), first, strict=True):
+        assert torch.allclose(param.grad, 2 * before)

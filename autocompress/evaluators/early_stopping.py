@@ -1,0 +1,444 @@
+"""Multi-objective successive halving: stop a candidate that others beat at no higher cost.
+
+Optuna cannot prune multi-objective trials, so the stopping rule lives in the evaluator. A trial
+trains epoch by epoch; at each *rung* (an epoch budget ``min_epochs * eta**k``, see
+:func:`rung_schedule`) it measures its validation accuracy and reports it to a shared
+:class:`RungTable` together with its hardware costs (known before training). The table answers
+with a :class:`StopDecision`; a stopped trial raises :class:`CandidateStopped`.
+
+The rule. Let ``n`` be the number of earlier records at the rung. A record *dominates* the
+candidate when its accuracy is ``>=`` the candidate's and every one of its costs is ``<=`` the
+candidate's (it did at least as well with no cost advantage to the candidate). The candidate is
+stopped when ``n >= min_records`` and at least ``k = max(min_dominators, (n + 1) // eta)``
+earlier records dominate it.
+
+Why this ``k``: with no costs, dominance is "at least as accurate", and stopping when
+``(n + 1) // eta`` others are at least as good is exactly successive halving / ASHA (only the
+top ``1/eta`` of the ``n + 1`` candidates seen at the rung go on; Optuna's
+``SuccessiveHalvingPruner`` uses the same ``n // eta`` index). With costs it is strictly more
+conservative: a candidate cheaper than the others in any cost is never dominated, so it is never
+stopped, however low its accuracy. ``min_dominators`` (default 2) keeps one lucky early leader
+from stopping anyone on its own, since accuracies after one epoch are noisy; ``min_records``
+keeps the first trials of a run from being judged against almost nothing.
+
+Storage. Records go through a :class:`RungStore`: :class:`InMemoryRungStore` for one process,
+or :class:`OptunaRungStore`, which keeps them in the study's trial user attributes so they
+survive a resume and are shared by every process on the same storage.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..compression.distillation import kd_loss
+from ..spaces import Candidate
+from ._base import CandidateError, CandidateStopped, TaskMetrics, TrialContext
+from .data import DataBundle, make_loaders
+from .train import TrainEvaluator, evaluate_accuracy
+
+__all__ = [
+    "CandidateStopped",
+    "EarlyStoppingTrainEvaluator",
+    "InMemoryRungStore",
+    "OptunaRungStore",
+    "RungRecord",
+    "RungStore",
+    "RungTable",
+    "StopDecision",
+    "dominates",
+    "rung_schedule",
+]
+
+RUNG_ATTR_PREFIX = "rung."  # Optuna user attribute "rung.<epochs>" holds a RungRecord dict
+
+
+def rung_schedule(*, max_epochs: int, min_epochs: int = 1, eta: int = 3) -> tuple[int, ...]:
+    """Epoch budgets at which a trial is judged: ``min_epochs * eta**k`` below ``max_epochs``.
+
+    The full budget itself is not a rung: a trial that reaches it is finished, and stopping it
+    then would save nothing. ``rung_schedule(max_epochs=10)`` is ``(1, 3, 9)``;
+    ``rung_schedule(max_epochs=9)`` is ``(1, 3)``; a budget of ``min_epochs`` or less has none.
+    """
+    for name, value, minimum in (("max_epochs", max_epochs, 1), ("min_epochs", min_epochs, 1)):
+        _check_int(value, name=name, where="rung_schedule", minimum=minimum)
+    _check_int(eta, name="eta", where="rung_schedule", minimum=2)
+    rungs = []
+    epochs = min_epochs
+    while epochs < max_epochs:
+        rungs.append(epochs)
+        epochs *= eta
+    return tuple(rungs)
+
+
+@dataclass(frozen=True)
+class RungRecord:
+    """One trial's result at one rung: its accuracy after the rung's epochs and its hardware
+    costs (every one minimised, in the table's fixed order)."""
+
+    trial: int
+    accuracy: float
+    costs: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial": self.trial, "accuracy": self.accuracy, "costs": list(self.costs)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RungRecord:
+        try:
+            return cls(
+                trial=int(data["trial"]),
+                accuracy=float(data["accuracy"]),
+                costs=tuple(float(c) for c in data["costs"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                "A stored rung record must hold an int 'trial', a float 'accuracy' and a list "
+                f"of float 'costs'. Got {data!r} instead."
+            ) from err
+
+
+def dominates(a: RungRecord, b: RungRecord) -> bool:
+    """Whether ``a`` is at least as accurate as ``b`` at no higher cost (weak dominance: equal
+    records dominate each other)."""
+    return a.accuracy >= b.accuracy and all(
+        ca <= cb for ca, cb in zip(a.costs, b.costs, strict=True)
+    )
+
+
+@runtime_checkable
+class RungStore(Protocol):
+    """Where a :class:`RungTable` keeps its records. ``rung`` is the rung's epoch budget.
+
+    ``records`` returns the records added so far at that rung, oldest first (any order is
+    correct, since the rule only counts). The table serialises its own calls with a lock; a store
+    shared between processes needs nothing more than atomic single writes.
+    """
+
+    def records(self, rung: int) -> list[RungRecord]: ...
+
+    def add(self, rung: int, record: RungRecord) -> None: ...
+
+
+class InMemoryRungStore:
+    """Records in a dict: for one process and one run (lost when the process ends)."""
+
+    def __init__(self) -> None:
+        self._records: dict[int, list[RungRecord]] = {}
+
+    def records(self, rung: int) -> list[RungRecord]:
+        return list(self._records.get(rung, ()))
+
+    def add(self, rung: int, record: RungRecord) -> None:
+        self._records.setdefault(rung, []).append(record)
+
+
+class OptunaRungStore:
+    """Records kept as user attributes ``"rung.<epochs>"`` of the study's trials.
+
+    They live in the study's storage, so a resumed run and every process working on the same
+    study see them. Records of all trials count, failed or stopped ones included: their
+    accuracy at the rung was really measured. ``add`` needs the record's trial to exist in the
+    study (it is the running trial).
+    """
+
+    def __init__(self, study: Any) -> None:
+        self.study = study
+
+    def records(self, rung: int) -> list[RungRecord]:
+        key = f"{RUNG_ATTR_PREFIX}{rung}"
+        return [
+            RungRecord.from_dict(trial.user_attrs[key])
+            for trial in self.study.get_trials(deepcopy=False)
+            if key in trial.user_attrs
+        ]
+
+    def add(self, rung: int, record: RungRecord) -> None:
+        # A running trial's attributes can only be set through the storage (the Trial object
+        # belongs to the objective's thread); run.py writes fail reasons the same way.
+        storage, study_id = self.study._storage, self.study._study_id
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, record.trial)
+        storage.set_trial_user_attr(trial_id, f"{RUNG_ATTR_PREFIX}{rung}", record.to_dict())
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """The table's answer at one rung. ``competitors``: earlier records at the rung;
+    ``dominators``: how many of them dominate the candidate; ``required``: the ``k`` of the rule
+    (0 while there are fewer than ``min_records`` competitors, when nothing is stopped)."""
+
+    stop: bool
+    competitors: int
+    dominators: int
+    required: int
+
+
+class RungTable:
+    """The shared state of multi-objective successive halving (see the module docstring).
+
+    Thread-safe: :meth:`report` compares with the earlier records and adds the new one under one
+    lock, so of two trials reaching a rung at once, exactly one sees the other. Across processes
+    (a shared Optuna storage) the lock does not reach; two trials may then miss each other,
+    which only makes the rule more lenient.
+    """
+
+    def __init__(
+        self,
+        *,
+        rungs: Sequence[int],
+        eta: int = 3,
+        min_dominators: int = 2,
+        min_records: int = 4,
+        store: RungStore | None = None,
+    ) -> None:
+        rungs = tuple(rungs)
+        for rung in rungs:
+            _check_int(rung, name="rungs", where="RungTable", minimum=1)
+        if list(rungs) != sorted(set(rungs)):
+            raise ValueError(
+                "The 'rungs' parameter of RungTable must be strictly increasing epoch budgets. "
+                f"Got {rungs!r} instead."
+            )
+        _check_int(eta, name="eta", where="RungTable", minimum=2)
+        _check_int(min_dominators, name="min_dominators", where="RungTable", minimum=1)
+        _check_int(min_records, name="min_records", where="RungTable", minimum=0)
+        if store is not None and not isinstance(store, RungStore):
+            raise ValueError(
+                "The 'store' parameter of RungTable must have records(rung) and add(rung, "
+                f"record) methods. Got {type(store).__name__} instead."
+            )
+        self.rungs = rungs
+        self.eta = eta
+        self.min_dominators = min_dominators
+        self.min_records = min_records
+        self.store: RungStore = store if store is not None else InMemoryRungStore()
+        self._lock = threading.Lock()
+
+    def required_dominators(self, competitors: int) -> int:
+        """``k`` for a candidate arriving after ``competitors`` records: at least
+        ``min_dominators``, and at least ``(competitors + 1) // eta`` (the ASHA quota)."""
+        return max(self.min_dominators, (competitors + 1) // self.eta)
+
+    def report(self, rung: int, record: RungRecord) -> StopDecision:
+        """Judge ``record`` against the earlier records at ``rung`` (an epoch budget of
+        ``rungs``), then add it. A stopped record is added too: it was really measured."""
+        if rung not in self.rungs:
+            raise ValueError(
+                f"The 'rung' parameter of RungTable.report must be one of {self.rungs}. "
+                f"Got {rung!r} instead."
+            )
+        _check_record(record)
+        with self._lock:
+            earlier = self.store.records(rung)
+            if earlier and len(earlier[0].costs) != len(record.costs):
+                raise ValueError(
+                    "The 'record.costs' parameter of RungTable.report must have as many costs "
+                    f"as the records already at rung {rung} ({len(earlier[0].costs)}). "
+                    f"Got {record.costs!r} instead."
+                )
+            n = len(earlier)
+            dominators = sum(dominates(other, record) for other in earlier)
+            required = self.required_dominators(n) if n >= self.min_records else 0
+            self.store.add(rung, record)
+        return StopDecision(
+            stop=required > 0 and dominators >= required,
+            competitors=n,
+            dominators=dominators,
+            required=required,
+        )
+
+
+class EarlyStoppingTrainEvaluator(TrainEvaluator):
+    """:class:`TrainEvaluator` that trains epoch by epoch and may stop at each rung.
+
+    Called through ``evaluate_trial`` (the search's entry point) with the trial's number and
+    hardware costs, it reports the validation accuracy at every rung of ``table`` below
+    ``epochs`` and raises :class:`CandidateStopped` when the table says stop. ``evaluate``
+    (no costs known) trains the full budget without stopping. A candidate that is never stopped
+    gets exactly the result :class:`TrainEvaluator` gives it: same loader order, optimizer and
+    cosine schedule over the full budget (so rung accuracies of different trials are measured at
+    the same point of the same schedule). The rung evaluations only add eval-mode passes.
+
+    ``cost_names``: which entries of ``context.costs`` make up a record's cost tuple, in that
+    order (all are minimised); ``None`` uses every entry, in sorted order. Include only the
+    costs that are search objectives: an extra cost makes dominance rarer, the rule laxer.
+    """
+
+    def __init__(
+        self,
+        *,
+        table: RungTable,
+        data: DataBundle,
+        epochs: int,
+        lr: float,
+        weight_decay: float,
+        batch_size: int,
+        num_workers: int = 0,
+        kd_alpha: float = 0.7,
+        kd_temperature: float = 4.0,
+        device: torch.device,
+        teacher: nn.Module | None = None,
+        seed: int = 0,
+        cost_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            data=data,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            kd_alpha=kd_alpha,
+            kd_temperature=kd_temperature,
+            device=device,
+            teacher=teacher,
+            seed=seed,
+        )
+        _check_int(epochs, name="epochs", where="EarlyStoppingTrainEvaluator", minimum=1)
+        if isinstance(cost_names, str):
+            raise ValueError(
+                "The 'cost_names' parameter of EarlyStoppingTrainEvaluator must be a sequence "
+                f"of cost names, e.g. ['latency_ms']. Got {cost_names!r} instead."
+            )
+        self.table = table
+        self.cost_names = None if cost_names is None else tuple(cost_names)
+
+    def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
+        return self._run(model, None)
+
+    def evaluate_trial(
+        self, model: nn.Module, candidate: Candidate, *, context: TrialContext
+    ) -> TaskMetrics:
+        return self._run(model, context)
+
+    def cost_tuple(self, costs: Mapping[str, float]) -> tuple[float, ...]:
+        """The record's cost tuple from a trial's named costs (see ``cost_names``)."""
+        names = self.cost_names if self.cost_names is not None else tuple(sorted(costs))
+        missing = [name for name in names if name not in costs]
+        if missing:
+            raise ValueError(
+                f"The 'context.costs' parameter of EarlyStoppingTrainEvaluator must hold the "
+                f"costs {list(names)}. Got {dict(costs)!r} instead (missing {missing})."
+            )
+        return tuple(float(costs[name]) for name in names)
+
+    def _run(self, model: nn.Module, context: TrialContext | None) -> TaskMetrics:
+        costs = None if context is None else self.cost_tuple(context.costs)
+        rungs = [r for r in self.table.rungs if r < self.epochs]
+        train_loader, val_loader = make_loaders(
+            self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
+        )
+        start = time.perf_counter()
+        try:
+            for epoch in _train_epochwise(
+                model,
+                train_loader,
+                epochs=self.epochs,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                device=self.device,
+                teacher=self.teacher,
+                kd_alpha=self.kd_alpha,
+                kd_temperature=self.kd_temperature,
+            ):
+                if context is None or costs is None or epoch not in rungs:
+                    continue
+                accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
+                if not math.isfinite(loss):
+                    raise CandidateError(f"non-finite validation loss after epoch {epoch}")
+                record = RungRecord(trial=context.number, accuracy=accuracy, costs=costs)
+                if self.table.report(epoch, record).stop:
+                    raise CandidateStopped(
+                        rung=self.table.rungs.index(epoch), epochs=epoch, accuracy=accuracy
+                    )
+                model.train()  # evaluate_accuracy left it in eval mode
+            accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
+        except torch.cuda.OutOfMemoryError as err:
+            torch.cuda.empty_cache()
+            raise CandidateError(f"out of GPU memory: {err}") from err
+        if not math.isfinite(loss):
+            raise CandidateError("non-finite validation loss")
+        return TaskMetrics(
+            accuracy=accuracy,
+            loss=loss,
+            epochs=self.epochs,
+            train_seconds=time.perf_counter() - start,
+        )
+
+
+def _train_epochwise(
+    model: nn.Module,
+    loader: Any,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    teacher: nn.Module | None,
+    kd_alpha: float,
+    kd_temperature: float,
+) -> Iterator[int]:
+    """``train.train_epochs`` as a generator that yields the number of epochs done after each.
+
+    The same steps in the same order (AdamW, one cosine schedule over all ``epochs``, KD from
+    the teacher), so an uninterrupted run matches ``train_epochs`` exactly; calling
+    ``train_epochs`` once per epoch instead would restart the schedule and the AdamW moments.
+    """
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = max(1, epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    for epoch in range(epochs):
+        for step, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            if teacher is not None and kd_alpha > 0:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = kd_loss(
+                    logits, teacher_logits, y, alpha=kd_alpha, temperature=kd_temperature
+                )
+            else:
+                loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise CandidateError(f"non-finite training loss at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        yield epoch + 1
+
+
+def _check_record(record: RungRecord) -> None:
+    if not isinstance(record, RungRecord):
+        raise ValueError(
+            "The 'record' parameter of RungTable.report must be a RungRecord. "
+            f"Got {type(record).__name__} instead."
+        )
+    if not (math.isfinite(record.accuracy) and 0.0 <= record.accuracy <= 1.0):
+        raise ValueError(
+            "The 'record.accuracy' parameter of RungTable.report must be a number in [0, 1]. "
+            f"Got {record.accuracy!r} instead."
+        )
+    if not all(math.isfinite(c) for c in record.costs):
+        raise ValueError(
+            "The 'record.costs' parameter of RungTable.report must hold finite numbers. "
+            f"Got {record.costs!r} instead."
+        )
+
+
+def _check_int(value: Any, *, name: str, where: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"The '{name}' parameter of {where} must be an int >= {minimum}. Got {value!r} instead."
+        )
