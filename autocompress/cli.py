@@ -9,11 +9,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .cli_profile import profile_app
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Joint architecture / mixed-precision / pruning search for edge devices.",
 )
+app.add_typer(profile_app, name="profile")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -32,39 +35,129 @@ def search(
     n_trials: Annotated[int | None, typer.Option(help="Override search.n_trials.")] = None,
     n_jobs: Annotated[int | None, typer.Option(help="Parallel trials (threads).")] = None,
     name: Annotated[str | None, typer.Option(help="Override the run name.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="optuna: trials in this process | ray: trials on a Ray cluster "
+            "(pip install autocompress[ray]). Overrides search.backend."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join: auto or HOST:PORT (default: start a private local one)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Ray backend: trials at once (search.ray.workers).")
+    ] = None,
+    gpus_per_trial: Annotated[
+        float | None, typer.Option(help="Ray backend: GPUs per trial, may be fractional.")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL (default: RUNS_DIR/NAME/study.db)."),
+    ] = None,
 ) -> None:
     """Run (or resume) a search; writes runs/<name>/{trials,pareto}.csv and pareto.png."""
-    from .config import ConfigError, load_config, parse_config
+    from .config import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        config = load_config(config_path)
-        overrides = {"search": {**config.search.model_dump()}}
-        if n_trials is not None:
-            overrides["search"]["n_trials"] = n_trials
-        if n_jobs is not None:
-            overrides["search"]["n_jobs"] = n_jobs
-        data = {**config.model_dump(mode="json"), **overrides}
-        if name is not None:
-            data["name"] = name
-        config = parse_config(data, source=f"{config_path} (with command-line overrides)")
-    except ConfigError as err:
-        _fail(str(err))
+    ray_overrides = {"address": address, "workers": workers, "gpus_per_trial": gpus_per_trial}
+    config = _config_with_overrides(
+        config_path,
+        name=name,
+        n_trials=n_trials,
+        n_jobs=n_jobs,
+        backend=backend,
+        storage=storage,
+        ray={k: v for k, v in ray_overrides.items() if v is not None},
+    )
 
     from .search import run_search
     from .search.progress import TrialPrinter
 
     console.print(f"[bold]autocompress[/] run [cyan]{config.name}[/] -> {runs_dir / config.name}")
     try:
-        result = run_search(config, runs_dir=runs_dir, on_trial=TrialPrinter(config, console))
-    except (ConfigError, FileNotFoundError, RuntimeError) as err:
+        with TrialPrinter(config, console) as printer:
+            result = run_search(config, runs_dir=runs_dir, on_trial=printer)
+    except (ConfigError, FileNotFoundError, RuntimeError, ImportError) as err:
         _fail(str(err))
     teacher = result.teacher_metrics
     console.print(f"teacher (fp32) accuracy {teacher['accuracy']:.2%}, {teacher['params']} params")
     _print_front(result.run_dir)
+
+
+def _config_with_overrides(config_path: Path, *, name: str | None, **search: object):
+    """The config file with the given ``search.*`` values (those not None) and run name."""
+    from .config import ConfigError, load_config, parse_config
+
+    try:
+        config = load_config(config_path)
+        data = config.model_dump(mode="json")
+        for key, value in search.items():
+            if isinstance(value, dict):
+                data["search"][key] = {**data["search"][key], **value}
+            elif value is not None:
+                data["search"][key] = value
+        if name is not None:
+            data["name"] = name
+        return parse_config(data, source=f"{config_path} (with command-line overrides)")
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@app.command()
+def worker(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Run config YAML.")],
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="The study all workers share: postgresql://USER@HOST/DB, sqlite:///PATH or "
+            "journal:PATH (default: search.storage)."
+        ),
+    ] = None,
+    n_trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Trials this worker runs (default: until the study holds search.n_trials "
+            "finished trials, counting every worker's).",
+        ),
+    ] = None,
+    runs_dir: RunsDir = Path("runs"),
+    name: Annotated[str | None, typer.Option(help="Override the run name.")] = None,
+) -> None:
+    """Join a study shared by several processes or machines and evaluate its trials.
+
+    Start one per process/machine with the same CONFIG and --storage. A worker that dies
+    mid-trial is detected by heartbeats and its trial is retried by another worker.
+    """
+    from .config import ConfigError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = _config_with_overrides(config_path, name=name, storage=storage)
+
+    from .search import run_worker
+    from .search.progress import TrialPrinter
+
+    console.print(f"[bold]autocompress[/] worker for run [cyan]{config.name}[/]")
+    try:
+        # Lines only: the count is the whole study's, which other workers move too.
+        printer = TrialPrinter(config, console, live=False)
+        result = run_worker(config, n_trials=n_trials, runs_dir=runs_dir, on_trial=printer)
+    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
+        _fail(str(err))
+    console.print(
+        f"this worker ran {result.ran} trial(s); the study holds {len(result.trials)}. "
+        f"Files: {result.run_dir}/trials.csv, pareto.csv"
+    )
 
 
 def _print_front(run_dir: Path) -> None:
@@ -99,22 +192,90 @@ def pareto(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder.")],
-    trial: Annotated[int, typer.Option(help="Trial number (see `autocompress pareto RUN`).")],
+    trial: Annotated[
+        int | None, typer.Option(help="Trial number (see `autocompress pareto RUN`).")
+    ] = None,
+    pick: Annotated[
+        str | None,
+        typer.Option(
+            help="Choose the trial by a rule instead of --trial, e.g. 'fastest with accuracy "
+            ">= 0.95', 'smallest with accuracy >= 0.9', 'most accurate with latency_ms <= "
+            "0.05', 'lowest energy', 'min size_kb with accuracy > 0.9 and latency_ms < 0.1'."
+        ),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx (QDQ, integer weights) | torchscript | state-dict (JSON spec + "
+            "state_dict + bit-packed weights).",
+        ),
+    ] = "state-dict",
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    finetune_epochs: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Continue QAT + distillation for this many epochs before exporting."
+        ),
+    ] = 0,
 ) -> None:
-    """Write a trial's candidate YAML and compressed model, reload it and re-check its accuracy."""
-    from .config import ConfigError
-    from .export.trial import export_trial
+    """Export a trial (pruned, quantized) and verify the artefact against the PyTorch model.
 
+    Writes candidate.yaml, spec.json + model.pt, the artefact of --format and
+    export_report.json (output difference, accuracy, size, measured vs predicted latency).
+    Exits with code 1 when the artefact misses its tolerance.
+    """
+    from .evaluators import CandidateError
+    from .export.pick import pick_trial
+    from .export.trial import EXPORT_FORMATS, REPORT_FILE, export_trial
+    from .search import load_trials
+
+    if (trial is None) == (pick is None):
+        _fail("Give exactly one of --trial N and --pick RULE.")
+    if fmt not in EXPORT_FORMATS:
+        _fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}. Got {fmt!r} instead.")
     try:
-        result = export_trial(run, trial=trial, out_dir=out)
-    except (ConfigError, FileNotFoundError) as err:
+        if pick is not None:
+            chosen = pick_trial(load_trials(run), pick)
+            trial = chosen.trial
+            row = chosen.row
+            console.print(
+                f"picked trial {trial} by '{chosen.rule}' (of {chosen.eligible} eligible): "
+                f"accuracy {row['accuracy']:.2%}, latency {row['latency_ms']:.4g} ms, "
+                f"size {row['size_kb']:.3g} kB",
+                highlight=False,
+            )
+        result = export_trial(
+            run, trial=trial, out_dir=out, format=fmt, finetune_epochs=finetune_epochs
+        )
+    except (ValueError, FileNotFoundError, CandidateError, ImportError) as err:
         _fail(str(err))
-    console.print(f"exported trial {trial} to {result.out_dir}")
+    console.print(f"exported trial {trial} ({fmt}) to {result.out_dir}")
+    if result.finetune is not None:
+        tune = result.finetune
+        console.print(
+            f"fine-tuned {tune.epochs} epoch(s): accuracy {tune.accuracy_before:.2%} -> "
+            f"{tune.accuracy_after:.2%}"
+        )
     console.print(
         f"accuracy recorded {result.recorded_accuracy:.2%}, "
         f"reproduced from the export {result.reproduced_accuracy:.2%}"
     )
+    report = result.report
+    for line in report.summary_lines():
+        console.print(line, highlight=False, markup=False)
+    for layer in report.layers:
+        console.print(
+            f"  {layer['name']}: weights {layer['w_bits']} bits -> {layer['weight_format']}, "
+            f"input {layer['a_bits']} bits -> {layer['activation_format']}"
+            + (f"  ({layer['note']})" if layer["note"] else ""),
+            highlight=False,
+            markup=False,
+        )
+    console.print(f"report: {result.out_dir / REPORT_FILE}")
+    if not report.passed:
+        err_console.print("[bold red]verification failed:[/] the artefact misses its tolerance.")
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -124,11 +285,88 @@ def devices() -> None:
 
     from .hardware_profiles.analytic import list_devices, load_device
 
-    table = Table("device", "kind", "native bits", "description")
+    table = Table(
+        "device", "kind", "native bits", "fallback bits", "peak MAC/s (8-bit)", "description"
+    )
     for name in list_devices():
         spec = load_device(name)
-        table.add_row(name, spec.kind, ",".join(map(str, spec.supported_bits)), spec.description)
+        native = [b for b in spec.supported_bits if b not in spec.fallback_bits]
+        peak = spec.mac_cost(w_bits=8, a_bits=8).peak_macs_per_s
+        table.add_row(
+            name,
+            spec.kind,
+            ",".join(map(str, native)),
+            ",".join(map(str, spec.fallback_bits)) or "-",
+            f"{peak:.2g}",
+            spec.description,
+        )
     console.print(table)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder.")],
+    trial: Annotated[
+        int | None,
+        typer.Option(help="Trial of the per-layer chart (default: most accurate front point)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN/report).")] = None,
+) -> None:
+    """Write a self-contained HTML report of a run (plots, front, trials) and its PNGs."""
+    import shlex
+
+    from .config import ConfigError
+    from .report.html import write_report
+
+    try:
+        # ValueError: a --trial that the run does not have (or that has no candidate).
+        result = write_report(run, trial=trial, out_dir=out)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    # soft_wrap: long paths stay on one line, so they can be copied.
+    console.print(f"report written to {result.html}", soft_wrap=True)
+    study_url = shlex.quote(f"sqlite:///{run / 'study.db'}")
+    console.print(f"browse the study: optuna-dashboard {study_url}", soft_wrap=True)
+
+
+@app.command()
+def agent(
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on. The default accepts this machine only; pass the "
+            "device's LAN address (or 0.0.0.0) to let the search machine connect."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AUTOCOMPRESS_AGENT_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' on every request "
+            "(env AUTOCOMPRESS_AGENT_TOKEN keeps it out of the process list).",
+        ),
+    ] = None,
+) -> None:
+    """Serve ONNX Runtime timings of this device to the 'remote' hardware profile, until Ctrl-C."""
+    from .hardware_profiles.agent import serve_forever
+
+    def ready(server) -> None:
+        auth = "token required" if token else "no token"
+        console.print(f"autocompress agent listening on {server.url} ({auth})", soft_wrap=True)
+        url = server.url
+        if host in ("0.0.0.0", "::"):  # all interfaces: clients need one of this device's names
+            url = f"http://<this-device>:{server.server_address[1]}"
+        console.print(
+            f"profile with create_hardware_profile('remote', url='{url}'); Ctrl-C stops it",
+            soft_wrap=True,
+        )
+
+    try:
+        serve_forever(host=host, port=port, token=token, on_ready=ready)
+    except (OSError, ValueError) as err:  # port in use, unknown host, bad token
+        _fail(str(err))
+    console.print("agent stopped")
 
 
 if __name__ == "__main__":

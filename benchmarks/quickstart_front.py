@@ -34,14 +34,20 @@ def main() -> None:
     best = front["accuracy"].max()
     completed = int((trials["state"] == "COMPLETE").sum())
     print(f"run folder            {result.run_dir}")
-    print(f"trials                {len(trials)} ({completed} complete, "
-          f"{int((~trials['feasible']).sum())} over budget)")
+    print(
+        f"trials                {len(trials)} ({completed} complete, "
+        f"{int((~trials['feasible']).sum())} over budget)"
+    )
     print(f"teacher accuracy      {teacher:.2%}")
     print(f"best front accuracy   {best:.2%}   gap {100 * (teacher - best):+.2f} points")
     print(f"front size            {len(front)} non-dominated points")
-    print(f"front size_kb         {front['size_kb'].min():.3g} .. {front['size_kb'].max():.3g}"
-          f"   span {front['size_kb'].max() / front['size_kb'].min():.1f}x")
-    print(f"front latency_ms      {front['latency_ms'].min():.3g} .. {front['latency_ms'].max():.3g}")
+    print(
+        f"front size_kb         {front['size_kb'].min():.3g} .. {front['size_kb'].max():.3g}"
+        f"   span {front['size_kb'].max() / front['size_kb'].min():.1f}x"
+    )
+    print(
+        f"front latency_ms      {front['latency_ms'].min():.3g} .. {front['latency_ms'].max():.3g}"
+    )
     print(f"wall time             {wall:.0f} s   ({60 * len(trials) / wall:.1f} trials/min)")
 
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
 
-import pytest
+# Tiny models train fastest on one thread, and worker subprocesses inherit the variable: with
+# the default (all cores) the 2-core CI machine spends its time on thread contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 TINY_CONFIG = {
     "name": "tiny",

@@ -18,4 +18,4 @@ def test_quickstart_gives_a_real_wide_front(tmp_path):
     # The budget did its job: candidates over it were never trained and are off the front.
     over = result.trials[~result.trials["feasible"]]
     assert len(over) > 0 and not over["trained"].any()
-    assert (front["size_kb"] <= 32).all()
+    assert (front["size_kb"] <= 16).all()
