@@ -31,19 +31,17 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..compression.distillation import kd_loss
 from ..spaces import Candidate
 from ._base import CandidateError, CandidateStopped, TaskMetrics, TrialContext
 from .data import DataBundle, make_loaders
-from .train import TrainEvaluator, evaluate_accuracy
+from .train import TrainEvaluator, evaluate_accuracy, train_epochwise
 
 __all__ = [
     "CandidateStopped",
@@ -338,7 +336,7 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
         )
         start = time.perf_counter()
         try:
-            for epoch in _train_epochwise(
+            for epoch in train_epochwise(
                 model,
                 train_loader,
                 epochs=self.epochs,
@@ -372,51 +370,6 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
             epochs=self.epochs,
             train_seconds=time.perf_counter() - start,
         )
-
-
-def _train_epochwise(
-    model: nn.Module,
-    loader: Any,
-    *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    device: torch.device,
-    teacher: nn.Module | None,
-    kd_alpha: float,
-    kd_temperature: float,
-) -> Iterator[int]:
-    """``train.train_epochs`` as a generator that yields the number of epochs done after each.
-
-    The same steps in the same order (AdamW, one cosine schedule over all ``epochs``, KD from
-    the teacher), so an uninterrupted run matches ``train_epochs`` exactly; calling
-    ``train_epochs`` once per epoch instead would restart the schedule and the AdamW moments.
-    """
-    model.to(device).train()
-    if teacher is not None:
-        teacher.to(device).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = max(1, epochs * len(loader))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    for epoch in range(epochs):
-        for step, (x, y) in enumerate(loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            if teacher is not None and kd_alpha > 0:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                loss = kd_loss(
-                    logits, teacher_logits, y, alpha=kd_alpha, temperature=kd_temperature
-                )
-            else:
-                loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise CandidateError(f"non-finite training loss at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        yield epoch + 1
 
 
 def _check_record(record: RungRecord) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def train_epochs(
+def train_epochwise(
     model: nn.Module,
     loader: Iterable,
     *,
@@ -37,8 +37,13 @@ def train_epochs(
     teacher: nn.Module | None = None,
     kd_alpha: float = 0.0,
     kd_temperature: float = 4.0,
-) -> int:
-    """AdamW + cosine schedule. Raises CandidateError on a non-finite loss. Returns epochs run."""
+) -> Iterator[int]:
+    """AdamW + one cosine schedule over all ``epochs``, with KD from ``teacher`` when given;
+    yields the number of epochs done after each epoch (so a caller can evaluate between epochs,
+    e.g. early stopping, without restarting the schedule or the AdamW moments).
+
+    Raises CandidateError on a non-finite loss.
+    """
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
@@ -63,6 +68,13 @@ def train_epochs(
             loss.backward()
             optimizer.step()
             schedule.step()
+        yield epoch + 1
+
+
+def train_epochs(model: nn.Module, loader: Iterable, *, epochs: int, **kwargs) -> int:
+    """All epochs of :func:`train_epochwise` at once. Returns the number of epochs run."""
+    for _ in train_epochwise(model, loader, epochs=epochs, **kwargs):
+        pass
     return epochs
 
 
