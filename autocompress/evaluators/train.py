@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,9 @@ from ..compression.distillation import kd_loss
 from ..spaces import Candidate
 from ._base import CandidateError, Evaluator, TaskMetrics
 from .data import DataBundle, make_loaders
+
+if TYPE_CHECKING:  # config imports this package's data module
+    from ..config import RunConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,6 +129,32 @@ class TrainEvaluator(Evaluator):
         self.seed = seed
         if teacher is not None:
             teacher.to(device).eval()
+
+    @classmethod
+    def from_run_config(
+        cls,
+        config: RunConfig,
+        *,
+        data: DataBundle,
+        device: torch.device,
+        teacher: nn.Module | None,
+        epochs: int | None = None,
+    ) -> TrainEvaluator:
+        """The evaluator a run's ``train`` section describes (``epochs`` overrides its count)."""
+        train = config.train
+        return cls(
+            data=data,
+            epochs=train.epochs if epochs is None else epochs,
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            batch_size=train.batch_size or config.data.batch_size,
+            num_workers=config.data.num_workers,
+            kd_alpha=train.kd_alpha,
+            kd_temperature=train.kd_temperature,
+            device=device,
+            teacher=teacher,
+            seed=config.seed,
+        )
 
     def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
         # Loaders are made per call: a shared iterator would not survive --n-jobs threads.

@@ -227,18 +227,8 @@ def _finetune(
         data, batch_size=config.data.batch_size, num_workers=0, seed=config.seed
     )
     before, _ = evaluate_accuracy(model, val_loader, device=device)
-    evaluator = TrainEvaluator(
-        data=data,
-        epochs=epochs,
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-        batch_size=config.train.batch_size or config.data.batch_size,
-        num_workers=config.data.num_workers,
-        kd_alpha=config.train.kd_alpha,
-        kd_temperature=config.train.kd_temperature,
-        device=device,
-        teacher=teacher,
-        seed=config.seed,
+    evaluator = TrainEvaluator.from_run_config(
+        config, data=data, device=device, teacher=teacher, epochs=epochs
     )
     task = evaluator.evaluate(model, candidate)
     return FinetuneResult(epochs, before, task.accuracy, task.train_seconds)

@@ -203,19 +203,7 @@ def prepare_setup(config: RunConfig, run_dir: Path) -> SearchSetup:
         teacher, teacher_metrics = get_teacher(
             config, space=space, data=data, directory=run_dir / "teacher", device=device
         )
-    evaluator = TrainEvaluator(
-        data=data,
-        epochs=config.train.epochs,
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-        batch_size=config.train.batch_size or config.data.batch_size,
-        num_workers=config.data.num_workers,
-        kd_alpha=config.train.kd_alpha,
-        kd_temperature=config.train.kd_temperature,
-        device=device,
-        teacher=teacher,
-        seed=config.seed,
-    )
+    evaluator = TrainEvaluator.from_run_config(config, data=data, device=device, teacher=teacher)
     return SearchSetup(
         config=config,
         run_dir=run_dir,
