@@ -422,25 +422,34 @@ class LatencyLUT:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the LUT as JSON to ``path`` (parent folders created) and return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LatencyLUT:
         """Read a LUT written by :meth:`save` (plain JSON, validated field by field)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(
-                "The 'path' parameter of LatencyLUT.load must be an existing JSON file. "
-                f"Got {str(path)!r} instead."
-            )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Latency LUT {path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, where="LatencyLUT.load", what="Latency LUT"))
+
+
+def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` (parent folders created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def read_json(path: str | os.PathLike[str], *, where: str, what: str) -> Any:
+    """Parse the JSON file at ``path``; errors name the caller (``where``) and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"The 'path' parameter of {where} must be an existing JSON file. "
+            f"Got {str(path)!r} instead."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err}") from None
 
 
 # ----------------------------------------------------------------------------- tracing

@@ -27,7 +27,6 @@ runs, so importing :mod:`autocompress.hardware_profiles` stays light.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -57,6 +56,8 @@ from autocompress.hardware_profiles.lut import (
     LayerKey,
     host_facts,
     model_layers,
+    read_json,
+    write_json,
 )
 
 __all__ = [
@@ -362,24 +363,12 @@ class LatencyPredictor:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the predictor as JSON to ``path`` (parent folders created); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LatencyPredictor:
         """Read a predictor written by :meth:`save` (plain JSON; the trees are refitted)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(
-                "The 'path' parameter of LatencyPredictor.load must be an existing JSON file. "
-                f"Got {str(path)!r} instead."
-            )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Latency predictor {path} is not valid JSON: {err}") from None
+        data = read_json(path, where="LatencyPredictor.load", what="Latency predictor")
         return cls.from_dict(data)
 
 
