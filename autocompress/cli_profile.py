@@ -68,7 +68,7 @@ def build_lut_command(
     num_classes: NumClasses = None,
 ) -> None:
     """Measure every distinct layer of the config's search space on DEVICE into a LUT JSON."""
-    from .hardware_profiles.lut import build_lut, layer_shapes_of_space
+    from .hardware_profiles.lut import layer_shapes_of_space
 
     _check_device(device)
     _check_backend(backend)
@@ -84,16 +84,9 @@ def build_lut_command(
         f"{len(keys)} distinct layers in {samples} sampled candidates of space "
         f"'{config.space.family}' at input {shape}; measuring with {backend}, {threads} thread(s)"
     )
-    with console.status("measuring layers") as status:
-        lut = build_lut(
-            keys,
-            backend=backend,  # type: ignore[arg-type]
-            threads=threads,
-            warmup=warmup,
-            repeats=repeats,
-            rounds=rounds,
-            progress=lambda done, total: status.update(f"measuring layers {done}/{total}"),
-        )
+    lut = _measure_layers(
+        keys, backend=backend, threads=threads, warmup=warmup, repeats=repeats, rounds=rounds
+    )
     path = lut.save(out)
     console.print(
         f"wrote {path}: {len(lut)} entries, per-run overhead {lut.overhead_ms * 1e3:.2f} us, "
@@ -136,7 +129,6 @@ def fit_command(
     from .compression.apply import build_compressed
     from .hardware_profiles.lut import (
         LatencyLUT,
-        build_lut,
         measure_models,
         model_layers,
         sample_candidates,
@@ -189,16 +181,9 @@ def fit_command(
                 f"this fit measures with {backend}, {threads} thread(s). Use matching settings."
             )
     else:
-        with console.status("measuring layers") as status:
-            lut = build_lut(
-                pairs,
-                backend=backend,  # type: ignore[arg-type]
-                threads=threads,
-                warmup=warmup,
-                repeats=repeats,
-                rounds=rounds,
-                progress=lambda done, total: status.update(f"measuring layers {done}/{total}"),
-            )
+        lut = _measure_layers(
+            pairs, backend=backend, threads=threads, warmup=warmup, repeats=repeats, rounds=rounds
+        )
     use_models = len(pairs) >= len(CORRECTION_FEATURES) + 1
     if not use_models:
         console.print(
@@ -309,3 +294,19 @@ def _load(
         shape = shape or tuple(bundle.input_shape)
         num_classes = num_classes or bundle.num_classes
     return config, shape, num_classes  # type: ignore[return-value]
+
+
+def _measure_layers(items, *, backend: str, threads: int, warmup: int, repeats: int, rounds: int):
+    """``build_lut`` with a live "measuring layers i/n" status line."""
+    from .hardware_profiles.lut import build_lut
+
+    with console.status("measuring layers") as status:
+        return build_lut(
+            items,
+            backend=backend,  # type: ignore[arg-type]
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            rounds=rounds,
+            progress=lambda done, total: status.update(f"measuring layers {done}/{total}"),
+        )
