@@ -141,6 +141,46 @@ class WorkerConfig(_Section):
     )
 
 
+class EarlyStoppingConfig(_Section):
+    """``search.early_stopping``: multi-objective successive halving inside each trial's training
+    (see ``evaluators/early_stopping.py``). At each rung (``min_epochs * eta**k`` epochs, below
+    ``train.epochs``) a candidate is stopped when at least ``max(min_dominators, (n + 1) // eta)``
+    of the ``n`` earlier candidates at that rung were as accurate at no higher hardware cost.
+    Stopped trials are recorded as PRUNED with their rung; they count towards ``n_trials``."""
+
+    enabled: bool = True
+    min_epochs: int = Field(default=1, ge=1, description="epochs of the first rung")
+    eta: int = Field(default=3, ge=2, description="rung growth factor and halving rate")
+    min_dominators: int = Field(
+        default=2, ge=1, description="never stop a candidate beaten by fewer candidates"
+    )
+    min_records: int = Field(
+        default=4, ge=0, description="stop nothing at a rung until this many candidates reached it"
+    )
+
+
+class PrescreenConfig(_Section):
+    """``search.prescreen``: an accuracy predictor (random forest on the candidate's bits, ratios
+    and architecture) fitted on the completed trials skips, untrained, a sampled candidate that a
+    completed one beats at no higher hardware cost even at the predictor's optimistic bound
+    (mean + kappa x std of its trees). Skipped trials are recorded as PRUNED with the prediction;
+    they do not count towards ``n_trials``."""
+
+    enabled: bool = False
+    min_trials: int = Field(
+        default=16, ge=2, description="completed trials before the predictor is used"
+    )
+    kappa: float = Field(default=1.0, ge=0, description="optimism: std units added to the mean")
+    refit_every: int = Field(
+        default=4, ge=1, description="refit the predictor after this many new completed trials"
+    )
+    max_consecutive_skips: int = Field(
+        default=20,
+        ge=1,
+        description="after this many skipped trials in a row the next candidate is trained anyway",
+    )
+
+
 class SearchConfig(_Section):
     n_trials: int = Field(default=40, gt=0)
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
@@ -155,6 +195,8 @@ class SearchConfig(_Section):
         description="Optuna storage URL (sqlite:///PATH, postgresql://..., journal:PATH); "
         "default: the run folder's study.db",
     )
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    prescreen: PrescreenConfig = Field(default_factory=PrescreenConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
 
@@ -215,6 +257,21 @@ class RunConfig(_Section):
                     "The 'hardware.options.power_w' field is required when a timed profile "
                     "must report energy (energy_mj objective or max_energy_mj budget): energy is "
                     "estimated as power_w x measured latency."
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _efficiency_needs_accuracy(self) -> RunConfig:
+        # Both compare candidates' accuracies at no higher hardware cost.
+        if "accuracy" in {o.name for o in self.objectives()}:
+            return self
+        for section in ("early_stopping", "prescreen"):
+            settings = getattr(self.search, section)
+            # Early stopping is on by default where it applies: only an explicit request fails.
+            if settings.enabled and "enabled" in settings.model_fields_set:
+                raise ValueError(
+                    f"The 'search.{section}.enabled' field needs 'accuracy' among "
+                    f"search.objectives (got {self.search.objectives}); set it to false."
                 )
         return self
 

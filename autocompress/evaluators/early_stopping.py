@@ -253,6 +253,13 @@ class RungTable:
             required=required,
         )
 
+    def judge(self, rung: int, record: RungRecord) -> None:
+        """:meth:`report`, raising :class:`CandidateStopped` when the table says stop."""
+        if self.report(rung, record).stop:
+            raise CandidateStopped(
+                rung=self.rungs.index(rung), epochs=rung, accuracy=record.accuracy
+            )
+
 
 class EarlyStoppingTrainEvaluator(TrainEvaluator):
     """:class:`TrainEvaluator` that trains epoch by epoch and may stop at each rung.
@@ -352,11 +359,9 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
                 accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
                 if not math.isfinite(loss):
                     raise CandidateError(f"non-finite validation loss after epoch {epoch}")
-                record = RungRecord(trial=context.number, accuracy=accuracy, costs=costs)
-                if self.table.report(epoch, record).stop:
-                    raise CandidateStopped(
-                        rung=self.table.rungs.index(epoch), epochs=epoch, accuracy=accuracy
-                    )
+                self.table.judge(
+                    epoch, RungRecord(trial=context.number, accuracy=accuracy, costs=costs)
+                )
                 model.train()  # evaluate_accuracy left it in eval mode
             accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
         except torch.cuda.OutOfMemoryError as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -139,8 +139,10 @@ class TrainEvaluator(Evaluator):
         device: torch.device,
         teacher: nn.Module | None,
         epochs: int | None = None,
-    ) -> TrainEvaluator:
-        """The evaluator a run's ``train`` section describes (``epochs`` overrides its count)."""
+        **extra: Any,
+    ) -> Self:
+        """The evaluator a run's ``train`` section describes (``epochs`` overrides its count;
+        ``extra``: the keyword arguments a subclass adds, e.g. early stopping's ``table``)."""
         train = config.train
         return cls(
             data=data,
@@ -154,6 +156,7 @@ class TrainEvaluator(Evaluator):
             device=device,
             teacher=teacher,
             seed=config.seed,
+            **extra,
         )
 
     def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:

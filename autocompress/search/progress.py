@@ -164,6 +164,9 @@ def _status(trial: FrozenTrial) -> str:
     if trial.state.name == "FAIL":
         # Escaped: a reason such as "values [nan, 1.0]" would otherwise read as rich markup.
         return f"[red]failed[/]: {escape(str(a.get('fail_reason', '?')))}"
+    if trial.state.name == "PRUNED":
+        # Stopped early at a rung (trained, counted) or skipped by the prescreen (not counted).
+        return f"[cyan]{escape(str(a.get('pruned_reason', 'pruned')))}[/]"
     if not a.get("trained"):
         return (
             f"[yellow]over budget[/] (not trained) lat {a['latency_ms']:.3g} ms "

@@ -59,6 +59,7 @@ from .run import (
     prepare_setup,
     write_run_results,
 )
+from .storage import default_storage_url, make_storage
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ CANDIDATE_KEY = "candidate"
 HARDWARE_KEY = "hardware"
 FEASIBLE_KEY = "feasible"
 FAILED_KEY = "failed"
+PRUNED_KEY = "pruned"  # skipped by the prescreen (driver) or stopped early (worker)
+SKIPPED_KEY = "skipped"
 ATTRS_KEY = "trial_attrs"
 
 _OBJECTIVES: dict[tuple[str, str], Objective] = {}
@@ -88,7 +91,11 @@ def shared_objective(config: RunConfig, run_dir: Path) -> Objective:
     key = (str(run_dir), config.fingerprint())
     with _OBJECTIVES_LOCK:
         if key not in _OBJECTIVES:
-            _OBJECTIVES[key] = Objective(prepare_setup(config, run_dir))
+            # Early stopping keeps its rung records in the study, which every process on the
+            # cluster reaches through the run's storage (the run folder is shared).
+            url = config.search.storage or default_storage_url(run_dir)
+            study = optuna.load_study(study_name=config.name, storage=make_storage(url))
+            _OBJECTIVES[key] = Objective(prepare_setup(config, run_dir, study=study))
         return _OBJECTIVES[key]
 
 
@@ -109,6 +116,8 @@ class PricingSpace:
         except Exception as err:
             trial.set_user_attr("fail_reason", describe_failure(err))
             return {TRIAL_KEY: trial.number, FAILED_KEY: describe_failure(err)}
+        if priced.skipped is not None:
+            return {TRIAL_KEY: trial.number, SKIPPED_KEY: priced.skipped}
         return {
             TRIAL_KEY: trial.number,
             CANDIDATE_KEY: priced.candidate.to_dict(),
@@ -124,6 +133,8 @@ def train_trial(params: dict[str, Any], *, config: RunConfig, run_dir: Path) -> 
     number = params[TRIAL_KEY]
     if FAILED_KEY in params:
         return _failed_result(names, params[FAILED_KEY])
+    if SKIPPED_KEY in params:  # its attributes were recorded by the driver when pricing
+        return {**dict.fromkeys(names, math.nan), ATTRS_KEY: {}, PRUNED_KEY: True}
     cached = run_dir / "trials" / str(number) / RESULT_FILE
     if cached.is_file():
         # Trained before the driver restarted: answer from the saved result, never retrain.
@@ -143,7 +154,12 @@ def train_trial(params: dict[str, Any], *, config: RunConfig, run_dir: Path) -> 
         outcome.check_finite()
     except Exception as err:
         return _failed_result(names, describe_failure(err))
-    result = {**dict(zip(names, outcome.values, strict=True)), ATTRS_KEY: attrs, FAILED_KEY: False}
+    if outcome.stopped:
+        values = dict.fromkeys(names, math.nan)
+        result = {**values, ATTRS_KEY: attrs, FAILED_KEY: False, PRUNED_KEY: True}
+    else:
+        values = dict(zip(names, outcome.values, strict=True))
+        result = {**values, ATTRS_KEY: attrs, FAILED_KEY: False}
     if feasible:
         write_text_atomic(cached, json.dumps(result))
     return result
@@ -210,6 +226,8 @@ class StudySearcher(OptunaSearch):
                 ot_trial.set_user_attr(key.removeprefix(prefix), value)
         if result.get(FAILED_KEY):
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif result.get(PRUNED_KEY):
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         else:
             self._ot_study.tell(ot_trial, [result[name] for name in self.metric])
 
@@ -341,19 +359,33 @@ def run_ray_search(
         ):
             logger.info("Resuming the interrupted Ray experiment %s.", latest)
             _fit(tune.Tuner.restore(str(latest), trainable=trainable), latest, study)
-        remaining = config.search.n_trials - count_done(study.get_trials(deepcopy=False))
-        if remaining > 0:
+        # Trials skipped by search.prescreen use up Tune samples but not n_trials: as
+        # run._optimize_until_done does, start another experiment for the trials still missing.
+        # One sampler for all of them: a fresh one would restart from the seed and suggest
+        # the earlier experiments' candidates again.
+        sampler = make_sampler(config)
+        timeout = config.search.timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (
+            remaining := config.search.n_trials - count_done(study.get_trials(deepcopy=False))
+        ) > 0:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
             index = 0 if latest is None else int(latest.name.removeprefix("exp")) + 1
+            latest = experiments / f"exp{index}"
             tuner = _new_tuner(
                 config,
                 trainable=trainable,
                 study=study,
                 storage=storage,
                 run_dir=run_dir,
-                name=f"exp{index}",
+                name=latest.name,
                 n_samples=remaining,
+                time_budget_s=left,
+                sampler=sampler,
             )
-            _fit(tuner, experiments / f"exp{index}", study)
+            _fit(tuner, latest, study)
     finally:
         _ON_TRIAL.pop(str(run_dir), None)
         if sigint_env is None:
@@ -381,6 +413,8 @@ def _new_tuner(
     run_dir: Path,
     name: str,
     n_samples: int,
+    time_budget_s: float | None,
+    sampler: optuna.samplers.BaseSampler,
 ) -> tune.Tuner:
     objectives = config.objectives()
     searcher = StudySearcher(
@@ -388,7 +422,7 @@ def _new_tuner(
         n_trials=config.search.n_trials,
         metric=[o.name for o in objectives],
         mode=["max" if o.direction == "maximize" else "min" for o in objectives],
-        sampler=make_sampler(config),
+        sampler=sampler,
         storage=storage,
         study_name=study.study_name,
     )
@@ -406,7 +440,7 @@ def _new_tuner(
             # One worker process evaluates trial after trial: data and teacher load once.
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
-            time_budget_s=config.search.timeout_s,
+            time_budget_s=time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -58,6 +58,7 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
         row["train_seconds"] = attrs.get("train_seconds", np.nan)
         row["duration_s"] = attrs.get("duration_s", np.nan)
         row["fail_reason"] = attrs.get("fail_reason", "")
+        row["pruned_reason"] = attrs.get("pruned_reason", "")
         if t.state.name == "FAIL" and not row["fail_reason"]:
             row["fail_reason"] = _silent_failure(t.number, retried_as)
         row["summary"] = candidate_summary(attrs.get("candidate"))
@@ -73,6 +74,7 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
         "train_seconds",
         "duration_s",
         "fail_reason",
+        "pruned_reason",
         "summary",
         "candidate",
     ]
@@ -119,7 +121,13 @@ def load_trials(run_dir: Path) -> pd.DataFrame:
             f"{str(run_dir)!r} is not a finished run folder: trials.csv is missing "
             "(run `autocompress search CONFIG` first)."
         )
-    text_columns = {"state": str, "fail_reason": str, "summary": str, "candidate": str}
+    text_columns = {
+        "state": str,
+        "fail_reason": str,
+        "pruned_reason": str,
+        "summary": str,
+        "candidate": str,
+    }
     return pd.read_csv(
         path,
         dtype=text_columns,

@@ -30,12 +30,21 @@ from torch import nn
 from ..compression.apply import build_compressed
 from ..config import ConfigError, RunConfig, dump_config
 from ..evaluators import CandidateError
+from ..evaluators._base import CandidateStopped, Evaluator, TrialContext
 from ..evaluators.data import DataBundle, load_data
+from ..evaluators.early_stopping import (
+    EarlyStoppingTrainEvaluator,
+    InMemoryRungStore,
+    OptunaRungStore,
+    RungTable,
+    rung_schedule,
+)
 from ..evaluators.train import TrainEvaluator, resolve_device
 from ..export.artifacts import save_model
 from ..hardware_profiles import HardwareMetrics, HardwareProfile, create_hardware_profile
 from ..spaces import Candidate, JointSearchSpace
 from .locks import file_lock, write_text_atomic
+from .prescreen import SKIPPED_ATTR, Prescreener, cost_vector
 from .results import trials_dataframe, write_results
 from .storage import STUDY_FILE, default_storage_url, make_storage, redact
 from .teacher import get_teacher
@@ -44,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["STUDY_FILE", "Objective", "SearchResult", "SearchSetup", "open_study", "run_search"]
 
+STOPPED_ATTR = "stopped_epochs"  # user attribute of a trial stopped early: its epochs trained
 LOCK_FILE = "search.lock"
 TEACHER_LOCK = "teacher.lock"
 RESULTS_LOCK = "results.lock"
@@ -151,9 +161,13 @@ def _retry_interrupted(
 
 def _counted(trial: FrozenTrial, retried: frozenset[int] | set[int] = frozenset()) -> bool:
     """Trials that use up the budget of n_trials: finished, and not cut off by an interruption
-    or by the death of their worker (``retried``: numbers of trials queued again)."""
+    or by the death of their worker (``retried``: numbers of trials queued again). A trial
+    stopped early by ``search.early_stopping`` counts (it was trained); one skipped by
+    ``search.prescreen`` does not."""
     if trial.state == TrialState.COMPLETE:
         return True
+    if trial.state == TrialState.PRUNED:
+        return STOPPED_ATTR in trial.user_attrs
     return (
         trial.state == TrialState.FAIL
         and not trial.user_attrs.get("interrupted")
@@ -182,13 +196,49 @@ class SearchSetup:
     data: DataBundle
     space: JointSearchSpace
     profile: HardwareProfile
-    evaluator: TrainEvaluator
+    evaluator: Evaluator
     teacher_state: dict = field(repr=False)
     teacher_metrics: dict
 
 
-def prepare_setup(config: RunConfig, run_dir: Path) -> SearchSetup:
-    """Load the data, build the space and the hardware profile, and train or load the teacher."""
+def make_evaluator(
+    config: RunConfig,
+    *,
+    data: DataBundle,
+    device: Any,
+    teacher: nn.Module | None,
+    study: optuna.Study | None = None,
+) -> Evaluator:
+    """The evaluator of a run's trials: QAT + distillation as ``train`` describes, with
+    multi-objective early stopping when ``search.early_stopping`` is on and ``train.epochs``
+    leaves room for a rung. Rung records live in ``study`` (shared by every process on its
+    storage, kept across resumes), else in this process's memory."""
+    stopping = config.search.early_stopping
+    rungs = rung_schedule(
+        max_epochs=max(config.train.epochs, 1), min_epochs=stopping.min_epochs, eta=stopping.eta
+    )
+    judged = "accuracy" in {o.name for o in config.objectives()}  # what rungs compare
+    if not stopping.enabled or not rungs or not judged:
+        return TrainEvaluator.from_run_config(config, data=data, device=device, teacher=teacher)
+    table = RungTable(
+        rungs=rungs,
+        eta=stopping.eta,
+        min_dominators=stopping.min_dominators,
+        min_records=stopping.min_records,
+        store=InMemoryRungStore() if study is None else OptunaRungStore(study),
+    )
+    cost_names = [o.name for o in config.objectives() if o.name != "accuracy"]
+    return EarlyStoppingTrainEvaluator.from_run_config(
+        config, data=data, device=device, teacher=teacher, table=table, cost_names=cost_names
+    )
+
+
+def prepare_setup(
+    config: RunConfig, run_dir: Path, *, study: optuna.Study | None = None
+) -> SearchSetup:
+    """Load the data, build the space and the hardware profile, and train or load the teacher.
+    ``study``: the run's study, where early stopping keeps its rung records (see
+    :func:`make_evaluator`)."""
     device = resolve_device(config.train.device)
     data = load_data(config.data, seed=config.seed)
     space = JointSearchSpace(
@@ -203,7 +253,7 @@ def prepare_setup(config: RunConfig, run_dir: Path) -> SearchSetup:
         teacher, teacher_metrics = get_teacher(
             config, space=space, data=data, directory=run_dir / "teacher", device=device
         )
-    evaluator = TrainEvaluator.from_run_config(config, data=data, device=device, teacher=teacher)
+    evaluator = make_evaluator(config, data=data, device=device, teacher=teacher, study=study)
     return SearchSetup(
         config=config,
         run_dir=run_dir,
@@ -224,12 +274,14 @@ class Priced:
     model: nn.Module | None  # None: over budget, and not built where it is not trained
     metrics: dict[str, float]  # hardware metrics, see hardware_metrics_dict
     feasible: bool
+    skipped: str | None = None  # why search.prescreen skips it untrained, if it does
 
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    values: list[float]  # one per objective, in config order
+    values: list[float]  # one per objective, in config order; empty when stopped
     attrs: dict[str, Any]  # user attributes recorded on the trial
+    stopped: bool = False  # stopped early by search.early_stopping: recorded as PRUNED
 
     def check_finite(self) -> None:
         if not all(math.isfinite(v) for v in self.values):
@@ -249,16 +301,33 @@ class Objective:
         self.config = setup.config
         self.objectives = setup.config.objectives()
         self.limits = setup.config.hardware.budget.limits()
+        self.prescreener: Prescreener | None = None
+        if self.config.search.prescreen.enabled:
+            self.prescreener = Prescreener(
+                self.config.search.prescreen,
+                objectives=self.objectives,
+                num_classes=setup.data.num_classes,
+                input_shape=setup.data.input_shape,
+                seed=self.config.seed,
+            )
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         start = time.perf_counter()
         try:
-            outcome = self.train(trial.number, self.price(trial))
+            priced = self.price(trial)
+            if priced.skipped is not None:
+                trial.set_user_attr("duration_s", time.perf_counter() - start)
+                raise optuna.TrialPruned(priced.skipped)
+            outcome = self.train(trial.number, priced)
             for key, value in outcome.attrs.items():
                 trial.set_user_attr(key, value)
             trial.set_user_attr("duration_s", time.perf_counter() - start)
+            if outcome.stopped:
+                raise optuna.TrialPruned(outcome.attrs["pruned_reason"])
             outcome.check_finite()
             return outcome.values
+        except optuna.TrialPruned:
+            raise
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("fail_reason", "interrupted by the user")
@@ -298,7 +367,17 @@ class Objective:
             trial.set_constraint(key, value)
         trial.set_user_attr("feasible", feasible)
         trial.set_user_attr("params", sum(p.numel() for p in model.parameters()))
-        return Priced(candidate=candidate, model=model, metrics=metrics, feasible=feasible)
+        skipped = None
+        if feasible and self.prescreener is not None:
+            skipped = self.prescreener.skip_reason(
+                trial.study, candidate, cost_vector(metrics, self.objectives)
+            )
+            if skipped is not None:
+                trial.set_user_attr(SKIPPED_ATTR, skipped)
+                trial.set_user_attr("pruned_reason", f"skipped: {skipped}")
+        return Priced(
+            candidate=candidate, model=model, metrics=metrics, feasible=feasible, skipped=skipped
+        )
 
     def train(self, number: int, priced: Priced) -> TrialOutcome:
         """Fine-tune a priced candidate if it is within budget; its objective values and the
@@ -308,7 +387,20 @@ class Objective:
         if priced.feasible:
             trial_dir = self.setup.run_dir / "trials" / str(number)
             _write_worker_file(trial_dir)
-            task = self.setup.evaluator.evaluate(priced.model, priced.candidate)
+            context = TrialContext(number=number, costs=cost_vector(metrics, self.objectives))
+            try:
+                task = self.setup.evaluator.evaluate_trial(
+                    priced.model, priced.candidate, context=context
+                )
+            except CandidateStopped as stop:
+                attrs = {
+                    "trained": True,
+                    STOPPED_ATTR: stop.epochs,
+                    "stopped_rung": stop.rung,
+                    "rung_accuracy": stop.accuracy,
+                    "pruned_reason": str(stop),
+                }
+                return TrialOutcome(values=[], attrs=attrs, stopped=True)
             metrics["accuracy"] = task.accuracy
             attrs.update(accuracy=task.accuracy, val_loss=task.loss)
             attrs["train_seconds"] = task.train_seconds
@@ -411,6 +503,30 @@ def _ray_backend():
     return ray_backend
 
 
+def _optimize_until_done(
+    study: optuna.Study, objective: Objective, config: RunConfig, *, callbacks: list
+) -> None:
+    """``study.optimize`` until ``search.n_trials`` trials count (see ``_counted``) or
+    ``search.timeout_s`` runs out: trials skipped by the prescreen do not count, so one pass of
+    ``n_trials=remaining`` may leave some to run. Each pass asks for exactly the trials still
+    missing, so ``--n-jobs`` threads never overshoot the budget."""
+    timeout = config.search.timeout_s
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = config.search.n_trials - count_done(study.get_trials(deepcopy=False))
+        left = None if deadline is None else deadline - time.monotonic()
+        if remaining <= 0 or (left is not None and left <= 0):
+            return
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            n_jobs=config.search.n_jobs,
+            timeout=left,
+            catch=(Exception,),
+            callbacks=callbacks,
+        )
+
+
 def run_search(
     config: RunConfig,
     *,
@@ -432,23 +548,11 @@ def run_search(
         retried = _retry_interrupted(study, storage)
         if retried:
             logger.info("Retrying %d trial(s) interrupted in an earlier run.", retried)
-        setup = prepare_setup(config, run_dir)
+        setup = prepare_setup(config, run_dir, study=study)
         objective = Objective(setup)
-
-        remaining = config.search.n_trials - count_done(study.get_trials(deepcopy=False))
+        callbacks = [lambda s, t: on_trial(s, t, config.search.n_trials)] if on_trial else []
         try:
-            if remaining > 0:
-                callbacks = (
-                    [lambda s, t: on_trial(s, t, config.search.n_trials)] if on_trial else []
-                )
-                study.optimize(
-                    objective,
-                    n_trials=remaining,
-                    n_jobs=config.search.n_jobs,
-                    timeout=config.search.timeout_s,
-                    catch=(Exception,),
-                    callbacks=callbacks,
-                )
+            _optimize_until_done(study, objective, config, callbacks=callbacks)
         finally:
             # Also after Ctrl-C: the tables and plots then show what was finished so far.
             trials, front = write_run_results(study, run_dir, config)

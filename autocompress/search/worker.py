@@ -131,7 +131,7 @@ def _work(
     n_trials: int | None,
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None,
 ) -> WorkerResult:
-    setup = prepare_setup(config, run_dir)
+    setup = prepare_setup(config, run_dir, study=study)
     objective = Objective(setup)
     target = config.search.n_trials
     ran: list[int] = []

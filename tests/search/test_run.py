@@ -77,6 +77,7 @@ def test_failing_candidates_are_recorded_and_the_search_goes_on(
         return original(self, model, candidate)
 
     monkeypatch.setattr(TrainEvaluator, "evaluate", flaky)
+    tiny_config_dict["search"]["early_stopping"] = {"enabled": False}  # evaluate is patched
     tiny_config_dict["search"]["n_trials"] = 4
     trials = run_search(parse_config(tiny_config_dict), runs_dir=tmp_path).trials
     failed = trials[trials["state"] == "FAIL"]
@@ -91,6 +92,7 @@ def test_over_budget_candidates_are_never_trained(tmp_path, tiny_config_dict, mo
     monkeypatch.setattr(
         TrainEvaluator, "evaluate", lambda self, m, c: trained.append(c) or original(self, m, c)
     )
+    tiny_config_dict["search"]["early_stopping"] = {"enabled": False}  # evaluate is patched
     # A budget between the smallest and largest candidate sizes of this space.
     tiny_config_dict["hardware"]["budget"] = {"max_size_kb": 1.2}
     tiny_config_dict["search"].update(n_trials=8, sampler="nsga2", population_size=4)
@@ -151,6 +153,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_retries_the_cut_one(
         return original(self, model, candidate)
 
     monkeypatch.setattr(TrainEvaluator, "evaluate", interrupted_on_third)
+    tiny_config_dict["search"]["early_stopping"] = {"enabled": False}  # evaluate is patched
     tiny_config_dict["search"]["n_trials"] = 4
     config = parse_config(tiny_config_dict)
     with pytest.raises(KeyboardInterrupt):

@@ -195,6 +195,7 @@ def test_a_trial_failing_in_the_trainable_is_failed_with_its_reason(
         raise CandidateError("non-finite training loss at epoch 0, step 3")
 
     monkeypatch.setattr(TrainEvaluator, "evaluate", diverges)
+    ray_config["search"]["early_stopping"] = {"enabled": False}  # evaluate is patched
     config = parse_config(ray_config)
     run_dir = tmp_path / "tiny"
     run_dir.mkdir()
