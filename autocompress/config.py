@@ -181,6 +181,22 @@ class PrescreenConfig(_Section):
     )
 
 
+class SurrogateConfig(_Section):
+    """``search.surrogate``: model-based proposals (see ``search/surrogate.py``). After
+    ``min_trials`` completed trials, each finished trial queues, among ``pool_size`` untried
+    candidates drawn at random and priced, the one whose optimistic accuracy (random-forest mean
+    + kappa x std) at its known hardware cost adds the most hypervolume to the front. The
+    sampler draws every trial nobody queued. Optuna backend and workers only: the Ray backend
+    runs without it (and logs so)."""
+
+    enabled: bool = True
+    min_trials: int = Field(
+        default=10, ge=2, description="completed trials drawn by the sampler before proposals"
+    )
+    pool_size: int = Field(default=32, ge=1, description="candidates priced per proposal")
+    kappa: float = Field(default=1.0, ge=0, description="optimism: std units added to the mean")
+
+
 class SearchConfig(_Section):
     n_trials: int = Field(default=40, gt=0)
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
@@ -197,6 +213,7 @@ class SearchConfig(_Section):
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     prescreen: PrescreenConfig = Field(default_factory=PrescreenConfig)
+    surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
 
@@ -265,7 +282,7 @@ class RunConfig(_Section):
         # Both compare candidates' accuracies at no higher hardware cost.
         if "accuracy" in {o.name for o in self.objectives()}:
             return self
-        for section in ("early_stopping", "prescreen"):
+        for section in ("early_stopping", "prescreen", "surrogate"):
             settings = getattr(self.search, section)
             # Early stopping is on by default where it applies: only an explicit request fails.
             if settings.enabled and "enabled" in settings.model_fields_set:

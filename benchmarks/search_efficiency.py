@@ -56,6 +56,8 @@ from autocompress.spaces import Candidate
 from autocompress.spaces.enumerate import enumerate_candidates
 
 TARGET = 0.95
+# Plain search: the project's efficiency features (on by default) turned off.
+PLAIN = {"early_stopping": {"enabled": False}, "surrogate": {"enabled": False}}
 OBJECTIVES = ["accuracy", "latency_ms", "size_kb"]
 
 
@@ -205,10 +207,17 @@ def run_one(
     history: dict[str, list] = {"hv": [], "full": [], "seconds": [], "trials": []}
     points: list[list[float]] = []
     full, seconds = 0.0, 0.0
+    callbacks = objective.callbacks()  # search.surrogate's proposer, as run_search adds it
     while count_done(study.get_trials(deepcopy=False)) < n_trials:
         tick = time.perf_counter()
-        study.optimize(objective, n_trials=1, catch=(Exception,))
-        trial = study.trials[-1]
+        finished: list[optuna.trial.FrozenTrial] = []
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(Exception,),
+            callbacks=[*callbacks, lambda _, t, sink=finished: sink.append(t)],
+        )
+        trial = finished[0]  # not study.trials[-1]: the proposer may have queued one since
         seconds += time.perf_counter() - tick  # sampling, pricing, predictor: really spent
         trained = evaluator.trained_epochs.get(trial.number, 0)
         if trained:
@@ -293,16 +302,21 @@ def main() -> None:
         )
 
         methods = {
-            "random": {"search": {"sampler": "random", "early_stopping": {"enabled": False}}},
-            "nsga2": {"search": {"sampler": "nsga2", "early_stopping": {"enabled": False}}},
-            "nsga2 + early stop (default)": {"search": {"sampler": "nsga2"}},
+            "random": {"search": {"sampler": "random", **PLAIN}},
+            "nsga2": {"search": {"sampler": "nsga2", **PLAIN}},
+            "nsga2 + early stop": {"search": {"sampler": "nsga2", "surrogate": {"enabled": False}}},
             "nsga2 + early stop + prescreen": {
-                "search": {"sampler": "nsga2", "prescreen": {"enabled": True}}
+                "search": {
+                    "sampler": "nsga2",
+                    "surrogate": {"enabled": False},
+                    "prescreen": {"enabled": True},
+                }
             },
-            "tpe + early stop": {"search": {"sampler": "tpe"}},
-            "tpe + early stop + prescreen": {
-                "search": {"sampler": "tpe", "prescreen": {"enabled": True}}
+            "tpe + early stop": {"search": {"sampler": "tpe", "surrogate": {"enabled": False}}},
+            "nsga2 + surrogate": {
+                "search": {"sampler": "nsga2", "early_stopping": {"enabled": False}}
             },
+            "ours: default (nsga2+es+surrogate)": {"search": {"sampler": "nsga2"}},
         }
         results: dict[str, list[dict]] = {}
         for name, method in methods.items():

@@ -336,6 +336,8 @@ def run_ray_search(
 ) -> SearchResult:
     """Run or resume the search on Ray (called by ``run_search`` under the run lock)."""
     run_dir = run_dir.resolve()  # Ray workers run in their trial folders
+    if config.search.surrogate.enabled:
+        logger.info("search.surrogate is not used by the Ray backend (the sampler draws all).")
     study, storage = open_study(config, run_dir)
     # Trains (or loads) the teacher here, before any worker needs it.
     objective = shared_objective(config, run_dir)

@@ -47,6 +47,7 @@ from .locks import file_lock, write_text_atomic
 from .prescreen import SKIPPED_ATTR, Prescreener, cost_vector
 from .results import trials_dataframe, write_results
 from .storage import STUDY_FILE, default_storage_url, make_storage, redact
+from .surrogate import Proposer
 from .teacher import get_teacher
 
 logger = logging.getLogger(__name__)
@@ -357,9 +358,7 @@ class Objective:
         candidate = self.setup.space.suggest(trial)
         trial.set_user_attr("candidate", candidate.to_dict())
         model = self.build(candidate)
-        profiled = self.setup.profile.profile(model, input_shape=self.setup.data.input_shape)
-        metrics = hardware_metrics_dict(profiled)
-        violations = {f"max_{name}": metrics[name] - limit for name, limit in self.limits.items()}
+        metrics, violations = self._costs(model)
         feasible = all(v <= 0 for v in violations.values())
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
@@ -378,6 +377,34 @@ class Objective:
         return Priced(
             candidate=candidate, model=model, metrics=metrics, feasible=feasible, skipped=skipped
         )
+
+    def _costs(self, model: nn.Module) -> tuple[dict[str, float], dict[str, float]]:
+        """Hardware metrics of a built candidate and its budget violations (> 0: over)."""
+        profiled = self.setup.profile.profile(model, input_shape=self.setup.data.input_shape)
+        metrics = hardware_metrics_dict(profiled)
+        violations = {f"max_{name}": metrics[name] - limit for name, limit in self.limits.items()}
+        return metrics, violations
+
+    def price_candidate(self, candidate: Candidate) -> tuple[dict[str, float], bool]:
+        """Hardware metrics of ``candidate`` and whether it is within budget (no trial)."""
+        metrics, violations = self._costs(self.build(candidate))
+        return metrics, all(v <= 0 for v in violations.values())
+
+    def callbacks(self) -> list[Callable[[optuna.Study, FrozenTrial], None]]:
+        """``study.optimize`` callbacks the run's config asks for (``search.surrogate``)."""
+        judged = "accuracy" in {o.name for o in self.objectives}  # what the predictor learns
+        if not self.config.search.surrogate.enabled or not judged:
+            return []
+        return [
+            Proposer(
+                self.config.search.surrogate,
+                space=self.setup.space,
+                objectives=self.objectives,
+                price=self.price_candidate,
+                budget_left=lambda trials: count_done(trials) < self.config.search.n_trials,
+                seed=self.config.seed,
+            )
+        ]
 
     def train(self, number: int, priced: Priced) -> TrialOutcome:
         """Fine-tune a priced candidate if it is within budget; its objective values and the
@@ -550,7 +577,9 @@ def run_search(
             logger.info("Retrying %d trial(s) interrupted in an earlier run.", retried)
         setup = prepare_setup(config, run_dir, study=study)
         objective = Objective(setup)
-        callbacks = [lambda s, t: on_trial(s, t, config.search.n_trials)] if on_trial else []
+        callbacks = objective.callbacks()
+        if on_trial:
+            callbacks.append(lambda s, t: on_trial(s, t, config.search.n_trials))
         try:
             _optimize_until_done(study, objective, config, callbacks=callbacks)
         finally:

@@ -151,7 +151,7 @@ def _work(
                 n_jobs=config.search.n_jobs,
                 timeout=config.search.timeout_s,
                 catch=(Exception,),
-                callbacks=[after_trial],
+                callbacks=[*objective.callbacks(), after_trial],
             )
     finally:
         trials, front = write_run_results(study, run_dir, config)

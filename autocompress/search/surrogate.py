@@ -1,0 +1,171 @@
+"""Model-based proposals (``search.surrogate``): train next the candidate that should grow the
+front the most.
+
+A candidate's hardware costs are known before training (pricing is cheap); only its accuracy is
+not. After ``min_trials`` completed trials, each finished trial triggers a proposal: draw
+``pool_size`` untried candidates at random from the space, price them, predict their accuracy
+with an :class:`~autocompress.evaluators.accuracy_predictor.AccuracyPredictor` fitted on the
+completed trials, and queue (``study.enqueue_trial``) the one whose optimistic point
+(accuracy ``mean + kappa * std``, exact costs) adds the most hypervolume to the current front.
+The sampler still draws the trials nobody queued (the first ``min_trials``; any trial when no
+pool candidate would add volume), so the search keeps exploring.
+
+Everything goes through Optuna's public API: a queued trial is an ordinary trial with fixed
+parameters, so resumes, workers sharing a study and the trial accounting are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import SurrogateConfig
+from ..evaluators.accuracy_predictor import AccuracyPredictor
+from ..report.pareto import MAXIMIZE, hypervolume, non_dominated_mask
+from ..report.pareto import Objective as ObjectiveSpec
+from ..spaces import Candidate, JointSearchSpace
+
+PROPOSED_ATTR = "proposed"  # user attribute of a queued trial: its optimistic accuracy and gain
+
+
+def _key(candidate: Candidate) -> str:
+    return json.dumps(candidate.to_dict(), sort_keys=True)
+
+
+class Proposer:
+    """``study.optimize`` callback that queues the next candidate (thread-safe).
+
+    ``price(candidate) -> (metrics, feasible)``: the run's hardware pricing (the Objective's).
+    ``budget_left(trials)``: whether another trial will run (a queued trial that never runs
+    would sit in the study as WAITING).
+    """
+
+    def __init__(
+        self,
+        config: SurrogateConfig,
+        *,
+        space: JointSearchSpace,
+        objectives: Sequence[ObjectiveSpec],
+        price: Callable[[Candidate], tuple[dict[str, float], bool]],
+        budget_left: Callable[[Sequence[FrozenTrial]], bool] = lambda trials: True,
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.space = space
+        self.objectives = list(objectives)
+        self.directions = [o.direction for o in self.objectives]
+        self.names = [o.name for o in self.objectives]
+        self.price = price
+        self.budget_left = budget_left
+        self.predictor = AccuracyPredictor(
+            num_classes=space.num_classes,
+            input_shape=space.input_shape,
+            n_estimators=100,
+            random_state=seed,
+        )
+        self._pool_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        self._prices: dict[str, tuple[dict[str, float], bool]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        with self._lock:
+            trials = study.get_trials(deepcopy=False)
+            if any(t.state == TrialState.WAITING for t in trials) or not self.budget_left(trials):
+                return  # a proposal is still queued, or no trial will run to take one
+            completed = [
+                t
+                for t in trials
+                if t.state == TrialState.COMPLETE and t.user_attrs.get("trained") and t.values
+            ]
+            if len(completed) < self.config.min_trials:
+                return
+            proposal = self._propose(completed, tried={_candidate_key(t) for t in trials})
+        if proposal is not None:
+            params, attrs = proposal
+            study.enqueue_trial(params, user_attrs={PROPOSED_ATTR: attrs})
+
+    def _propose(
+        self, completed: list[FrozenTrial], *, tried: set[str]
+    ) -> tuple[dict[str, Any], dict[str, float]] | None:
+        accuracy_at = self.names.index("accuracy")
+        self.predictor.fit(
+            [Candidate.from_dict(t.user_attrs["candidate"]) for t in completed],
+            [t.values[accuracy_at] for t in completed],
+        )
+        pool = self._pool(tried)
+        if not pool:
+            return None
+        prediction = self.predictor.predict([c for c, _, _ in pool], return_std=True)
+        optimistic = np.clip(prediction.mean + self.config.kappa * prediction.std, 0.0, 1.0)
+        values = np.array([list(t.values) for t in completed], dtype=float)
+        rows = np.array(
+            [
+                [optimistic[i] if name == "accuracy" else metrics[name] for name in self.names]
+                for i, (_, _, metrics) in enumerate(pool)
+            ],
+            dtype=float,
+        )
+        reference = _reference(np.vstack([values, rows]), self.directions, self.names)
+        front = values[non_dominated_mask(values, self.directions)]
+        base = hypervolume(front, self.directions, reference)
+        gains = [
+            hypervolume(np.vstack([front, row]), self.directions, reference) - base for row in rows
+        ]
+        best = int(np.argmax(gains))
+        if gains[best] <= 0:
+            return None
+        _, params, _ = pool[best]
+        attrs = {
+            "predicted_accuracy": float(prediction.mean[best]),
+            "predicted_std": float(prediction.std[best]),
+            "hypervolume_gain": float(gains[best] / base) if base > 0 else float("inf"),
+        }
+        return params, attrs
+
+    def _pool(self, tried: set[str]) -> list[tuple[Candidate, dict[str, Any], dict[str, float]]]:
+        """Up to ``pool_size`` distinct, untried, within-budget candidates drawn at random."""
+        pool, seen = [], set(tried)
+        for _ in range(4 * self.config.pool_size):  # duplicates and over-budget draws are dropped
+            if len(pool) >= self.config.pool_size:
+                break
+            trial = self._pool_study.ask()
+            candidate = self.space.suggest(trial)
+            self._pool_study.tell(trial, state=TrialState.FAIL)  # only a draw; keep no state
+            key = _key(candidate)
+            if key in seen:
+                continue
+            seen.add(key)
+            if key not in self._prices:
+                self._prices[key] = self.price(candidate)
+            metrics, feasible = self._prices[key]
+            if feasible:
+                pool.append((candidate, dict(trial.params), metrics))
+        return pool
+
+
+def _candidate_key(trial: FrozenTrial) -> str:
+    candidate = trial.user_attrs.get("candidate")
+    return "" if candidate is None else json.dumps(candidate, sort_keys=True)
+
+
+def _reference(values: np.ndarray, directions: Sequence[str], names: Sequence[str]) -> list[float]:
+    """The project's reference-point rule (see ``report.pareto.reference_point``): accuracy 0,
+    other objectives their worst value pushed out by 10% of their range."""
+    reference = []
+    for j, (direction, name) in enumerate(zip(directions, names, strict=True)):
+        column = values[:, j]
+        if name == "accuracy":
+            reference.append(0.0)
+            continue
+        span = float(column.max() - column.min()) or abs(float(column.max())) or 1.0
+        if direction == MAXIMIZE:
+            reference.append(float(column.min()) - 0.1 * span)
+        else:
+            reference.append(float(column.max()) + 0.1 * span)
+    return reference

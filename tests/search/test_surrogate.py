@@ -1,0 +1,117 @@
+"""search.surrogate: model-based proposals queued through study.enqueue_trial."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from optuna import create_study
+from optuna.trial import TrialState, create_trial
+
+from autocompress.config import parse_config
+from autocompress.evaluators._base import TaskMetrics
+from autocompress.evaluators.train import TrainEvaluator
+from autocompress.search import run_search
+from autocompress.search.run import count_done
+from autocompress.search.surrogate import PROPOSED_ATTR, Proposer
+from autocompress.spaces import JointSearchSpace
+from autocompress.spaces.enumerate import enumerate_candidates
+
+
+def _key(candidate_dict) -> str:
+    return json.dumps(candidate_dict, sort_keys=True)
+
+
+@pytest.fixture
+def small(tiny_config_dict):
+    tiny_config_dict["teacher"]["epochs"] = 1
+    tiny_config_dict["space"].update(w_bits=[2, 8], a_bits=[8], prune_ratios=[0.0, 0.5])
+    tiny_config_dict["search"]["objectives"] = ["accuracy", "size_kb"]
+    config = parse_config(tiny_config_dict)
+    space = JointSearchSpace(config.space, num_classes=10, input_shape=(1, 8, 8))
+    return config, space, enumerate_candidates(space)
+
+
+def _size(candidate) -> float:
+    """A stand-in hardware cost: fewer weight bits and more pruning are cheaper."""
+    layers = candidate.layers.values()
+    return sum(c.w_bits * (1 - c.prune_ratio) for c in layers) + sum(candidate.arch["channels"])
+
+
+def _proposer(config, space, *, over_budget=frozenset(), **settings) -> Proposer:
+    def price(candidate):
+        return {"size_kb": _size(candidate)}, _key(candidate.to_dict()) not in over_budget
+
+    surrogate = config.search.surrogate.model_copy(update={"min_trials": 5, **settings})
+    return Proposer(surrogate, space=space, objectives=config.objectives(), price=price, seed=0)
+
+
+def _study_with(candidates, accuracies):
+    study = create_study(directions=["maximize", "minimize"])
+    for candidate, accuracy in zip(candidates, accuracies, strict=True):
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                values=[accuracy, _size(candidate)],
+                user_attrs={"trained": True, "candidate": candidate.to_dict()},
+            )
+        )
+    return study
+
+
+def test_queues_one_untried_within_budget_candidate_that_grows_the_front(small):
+    config, space, candidates = small
+    study = _study_with(candidates[:5], [0.9, 0.5, 0.6, 0.7, 0.8])
+    tried = {_key(c.to_dict()) for c in candidates[:5]}
+    over_budget = {_key(c.to_dict()) for c in candidates[5:8]}
+    # Some untried candidate within budget is cheaper than every tried one: adding it at any
+    # accuracy above 0 grows the front, so a proposal must come.
+    cheapest_tried = min(_size(c) for c in candidates[:5])
+    assert any(_size(c) < cheapest_tried for c in candidates[8:])
+    # A pool as large as the space (128): it holds such a candidate.
+    proposer = _proposer(config, space, over_budget=over_budget, pool_size=128)
+
+    proposer(study, study.trials[-1])
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+    queued = space.suggest(study.ask())  # the next trial takes the queued parameters
+    assert _key(queued.to_dict()) not in tried | over_budget
+    assert waiting[0].user_attrs[PROPOSED_ATTR]["hypervolume_gain"] > 0
+
+    # One proposal at a time: nothing more is queued while one waits.
+    study.enqueue_trial(waiting[0].params)
+    proposer(study, study.trials[-1])
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+
+def test_no_proposal_before_min_trials_or_when_no_trial_will_run(small):
+    config, space, candidates = small
+    study = _study_with(candidates[:5], [0.9, 0.5, 0.6, 0.7, 0.8])
+    _proposer(config, space, min_trials=6)(study, study.trials[-1])
+    spent = _proposer(config, space)
+    spent.budget_left = lambda trials: False
+    spent(study, study.trials[-1])
+    assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_search_runs_proposals_and_ends_with_exactly_n_trials(tmp_path, small, monkeypatch):
+    config, _, _ = small
+
+    def evaluate(self, model, candidate):  # no training: accuracy grows with the weight bits
+        bits = [c.w_bits for c in candidate.layers.values()]
+        accuracy = 0.5 + 0.05 * sum(bits) / len(bits)
+        return TaskMetrics(accuracy=accuracy, loss=1.0, epochs=1, train_seconds=0.0)
+
+    monkeypatch.setattr(TrainEvaluator, "evaluate", evaluate)
+    raw = config.model_dump(mode="json")
+    raw["search"].update(
+        n_trials=8, early_stopping={"enabled": False}, surrogate={"enabled": True, "min_trials": 3}
+    )
+    study = run_search(parse_config(raw), runs_dir=tmp_path).study
+    trials = study.get_trials(deepcopy=False)
+    proposed = [t for t in trials if PROPOSED_ATTR in t.user_attrs]
+    assert proposed and all(t.state == TrialState.COMPLETE for t in proposed)
+    assert count_done(trials) == 8 == len(trials)  # no queued trial is left WAITING
+    for t in proposed:  # a proposal is never a candidate tried before it
+        earlier = {_key(u.user_attrs["candidate"]) for u in trials if u.number < t.number}
+        assert _key(t.user_attrs["candidate"]) not in earlier
