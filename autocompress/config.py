@@ -195,6 +195,11 @@ class SurrogateConfig(_Section):
     )
     pool_size: int = Field(default=32, ge=1, description="candidates priced per proposal")
     kappa: float = Field(default=1.0, ge=0, description="optimism: std units added to the mean")
+    proxy: bool = Field(
+        default=True,
+        description="feed the predictor each candidate's zero-shot accuracy (teacher weights "
+        "inherited, compressed, BatchNorm recalibrated, no training): one validation pass",
+    )
 
 
 class SearchConfig(_Section):

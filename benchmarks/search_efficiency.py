@@ -42,7 +42,8 @@ from autocompress.config import parse_config
 from autocompress.evaluators._base import Evaluator, TaskMetrics, TrialContext
 from autocompress.evaluators.data import make_loaders
 from autocompress.evaluators.early_stopping import EarlyStoppingTrainEvaluator, RungRecord
-from autocompress.evaluators.train import evaluate_accuracy, train_epochwise
+from autocompress.evaluators.supernet import SupernetConfig, SupernetEvaluator, get_supernet
+from autocompress.evaluators.train import TrainEvaluator, evaluate_accuracy, train_epochwise
 from autocompress.report.pareto import hypervolume, non_dominated_mask
 from autocompress.search.run import (
     Objective,
@@ -261,9 +262,17 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=9, help="train.epochs of a full fine-tune")
     parser.add_argument("--cache", type=Path, default=None, help="table JSON (reused if present)")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="candidates scored by the cheap evaluators, short fine-tunes and supernet (0: skip)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.sample is None:
+        args.sample = 8 if args.quick else 60
     seeds = args.seeds or (2 if args.quick else 5)
     n_trials = args.n_trials or (24 if args.quick else 150)
     raw = base_config(quick=args.quick, epochs=args.epochs)
@@ -318,6 +327,7 @@ def main() -> None:
             },
             "ours: default (nsga2+es+surrogate)": {"search": {"sampler": "nsga2"}},
         }
+        setup_info = (setup.space, setup.data, setup)
         results: dict[str, list[dict]] = {}
         for name, method in methods.items():
             t = time.perf_counter()
@@ -363,14 +373,101 @@ def main() -> None:
         if any(skipped):
             print(f"{'':<32}(prescreen skipped {statistics.median(skipped):.0f} trials, median)")
 
+    if args.sample:
+        short_finetune_figures(setup_info, table, n=args.sample, seed=0)
+        supernet_figures(setup_info, table, full_s=full_s, n=args.sample, seed=0)
+
     print()
-    print("cheap evaluation: accuracy after e epochs as a stand-in for the full fine-tune")
+    print("rung accuracy: the full fine-tune's accuracy after e of its epochs (mid-schedule)")
     final = [r["curve"][-1] for r in table.values()]
     print(f"{'epochs':>6}{'Kendall tau':>13}{'candidates/CPU-h vs full':>26}")
     for e in range(1, args.epochs + 1):
         tau = kendalltau([r["curve"][e - 1] for r in table.values()], final).statistic
         speed = full_s / float(np.mean([sum(r["epoch_s"][:e]) for r in table.values()]))
         print(f"{e:>6}{tau:>13.3f}{speed:>25.1f}x")
+
+
+def _sample(table: dict, *, n: int, seed: int) -> list[Candidate]:
+    keys = list(table)
+    order = np.random.default_rng(seed).permutation(len(keys))[:n]
+    return [Candidate.from_dict(json.loads(keys[i])) for i in order]
+
+
+def short_finetune_figures(setup_info, table: dict, *, n: int, seed: int) -> None:
+    """Kendall tau against the table's full fine-tunes of: the full fine-tune again with another
+    seed (the noise ceiling: no evaluator can rank better than the reference repeats itself),
+    and short fine-tunes of e epochs with their own cosine schedule (``train.epochs: e``); each
+    timed end to end (``TrainEvaluator.evaluate``: training and the validation pass)."""
+    _, data, setup = setup_info
+    sample = _sample(table, n=n, seed=seed)
+    reference = [table[key(c)]["curve"][-1] for c in sample]
+    config = setup.config
+    rows = []
+    for label, epochs, run_seed in (
+        (f"full fine-tune ({config.train.epochs} epochs), other seed", config.train.epochs, 1),
+        ("short fine-tune, 1 epoch", 1, 0),
+        ("short fine-tune, 2 epochs", 2, 0),
+    ):
+        evaluator = TrainEvaluator.from_run_config(
+            config.model_copy(update={"seed": run_seed}),
+            data=data,
+            device=torch.device("cpu"),
+            teacher=setup.evaluator.teacher,
+            epochs=epochs,
+        )
+        scores, tick = [], time.perf_counter()
+        for index, candidate in enumerate(sample):
+            torch.manual_seed(1000 * run_seed + index)
+            model = build_compressed(
+                candidate,
+                num_classes=data.num_classes,
+                input_shape=data.input_shape,
+                teacher_state=setup.teacher_state,
+            )
+            scores.append(evaluator.evaluate(model, candidate).accuracy)
+        per = (time.perf_counter() - tick) / len(sample)
+        rows.append((label, kendalltau(scores, reference).statistic, per))
+    full_per = rows[0][2]
+    print()
+    print(f"cheap evaluators on {n} sampled candidates, Kendall tau vs the table's full fine-tune")
+    print(f"{'evaluator':<44}{'tau':>7}{'s/cand':>9}{'cand/CPU-h vs full':>20}")
+    for label, tau, per in rows:
+        print(f"{label:<44}{tau:>7.3f}{per:>9.3f}{full_per / per:>19.1f}x")
+
+
+def supernet_figures(setup_info, table: dict, *, full_s: float, n: int, seed: int) -> None:
+    """Kendall tau of the weight-sharing evaluator against the table's full fine-tunes on ``n``
+    sampled candidates, and its candidates per CPU-hour (supernet training included)."""
+    space, data, _ = setup_info
+    sample = _sample(table, n=n, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tick = time.perf_counter()
+        supernet, _ = get_supernet(
+            space,
+            data=data,
+            config=SupernetConfig(seed=seed),
+            directory=Path(tmp),
+            device=torch.device("cpu"),
+        )
+        train_s = time.perf_counter() - tick
+    evaluator = SupernetEvaluator(supernet=supernet, data=data, device=torch.device("cpu"))
+    scores, tick = [], time.perf_counter()
+    for candidate in sample:
+        model = build_compressed(
+            candidate, num_classes=data.num_classes, input_shape=data.input_shape
+        )
+        scores.append(evaluator.evaluate(model, candidate).accuracy)
+    eval_s = (time.perf_counter() - tick) / len(sample)
+    tau = kendalltau(scores, [table[key(c)]["curve"][-1] for c in sample]).statistic
+    print()
+    print(
+        f"weight-sharing supernet ({n} sampled candidates): Kendall tau {tau:.3f} vs full "
+        f"fine-tune; supernet trained in {train_s:.0f} s, {eval_s:.2f} s per candidate vs "
+        f"{full_s:.2f} s"
+    )
+    for count in (150, 1000):
+        speed = count * full_s / (train_s + count * eval_s)
+        print(f"  candidates/CPU-h vs full fine-tune over {count} candidates: {speed:.1f}x")
 
 
 def _fmt(value: float, digits: int = 0) -> str:

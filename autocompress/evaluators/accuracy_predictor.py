@@ -131,16 +131,22 @@ class AccuracyPredictor:
     def is_fitted(self) -> bool:
         return self._forest is not None
 
-    def features(self, candidates: Sequence[Candidate]) -> np.ndarray:
+    def features(
+        self, candidates: Sequence[Candidate], extra: Sequence[Mapping[str, float]] | None = None
+    ) -> np.ndarray:
         """The ``(n, len(feature_names))`` matrix of ``candidates`` (after ``fit``); a feature
         a candidate lacks (another family's knob) is 0."""
         self._check_fitted("features")
-        return self._matrix([self._named(c) for c in candidates])
+        return self._matrix(self._rows(candidates, extra))
 
     def fit(
-        self, candidates: Sequence[Candidate], accuracies: Sequence[float]
+        self,
+        candidates: Sequence[Candidate],
+        accuracies: Sequence[float],
+        extra: Sequence[Mapping[str, float]] | None = None,
     ) -> AccuracyPredictor:
-        """Train on completed trials. Returns ``self``."""
+        """Train on completed trials. Returns ``self``. ``extra``: more named features per
+        candidate (e.g. a measured zero-shot accuracy); ``predict`` must then get them too."""
         from sklearn.ensemble import RandomForestRegressor
 
         accuracies = np.asarray(accuracies, dtype=float)
@@ -155,7 +161,7 @@ class AccuracyPredictor:
                 "The 'accuracies' parameter of AccuracyPredictor.fit must hold numbers in "
                 f"[0, 1]. Got {accuracies.tolist()!r} instead."
             )
-        named = [self._named(c) for c in candidates]
+        named = self._rows(candidates, extra)
         self.feature_names = sorted({key for row in named for key in row})
         forest = RandomForestRegressor(
             n_estimators=self.n_estimators,
@@ -168,11 +174,15 @@ class AccuracyPredictor:
         return self
 
     def predict(
-        self, candidates: Sequence[Candidate], *, return_std: bool = False
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        return_std: bool = False,
+        extra: Sequence[Mapping[str, float]] | None = None,
     ) -> np.ndarray | Prediction:
         """Predicted accuracy of each candidate; with ``return_std``, a :class:`Prediction`
         holding also the std of the trees' predictions (0 where they all agree)."""
-        prediction = self._predict(candidates, method="predict")
+        prediction = self._predict(candidates, method="predict", extra=extra)
         return prediction if return_std else prediction.mean
 
     def prescreen(
@@ -225,14 +235,36 @@ class AccuracyPredictor:
             keep[i] = not np.any(cheaper_or_equal & (front_acc >= optimistic[i]))
         return keep
 
-    def _predict(self, candidates: Sequence[Candidate], *, method: str) -> Prediction:
+    def _predict(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        method: str,
+        extra: Sequence[Mapping[str, float]] | None = None,
+    ) -> Prediction:
         self._check_fitted(method)
         if len(candidates) == 0:
             return Prediction(mean=np.zeros(0), std=np.zeros(0))
-        x = self.features(candidates)
+        x = self.features(candidates, extra)
         per_tree = np.stack([tree.predict(x) for tree in self._forest.estimators_])
         # The trees' spread is the uncertainty; the mean is what the forest itself predicts.
         return Prediction(mean=np.clip(per_tree.mean(axis=0), 0.0, 1.0), std=per_tree.std(axis=0))
+
+    def _rows(
+        self, candidates: Sequence[Candidate], extra: Sequence[Mapping[str, float]] | None
+    ) -> list[dict[str, float]]:
+        named = [self._named(c) for c in candidates]
+        if extra is None:
+            return named
+        if len(extra) != len(named):
+            raise ValueError(
+                "The 'extra' parameter of AccuracyPredictor must hold one mapping of features "
+                f"per candidate ({len(named)}). Got {len(extra)} instead."
+            )
+        return [
+            {**row, **{f"extra.{k}": float(v) for k, v in e.items()}}
+            for row, e in zip(named, extra, strict=True)
+        ]
 
     def _named(self, candidate: Candidate) -> dict[str, float]:
         return candidate_features(

@@ -24,6 +24,7 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
@@ -31,7 +32,7 @@ from ..compression.apply import build_compressed
 from ..config import ConfigError, RunConfig, dump_config
 from ..evaluators import CandidateError
 from ..evaluators._base import CandidateStopped, Evaluator, TrialContext
-from ..evaluators.data import DataBundle, load_data
+from ..evaluators.data import DataBundle, load_data, make_loaders
 from ..evaluators.early_stopping import (
     EarlyStoppingTrainEvaluator,
     InMemoryRungStore,
@@ -39,7 +40,8 @@ from ..evaluators.early_stopping import (
     RungTable,
     rung_schedule,
 )
-from ..evaluators.train import TrainEvaluator, resolve_device
+from ..evaluators.supernet import recalibrate_bn_
+from ..evaluators.train import TrainEvaluator, evaluate_accuracy, resolve_device
 from ..export.artifacts import save_model
 from ..hardware_profiles import HardwareMetrics, HardwareProfile, create_hardware_profile
 from ..spaces import Candidate, JointSearchSpace
@@ -390,6 +392,21 @@ class Objective:
         metrics, violations = self._costs(self.build(candidate))
         return metrics, all(v <= 0 for v in violations.values())
 
+    def proxy_accuracy(self, candidate: Candidate, *, calib_batches: int = 4) -> float:
+        """Zero-shot validation accuracy of ``candidate``: built from the teacher's weights,
+        compressed, BatchNorm statistics recalibrated on a few training batches, not trained."""
+        model = self.build(candidate)
+        evaluator = self.setup.evaluator
+        train_loader, val_loader = make_loaders(
+            self.setup.data,
+            batch_size=self.config.train.batch_size or self.config.data.batch_size,
+            num_workers=0,
+            seed=self.config.seed,
+        )
+        device = getattr(evaluator, "device", torch.device("cpu"))
+        recalibrate_bn_(model, train_loader, batches=calib_batches, device=device)
+        return evaluate_accuracy(model, val_loader, device=device)[0]
+
     def callbacks(self) -> list[Callable[[optuna.Study, FrozenTrial], None]]:
         """``study.optimize`` callbacks the run's config asks for (``search.surrogate``)."""
         judged = "accuracy" in {o.name for o in self.objectives}  # what the predictor learns
@@ -402,6 +419,7 @@ class Objective:
                 objectives=self.objectives,
                 price=self.price_candidate,
                 budget_left=lambda trials: count_done(trials) < self.config.search.n_trials,
+                proxy=self.proxy_accuracy if self.config.search.surrogate.proxy else None,
                 seed=self.config.seed,
             )
         ]

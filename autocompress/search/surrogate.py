@@ -43,7 +43,9 @@ class Proposer:
 
     ``price(candidate) -> (metrics, feasible)``: the run's hardware pricing (the Objective's).
     ``budget_left(trials)``: whether another trial will run (a queued trial that never runs
-    would sit in the study as WAITING).
+    would sit in the study as WAITING). ``proxy(candidate)``: a cheap accuracy estimate measured
+    without training (e.g. the teacher's inherited weights after BatchNorm recalibration), fed to
+    the predictor as one more feature; cached per candidate.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class Proposer:
         objectives: Sequence[ObjectiveSpec],
         price: Callable[[Candidate], tuple[dict[str, float], bool]],
         budget_left: Callable[[Sequence[FrozenTrial]], bool] = lambda trials: True,
+        proxy: Callable[[Candidate], float] | None = None,
         seed: int = 0,
     ) -> None:
         self.config = config
@@ -63,6 +66,8 @@ class Proposer:
         self.names = [o.name for o in self.objectives]
         self.price = price
         self.budget_left = budget_left
+        self.proxy = proxy
+        self._proxies: dict[str, float] = {}
         self.predictor = AccuracyPredictor(
             num_classes=space.num_classes,
             input_shape=space.input_shape,
@@ -94,14 +99,17 @@ class Proposer:
         self, completed: list[FrozenTrial], *, tried: set[str]
     ) -> tuple[dict[str, Any], dict[str, float]] | None:
         accuracy_at = self.names.index("accuracy")
+        done = [Candidate.from_dict(t.user_attrs["candidate"]) for t in completed]
         self.predictor.fit(
-            [Candidate.from_dict(t.user_attrs["candidate"]) for t in completed],
-            [t.values[accuracy_at] for t in completed],
+            done, [t.values[accuracy_at] for t in completed], extra=self._extra(done)
         )
         pool = self._pool(tried)
         if not pool:
             return None
-        prediction = self.predictor.predict([c for c, _, _ in pool], return_std=True)
+        candidates = [c for c, _, _ in pool]
+        prediction = self.predictor.predict(
+            candidates, return_std=True, extra=self._extra(candidates)
+        )
         optimistic = np.clip(prediction.mean + self.config.kappa * prediction.std, 0.0, 1.0)
         values = np.array([list(t.values) for t in completed], dtype=float)
         rows = np.array(
@@ -127,6 +135,15 @@ class Proposer:
             "hypervolume_gain": float(gains[best] / base) if base > 0 else float("inf"),
         }
         return params, attrs
+
+    def _extra(self, candidates: Sequence[Candidate]) -> list[dict[str, float]] | None:
+        if self.proxy is None:
+            return None
+        for candidate in candidates:
+            key = _key(candidate)
+            if key not in self._proxies:
+                self._proxies[key] = float(self.proxy(candidate))
+        return [{"proxy_accuracy": self._proxies[_key(c)]} for c in candidates]
 
     def _pool(self, tried: set[str]) -> list[tuple[Candidate, dict[str, Any], dict[str, float]]]:
         """Up to ``pool_size`` distinct, untried, within-budget candidates drawn at random."""

@@ -125,3 +125,21 @@ def test_errors_name_the_parameter(fitted, space):
         predictor.prescreen(held_out[:2], [(1.0,)], [(0.5, (1.0,))])
     with pytest.raises(ValueError, match="one common length"):
         predictor.prescreen(held_out[:1], [(1.0, 2.0)], [(0.5, (1.0,))])
+
+
+def test_an_informative_extra_feature_is_used(candidates):
+    # The target is a hidden number the candidate's own features cannot know; given as an
+    # extra feature (as the search's zero-shot proxy is), the forest predicts it.
+    hidden = np.random.default_rng(2).uniform(0.1, 0.9, size=len(candidates))
+    extra = [{"proxy_accuracy": h} for h in hidden]
+    train, test = slice(0, 60), slice(60, None)
+    with_extra = AccuracyPredictor(**SHAPES, n_estimators=50, random_state=0)
+    with_extra.fit(candidates[train], hidden[train], extra=extra[train])
+    assert "extra.proxy_accuracy" in with_extra.feature_names
+    predicted = with_extra.predict(candidates[test], extra=extra[test])
+    assert kendalltau(predicted, hidden[test]).statistic > 0.8
+    blind = AccuracyPredictor(**SHAPES, n_estimators=50, random_state=0)
+    blind.fit(candidates[train], hidden[train])
+    assert abs(kendalltau(blind.predict(candidates[test]), hidden[test]).statistic) < 0.4
+    with pytest.raises(ValueError, match="'extra' parameter"):
+        with_extra.predict(candidates[test], extra=extra[:3])

@@ -115,3 +115,38 @@ def test_search_runs_proposals_and_ends_with_exactly_n_trials(tmp_path, small, m
     for t in proposed:  # a proposal is never a candidate tried before it
         earlier = {_key(u.user_attrs["candidate"]) for u in trials if u.number < t.number}
         assert _key(t.user_attrs["candidate"]) not in earlier
+
+
+def test_zero_shot_proxy_is_a_predictor_feature_measured_once_per_candidate(small):
+    config, space, candidates = small
+    study = _study_with(candidates[:5], [0.9, 0.5, 0.6, 0.7, 0.8])
+    measured = []
+
+    def proxy(candidate):
+        measured.append(_key(candidate.to_dict()))
+        return 0.5
+
+    surrogate = config.search.surrogate.model_copy(update={"min_trials": 5})
+    proposer = Proposer(
+        surrogate, space=space, objectives=config.objectives(), price=_price, proxy=proxy
+    )
+    proposer(study, study.trials[-1])
+    assert "extra.proxy_accuracy" in proposer.predictor.feature_names
+    assert len(measured) == len(set(measured))  # cached: one measurement per candidate
+    tried = {_key(c.to_dict()) for c in candidates[:5]}
+    assert tried <= set(measured)  # the completed trials' candidates get it too, to fit on
+
+
+def _price(candidate):
+    return {"size_kb": _size(candidate)}, True
+
+
+def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, small):
+    from autocompress.search.run import Objective, prepare_setup
+
+    config, space, candidates = small
+    objective = Objective(prepare_setup(config, tmp_path))
+    eight_bit = next(c for c in candidates if all(x.w_bits == 8 for x in c.layers.values()))
+    two_bit = next(c for c in candidates if all(x.w_bits == 2 for x in c.layers.values()))
+    # 8-bit weights keep the (1-epoch) teacher's behaviour far better than 2-bit ones.
+    assert objective.proxy_accuracy(eight_bit) > objective.proxy_accuracy(two_bit)
