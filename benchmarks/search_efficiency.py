@@ -40,10 +40,9 @@ from scipy.stats import kendalltau
 from autocompress.compression.apply import build_compressed
 from autocompress.config import parse_config
 from autocompress.evaluators._base import Evaluator, TaskMetrics, TrialContext
-from autocompress.evaluators.data import make_loaders
 from autocompress.evaluators.early_stopping import EarlyStoppingTrainEvaluator, RungRecord
 from autocompress.evaluators.supernet import SupernetConfig, SupernetEvaluator, get_supernet
-from autocompress.evaluators.train import TrainEvaluator, evaluate_accuracy, train_epochwise
+from autocompress.evaluators.train import TrainEvaluator, evaluate_accuracy
 from autocompress.report.pareto import hypervolume, non_dominated_mask
 from autocompress.search.run import (
     Objective,
@@ -94,8 +93,7 @@ def key(candidate: Candidate) -> str:
 def build_table(setup: SearchSetup, candidates: list[Candidate], cache: Path) -> dict[str, dict]:
     """Accuracy after every epoch, seconds of every epoch and hardware cost of each candidate."""
     table: dict[str, dict] = json.loads(cache.read_text()) if cache.is_file() else {}
-    config, data = setup.config, setup.data
-    evaluator = setup.evaluator
+    data, evaluator = setup.data, setup.evaluator
     todo = [c for c in candidates if key(c) not in table]
     start = time.perf_counter()
     for i, candidate in enumerate(todo):
@@ -106,26 +104,18 @@ def build_table(setup: SearchSetup, candidates: list[Candidate], cache: Path) ->
             teacher_state=setup.teacher_state,
         )
         hw = setup.profile.profile(model, input_shape=data.input_shape)
-        train_loader, val_loader = make_loaders(
-            data, batch_size=evaluator.batch_size, num_workers=0, seed=config.seed
-        )
         curve, seconds = [], []
         tick = time.perf_counter()
-        for _ in train_epochwise(
-            model,
-            train_loader,
-            epochs=config.train.epochs,
-            lr=config.train.lr,
-            weight_decay=config.train.weight_decay,
-            device=torch.device("cpu"),
-            teacher=evaluator.teacher,
-            kd_alpha=config.train.kd_alpha,
-            kd_temperature=config.train.kd_temperature,
-        ):
+
+        def record(epoch: int, val_loader, model=model, curve=curve, seconds=seconds) -> None:
+            nonlocal tick
             seconds.append(time.perf_counter() - tick)  # the epoch, not its evaluation
-            curve.append(evaluate_accuracy(model, val_loader, device=torch.device("cpu"))[0])
+            curve.append(evaluate_accuracy(model, val_loader, device=evaluator.device)[0])
             model.train()
             tick = time.perf_counter()
+
+        # The search's own fine-tune (one schedule over all epochs), scored after every epoch.
+        evaluator.fine_tune(model, after_epoch=record)
         table[key(candidate)] = {
             "curve": curve,
             "epoch_s": seconds,

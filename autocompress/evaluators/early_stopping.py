@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -40,8 +39,8 @@ from torch import nn
 
 from ..spaces import Candidate
 from ._base import CandidateError, CandidateStopped, TaskMetrics, TrialContext
-from .data import DataBundle, make_loaders
-from .train import TrainEvaluator, evaluate_accuracy, train_epochwise
+from .data import DataBundle
+from .train import TrainEvaluator, evaluate_accuracy
 
 __all__ = [
     "CandidateStopped",
@@ -316,13 +315,24 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
         self.table = table
         self.cost_names = None if cost_names is None else tuple(cost_names)
 
-    def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
-        return self._run(model, None)
-
     def evaluate_trial(
         self, model: nn.Module, candidate: Candidate, *, context: TrialContext
     ) -> TaskMetrics:
-        return self._run(model, context)
+        costs = self.cost_tuple(context.costs)
+        rungs = {r for r in self.table.rungs if r < self.epochs}
+
+        def judge_at_rungs(epoch: int, val_loader: Any) -> None:
+            if epoch not in rungs:
+                return
+            accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
+            if not math.isfinite(loss):
+                raise CandidateError(f"non-finite validation loss after epoch {epoch}")
+            self.table.judge(
+                epoch, RungRecord(trial=context.number, accuracy=accuracy, costs=costs)
+            )
+            model.train()  # evaluate_accuracy left it in eval mode
+
+        return self.fine_tune(model, after_epoch=judge_at_rungs)
 
     def cost_tuple(self, costs: Mapping[str, float]) -> tuple[float, ...]:
         """The record's cost tuple from a trial's named costs (see ``cost_names``)."""
@@ -334,47 +344,6 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
                 f"costs {list(names)}. Got {dict(costs)!r} instead (missing {missing})."
             )
         return tuple(float(costs[name]) for name in names)
-
-    def _run(self, model: nn.Module, context: TrialContext | None) -> TaskMetrics:
-        costs = None if context is None else self.cost_tuple(context.costs)
-        rungs = [r for r in self.table.rungs if r < self.epochs]
-        train_loader, val_loader = make_loaders(
-            self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
-        )
-        start = time.perf_counter()
-        try:
-            for epoch in train_epochwise(
-                model,
-                train_loader,
-                epochs=self.epochs,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                device=self.device,
-                teacher=self.teacher,
-                kd_alpha=self.kd_alpha,
-                kd_temperature=self.kd_temperature,
-            ):
-                if context is None or costs is None or epoch not in rungs:
-                    continue
-                accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
-                if not math.isfinite(loss):
-                    raise CandidateError(f"non-finite validation loss after epoch {epoch}")
-                self.table.judge(
-                    epoch, RungRecord(trial=context.number, accuracy=accuracy, costs=costs)
-                )
-                model.train()  # evaluate_accuracy left it in eval mode
-            accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
-        except torch.cuda.OutOfMemoryError as err:
-            torch.cuda.empty_cache()
-            raise CandidateError(f"out of GPU memory: {err}") from err
-        if not math.isfinite(loss):
-            raise CandidateError("non-finite validation loss")
-        return TaskMetrics(
-            accuracy=accuracy,
-            loss=loss,
-            epochs=self.epochs,
-            train_seconds=time.perf_counter() - start,
-        )
 
 
 def _check_record(record: RungRecord) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 import torch
@@ -160,13 +160,26 @@ class TrainEvaluator(Evaluator):
         )
 
     def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
+        return self.fine_tune(model)
+
+    def fine_tune(
+        self,
+        model: nn.Module,
+        *,
+        after_epoch: Callable[[int, DataLoader], None] | None = None,
+    ) -> TaskMetrics:
+        """Train ``model`` for ``epochs`` and score it on the validation split.
+
+        ``after_epoch(epochs_done, val_loader)`` runs between epochs, inside the one schedule
+        (e.g. early stopping's rung checks); it must leave ``model`` in train mode and may raise
+        to end the fine-tune."""
         # Loaders are made per call: a shared iterator would not survive --n-jobs threads.
         train_loader, val_loader = make_loaders(
             self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
         )
         start = time.perf_counter()
         try:
-            epochs = train_epochs(
+            for epoch in train_epochwise(
                 model,
                 train_loader,
                 epochs=self.epochs,
@@ -176,7 +189,9 @@ class TrainEvaluator(Evaluator):
                 teacher=self.teacher,
                 kd_alpha=self.kd_alpha,
                 kd_temperature=self.kd_temperature,
-            )
+            ):
+                if after_epoch is not None:
+                    after_epoch(epoch, val_loader)
             accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
         except torch.cuda.OutOfMemoryError as err:
             torch.cuda.empty_cache()
@@ -184,5 +199,8 @@ class TrainEvaluator(Evaluator):
         if not math.isfinite(loss):
             raise CandidateError("non-finite validation loss")
         return TaskMetrics(
-            accuracy=accuracy, loss=loss, epochs=epochs, train_seconds=time.perf_counter() - start
+            accuracy=accuracy,
+            loss=loss,
+            epochs=self.epochs,
+            train_seconds=time.perf_counter() - start,
         )

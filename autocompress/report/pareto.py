@@ -147,6 +147,12 @@ def reference_point(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.nda
             "The 'df' parameter of reference_point must contain at least one feasible COMPLETE "
             "trial with every objective finite. Got 0 such trials instead."
         )
+    return reference_from_values(values, objectives)
+
+
+def reference_from_values(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
+    """:func:`reference_point`'s rule applied to the rows of ``values`` (n_points x
+    n_objectives, every one finite, at least one row)."""
     reference = np.empty(len(objectives))
     for j, objective in enumerate(objectives):
         low, high = float(values[:, j].min()), float(values[:, j].max())

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Sequence
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ..config import PrescreenConfig
 from ..evaluators.accuracy_predictor import AccuracyPredictor
@@ -38,6 +38,15 @@ def cost_vector(values: dict[str, float], objectives: Sequence[ObjectiveSpec]) -
         for o in objectives
         if o.name != "accuracy"
     }
+
+
+def trained_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The completed trials that were trained: what an accuracy predictor learns from."""
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("trained") and t.values
+    ]
 
 
 class Prescreener:
@@ -68,11 +77,7 @@ class Prescreener:
         """Why to skip ``candidate`` (hardware ``costs`` as from :func:`cost_vector`), or None
         to train it."""
         trials = study.get_trials(deepcopy=False)
-        completed = [
-            t
-            for t in trials
-            if t.state == TrialState.COMPLETE and t.user_attrs.get("trained") and t.values
-        ]
+        completed = trained_trials(trials)
         if len(completed) < self.config.min_trials or self._skip_streak(trials) >= (
             self.config.max_consecutive_skips
         ):
@@ -106,7 +111,7 @@ class Prescreener:
         return None
 
     @staticmethod
-    def _skip_streak(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    def _skip_streak(trials: Sequence[FrozenTrial]) -> int:
         """Skipped trials since the last finished trial that was not skipped."""
         streak = 0
         for t in sorted(trials, key=lambda t: t.number, reverse=True):

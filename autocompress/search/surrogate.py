@@ -27,9 +27,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import SurrogateConfig
 from ..evaluators.accuracy_predictor import AccuracyPredictor
-from ..report.pareto import MAXIMIZE, hypervolume, non_dominated_mask
 from ..report.pareto import Objective as ObjectiveSpec
+from ..report.pareto import hypervolume, non_dominated_mask, reference_from_values
 from ..spaces import Candidate, JointSearchSpace
+from .prescreen import trained_trials
 
 PROPOSED_ATTR = "proposed"  # user attribute of a queued trial: its optimistic accuracy and gain
 
@@ -83,11 +84,7 @@ class Proposer:
             trials = study.get_trials(deepcopy=False)
             if any(t.state == TrialState.WAITING for t in trials) or not self.budget_left(trials):
                 return  # a proposal is still queued, or no trial will run to take one
-            completed = [
-                t
-                for t in trials
-                if t.state == TrialState.COMPLETE and t.user_attrs.get("trained") and t.values
-            ]
+            completed = trained_trials(trials)
             if len(completed) < self.config.min_trials:
                 return
             proposal = self._propose(completed, tried={_candidate_key(t) for t in trials})
@@ -119,7 +116,7 @@ class Proposer:
             ],
             dtype=float,
         )
-        reference = _reference(np.vstack([values, rows]), self.directions, self.names)
+        reference = reference_from_values(np.vstack([values, rows]), self.objectives)
         front = values[non_dominated_mask(values, self.directions)]
         base = hypervolume(front, self.directions, reference)
         gains = [
@@ -169,20 +166,3 @@ class Proposer:
 def _candidate_key(trial: FrozenTrial) -> str:
     candidate = trial.user_attrs.get("candidate")
     return "" if candidate is None else json.dumps(candidate, sort_keys=True)
-
-
-def _reference(values: np.ndarray, directions: Sequence[str], names: Sequence[str]) -> list[float]:
-    """The project's reference-point rule (see ``report.pareto.reference_point``): accuracy 0,
-    other objectives their worst value pushed out by 10% of their range."""
-    reference = []
-    for j, (direction, name) in enumerate(zip(directions, names, strict=True)):
-        column = values[:, j]
-        if name == "accuracy":
-            reference.append(0.0)
-            continue
-        span = float(column.max() - column.min()) or abs(float(column.max())) or 1.0
-        if direction == MAXIMIZE:
-            reference.append(float(column.min()) - 0.1 * span)
-        else:
-            reference.append(float(column.max()) + 0.1 * span)
-    return reference
