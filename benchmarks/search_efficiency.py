@@ -1,6 +1,7 @@
 """Search efficiency: hypervolume vs trials and vs time, random search vs NSGA-II vs ours.
 
     python benchmarks/search_efficiency.py [--quick] [--seeds N] [--n-trials T] [--cache FILE]
+                                           [--ceiling] [--sample N]
 
 A tabular benchmark (as NAS-Bench does): a joint space small enough to enumerate (small_cnn on
 digits: 2 widths per conv, weight bits {2, 4, 8} per layer, pruning {0, 0.5} per conv: 432
@@ -20,11 +21,14 @@ Printed per method (several seeds, medians): hypervolume (% of the reference) af
 trials, full fine-tunes (epochs / train.epochs) and seconds needed to reach 95% of the reference
 hypervolume; and the ratio to random search. Then the cheap-evaluator figure: Kendall tau of the
 accuracy after e epochs against the full fine-tune, with the speed-up in candidates per CPU-hour.
+With ``--ceiling``, what better accuracy estimates would buy: the greedy proposal loop run with
+estimates known in hindsight (another seed's fine-tune, a forest fitted on all other candidates).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -253,6 +257,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9, help="train.epochs of a full fine-tune")
     parser.add_argument("--cache", type=Path, default=None, help="table JSON (reused if present)")
     parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also train the table with another seed (~5 min, cached) and print what a perfect "
+        "predictor would need: the greedy search with hindsight accuracies",
+    )
+    parser.add_argument(
         "--sample",
         type=int,
         default=None,
@@ -363,6 +373,8 @@ def main() -> None:
         if any(skipped):
             print(f"{'':<32}(prescreen skipped {statistics.median(skipped):.0f} trials, median)")
 
+    if args.ceiling:
+        ceiling_figures(setup, table, cache=cache.with_name(cache.stem + "-seed1.json"))
     if args.sample:
         short_finetune_figures(setup_info, table, n=args.sample, seed=0)
         supernet_figures(setup_info, table, full_s=full_s, n=args.sample, seed=0)
@@ -375,6 +387,83 @@ def main() -> None:
         tau = kendalltau([r["curve"][e - 1] for r in table.values()], final).statistic
         speed = full_s / float(np.mean([sum(r["epoch_s"][:e]) for r in table.values()]))
         print(f"{e:>6}{tau:>13.3f}{speed:>25.1f}x")
+
+
+def ceiling_figures(setup: SearchSetup, table: dict, *, cache: Path) -> None:
+    """What the proposal loop could reach with better accuracy estimates: trials to 95% of the
+    reference HV for the greedy that always trains the untried candidate adding the most
+    hypervolume at the estimated accuracy (its costs are exact), with estimates known in
+    hindsight: the full fine-tune with another seed (no predictor can beat re-training), a
+    random forest on the surrogate's features cross-validated over all other candidates, and the
+    zero-shot proxy alone mapped to accuracy by an isotonic fit on every candidate."""
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.model_selection import KFold
+
+    from autocompress.evaluators.accuracy_predictor import AccuracyPredictor
+
+    candidates = [Candidate.from_dict(json.loads(k)) for k in table]
+    config = setup.config.model_copy(update={"seed": 1})
+    torch.manual_seed(1)
+    other = build_table(
+        dataclasses.replace(
+            setup,
+            evaluator=TrainEvaluator.from_run_config(
+                config, data=setup.data, device=torch.device("cpu"), teacher=setup.evaluator.teacher
+            ),
+        ),
+        candidates,
+        cache,
+    )
+    objective = Objective(setup)
+    proxy = np.array([objective.proxy_accuracy(c) for c in candidates])
+    truth = np.array([[r["curve"][-1], r["latency_ms"], r["size_kb"]] for r in table.values()])
+
+    extra = [{"proxy_accuracy": p} for p in proxy]
+    cross_validated = np.zeros(len(candidates))
+    for train, test in KFold(10, shuffle=True, random_state=0).split(candidates):
+        predictor = AccuracyPredictor(
+            num_classes=setup.data.num_classes, input_shape=setup.data.input_shape
+        )
+        predictor.fit(
+            [candidates[i] for i in train],
+            truth[train, 0].tolist(),
+            extra=[extra[i] for i in train],
+        )
+        cross_validated[test] = predictor.predict(
+            [candidates[i] for i in test], extra=[extra[i] for i in test]
+        )
+    estimates = {
+        "full fine-tune, other seed": np.array([other[k]["curve"][-1] for k in table]),
+        "forest, cross-validated on all others": cross_validated,
+        "zero-shot proxy, isotonic in hindsight": IsotonicRegression(out_of_bounds="clip")
+        .fit(proxy, truth[:, 0])
+        .predict(proxy),
+    }
+    print()
+    print("ceiling: greedy on hindsight accuracy estimates (costs exact), trials to 95% HV")
+    print(f"{'estimate':<42}{'Kendall tau':>12}{'trials':>8}")
+    for label, estimate in estimates.items():
+        tau = kendalltau(estimate, truth[:, 0]).statistic
+        print(f"{label:<42}{tau:>12.3f}{_greedy_trials(truth, estimate):>8}")
+
+
+def _greedy_trials(truth: np.ndarray, estimate: np.ndarray) -> int:
+    """Trials the greedy needs: each step trains the untried row whose estimated accuracy (at its
+    true costs) adds the most hypervolume to the front of the rows trained so far."""
+    directions, point = REFERENCE["directions"], REFERENCE["point"]
+    tried: list[int] = []
+    untried = list(range(len(truth)))
+    while not tried or _hv(truth[tried].tolist()) < TARGET * REFERENCE["hv"]:
+        front = truth[tried][non_dominated_mask(truth[tried], directions)] if tried else None
+        base = hypervolume(front, directions, point) if tried else 0.0
+        gains = []
+        for i in untried:
+            row = truth[i].copy()
+            row[0] = estimate[i]
+            rows = row[None] if front is None else np.vstack([front, row])
+            gains.append(hypervolume(rows, directions, point) - base)
+        tried.append(untried.pop(int(np.argmax(gains))))
+    return len(tried)
 
 
 def _sample(table: dict, *, n: int, seed: int) -> list[Candidate]:

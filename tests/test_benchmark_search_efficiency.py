@@ -1,0 +1,52 @@
+"""The ceiling analysis of benchmarks/search_efficiency.py: the greedy that trains the untried
+candidate adding the most hypervolume at its estimated accuracy."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autocompress.report.pareto import hypervolume
+
+DIRECTIONS = ["maximize", "minimize", "minimize"]
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    path = Path(__file__).parents[1] / "benchmarks" / "search_efficiency.py"
+    spec = importlib.util.spec_from_file_location("search_efficiency_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    truth = np.array(
+        [
+            [0.50, 3.0, 3.0],  # dominated by the next row
+            [0.90, 1.0, 1.0],  # alone nearly the whole reference volume
+            [0.95, 2.9, 2.9],
+            [0.40, 0.9, 0.9],
+            [0.60, 2.0, 2.0],
+        ]
+    )
+    point = [0.3, 3.1, 3.1]
+    monkeypatch.setitem(module.REFERENCE, "directions", DIRECTIONS)
+    monkeypatch.setitem(module.REFERENCE, "point", point)
+    monkeypatch.setitem(module.REFERENCE, "hv", hypervolume(truth, DIRECTIONS, point))
+    return module, truth
+
+
+def test_greedy_with_true_accuracies_needs_the_fewest_trials(bench):
+    module, truth = bench
+    assert hypervolume(truth[[1]], DIRECTIONS, module.REFERENCE["point"]) >= (
+        module.TARGET * module.REFERENCE["hv"]
+    )
+    assert module._greedy_trials(truth, truth[:, 0]) == 1
+
+
+def test_greedy_misled_by_estimates_needs_more_trials(bench):
+    module, truth = bench
+    # The estimates rank the best row last: the greedy trains the others first.
+    misleading = np.array([0.95, 0.31, 0.99, 0.9, 0.97])
+    trials = module._greedy_trials(truth, misleading)
+    assert 1 < trials <= len(truth)
