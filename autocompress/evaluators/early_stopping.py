@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 RUNG_ATTR_PREFIX = "rung."  # Optuna user attribute "rung.<epochs>" holds a RungRecord dict
+RETRY_ATTR = "retry_of"  # user attribute of a retry: the number of the attempt it repeats
 
 
 def rung_schedule(*, max_epochs: int, min_epochs: int = 1, eta: int = 3) -> tuple[int, ...]:
@@ -143,8 +144,11 @@ class OptunaRungStore:
 
     They live in the study's storage, so a resumed run and every process working on the same
     study see them. Records of all trials count, failed or stopped ones included: their
-    accuracy at the rung was really measured. ``add`` needs the record's trial to exist in the
-    study (it is the running trial).
+    accuracy at the rung was really measured. Except those of an attempt that was retried (a
+    trial some other trial names in its ``retry_of`` attribute): the retry measures the same
+    candidate again, and judged against its own first attempt it would count itself as a
+    dominator (equal records dominate each other). ``add`` needs the record's trial to exist in
+    the study (it is the running trial).
     """
 
     def __init__(self, study: Any) -> None:
@@ -152,10 +156,12 @@ class OptunaRungStore:
 
     def records(self, rung: int) -> list[RungRecord]:
         key = f"{RUNG_ATTR_PREFIX}{rung}"
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
         return [
             RungRecord.from_dict(trial.user_attrs[key])
-            for trial in self.study.get_trials(deepcopy=False)
-            if key in trial.user_attrs
+            for trial in trials
+            if key in trial.user_attrs and trial.number not in retried
         ]
 
     def add(self, rung: int, record: RungRecord) -> None:

@@ -238,3 +238,23 @@ def test_missing_costs_are_reported_by_name(digits):
     model, candidate = tiny_cnn()
     with pytest.raises(ValueError, match=r"'context.costs' .*missing \['latency_ms'\]"):
         ev.evaluate_trial(model, candidate, context=TrialContext(number=0, costs={"size": 1.0}))
+
+
+def test_a_retried_attempts_records_do_not_judge_its_retry():
+    # An interrupted attempt measured the candidate at rung 1; its retry measures it again. Two
+    # equal records dominate each other, so the retry must not see its own first attempt.
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    first = study.ask()
+    store = OptunaRungStore(study)
+    store.add(1, rec(first.number, 0.9, 1.0))
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    other = study.ask()
+    store.add(1, rec(other.number, 0.95, 1.0))
+    assert [r.trial for r in store.records(1)] == [first.number, other.number]
+
+    study.enqueue_trial(first.params, user_attrs={"retry_of": first.number})
+    retry = study.ask()
+    assert [r.trial for r in store.records(1)] == [other.number]
+    table = RungTable(rungs=(1, 3), min_records=0, min_dominators=2, store=store)
+    decision = table.report(1, rec(retry.number, 0.9, 1.0))
+    assert (decision.competitors, decision.dominators, decision.stop) == (1, 1, False)

@@ -190,6 +190,8 @@ def test_journal_storage_heartbeats_fail_and_retry_stale_trials(tmp_path):
         trial.suggest_categorical("x", [1, 2, 3])
         storage.record_heartbeat(trial._trial_id)
     storage.set_trial_system_attr(dead._trial_id, HEARTBEAT_ATTR, time.time() - 60)
+    record = {"trial": dead.number, "accuracy": 0.9, "costs": [1.0]}
+    storage.set_trial_user_attr(dead._trial_id, "rung.1", record)
 
     optuna.storages.fail_stale_trials(study)
 
@@ -199,6 +201,7 @@ def test_journal_storage_heartbeats_fail_and_retry_stale_trials(tmp_path):
     assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == dead.number
     assert waiting[0].params == {"x": dead.params["x"]}
     assert HEARTBEAT_ATTR not in waiting[0].system_attrs  # else it would look stale at once
+    assert "rung.1" not in waiting[0].user_attrs  # the retry measures its own rungs
     # A finished trial's late heartbeat is ignored, not an error.
     study.tell(alive, [1.0, 1.0])
     storage.record_heartbeat(alive._trial_id)
