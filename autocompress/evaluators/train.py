@@ -84,7 +84,7 @@ def train_epochs(model: nn.Module, loader: Iterable, *, epochs: int, **kwargs) -
 
 @torch.no_grad()
 def evaluate_accuracy(
-    model: nn.Module, loader: DataLoader, *, device: torch.device
+    model: nn.Module, loader: Iterable, *, device: torch.device
 ) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) of ``model`` on ``loader``."""
     model.to(device).eval()

@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -392,9 +393,13 @@ class Objective:
         metrics, violations = self._costs(self.build(candidate))
         return metrics, all(v <= 0 for v in violations.values())
 
-    def proxy_accuracy(self, candidate: Candidate, *, calib_batches: int = 4) -> float:
+    def proxy_accuracy(
+        self, candidate: Candidate, *, calib_batches: int = 4, val_batches: int = 16
+    ) -> float:
         """Zero-shot validation accuracy of ``candidate``: built from the teacher's weights,
-        compressed, BatchNorm statistics recalibrated on a few training batches, not trained."""
+        compressed, BatchNorm statistics recalibrated on a few training batches, not trained,
+        scored on the first ``val_batches`` validation batches (the surrogate scores whole
+        pools: a full pass over a large validation split each would rival the trials' cost)."""
         model = self.build(candidate)
         evaluator = self.setup.evaluator
         train_loader, val_loader = make_loaders(
@@ -405,7 +410,7 @@ class Objective:
         )
         device = getattr(evaluator, "device", torch.device("cpu"))
         recalibrate_bn_(model, train_loader, batches=calib_batches, device=device)
-        return evaluate_accuracy(model, val_loader, device=device)[0]
+        return evaluate_accuracy(model, islice(val_loader, val_batches), device=device)[0]
 
     def callbacks(self) -> list[Callable[[optuna.Study, FrozenTrial], None]]:
         """``study.optimize`` callbacks the run's config asks for (``search.surrogate``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -92,14 +93,25 @@ class JointSearchSpace(SearchSpace):
         self.family = create_family(config.family, config.arch)
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
+        self._dimensions: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def layer_dimensions(self, arch: dict[str, Any]) -> tuple[list[str], list[str]]:
-        """(layers that get bits, layers that lead a prunable channel group) of an architecture."""
-        model = self.family.build(arch, num_classes=self.num_classes, input_shape=self.input_shape)
-        layers = conv_linear_layers(model)
-        example = torch.zeros(1, *self.input_shape)
-        prunable = prunable_layers(model, example, ignored=[layers[-1]])
-        return layers, prunable
+        """(layers that get bits, layers that lead a prunable channel group) of an architecture.
+
+        Cached per architecture: finding the groups builds the model and traces its dependency
+        graph, which costs more than the rest of a suggestion (and the search suggests every
+        trial, the surrogate whole pools)."""
+        key = json.dumps(arch, sort_keys=True, default=str)
+        if key not in self._dimensions:
+            model = self.family.build(
+                arch, num_classes=self.num_classes, input_shape=self.input_shape
+            )
+            layers = conv_linear_layers(model)
+            example = torch.zeros(1, *self.input_shape)
+            prunable = prunable_layers(model, example, ignored=[layers[-1]])
+            self._dimensions[key] = (tuple(layers), tuple(prunable))
+        layers, prunable = self._dimensions[key]
+        return list(layers), list(prunable)
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
         cfg = self.config

@@ -141,7 +141,8 @@ def _price(candidate):
     return {"size_kb": _size(candidate)}, True
 
 
-def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, small):
+def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, small, monkeypatch):
+    from autocompress.search import run as run_module
     from autocompress.search.run import Objective, prepare_setup
 
     config, space, candidates = small
@@ -150,3 +151,15 @@ def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, sm
     two_bit = next(c for c in candidates if all(x.w_bits == 2 for x in c.layers.values()))
     # 8-bit weights keep the (1-epoch) teacher's behaviour far better than 2-bit ones.
     assert objective.proxy_accuracy(eight_bit) > objective.proxy_accuracy(two_bit)
+    # Scored on the first val_batches batches only (a pool scan must not cost full passes).
+    seen = []
+    original = run_module.evaluate_accuracy
+
+    def counting(model, loader, *, device):
+        batches = list(loader)
+        seen.append(len(batches))
+        return original(model, batches, device=device)
+
+    monkeypatch.setattr(run_module, "evaluate_accuracy", counting)
+    objective.proxy_accuracy(eight_bit, val_batches=2)
+    assert seen == [2]

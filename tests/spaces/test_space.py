@@ -59,6 +59,28 @@ def test_layer_dimensions_are_conditional_on_the_architecture():
     assert seen == {1, 3}
 
 
+def test_layer_dimensions_are_traced_once_per_architecture(monkeypatch):
+    from autocompress.spaces import _base
+
+    traced = []
+    real = _base.prunable_layers
+    monkeypatch.setattr(_base, "prunable_layers", lambda *a, **k: traced.append(1) or real(*a, **k))
+    space = JointSearchSpace(
+        SpaceConfig(family="small_cnn", arch={"depths": [1, 3]}),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+    )
+    archs = set()
+    for seed in range(12):
+        candidate = suggest(space, seed)
+        archs.add(repr(sorted(candidate.arch.items())))
+        # The cached dimensions are what a fresh trace finds, and callers get their own lists.
+        layers, prunable = space.layer_dimensions(candidate.arch)
+        assert layers == list(candidate.layers)
+        layers.append("mutated")
+    assert len(traced) == len(archs) < 12
+
+
 def test_classifier_and_depthwise_layers_are_never_pruning_dimensions():
     space = JointSearchSpace(
         SpaceConfig(family="mobilenetv2", prune_ratios=[0.25, 0.5]),
