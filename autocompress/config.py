@@ -198,7 +198,8 @@ class SurrogateConfig(_Section):
     proxy: bool = Field(
         default=True,
         description="feed the predictor each candidate's zero-shot accuracy (teacher weights "
-        "inherited, compressed, BatchNorm recalibrated, no training): one validation pass",
+        "inherited, compressed, BatchNorm recalibrated, no training) on up to 16 validation "
+        "batches",
     )
 
 
