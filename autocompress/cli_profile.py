@@ -68,7 +68,7 @@ def build_lut_command(
     num_classes: NumClasses = None,
 ) -> None:
     """Measure every distinct layer of the config's search space on DEVICE into a LUT JSON."""
-    from .hardware_profiles.lut import layer_shapes_of_space
+    from .hardware_profiles.lut_build import layer_shapes_of_space
 
     _check_device(device)
     _check_backend(backend)
@@ -127,12 +127,9 @@ def fit_command(
     import yaml
 
     from .compression.apply import build_compressed
-    from .hardware_profiles.lut import (
-        LatencyLUT,
-        measure_models,
-        model_layers,
-        sample_candidates,
-    )
+    from .hardware_profiles.lut_build import measure_models, sample_candidates
+    from .hardware_profiles.lut_table import LatencyLUT
+    from .hardware_profiles.lut_trace import model_layers
     from .hardware_profiles.predictor import (
         CORRECTION_FEATURES,
         calibrate_analytic,
@@ -298,7 +295,7 @@ def _load(
 
 def _measure_layers(items, *, backend: str, threads: int, warmup: int, repeats: int, rounds: int):
     """``build_lut`` with a live "measuring layers i/n" status line."""
-    from .hardware_profiles.lut import build_lut
+    from .hardware_profiles.lut_build import build_lut
 
     with console.status("measuring layers") as status:
         return build_lut(

@@ -49,7 +49,8 @@ from autocompress.hardware_profiles import (
     latency_fidelity,
     model_layers,
 )
-from autocompress.hardware_profiles.lut import LatencyLUT, measure_models, sample_candidates
+from autocompress.hardware_profiles.lut_build import measure_models, sample_candidates
+from autocompress.hardware_profiles.lut_table import LatencyLUT
 from autocompress.hardware_profiles.predictor import CORRECTION_FEATURES
 
 NUM_CLASSES = 10

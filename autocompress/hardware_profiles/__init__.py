@@ -34,14 +34,10 @@ from autocompress.hardware_profiles.graph import (
     model_size_bytes,
     peak_activation_bytes,
 )
-from autocompress.hardware_profiles.lut import (
-    LatencyLUT,
-    LayerKey,
-    LUTProfile,
-    build_lut,
-    layer_shapes_of_space,
-    model_layers,
-)
+from autocompress.hardware_profiles.lut import LUTProfile
+from autocompress.hardware_profiles.lut_build import build_lut, layer_shapes_of_space
+from autocompress.hardware_profiles.lut_table import LatencyLUT, LayerKey
+from autocompress.hardware_profiles.lut_trace import model_layers
 from autocompress.hardware_profiles.measured import MeasuredProfile
 from autocompress.hardware_profiles.predictor import (
     LatencyPredictor,

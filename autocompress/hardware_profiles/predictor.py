@@ -50,15 +50,15 @@ from autocompress.hardware_profiles.graph import (
     model_size_bytes,
     peak_activation_bytes,
 )
-from autocompress.hardware_profiles.lut import (
+from autocompress.hardware_profiles.lut_build import host_facts
+from autocompress.hardware_profiles.lut_table import (
     HOST_PRECISION,
     LatencyLUT,
     LayerKey,
-    host_facts,
-    model_layers,
     read_json,
     write_json,
 )
+from autocompress.hardware_profiles.lut_trace import model_layers
 
 __all__ = [
     "AnalyticCalibration",

@@ -16,13 +16,8 @@ from autocompress.hardware_profiles import (
     load_device,
     model_layers,
 )
-from autocompress.hardware_profiles.lut import (
-    HOST_PRECISION,
-    LUTEntry,
-    host_facts,
-    layer_module,
-    sample_candidates,
-)
+from autocompress.hardware_profiles.lut_build import host_facts, layer_module, sample_candidates
+from autocompress.hardware_profiles.lut_table import HOST_PRECISION, LUTEntry
 
 _SHAPE = (3, 8, 8)
 

@@ -22,7 +22,7 @@ from autocompress.hardware_profiles import (
     load_device,
     model_layers,
 )
-from autocompress.hardware_profiles.lut import HOST_PRECISION, LatencyLUT, LUTEntry
+from autocompress.hardware_profiles.lut_table import HOST_PRECISION, LatencyLUT, LUTEntry
 from autocompress.hardware_profiles.predictor import layer_features
 
 

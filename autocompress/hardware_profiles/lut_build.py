@@ -1,0 +1,387 @@
+"""Measuring latency LUTs on this host, and choosing from a search space what to measure.
+
+How an entry is measured: each distinct group is timed on its own (a tiny model of just that
+group, random weights, batch 1) with :class:`MeasuredProfile`, the same way whole models are
+timed. Timed completely alone, a layer is charged for things a model pays once or not at all:
+the per-run cost (input binding, output allocation, the Python call) and layout conversions at
+its boundaries (ONNX Runtime runs convs in a blocked NCHWc layout and converts in and out at the
+edges of the graph; in a model, neighbouring convs hand the blocked layout on, and such
+conversions cost up to half of a MobileNetV2 measured layer by layer). So every group is timed
+twice, alone (``A = R + in(x) + L + out(y)``) and between two cheap *context ops* that keep the
+runtime's layout (``B = R + in(x) + C(x) + L + C(y) + out(y)``; a depthwise 1x1 conv for a
+conv, a square Linear for a linear), and each context op is timed alone per shape
+(``C_x = R + in(x) + C(x) + out(x)``); then ``L = (A + B - C_x - C_y) / 2`` up to the
+difference between converting a tensor in and out, which cancels when they cost the same.
+The per-run cost ``R`` cancels too; it is measured on a near-empty model and stored once as
+``overhead_ms``.
+
+:func:`build_lut` does this; :func:`measure_models` times whole models the same way (the
+references a LUT is compared with); :func:`host_facts` records where numbers were measured;
+:func:`sample_candidates` and :func:`layer_shapes_of_space` draw a search space's candidates and
+their distinct layer keys (what a LUT for that space should hold).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.hardware_profiles.graph import check_input_shape
+from autocompress.hardware_profiles.lut_table import (
+    _ACTIVATION_FACTORIES,
+    _BACKENDS,
+    HOST_PRECISION,
+    LatencyLUT,
+    LayerKey,
+    LUTEntry,
+    _check_int,
+)
+from autocompress.hardware_profiles.lut_trace import model_layers
+
+if TYPE_CHECKING:
+    from autocompress.spaces import Candidate, SpaceConfig
+
+__all__ = [
+    "build_lut",
+    "context_module",
+    "host_facts",
+    "layer_module",
+    "layer_shapes_of_space",
+    "measure_models",
+    "sample_candidates",
+]
+
+# Measuring the per-run overhead several times through a build spreads it over load changes.
+_OVERHEAD_SAMPLES = 3
+
+
+def layer_module(key: LayerKey, *, seed: int = 0) -> nn.Module:
+    """The isolated op group of ``key`` as a float eval-mode module with seeded random weights.
+
+    Its input is ``(1, *key.input_shape)``. Weight values do not change float kernel timings;
+    the seed only keeps the module reproducible.
+    """
+    if not isinstance(key, LayerKey):
+        raise ValueError(
+            f"The 'key' parameter of layer_module must be a LayerKey. Got {key!r} instead."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = []
+    dims = len(key.input_size)
+    if key.kind == "linear":
+        layers.append(nn.Linear(key.in_channels, key.out_channels, bias=True))
+        norm = nn.BatchNorm1d
+    else:
+        conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+        layers.append(
+            conv_cls(
+                key.in_channels,
+                key.out_channels,
+                key.kernel,
+                stride=key.stride,
+                padding=key.padding,
+                dilation=key.dilation,
+                groups=key.groups,
+                bias=not key.bn,
+            )
+        )
+        norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+    if key.bn:
+        layers.append(norm(key.out_channels))
+    if key.act != "none":
+        layers.append(_ACTIVATION_FACTORIES[key.act]())
+    module = nn.Sequential(*layers)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return module.eval()
+
+
+def context_module(
+    kind: Literal["conv", "linear"], shape: tuple[int, ...], *, seed: int = 0
+) -> nn.Module:
+    """The cheap op placed before/after a layer when it is timed in context (see module doc).
+
+    ``shape``: the tensor it runs on, without the batch dim. A conv gets a depthwise 1x1 conv
+    (keeps the runtime's conv layout, costs about one pass over the tensor); a linear gets a
+    square ``nn.Linear`` over the last dim.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "linear":
+        module: nn.Module = nn.Linear(shape[-1], shape[-1])
+    else:
+        conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(shape) - 1]
+        module = conv_cls(shape[0], shape[0], 1, groups=shape[0])
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return module.eval()
+
+
+def build_lut(
+    items: Iterable[LayerKey | tuple[nn.Module, tuple[int, ...]]],
+    *,
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime",
+    threads: int = 1,
+    warmup: int = 10,
+    repeats: int = 30,
+    rounds: int = 3,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> LatencyLUT:
+    """Measure every distinct layer op group of ``items`` on this host (see the module doc).
+
+    ``items``: :class:`LayerKey` objects (e.g. from :func:`layer_shapes_of_space`) and/or
+    ``(model, input_shape)`` pairs whose layers are traced with :func:`model_layers`; keys must
+    have :data:`HOST_PRECISION` (the host only runs float kernels). Layers without a key are
+    skipped. Every timing is a :class:`MeasuredProfile` median (``backend``, ``threads``,
+    ``warmup``, ``repeats``). Everything is timed once per round, rounds one after another, and
+    each timing keeps its best (smallest) median over the rounds: on a shared machine, other
+    processes and virtual-machine neighbours only ever add time, and they come and go within
+    seconds (a 30% slower phase is common on small cloud VMs), so the best of a few rounds is
+    the repeatable figure (the reasoning of Python's ``timeit``). Whole-model references that a
+    LUT is compared with should be taken the same way. ``progress(done, total)`` is called after
+    each timing. Timing is serialised process-wide by MeasuredProfile. About ``2 * rounds``
+    timings per key.
+    """
+    from autocompress.hardware_profiles.measured import MeasuredProfile
+
+    if backend not in _BACKENDS:
+        raise ValueError(
+            f"The 'backend' parameter of build_lut must be one of {list(_BACKENDS)}. "
+            f"Got {backend!r} instead."
+        )
+    _check_int(threads, name="threads", minimum=1, where="build_lut")
+    _check_int(warmup, name="warmup", minimum=0, where="build_lut")
+    _check_int(repeats, name="repeats", minimum=1, where="build_lut")
+    _check_int(rounds, name="rounds", minimum=1, where="build_lut")
+    keys = _distinct_keys(items)
+    profiler = MeasuredProfile(backend=backend, warmup=warmup, repeats=repeats, threads=threads)
+    contexts = list(dict.fromkeys(c for key in keys for c in _contexts(key)))
+    total = rounds * (2 * len(keys) + len(contexts)) + _OVERHEAD_SAMPLES
+    done = 0
+
+    def time_ms(module: nn.Module, shape: tuple[int, ...]) -> float:
+        nonlocal done
+        latency = profiler.profile(module, input_shape=shape).latency_ms
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return latency
+
+    # A near-empty model: what one session run costs by itself. Sampled at the start, the middle
+    # and the end of the build, and like every timing, the best sample is kept.
+    overheads = [time_ms(nn.ReLU(), (1,))]
+    alone: dict[LayerKey, list[float]] = {k: [] for k in keys}
+    chain: dict[LayerKey, list[float]] = {k: [] for k in keys}
+    context_ms: dict[tuple[str, tuple[int, ...]], list[float]] = {c: [] for c in contexts}
+    for round_index in range(rounds):
+        measured: set[tuple[str, tuple[int, ...]]] = set()
+        for index, key in enumerate(keys):
+            if round_index == rounds // 2 and index == len(keys) // 2:
+                overheads.append(time_ms(nn.ReLU(), (1,)))
+            before, after = _contexts(key)
+            # Context ops are timed next to the first layer that needs them, so both see the
+            # same load.
+            for context in (before, after):
+                if context not in measured:
+                    measured.add(context)
+                    context_ms[context].append(time_ms(context_module(*context), context[1]))
+            layer = layer_module(key, seed=seed + index)
+            alone[key].append(time_ms(layer, key.input_shape))
+            sandwich = nn.Sequential(context_module(*before), layer, context_module(*after))
+            chain[key].append(time_ms(sandwich, key.input_shape))
+    while len(overheads) < _OVERHEAD_SAMPLES:
+        overheads.append(time_ms(nn.ReLU(), (1,)))
+    entries = {}
+    for key in keys:
+        before, after = _contexts(key)
+        a, b = min(alone[key]), min(chain[key])
+        c_in, c_out = (min(context_ms[c]) for c in (before, after))
+        entries[key] = LUTEntry(
+            latency_ms=(a + b - c_in - c_out) / 2, alone_ms=a, chain_ms=b, repeats=repeats
+        )
+    return LatencyLUT(
+        entries=entries,
+        overhead_ms=min(overheads),
+        backend=backend,
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+        rounds=rounds,
+        host=host_facts(backend=backend, threads=threads),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _contexts(key: LayerKey) -> tuple[tuple[str, tuple[int, ...]], tuple[str, tuple[int, ...]]]:
+    """(kind, shape) of the context ops before and after ``key``'s group."""
+    return (key.kind, key.input_shape), (key.kind, key.output_shape)
+
+
+def measure_models(
+    models: Sequence[tuple[nn.Module, tuple[int, ...]]],
+    *,
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime",
+    threads: int = 1,
+    warmup: int = 10,
+    repeats: int = 30,
+    rounds: int = 3,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[float]]:
+    """Whole-model latencies (ms) timed the way :func:`build_lut` times layers.
+
+    ``models``: ``(model, input_shape)`` pairs. Each round times every model once
+    (:class:`MeasuredProfile` median of ``repeats`` runs after ``warmup``), in a new order
+    shuffled with ``random.Random(seed)``, so a slow phase of the machine hits different models
+    in different rounds. Returns the per-round medians of each model, in round order; the
+    reference latency of a model is the smallest of them (see :func:`build_lut`).
+    """
+    from autocompress.hardware_profiles.measured import MeasuredProfile
+
+    _check_int(rounds, name="rounds", minimum=1, where="measure_models")
+    profiler = MeasuredProfile(backend=backend, warmup=warmup, repeats=repeats, threads=threads)
+    rng = random.Random(seed)
+    timings: list[list[float]] = [[] for _ in models]
+    done = 0
+    for _ in range(rounds):
+        order = list(range(len(models)))
+        rng.shuffle(order)
+        for i in order:
+            model, shape = models[i]
+            timings[i].append(profiler.profile(model, input_shape=shape).latency_ms)
+            done += 1
+            if progress is not None:
+                progress(done, rounds * len(models))
+    return timings
+
+
+def _distinct_keys(items: Iterable[Any]) -> list[LayerKey]:
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise ValueError(
+            "The 'items' parameter of build_lut must be an iterable of LayerKey or "
+            f"(model, input_shape) pairs. Got {items!r} instead."
+        )
+    seen: dict[LayerKey, None] = {}
+    for item in items:
+        if isinstance(item, LayerKey):
+            found = [item]
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], nn.Module):
+            traced = model_layers(item[0], input_shape=item[1])
+            found = [r.key for r in traced.layers if r.key is not None]
+        else:
+            raise ValueError(
+                "The 'items' parameter of build_lut must hold LayerKey objects or "
+                f"(nn.Module, input_shape) pairs. Got {item!r} instead."
+            )
+        for key in found:
+            if key.precision != HOST_PRECISION:
+                raise ValueError(
+                    f"The 'items' parameter of build_lut must only hold keys at precision "
+                    f"{HOST_PRECISION!r} (this host times float kernels). Got {key} instead."
+                )
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def host_facts(*, backend: str, threads: int | None) -> dict[str, Any]:
+    """Machine and library facts stored with a LUT or predictor, so a reader knows where the
+    numbers were measured and can tell when they no longer apply."""
+    facts: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "machine": platform.machine(),
+        "system": platform.platform(),
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "backend": backend,
+        "threads": threads,
+    }
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime
+
+            facts["onnxruntime"] = onnxruntime.__version__
+        except ImportError:  # the measurement itself reports the missing extra
+            facts["onnxruntime"] = None
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ----------------------------------------------------------------------------- search spaces
+def sample_candidates(
+    space_config: SpaceConfig | Mapping[str, Any],
+    *,
+    data_shape: tuple[int, ...],
+    num_classes: int,
+    n_samples: int,
+    seed: int,
+) -> list[Candidate]:
+    """``n_samples`` candidates drawn from a :class:`JointSearchSpace` by Optuna's
+    ``RandomSampler(seed=seed)`` (same arguments, same candidates). Duplicates are kept."""
+    import optuna
+
+    from autocompress.spaces import JointSearchSpace, SpaceConfig
+
+    shape = check_input_shape(data_shape, caller="sample_candidates")
+    _check_int(num_classes, name="num_classes", minimum=1, where="sample_candidates")
+    _check_int(n_samples, name="n_samples", minimum=1, where="sample_candidates")
+    _check_int(seed, name="seed", minimum=0, where="sample_candidates")
+    config = space_config
+    if not isinstance(config, SpaceConfig):
+        config = SpaceConfig.model_validate(dict(space_config))
+    space = JointSearchSpace(config, num_classes=num_classes, input_shape=shape)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return [space.suggest(study.ask()) for _ in range(n_samples)]
+
+
+def layer_shapes_of_space(
+    space_config: SpaceConfig | Mapping[str, Any],
+    *,
+    data_shape: tuple[int, ...],
+    num_classes: int,
+    n_samples: int,
+    seed: int,
+) -> list[LayerKey]:
+    """Distinct host layer keys of ``n_samples`` candidates of a search space (first-seen order).
+
+    Each candidate is built compressed (pruned channels are what the host runs), then traced
+    with :func:`model_layers`. Random sampling covers the space's layer shapes only in
+    proportion to ``n_samples``; layers of later candidates that were never drawn are LUT misses.
+    """
+    from autocompress.compression.apply import build_compressed
+
+    candidates = sample_candidates(
+        space_config,
+        data_shape=data_shape,
+        num_classes=num_classes,
+        n_samples=n_samples,
+        seed=seed,
+    )
+    keys: dict[LayerKey, None] = {}
+    for candidate in candidates:
+        model = build_compressed(candidate, num_classes=num_classes, input_shape=data_shape)
+        for record in model_layers(model, input_shape=data_shape).layers:
+            if record.key is not None:
+                keys.setdefault(record.key, None)
+    return list(keys)
