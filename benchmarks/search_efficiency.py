@@ -17,6 +17,11 @@ by a lookup of the recorded accuracy curve. Time is the recorded training second
 trial really trains plus the measured wall time of everything else (sampling, pricing, the
 predictor), so the figures are what the same search would take on this machine.
 
+Two-stage methods search with the 1-epoch short fine-tune (``train.epochs: 1``; each candidate's
+is also recorded) and then fine-tune in full the front of the short accuracies; their figures
+after n trials count the n short fine-tunes plus that refit, and the hypervolume is the refit
+front's.
+
 Printed per method (several seeds, medians): hypervolume (% of the reference) after N trials;
 trials, full fine-tunes (epochs / train.epochs) and seconds needed to reach 95% of the reference
 hypervolume; and the ratio to random search. Then the cheap-evaluator figure: Kendall tau of the
@@ -133,14 +138,51 @@ def build_table(setup: SearchSetup, candidates: list[Candidate], cache: Path) ->
     return table
 
 
+def add_short_finetunes(setup: SearchSetup, table: dict[str, dict], cache: Path) -> None:
+    """Each candidate's 1-epoch short fine-tune (its own cosine schedule; ``train.epochs: 1``):
+    accuracy and seconds, for the two-stage methods (cached in the table)."""
+    evaluator = TrainEvaluator.from_run_config(
+        setup.config,
+        data=setup.data,
+        device=torch.device("cpu"),
+        teacher=setup.evaluator.teacher,
+        epochs=1,
+    )
+    todo = [k for k, row in table.items() if "short" not in row]
+    for i, k in enumerate(todo):
+        candidate = Candidate.from_dict(json.loads(k))
+        model = build_compressed(
+            candidate,
+            num_classes=setup.data.num_classes,
+            input_shape=setup.data.input_shape,
+            teacher_state=setup.teacher_state,
+        )
+        tick = time.perf_counter()
+        seconds: list[float] = []
+        # Timed like the table's epochs: the training, not the validation pass.
+        metrics = evaluator.fine_tune(
+            model,
+            after_epoch=lambda *_, tick=tick, seconds=seconds: seconds.append(
+                time.perf_counter() - tick
+            ),
+        )
+        table[k]["short"], table[k]["short_s"] = metrics.accuracy, seconds[0]
+        if (i + 1) % 100 == 0 or i + 1 == len(todo):
+            cache.write_text(json.dumps(table))
+            print(f"  short fine-tunes {i + 1}/{len(todo)}", flush=True)
+
+
 class TabularEvaluator(Evaluator):
     """The run's evaluator with training replaced by the recorded curve. With early stopping
     on, the candidate goes through the run's real rung table at the same epochs."""
 
-    def __init__(self, table: dict[str, dict], base: Evaluator, epochs: int) -> None:
+    def __init__(
+        self, table: dict[str, dict], base: Evaluator, epochs: int, *, short: bool = False
+    ) -> None:
         self.table = table
         self.base = base
         self.epochs = epochs
+        self.short = short  # the 1-epoch short fine-tune's accuracy (two-stage search)
         self.trained_epochs: dict[int, int] = {}
 
     def evaluate(self, model, candidate) -> TaskMetrics:
@@ -149,6 +191,8 @@ class TabularEvaluator(Evaluator):
     def evaluate_trial(self, model, candidate, *, context: TrialContext) -> TaskMetrics:
         row = self.table[key(candidate)]
         self.trained_epochs[context.number] = self.epochs
+        if self.short:
+            return TaskMetrics(accuracy=row["short"], loss=0.0, epochs=1, train_seconds=0.0)
         if isinstance(self.base, EarlyStoppingTrainEvaluator):
             costs = self.base.cost_tuple(context.costs)
             for rung in self.base.table.rungs:
@@ -173,12 +217,16 @@ def run_one(
     raw = setup.config.model_dump(mode="json")
     raw["search"].update(method["search"], n_trials=n_trials)
     raw["seed"] = seed
+    two_stage = method.get("two_stage", False)
+    if two_stage:
+        raw["train"]["epochs"] = 1
     config = parse_config(raw)
-    epochs = config.train.epochs
+    epochs = setup.config.train.epochs  # a full fine-tune's, the unit of the "full" column
     evaluator = TabularEvaluator(
         table,
         make_evaluator(config, data=setup.data, device="cpu", teacher=None),
-        epochs,
+        config.train.epochs,
+        short=two_stage,
     )
     run_setup = SearchSetup(
         config=config,
@@ -217,7 +265,7 @@ def run_one(
         trained = evaluator.trained_epochs.get(trial.number, 0)
         if trained:
             row = table[key(Candidate.from_dict(trial.user_attrs["candidate"]))]
-            seconds += sum(row["epoch_s"][:trained])
+            seconds += row["short_s"] if two_stage else sum(row["epoch_s"][:trained])
             full += trained / epochs
         if trial.state == optuna.trial.TrialState.COMPLETE:
             points.append(list(trial.values))
@@ -230,7 +278,29 @@ def run_one(
         history["hv"].append(_hv(points) / REFERENCE["hv"])
         history["full"].append(full)
         history["seconds"].append(seconds)
-    return history
+        history.setdefault("keys", []).append(
+            key(Candidate.from_dict(trial.user_attrs["candidate"]))
+        )
+    return refit_front(history, table) if two_stage else history
+
+
+def refit_front(history: dict[str, list], table: dict) -> dict[str, list]:
+    """A two-stage search's history: after each short-fine-tune trial n, the front of the short
+    accuracies is fine-tuned in full (the table's full fine-tune), and its hypervolume is that of
+    the full accuracies. Trials, full fine-tunes and seconds include those refits."""
+    out: dict[str, list] = {"hv": [], "full": [], "seconds": [], "trials": []}
+    directions = REFERENCE["directions"]
+    for n in range(1, len(history["keys"]) + 1):
+        rows = [table[k] for k in history["keys"][:n]]
+        short = np.array([[r["short"], r["latency_ms"], r["size_kb"]] for r in rows])
+        front = [r for r, on in zip(rows, non_dominated_mask(short, directions), strict=True) if on]
+        refit = {id(r): r for r in front}.values()  # a candidate is refit once
+        full_points = [[r["curve"][-1], r["latency_ms"], r["size_kb"]] for r in refit]
+        out["hv"].append(_hv(full_points) / REFERENCE["hv"])
+        out["trials"].append(n + len(refit))
+        out["full"].append(history["full"][n - 1] + len(refit))
+        out["seconds"].append(history["seconds"][n - 1] + sum(sum(r["epoch_s"]) for r in refit))
+    return out
 
 
 REFERENCE: dict[str, Any] = {}
@@ -288,6 +358,7 @@ def main() -> None:
         t = time.perf_counter()
         table = build_table(setup, candidates, cache)
         print(f"table ready in {time.perf_counter() - t:.0f} s (cache {cache})")
+        add_short_finetunes(setup, table, cache)
         table = {key(c): table[key(c)] for c in candidates}
 
         values = np.array([[r["curve"][-1], r["latency_ms"], r["size_kb"]] for r in table.values()])
@@ -326,6 +397,14 @@ def main() -> None:
                 "search": {"sampler": "nsga2", "early_stopping": {"enabled": False}}
             },
             "ours: default (nsga2+es+surrogate)": {"search": {"sampler": "nsga2"}},
+            "two-stage: random, 1 epoch + refit": {
+                "search": {"sampler": "random", **PLAIN},
+                "two_stage": True,
+            },
+            "two-stage: default, 1 epoch + refit": {
+                "search": {"sampler": "nsga2"},
+                "two_stage": True,
+            },
         }
         setup_info = (setup.space, setup.data, setup)
         results: dict[str, list[dict]] = {}
@@ -340,10 +419,10 @@ def main() -> None:
     checkpoints = [c for c in (10, 25, 50, 100, 150, 200) if c <= n_trials]
     print()
     print(f"hypervolume (% of the reference front's), median of {seeds} seeds")
-    print(f"{'method':<32}" + "".join(f"{f'@{c}':>8}" for c in checkpoints))
+    print(f"{'method':<38}" + "".join(f"{f'@{c}':>8}" for c in checkpoints))
     for name, runs in results.items():
         cells = [statistics.median(r["hv"][c - 1] for r in runs) for c in checkpoints]
-        print(f"{name:<32}" + "".join(f"{100 * v:>7.1f}%" for v in cells))
+        print(f"{name:<38}" + "".join(f"{100 * v:>7.1f}%" for v in cells))
 
     print()
     print(
@@ -351,7 +430,7 @@ def main() -> None:
     )
     columns = [("trials", 8), ("x rand", 8), ("full FT", 9), ("x rand", 8), ("seconds", 9)]
     columns += [("x rand", 8), ("reached", 9)]
-    print(f"{'method':<32}" + "".join(f"{name:>{width}}" for name, width in columns))
+    print(f"{'method':<38}" + "".join(f"{name:>{width}}" for name, width in columns))
     base: dict[str, float] = {}
     for name, runs in results.items():
         cells = []
@@ -362,7 +441,7 @@ def main() -> None:
             cells.append((value, value / base[axis]))
         ok = sum(not np.isnan(reach(r, "trials")) for r in runs)
         print(
-            f"{name:<32}"
+            f"{name:<38}"
             + "".join(
                 f"{_fmt(v):>8}{_fmt(x, 2):>8}" if i != 1 else f"{_fmt(v):>9}{_fmt(x, 2):>8}"
                 for i, (v, x) in enumerate(cells)
@@ -371,7 +450,7 @@ def main() -> None:
         )
         skipped = [r.get("skipped", 0) for r in runs]
         if any(skipped):
-            print(f"{'':<32}(prescreen skipped {statistics.median(skipped):.0f} trials, median)")
+            print(f"{'':<38}(prescreen skipped {statistics.median(skipped):.0f} trials, median)")
 
     if args.ceiling:
         ceiling_figures(setup, table, cache=cache.with_name(cache.stem + "-seed1.json"))

@@ -50,3 +50,33 @@ def test_greedy_misled_by_estimates_needs_more_trials(bench):
     misleading = np.array([0.95, 0.31, 0.99, 0.9, 0.97])
     trials = module._greedy_trials(truth, misleading)
     assert 1 < trials <= len(truth)
+
+
+def test_two_stage_history_refits_the_short_front_and_counts_the_refits(bench):
+    module, truth = bench
+    # Rows as the table holds them: short (1-epoch) accuracy, full curve, costs, seconds.
+    table = {
+        str(i): {
+            "short": short,
+            "curve": [0.0, float(row[0])],
+            "epoch_s": [1.0, 1.0],
+            "latency_ms": float(row[1]),
+            "size_kb": float(row[2]),
+        }
+        for i, (row, short) in enumerate(zip(truth, [0.5, 0.3, 0.9, 0.2, 0.6], strict=True))
+    }
+    short_history = {
+        "keys": ["0", "1", "1", "2"],  # the same candidate twice: refit once
+        "full": [0.5, 1.0, 1.5, 2.0],
+        "seconds": [0.1, 0.2, 0.3, 0.4],
+    }
+    out = module.refit_front(short_history, table)
+    # After 2 trials the short front is {0, 1} (row 1 is cheaper, row 0 more accurate).
+    assert out["trials"][1] == 2 + 2
+    assert out["full"][1] == 1.0 + 2
+    assert out["seconds"][1] == pytest.approx(0.2 + 4.0)
+    assert out["trials"][2] == 3 + 2
+    expected = hypervolume(truth[[0, 1]], DIRECTIONS, module.REFERENCE["point"])
+    assert out["hv"][1] == pytest.approx(expected / module.REFERENCE["hv"])
+    # Row 2's short accuracy beats row 0's at a lower cost: row 0 leaves the refit.
+    assert out["trials"][3] == 4 + 2
