@@ -228,17 +228,7 @@ def run_one(
         config.train.epochs,
         short=two_stage,
     )
-    run_setup = SearchSetup(
-        config=config,
-        run_dir=setup.run_dir,
-        data=setup.data,
-        space=setup.space,
-        profile=setup.profile,
-        evaluator=evaluator,
-        teacher_state=setup.teacher_state,
-        teacher_metrics=setup.teacher_metrics,
-    )
-    objective = Objective(run_setup)
+    objective = Objective(dataclasses.replace(setup, config=config, evaluator=evaluator))
     study = optuna.create_study(
         directions=[o.direction for o in config.objectives()],
         sampler=make_sampler(config, seed=seed),

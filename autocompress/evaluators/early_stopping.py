@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -57,6 +57,11 @@ __all__ = [
 
 RUNG_ATTR_PREFIX = "rung."  # Optuna user attribute "rung.<epochs>" holds a RungRecord dict
 RETRY_ATTR = "retry_of"  # user attribute of a retry: the number of the attempt it repeats
+
+
+def retried_trials(trials: Iterable[Any]) -> set[int]:
+    """Numbers of the trials (Optuna ``FrozenTrial``) that a later trial retries."""
+    return {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
 
 
 def rung_schedule(*, max_epochs: int, min_epochs: int = 1, eta: int = 3) -> tuple[int, ...]:
@@ -157,7 +162,7 @@ class OptunaRungStore:
     def records(self, rung: int) -> list[RungRecord]:
         key = f"{RUNG_ATTR_PREFIX}{rung}"
         trials = self.study.get_trials(deepcopy=False)
-        retried = {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
+        retried = retried_trials(trials)
         return [
             RungRecord.from_dict(trial.user_attrs[key])
             for trial in trials

@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from ..evaluators.early_stopping import RETRY_ATTR
 from ..report.pareto import Objective, hypervolume_history, pareto_front
 from ..report.plots import plot_hypervolume, plot_pareto
 
@@ -46,7 +47,7 @@ def _short(value: Any) -> str:
 def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     rows = []
     trials = study.get_trials(deepcopy=False)
-    retried_as = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
+    retried_as = {t.user_attrs[RETRY_ATTR]: t.number for t in trials if RETRY_ATTR in t.user_attrs}
     for t in trials:
         attrs = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}

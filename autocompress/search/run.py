@@ -35,10 +35,12 @@ from ..evaluators import CandidateError
 from ..evaluators._base import CandidateStopped, Evaluator, TrialContext
 from ..evaluators.data import DataBundle, load_data, make_loaders
 from ..evaluators.early_stopping import (
+    RETRY_ATTR,
     EarlyStoppingTrainEvaluator,
     InMemoryRungStore,
     OptunaRungStore,
     RungTable,
+    retried_trials,
     rung_schedule,
 )
 from ..evaluators.supernet import recalibrate_bn_
@@ -145,7 +147,7 @@ def _retry_interrupted(
     ``running=False`` leaves RUNNING trials alone: with workers sharing a study they may be
     live in another process (heartbeats find the dead ones there)."""
     trials = study.get_trials(deepcopy=False)
-    already_retried = {t.user_attrs.get("retry_of") for t in trials}
+    already_retried = retried_trials(trials)
     retried = 0
     for trial in trials:
         stale = running and trial.state == TrialState.RUNNING
@@ -158,7 +160,7 @@ def _retry_interrupted(
                 trial._trial_id, "fail_reason", "interrupted: the search process stopped"
             )
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
         retried += 1
     return retried
 
@@ -182,7 +184,7 @@ def _counted(trial: FrozenTrial, retried: frozenset[int] | set[int] = frozenset(
 def count_done(trials: Iterable[FrozenTrial]) -> int:
     """How many of ``trials`` count towards ``search.n_trials`` (see ``_counted``)."""
     trials = list(trials)
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    retried = retried_trials(trials)
     return sum(_counted(t, retried) for t in trials)
 
 

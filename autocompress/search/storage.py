@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ConfigError, WorkerConfig
-from ..evaluators.early_stopping import RUNG_ATTR_PREFIX
+from ..evaluators.early_stopping import RETRY_ATTR, RUNG_ATTR_PREFIX
 
 STUDY_FILE = "study.db"
 HEARTBEAT_ATTR = "autocompress:heartbeat"
@@ -47,7 +47,7 @@ class RetryStaleTrial(_RetryCallback):
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         # ``trial`` is the caller's deep copy (fail_stale_trials), so changing it is safe.
-        attrs = dict(trial.user_attrs, retry_of=trial.number)
+        attrs = {**trial.user_attrs, RETRY_ATTR: trial.number}
         # The retry must not inherit the dead attempt's outcome (it never finished it), nor its
         # rung records (the retry measures its own; inherited ones would judge it by itself).
         for key in ("fail_reason", "interrupted"):
