@@ -1,4 +1,4 @@
-"""Command line: ``autocompress search | pareto | export | devices``."""
+"""Command line: ``autocompress search | pareto | refit | export | devices | report | agent``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Folder that holds run folders.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="FIELD=VALUE",
+        help="Override a config field, e.g. --set train.epochs=1 (repeatable; VALUE is YAML).",
+    ),
+]
 
 
 def _fail(message: str) -> None:
@@ -58,6 +66,7 @@ def search(
         str | None,
         typer.Option(help="Optuna storage URL (default: RUNS_DIR/NAME/study.db)."),
     ] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Run (or resume) a search; writes runs/<name>/{trials,pareto}.csv and pareto.png."""
     from .config import ConfigError
@@ -70,6 +79,7 @@ def search(
     config = _config_with_overrides(
         config_path,
         name=name,
+        overrides=overrides,
         n_trials=n_trials,
         n_jobs=n_jobs,
         backend=backend,
@@ -91,13 +101,16 @@ def search(
     _print_front(result.run_dir)
 
 
-def _config_with_overrides(config_path: Path, *, name: str | None, **search: object):
-    """The config file with the given ``search.*`` values (those not None) and run name."""
-    from .config import ConfigError, load_config, parse_config
+def _config_with_overrides(
+    config_path: Path, *, name: str | None, overrides: list[str] | None = None, **search: object
+):
+    """The config file with ``--set`` ``overrides``, then the given ``search.*`` values (those
+    not None) and run name."""
+    from .config import ConfigError, apply_overrides, load_config, parse_config
 
     try:
         config = load_config(config_path)
-        data = config.model_dump(mode="json")
+        data = apply_overrides(config.model_dump(mode="json"), overrides or [])
         for key, value in search.items():
             if isinstance(value, dict):
                 data["search"][key] = {**data["search"][key], **value}
@@ -130,6 +143,7 @@ def worker(
     ] = None,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[str | None, typer.Option(help="Override the run name.")] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Join a study shared by several processes or machines and evaluate its trials.
 
@@ -142,7 +156,7 @@ def worker(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    config = _config_with_overrides(config_path, name=name, storage=storage)
+    config = _config_with_overrides(config_path, name=name, overrides=overrides, storage=storage)
 
     from .search import run_worker
     from .search.progress import TrialPrinter
@@ -187,6 +201,64 @@ def pareto(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder
         _print_front(run)
     except (ConfigError, FileNotFoundError) as err:
         _fail(str(err))
+
+
+@app.command()
+def refit(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder.")],
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Fine-tuning epochs of each refit trial (its train.epochs).")
+    ],
+    trials: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated trial numbers to refit (default: the run's front)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Refit run folder (default: RUN-refit beside RUN).")
+    ] = None,
+    n_jobs: Annotated[int | None, typer.Option(min=1, help="Parallel trials (threads).")] = None,
+) -> None:
+    """Fine-tune a run's Pareto front again for --epochs epochs, as a run of its own.
+
+    For the two-stage workflow: search with a short fine-tune (train.epochs: 1), then refit the
+    front. The refit folder works with pareto, export and report; refit.csv compares each
+    trial's accuracy in the search with its accuracy after the refit. Re-running resumes.
+    """
+    import math
+
+    from .config import ConfigError, load_config
+    from .evaluators import CandidateError
+    from .search.progress import TrialPrinter
+    from .search.refit import TABLE_FILE, format_refit_lines, refit_run
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    numbers = None
+    if trials is not None:
+        try:
+            numbers = [int(part) for part in trials.split(",") if part.strip()]
+        except ValueError:
+            _fail(f"--trials must be comma-separated trial numbers, e.g. 3,7,12. Got {trials!r}")
+    try:
+        source_config = load_config(run / "config.yaml")
+        with TrialPrinter(source_config, console) as printer:
+            result = refit_run(
+                run, epochs=epochs, out=out, trials=numbers, n_jobs=n_jobs, on_trial=printer
+            )
+    except (ConfigError, FileNotFoundError, ValueError, CandidateError, RuntimeError) as err:
+        _fail(str(err))
+    console.print(f"refit of {run}, {epochs} epoch(s) each:", highlight=False)
+    for line in format_refit_lines(result.table):
+        console.print(line, highlight=False, markup=False)
+    if not math.isnan(result.tau):
+        console.print(
+            f"rank agreement of search and refit accuracies: Kendall tau {result.tau:.2f}",
+            highlight=False,
+        )
+    console.print(f"table: {result.run_dir / TABLE_FILE}", soft_wrap=True)
+    _print_front(result.run_dir)
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -336,6 +337,33 @@ def parse_config(data: Any, *, source: str = "<config>") -> RunConfig:
         raise ConfigError(re.sub(r"^  ", "  space.arch.", message, flags=re.M)) from None
     config.space.arch = arch.model_dump()
     return config
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``data`` (a config mapping, changed in place and returned) with ``FIELD=VALUE`` overrides
+    applied, e.g. ``train.epochs=1`` or ``space.w_bits=[4, 8]``: FIELD is a dotted path whose
+    sections exist, VALUE is parsed as YAML. The result still goes through :func:`parse_config`,
+    which names any field or value it rejects."""
+    for override in overrides:
+        path, sep, text = override.partition("=")
+        parts = path.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(
+                f"Override {override!r}: expected FIELD=VALUE (FIELD a dotted path), e.g. "
+                "train.epochs=1"
+            )
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Override {override!r}: VALUE is not valid YAML: {err}") from None
+        section = data
+        for depth, part in enumerate(parts[:-1]):
+            section = section.get(part) if isinstance(section, dict) else None
+            if not isinstance(section, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"Override {override!r}: {where!r} is not a config section.")
+        section[parts[-1]] = value
+    return data
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -50,3 +50,27 @@ def finished_run(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("runs")
     config = parse_config(copy.deepcopy(TINY_CONFIG))
     return run_search(config, runs_dir=runs_dir)
+
+
+@pytest.fixture
+def interrupt_training(monkeypatch):
+    """``interrupt_training(n)``: the n-th ``TrainEvaluator.evaluate`` call from now raises
+    KeyboardInterrupt (Ctrl-C mid-trial); the others train. Returns a function that undoes it.
+    Searches that use it need early stopping off (its evaluator does not call ``evaluate``)."""
+    from autocompress.evaluators.train import TrainEvaluator
+
+    original = TrainEvaluator.evaluate
+
+    def interrupt_on(n: int):
+        calls = []
+
+        def evaluate(self, model, candidate):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return original(self, model, candidate)
+
+        monkeypatch.setattr(TrainEvaluator, "evaluate", evaluate)
+        return lambda: monkeypatch.setattr(TrainEvaluator, "evaluate", original)
+
+    return interrupt_on

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from autocompress.config import ConfigError, load_config, parse_config
+from autocompress.config import ConfigError, apply_overrides, load_config, parse_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -83,3 +83,20 @@ def test_fingerprint_ignores_only_run_length_knobs(tiny_config_dict):
     assert parse_config(tiny_config_dict).fingerprint() == base
     tiny_config_dict["train"]["epochs"] = 5
     assert parse_config(tiny_config_dict).fingerprint() != base
+
+
+def test_overrides_set_nested_fields_from_yaml_values(tiny_config_dict):
+    resolved = parse_config(tiny_config_dict).model_dump(mode="json")  # as the CLI applies them
+    data = apply_overrides(
+        resolved,
+        ["train.epochs=1", "space.w_bits=[4, 8]", "seed=7", "hardware.options.threads=2"],
+    )
+    config = parse_config(data)
+    assert config.train.epochs == 1 and config.space.w_bits == [4, 8] and config.seed == 7
+    assert config.hardware.options["threads"] == 2
+    with pytest.raises(ConfigError, match="'train.epochs' is not a config section"):
+        apply_overrides(tiny_config_dict, ["train.epochs.x=1"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        apply_overrides(tiny_config_dict, ["train.lr=[1,"])
+    with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
+        apply_overrides(tiny_config_dict, ["train..epochs=1"])

@@ -11,10 +11,15 @@ def test_search_pareto_export_from_the_command_line(tmp_path, tiny_config_dict):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict))
     runs = tmp_path / "runs"
-    result = runner.invoke(app, ["search", str(config), "--runs-dir", str(runs), "--n-trials", "4"])
+    overrides = ["--set", "train.epochs=2", "--set", "space.w_bits=[4, 8]"]
+    args = ["search", str(config), "--runs-dir", str(runs), "--n-trials", "4", *overrides]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "[4/4]" in result.output and "Pareto" in result.output
     assert (runs / "tiny" / "pareto.png").is_file()
+    written = yaml.safe_load((runs / "tiny" / "config.yaml").read_text())
+    assert written["train"]["epochs"] == 2 and written["space"]["w_bits"] == [4, 8]
+    assert written["search"]["n_trials"] == 4
 
     result = runner.invoke(app, ["pareto", str(runs / "tiny")])
     assert result.exit_code == 0, result.output
@@ -35,6 +40,22 @@ def test_bad_config_gives_a_clear_error_and_exit_code_2(tmp_path, tiny_config_di
     result = runner.invoke(app, ["search", str(config), "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "search.sampler" in result.output and "bad.yaml" in result.output
+
+
+def test_bad_override_names_the_field(tmp_path, tiny_config_dict):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict))
+    for override, expected in [
+        ("train.epochs=many", "train.epochs"),
+        ("trian.epochs=2", "'trian' is not a config section"),
+        ("train.epochz=2", "train.epochz"),
+        ("epochs", "expected FIELD=VALUE"),
+    ]:
+        args = ["search", str(config), "--runs-dir", str(tmp_path), "--set", override]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, override
+        assert expected in result.output, result.output
+    assert not (tmp_path / "tiny").exists()  # nothing ran
 
 
 def test_pareto_on_a_folder_that_is_not_a_run(tmp_path):

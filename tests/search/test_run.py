@@ -141,18 +141,9 @@ def test_a_second_search_in_a_live_run_folder_is_refused(tmp_path, tiny_config_d
 
 
 def test_ctrl_c_keeps_finished_trials_and_the_rerun_retries_the_cut_one(
-    tmp_path, tiny_config_dict, monkeypatch
+    tmp_path, tiny_config_dict, interrupt_training
 ):
-    original = TrainEvaluator.evaluate
-    calls = []
-
-    def interrupted_on_third(self, model, candidate):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(self, model, candidate)
-
-    monkeypatch.setattr(TrainEvaluator, "evaluate", interrupted_on_third)
+    restore = interrupt_training(3)
     tiny_config_dict["search"]["early_stopping"] = {"enabled": False}  # evaluate is patched
     tiny_config_dict["search"]["n_trials"] = 4
     config = parse_config(tiny_config_dict)
@@ -162,7 +153,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_retries_the_cut_one(
     assert list(partial["state"]) == ["COMPLETE", "COMPLETE", "FAIL"]
     kept = partial.loc[:1, "accuracy"].tolist()
 
-    monkeypatch.setattr(TrainEvaluator, "evaluate", original)
+    restore()
     trials = run_search(config, runs_dir=tmp_path).trials
     assert trials.loc[:1, "accuracy"].tolist() == kept  # finished trials untouched
     assert (trials["state"] == "COMPLETE").sum() == 4

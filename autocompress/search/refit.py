@@ -1,0 +1,230 @@
+"""Refit: train a finished run's Pareto front again with a longer fine-tune, as a run of its own.
+
+The two-stage workflow (``benchmarks/search_efficiency.py``): search with a short fine-tune
+(``train.epochs: 1`` ranks candidates almost as well as a long one, at a fraction of the cost),
+then fine-tune only the front in full. A refit is an ordinary run folder (``RUN-refit`` by
+default): the source run's config with ``train.epochs`` set to the refit's, its front's
+candidates queued as trials (``study.enqueue_trial``, so each is trained exactly as a search with
+that many epochs would train it: from the teacher, QAT + distillation, one cosine schedule) and
+every efficiency feature off, so all of them are trained to the end. ``pareto``, ``export`` and
+``report`` work on it unchanged, and re-running the same refit resumes it.
+
+Besides the usual files it holds ``refit.csv``: per refit trial, the source trial, its accuracy in
+the search and its accuracy after the refit.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import kendalltau
+
+from ..config import ConfigError, RunConfig, load_config, parse_config
+from ..evaluators.early_stopping import RETRY_ATTR
+from ..report.pareto import pareto_front
+from .results import trials_dataframe
+from .run import SearchResult, open_study, run_search
+from .storage import STUDY_FILE, default_storage_url, make_storage
+
+__all__ = ["REFIT_ATTR", "RefitResult", "refit_config", "refit_run"]
+
+REFIT_ATTR = "refit_of"  # user attribute of a refit trial: the source run's trial number
+SOURCE_ATTR = "refit_source"  # study user attribute: the source run and the trials refit
+TABLE_FILE = "refit.csv"
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    """``table``: one row per refit trial (see :func:`refit_table`); ``tau``: Kendall tau of the
+    search accuracies against the refit ones over the completed refits (NaN below 3)."""
+
+    run_dir: Path
+    source: Path
+    search: SearchResult
+    table: pd.DataFrame
+    tau: float
+
+
+def refit_config(
+    config: RunConfig, *, name: str, epochs: int, n_trials: int, n_jobs: int | None = None
+) -> RunConfig:
+    """The source run's ``config`` turned into its refit's: ``train.epochs = epochs``, trials in
+    this process, in the refit folder's own study, each trained to the end and saved."""
+    data = config.model_dump(mode="json")
+    data["name"] = name
+    data["train"]["epochs"] = epochs
+    search = data["search"]
+    search.update(n_trials=n_trials, timeout_s=None, save_models=True, backend="optuna")
+    search["storage"] = None
+    if n_jobs is not None:
+        search["n_jobs"] = n_jobs
+    for feature in ("early_stopping", "prescreen", "surrogate"):
+        search[feature]["enabled"] = False
+    return parse_config(data, source=f"refit of run {config.name!r}")
+
+
+def _source_study(run_dir: Path, config: RunConfig) -> optuna.Study:
+    if config.search.storage is None and not (run_dir / STUDY_FILE).is_file():
+        raise FileNotFoundError(
+            f"{str(run_dir)!r} is not a run folder: {STUDY_FILE} is missing "
+            "(run `autocompress search CONFIG` first)."
+        )
+    storage = make_storage(config.search.storage or default_storage_url(run_dir))
+    try:
+        return optuna.load_study(study_name=config.name, storage=storage)
+    except KeyError:
+        raise FileNotFoundError(
+            f"The storage of {str(run_dir)!r} holds no study named {config.name!r}."
+        ) from None
+
+
+def _select(
+    study: optuna.Study, config: RunConfig, run_dir: Path, numbers: Sequence[int] | None
+) -> list[FrozenTrial]:
+    """The source trials to refit: ``numbers``, or the run's Pareto front."""
+    frame = trials_dataframe(study)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if numbers is None:
+        numbers = [int(n) for n in pareto_front(frame, config.objectives())["number"]]
+        if not numbers:
+            raise ValueError(f"Run {str(run_dir)!r} has no Pareto front yet: nothing to refit.")
+    chosen = []
+    for number in dict.fromkeys(numbers):  # drop repeats, keep the order
+        trial = by_number.get(number)
+        if trial is None:
+            raise ValueError(f"Run {str(run_dir)!r} has no trial {number}.")
+        usable = trial.state == TrialState.COMPLETE and trial.user_attrs.get("feasible", False)
+        if not usable or "candidate" not in trial.user_attrs:
+            raise ValueError(
+                f"Trial {number} of {str(run_dir)!r} cannot be refit: it is {trial.state.name}"
+                + ("" if trial.state != TrialState.COMPLETE else " but over the hardware budget")
+                + ". `autocompress pareto RUN` lists the trials on the front."
+            )
+        chosen.append(trial)
+    return chosen
+
+
+def _queue(
+    study: optuna.Study, chosen: list[FrozenTrial], *, accuracy_at: int, source: Path
+) -> None:
+    """Queue the chosen trials on a new refit study; on an existing one, check it refits the
+    same trials (it then resumes)."""
+    wanted = {"run": str(source.resolve()), "trials": [t.number for t in chosen]}
+    if study.get_trials(deepcopy=False):
+        held = study.user_attrs.get(SOURCE_ATTR) or {}
+        if held != wanted:
+            raise ConfigError(
+                f"The refit folder holds a refit of trials {held.get('trials')} of "
+                f"{held.get('run')!r}, not of trials {wanted['trials']} of {wanted['run']!r}: "
+                "choose another --out or delete it."
+            )
+        return
+    study.set_user_attr(SOURCE_ATTR, wanted)
+    for trial in chosen:
+        attrs = {REFIT_ATTR: trial.number, "search_accuracy": trial.values[accuracy_at]}
+        study.enqueue_trial(trial.params, user_attrs=attrs)
+
+
+def _origin(trial: FrozenTrial, by_number: dict[int, FrozenTrial]) -> FrozenTrial:
+    """The queued refit trial that ``trial`` is (or retries, after an interruption)."""
+    while REFIT_ATTR not in trial.user_attrs and RETRY_ATTR in trial.user_attrs:
+        trial = by_number[trial.user_attrs[RETRY_ATTR]]
+    return trial
+
+
+def refit_table(study: optuna.Study, config: RunConfig) -> pd.DataFrame:
+    """One row per refit trial that is not superseded by its retry: ``trial``, ``refit_of``,
+    ``search_accuracy``, the objectives after the refit, ``state`` and ``on_front``."""
+    frame = trials_dataframe(study).set_index("number", drop=False)
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    retried = {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
+    front = set(pareto_front(frame.reset_index(drop=True), config.objectives())["number"])
+    names = [o.name for o in config.objectives()]
+    rows = []
+    for trial in trials:
+        origin = _origin(trial, by_number)
+        if trial.number in retried or REFIT_ATTR not in origin.user_attrs:
+            continue
+        row = frame.loc[trial.number]
+        rows.append(
+            {
+                "trial": trial.number,
+                "refit_of": origin.user_attrs[REFIT_ATTR],
+                "search_accuracy": origin.user_attrs.get("search_accuracy", math.nan),
+                **{name: row[name] for name in names},
+                "state": trial.state.name,
+                "on_front": trial.number in front,
+            }
+        )
+    columns = ["trial", "refit_of", "search_accuracy", *names, "state", "on_front"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def refit_run(
+    run_dir: Path,
+    *,
+    epochs: int,
+    out: Path | None = None,
+    trials: Sequence[int] | None = None,
+    n_jobs: int | None = None,
+    on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
+) -> RefitResult:
+    """Fine-tune the front of ``run_dir`` (or its ``trials``) for ``epochs`` epochs each, as the
+    run ``out`` (default: ``RUN-refit`` beside it); resumes an interrupted refit."""
+    run_dir = Path(run_dir)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"The 'epochs' parameter of refit_run must be an int >= 1. Got {epochs!r}")
+    source_config = load_config(run_dir / "config.yaml")
+    if "accuracy" not in {o.name for o in source_config.objectives()}:
+        raise ValueError(f"Run {str(run_dir)!r} has no accuracy objective: nothing to refit.")
+    out = Path(out) if out is not None else run_dir.parent / f"{run_dir.name}-refit"
+    if out.resolve() == run_dir.resolve():
+        raise ValueError("A refit needs its own folder: --out must differ from RUN.")
+    chosen = _select(_source_study(run_dir, source_config), source_config, run_dir, trials)
+    config = refit_config(
+        source_config, name=out.name, epochs=epochs, n_trials=len(chosen), n_jobs=n_jobs
+    )
+    if (out / "config.yaml").is_file():
+        held = load_config(out / "config.yaml")
+        if held.fingerprint() != config.fingerprint():
+            raise ConfigError(
+                f"{str(out)!r} holds a run made with another config (train.epochs "
+                f"{held.train.epochs}, asked {epochs}): choose another --out or delete it."
+            )
+    # The teacher depends on neither train.epochs nor the run name: reuse the trained one.
+    if (run_dir / "teacher").is_dir() and not (out / "teacher").exists():
+        shutil.copytree(run_dir / "teacher", out / "teacher")
+    out.mkdir(parents=True, exist_ok=True)
+    study, _ = open_study(config, out, where=f"The refit folder {out}")
+    accuracy_at = [o.name for o in source_config.objectives()].index("accuracy")
+    _queue(study, chosen, accuracy_at=accuracy_at, source=run_dir)
+
+    result = run_search(config, runs_dir=out.parent, on_trial=on_trial)
+    table = refit_table(result.study, config)
+    table.to_csv(out / TABLE_FILE, index=False)
+    done = table[table["state"] == "COMPLETE"]
+    tau = math.nan
+    if len(done) >= 3:
+        tau = float(kendalltau(done["search_accuracy"], done["accuracy"]).statistic)
+    return RefitResult(run_dir=out, source=run_dir, search=result, table=table, tau=tau)
+
+
+def format_refit_lines(table: pd.DataFrame) -> list[str]:
+    """``refit.csv`` as plain lines: source trial, accuracy before and after, on the front."""
+    lines = []
+    for row in table.itertuples(index=False):
+        after = "failed" if row.state != "COMPLETE" else f"{row.accuracy:.2%}"
+        mark = "  (front)" if row.on_front else ""
+        lines.append(
+            f"  search trial {row.refit_of} -> refit trial {row.trial}: accuracy "
+            f"{row.search_accuracy:.2%} -> {after}{mark}"
+        )
+    return lines

@@ -1,0 +1,121 @@
+import json
+
+import optuna
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from autocompress.cli import app
+from autocompress.config import ConfigError, parse_config
+from autocompress.search import load_trials, run_search
+from autocompress.search.refit import REFIT_ATTR, refit_run
+
+
+def _front(run_dir):
+    return pd.read_csv(run_dir / "pareto.csv")
+
+
+def test_refit_trains_the_front_as_a_search_with_that_many_epochs_would(finished_run, tmp_path):
+    source = finished_run.run_dir
+    front = _front(source)
+    # Same epochs as the search: every accuracy is reproduced exactly (same seeds, same
+    # schedule, same teacher), so the refit trains the candidates the search trained.
+    same = refit_run(source, epochs=3, out=tmp_path / "same")
+    table = same.table
+    assert list(table["refit_of"]) == list(front["number"])
+    assert (table["state"] == "COMPLETE").all()
+    assert table["accuracy"].tolist() == pytest.approx(table["search_accuracy"].tolist())
+    assert table["search_accuracy"].tolist() == pytest.approx(front["accuracy"].tolist())
+    # Each refit trial holds its source trial's candidate and hardware cost.
+    refit_trials = load_trials(same.run_dir).set_index("number")
+    source_trials = finished_run.trials.set_index("number")
+    for row in table.itertuples():
+        assert json.loads(refit_trials.loc[row.trial, "candidate"]) == json.loads(
+            source_trials.loc[row.refit_of, "candidate"]
+        )
+        assert refit_trials.loc[row.trial, "size_kb"] == source_trials.loc[row.refit_of, "size_kb"]
+    # The teacher is reused, not retrained.
+    teacher = "teacher/model.pt"
+    assert (same.run_dir / teacher).read_bytes() == (source / teacher).read_bytes()
+    assert pd.read_csv(same.run_dir / "refit.csv")["trial"].tolist() == table["trial"].tolist()
+
+    shorter = refit_run(source, epochs=1, out=tmp_path / "short")
+    assert list(shorter.table["refit_of"]) == list(front["number"])
+    assert shorter.table["accuracy"].tolist() != pytest.approx(table["accuracy"].tolist())
+    assert shorter.table["accuracy"].min() > 0.1  # trained: above chance on digits
+
+
+def test_refit_of_chosen_trials_resumes_and_refuses_another_selection(finished_run, tmp_path):
+    source = finished_run.run_dir
+    numbers = [int(n) for n in finished_run.trials["number"][:2]]
+    out = tmp_path / "chosen"
+    first = refit_run(source, epochs=1, out=out, trials=numbers + numbers[:1])  # repeat dropped
+    assert first.table["refit_of"].tolist() == numbers
+    again = refit_run(source, epochs=1, out=out, trials=numbers)
+    pd.testing.assert_frame_equal(again.table, first.table)  # resumed: nothing retrained
+    assert len(load_trials(out)) == 2
+    with pytest.raises(ConfigError, match="choose another --out"):
+        refit_run(source, epochs=1, out=out, trials=numbers[:1])
+    with pytest.raises(ConfigError, match=r"train.epochs 1, asked 2"):
+        refit_run(source, epochs=2, out=out, trials=numbers)
+
+
+def test_refit_rejects_bad_input_with_the_reason(finished_run, tmp_path):
+    source = finished_run.run_dir
+    with pytest.raises(ValueError, match="has no trial 99"):
+        refit_run(source, epochs=1, out=tmp_path / "a", trials=[99])
+    with pytest.raises(ValueError, match="'epochs' parameter"):
+        refit_run(source, epochs=0, out=tmp_path / "b")
+    with pytest.raises(ValueError, match="its own folder"):
+        refit_run(source, epochs=1, out=source)
+    with pytest.raises(ConfigError, match="does not exist"):
+        refit_run(tmp_path / "nothing", epochs=1)
+
+
+def test_refit_skips_trials_that_were_never_trained(tmp_path, tiny_config_dict):
+    tiny_config_dict["hardware"]["budget"] = {"max_size_kb": 0.8}
+    tiny_config_dict["search"]["n_trials"] = 6
+    run = run_search(parse_config(tiny_config_dict), runs_dir=tmp_path)
+    over = run.trials[~run.trials["feasible"]]
+    assert len(over), "the budget should leave some trial untrained"
+    number = int(over["number"].iloc[0])
+    with pytest.raises(ValueError, match=f"Trial {number} .* over the hardware budget"):
+        refit_run(run.run_dir, epochs=1, out=tmp_path / "r", trials=[number])
+
+
+def test_interrupted_refit_resumes_and_maps_the_retry_to_its_source(
+    finished_run, tmp_path, interrupt_training
+):
+    restore = interrupt_training(2)  # a refit trains with early stopping off
+    source, out = finished_run.run_dir, tmp_path / "cut"
+    numbers = [int(n) for n in finished_run.trials["number"][:3]]
+    with pytest.raises(KeyboardInterrupt):
+        refit_run(source, epochs=1, out=out, trials=numbers)
+    restore()
+    table = refit_run(source, epochs=1, out=out, trials=numbers).table
+    assert sorted(table["refit_of"]) == sorted(numbers)  # each once, the cut one by its retry
+    assert (table["state"] == "COMPLETE").all()
+    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{out}/study.db")
+    assert sum(REFIT_ATTR in t.user_attrs for t in study.trials) == 3  # queued once each
+    assert (load_trials(out)["state"] == "COMPLETE").sum() == 3
+
+
+def test_refit_cli(finished_run, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli-refit"
+    result = runner.invoke(
+        app, ["refit", str(finished_run.run_dir), "--epochs", "1", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    front = _front(finished_run.run_dir)
+    assert result.output.count("search trial") == len(front)
+    assert "Pareto-optimal" in result.output and (out / "refit.csv").is_file()
+    # The refit folder is a run folder: export works on it.
+    export_args = ["export", str(out), "--trial", "0", "--out", str(tmp_path / "e")]
+    exported = runner.invoke(app, export_args)
+    assert exported.exit_code == 0, exported.output
+
+    bad = runner.invoke(app, ["refit", str(finished_run.run_dir), "--epochs", "1", "--trials", "x"])
+    assert bad.exit_code == 2 and "--trials must be comma-separated" in bad.output
+    missing = runner.invoke(app, ["refit", str(finished_run.run_dir)])
+    assert missing.exit_code != 0 and "--epochs" in missing.output
