@@ -184,17 +184,24 @@ class PrescreenConfig(_Section):
 
 class SurrogateConfig(_Section):
     """``search.surrogate``: model-based proposals (see ``search/surrogate.py``). After
-    ``min_trials`` completed trials, each finished trial queues, among ``pool_size`` untried
-    candidates drawn at random and priced, the one whose optimistic accuracy (random-forest mean
-    + kappa x std) at its known hardware cost adds the most hypervolume to the front. The
-    sampler draws every trial nobody queued. Optuna backend and workers only: the Ray backend
-    runs without it (and logs so)."""
+    ``min_trials`` completed trials, each finished trial queues, among a pool of ``pool_size``
+    untried candidates drawn at random and priced, the one whose optimistic accuracy
+    (random-forest mean + kappa x std) at its known hardware cost adds the most hypervolume to
+    the front. The pool persists: each proposal draws ``refresh`` new candidates (the tried and
+    the oldest make room), so pricing and the proxy cost ``refresh`` candidates per trial, not a
+    whole pool. The sampler draws every trial nobody queued. Optuna backend and workers only:
+    the Ray backend runs without it (and logs so)."""
 
     enabled: bool = True
     min_trials: int = Field(
         default=10, ge=2, description="completed trials drawn by the sampler before proposals"
     )
-    pool_size: int = Field(default=32, ge=1, description="candidates priced per proposal")
+    pool_size: int = Field(default=32, ge=1, description="untried candidates a proposal ranks")
+    refresh: int = Field(
+        default=8,
+        ge=1,
+        description="new candidates drawn and priced per proposal (the oldest make room)",
+    )
     kappa: float = Field(default=1.0, ge=0, description="optimism: std units added to the mean")
     proxy: bool = Field(
         default=True,

@@ -18,7 +18,8 @@ trial really trains plus the measured wall time of everything else (sampling, pr
 predictor), so the figures are what the same search would take on this machine.
 
 Two-stage methods search with the 1-epoch short fine-tune (``train.epochs: 1``; each candidate's
-is also recorded) and then fine-tune in full the front of the short accuracies; their figures
+is also recorded) and then fine-tune in full the front of the short accuracies (what
+``autocompress refit RUN --epochs N`` does after a real search); their figures
 after n trials count the n short fine-tunes plus that refit, and the hypervolume is the refit
 front's.
 
@@ -328,6 +329,12 @@ def main() -> None:
         default=None,
         help="candidates scored by the cheap evaluators, short fine-tunes and supernet (0: skip)",
     )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated substrings: run only the methods whose name holds one "
+        "(random search always runs: it is the baseline of the ratios)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -396,6 +403,13 @@ def main() -> None:
                 "two_stage": True,
             },
         }
+        if args.methods:
+            wanted = [part.strip() for part in args.methods.split(",") if part.strip()]
+            methods = {
+                name: method
+                for name, method in methods.items()
+                if name == "random" or any(part in name for part in wanted)
+            }
         setup_info = (setup.space, setup.data, setup)
         results: dict[str, list[dict]] = {}
         for name, method in methods.items():

@@ -2,11 +2,15 @@
 front the most.
 
 A candidate's hardware costs are known before training (pricing is cheap); only its accuracy is
-not. After ``min_trials`` completed trials, each finished trial triggers a proposal: draw
-``pool_size`` untried candidates at random from the space, price them, predict their accuracy
-with an :class:`~autocompress.evaluators.accuracy_predictor.AccuracyPredictor` fitted on the
-completed trials, and queue (``study.enqueue_trial``) the one whose optimistic point
-(accuracy ``mean + kappa * std``, exact costs) adds the most hypervolume to the current front.
+not. After ``min_trials`` completed trials, each finished trial triggers a proposal: predict the
+accuracy of a pool of ``pool_size`` untried, priced candidates with an
+:class:`~autocompress.evaluators.accuracy_predictor.AccuracyPredictor` fitted on the completed
+trials, and queue (``study.enqueue_trial``) the one whose optimistic point (accuracy
+``mean + kappa * std``, exact costs) adds the most hypervolume to the current front. The pool
+persists across proposals: each one draws ``refresh`` new candidates at random from the space,
+and the tried and the oldest make room for them. Pricing and the zero-shot proxy cost as much
+as a short fine-tune per candidate on small data, so re-drawing a whole pool for every trial
+would cost several trials' worth.
 The sampler still draws the trials nobody queued (the first ``min_trials``; any trial when no
 pool candidate would add volume), so the search keeps exploring.
 
@@ -77,6 +81,7 @@ class Proposer:
         )
         self._pool_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
         self._prices: dict[str, tuple[dict[str, float], bool]] = {}
+        self._kept: list[tuple[Candidate, dict[str, Any], dict[str, float]]] = []  # oldest first
         self._lock = threading.Lock()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -143,10 +148,21 @@ class Proposer:
         return [{"proxy_accuracy": self._proxies[_key(c)]} for c in candidates]
 
     def _pool(self, tried: set[str]) -> list[tuple[Candidate, dict[str, Any], dict[str, float]]]:
-        """Up to ``pool_size`` distinct, untried, within-budget candidates drawn at random."""
-        pool, seen = [], set(tried)
-        for _ in range(4 * self.config.pool_size):  # duplicates and over-budget draws are dropped
-            if len(pool) >= self.config.pool_size:
+        """Up to ``pool_size`` distinct, untried, within-budget candidates: the last pool's
+        untried ones, but the oldest where ``refresh`` new random draws need room."""
+        size = self.config.pool_size
+        kept = [entry for entry in self._kept if _key(entry[0]) not in tried]
+        kept = kept[max(0, len(kept) - max(0, size - self.config.refresh)) :]
+        self._kept = kept + self._draw(size - len(kept), seen=tried | {_key(c) for c, _, _ in kept})
+        return list(self._kept)
+
+    def _draw(
+        self, count: int, *, seen: set[str]
+    ) -> list[tuple[Candidate, dict[str, Any], dict[str, float]]]:
+        """Up to ``count`` distinct, within-budget candidates drawn at random, none in ``seen``."""
+        pool, seen = [], set(seen)
+        for _ in range(4 * count):  # duplicates and over-budget draws are dropped
+            if len(pool) >= count:
                 break
             trial = self._pool_study.ask()
             candidate = self.space.suggest(trial)

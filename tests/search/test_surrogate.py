@@ -163,3 +163,36 @@ def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, sm
     monkeypatch.setattr(run_module, "evaluate_accuracy", counting)
     objective.proxy_accuracy(eight_bit, val_batches=2)
     assert seen == [2]
+
+
+def test_pool_persists_and_only_refresh_new_candidates_are_priced_per_proposal(small):
+    config, space, candidates = small
+    priced = []
+
+    def price(candidate):
+        priced.append(_key(candidate.to_dict()))
+        return {"size_kb": _size(candidate)}, True
+
+    surrogate = config.search.surrogate.model_copy(
+        update={"min_trials": 5, "pool_size": 16, "refresh": 4}
+    )
+    proposer = Proposer(surrogate, space=space, objectives=config.objectives(), price=price)
+    study = _study_with(candidates[:5], [0.9, 0.5, 0.6, 0.7, 0.8])
+    proposer(study, study.trials[-1])
+    first_pool = [_key(c.to_dict()) for c, _, _ in proposer._kept]
+    assert len(first_pool) == 16 == len(set(priced))
+    queued = study.ask()  # the queued candidate (or a sampled one, if none added volume)
+    candidate = space.suggest(queued)
+    queued.set_user_attr("trained", True)
+    queued.set_user_attr("candidate", candidate.to_dict())
+    study.tell(queued, [0.95, _size(candidate)])
+
+    priced.clear()
+    proposer(study, study.trials[-1])
+    second_pool = [_key(c.to_dict()) for c, _, _ in proposer._kept]
+    tried = {_key(t.user_attrs["candidate"]) for t in study.trials if "candidate" in t.user_attrs}
+    assert len(second_pool) == 16 and not set(second_pool) & tried
+    # 4 new draws: the tried candidate left the pool and the oldest others made room.
+    survivors = [k for k in first_pool if k not in tried][-12:]
+    assert second_pool[:12] == survivors
+    assert len(priced) <= 4  # only the new draws were priced (a re-drawn old one is cached)
