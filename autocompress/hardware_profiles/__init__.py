@@ -20,7 +20,7 @@ from autocompress.hardware_profiles._base import (
     list_hardware_profiles,
     register_hardware_profile,
 )
-from autocompress.hardware_profiles.agent import AgentServer, RemoteProfile, serve, serve_forever
+from autocompress.hardware_profiles.agent import AgentServer, serve, serve_forever
 from autocompress.hardware_profiles.analytic import AnalyticProfile
 from autocompress.hardware_profiles.device_spec import (
     DeviceSpec,
@@ -47,6 +47,7 @@ from autocompress.hardware_profiles.predictor import (
     host_device_spec,
     latency_fidelity,
 )
+from autocompress.hardware_profiles.remote import RemoteProfile
 
 __all__ = [
     "AgentServer",

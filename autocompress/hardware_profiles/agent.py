@@ -1,4 +1,8 @@
-"""Time models on a remote edge device: a small HTTP agent that runs there, and its client.
+"""The timing agent: a small HTTP server that runs on a remote edge device and times models.
+
+Its client, :class:`~autocompress.hardware_profiles.remote.RemoteProfile` (the ``remote``
+hardware profile), lives in :mod:`autocompress.hardware_profiles.remote`; it is re-exported here
+so that ``from autocompress.hardware_profiles.agent import RemoteProfile`` keeps working.
 
 On the device (needs onnxruntime: ``pip install 'autocompress[onnx]'``; the token can also be
 given as ``--token``, but the environment keeps it out of the process list)::
@@ -40,43 +44,21 @@ import platform
 import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from numbers import Real
 from typing import Any
 
-from torch import nn
-
 from autocompress import __version__
-from autocompress.hardware_profiles._base import (
-    HardwareMetrics,
-    HardwareProfile,
-    register_hardware_profile,
-)
-from autocompress.hardware_profiles.graph import (
-    check_input_shape,
-    layer_costs,
-    model_size_bytes,
-    peak_activation_bytes,
-)
-from autocompress.hardware_profiles.measured import (
-    _check_int,
-    _check_power,
-    _check_threads,
-    float_onnx_bytes,
-    latency_spread,
-    power_energy,
-)
+from autocompress.hardware_profiles.measured import _check_int, latency_spread
+from autocompress.hardware_profiles.remote import RemoteProfile, _check_seconds, _check_token, _clip
 
 __all__ = [
     "DEFAULT_MAX_MODEL_BYTES",
     "AgentServer",
-    "RemoteProfile",
+    "RemoteProfile",  # re-exported from remote.py for backwards compatibility
     "serve",
     "serve_forever",
 ]
@@ -89,20 +71,10 @@ _MAX_INPUT_ELEMS = 1 << 26
 # An early error answer (401, 413, 400) to a POST first reads up to this much of the body, so
 # the client sees the answer instead of a connection reset; a larger body is cut off.
 _DRAIN_LIMIT = 16 * 1024 * 1024
-_MAX_ERROR_CHARS = 600
 # How often a background server checks for close(): the longest close() waits.
 _POLL_INTERVAL_S = 0.05
 _TIME_PARAMS = ("warmup", "repeats", "threads", "input_shape")
 _LOGGER = logging.getLogger(__name__)
-_REMOTE_NOTE = (
-    "Measured on the remote device with onnxruntime's CPU provider and float kernels "
-    "(quant_enabled=False): latency reflects architecture and pruning, not bit-widths."
-)
-
-
-# --------------------------------------------------------------------------------------------
-# Server (runs on the device)
-# --------------------------------------------------------------------------------------------
 
 
 class AgentServer(ThreadingHTTPServer):
@@ -601,210 +573,6 @@ def _random_feeds(session: Any, *, input_shape: tuple[int, ...] | None, np: Any)
     return feeds
 
 
-# --------------------------------------------------------------------------------------------
-# Client (runs where the search runs)
-# --------------------------------------------------------------------------------------------
-
-
-@register_hardware_profile("remote")
-class RemoteProfile(HardwareProfile):
-    """Time real batch-1 inference on a remote device that runs the agent.
-
-    Like ``MeasuredProfile(backend="onnxruntime")``, but the timing happens on the device: the
-    model is deep-copied with ``quant_enabled=False`` on every module (float kernels, so the
-    latency reflects architecture and pruning, NOT bit-widths), exported to ONNX in memory and
-    POSTed to ``{url}/time``. ``latency_ms`` is the agent's median; ``details`` has its
-    p10/p90/min/max and samples. ``size_bytes`` and ``peak_mem_bytes`` are computed here from
-    the model's bits (same functions as the other profiles).
-
-    ``url``: the agent's base URL, e.g. ``"http://192.168.1.20:8765"``. ``token``: the agent's
-    token, sent as ``Authorization: Bearer <token>``. ``warmup``/``repeats``/``threads``: as in
-    :class:`MeasuredProfile`, applied on the device. ``timeout_s``: seconds to wait for the
-    agent per request. ``power_w``: average device power under load, for
-    ``energy = power_w * latency``; without it energy is NaN with a note in ``details``.
-
-    Environment proxies are ignored (the model and token go straight to ``url``). Agent and
-    network failures raise ``RuntimeError`` with the agent's message. Keeps no per-call state:
-    ``profile`` may be called from several threads (the agent times one model at a time).
-    """
-
-    def __init__(
-        self,
-        *,
-        url: str,
-        token: str | None = None,
-        warmup: int = 5,
-        repeats: int = 30,
-        threads: int | None = None,
-        timeout_s: float = 60.0,
-        power_w: float | None = None,
-    ) -> None:
-        self.url = _check_url(url)
-        self.token = _check_token(token, owner="RemoteProfile")
-        self.warmup = _check_int(warmup, name="warmup", minimum=0, owner="RemoteProfile")
-        self.repeats = _check_int(repeats, name="repeats", minimum=1, owner="RemoteProfile")
-        self.threads = _check_threads(threads, owner="RemoteProfile")
-        self.timeout_s = _check_seconds(timeout_s, name="timeout_s", owner="RemoteProfile")
-        self.power_w = _check_power(power_w, owner="RemoteProfile")
-
-    def __repr__(self) -> str:
-        token = None if self.token is None else "***"
-        return (
-            f"RemoteProfile(url={self.url!r}, token={token!r}, warmup={self.warmup}, "
-            f"repeats={self.repeats}, threads={self.threads}, timeout_s={self.timeout_s}, "
-            f"power_w={self.power_w})"
-        )
-
-    def info(self) -> dict[str, Any]:
-        """The agent's ``GET /info``: platform, CPU count, onnxruntime version and providers."""
-        return self._request("GET", "/info")
-
-    def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
-        shape = check_input_shape(input_shape, caller="RemoteProfile.profile")
-        costs = layer_costs(model, input_shape=shape)
-        onnx_bytes = float_onnx_bytes(model, input_shape=shape)
-        query = {"warmup": self.warmup, "repeats": self.repeats}
-        if self.threads is not None:
-            query["threads"] = self.threads
-        result = self._request("POST", "/time", query=query, body=onnx_bytes)
-        timing = _check_timing(result, url=self.url)
-        latency_ms = timing.pop("median_ms")
-        energy_mj, energy_details = power_energy(self.power_w, latency_ms=latency_ms)
-        details: dict[str, Any] = {
-            "url": self.url,
-            "warmup": self.warmup,
-            "repeats": self.repeats,
-            "threads": self.threads,
-            **timing,
-            "onnx_bytes": len(onnx_bytes),
-            "onnxruntime": result.get("onnxruntime"),
-            "note": _REMOTE_NOTE,
-            **energy_details,
-        }
-        return HardwareMetrics(
-            latency_ms=latency_ms,
-            energy_mj=energy_mj,
-            size_bytes=model_size_bytes(model),
-            peak_mem_bytes=peak_activation_bytes(costs),
-            details=details,
-        )
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: dict[str, Any] | None = None,
-        body: bytes | None = None,
-    ) -> dict[str, Any]:
-        url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/octet-stream"
-        if self.token is not None:
-            headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(url, data=body, headers=headers, method=method)
-        # No ProxyHandler: an http_proxy from the environment must not see the model or token.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        what = f"{method} {path}" + ("" if body is None else f" ({len(body)} bytes of ONNX)")
-        try:
-            with opener.open(request, timeout=self.timeout_s) as response:
-                data = response.read()
-        except urllib.error.HTTPError as err:
-            raise RuntimeError(
-                f"The agent at {self.url} answered {what} with HTTP {err.code}: "
-                f"{_error_message(err)}"
-            ) from None
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise RuntimeError(
-                f"No answer from the agent at {self.url} to {what}: {reason}. Is "
-                "`autocompress agent --host <address> --port <port>` running on the device, "
-                "reachable from here, and does it accept models this large (see its /info)?"
-            ) from None
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
-            raise RuntimeError(
-                f"The agent at {self.url} answered {what} with something that is not a JSON "
-                f"object: {_clip(data.decode(errors='replace'))!r}"
-            )
-        return payload
-
-
-def _check_timing(result: dict[str, Any], *, url: str) -> dict[str, Any]:
-    """The agent's latency figures as floats; RuntimeError when any is missing or not finite."""
-    keys = ("median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms")
-    try:
-        timing: dict[str, Any] = {key: float(result[key]) for key in keys}
-        timing["samples_ms"] = [float(s) for s in result["samples_ms"]]
-    except (KeyError, TypeError, ValueError):
-        timing = {}
-    values = [v for key, v in timing.items() if key != "samples_ms"] + timing.get("samples_ms", [])
-    if not timing or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise RuntimeError(
-            f"The agent at {url} answered POST /time without finite {list(keys)} and "
-            f"samples_ms: {_clip(json.dumps(result))}"
-        )
-    return timing
-
-
-def _error_message(err: urllib.error.HTTPError) -> str:
-    try:
-        raw = err.read()
-    except OSError:
-        raw = b""
-    try:
-        message = json.loads(raw)["error"]
-    except (ValueError, KeyError, TypeError):
-        message = raw.decode(errors="replace") or err.reason
-    return _clip(str(message))
-
-
-def _check_url(url: Any) -> str:
-    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or parts.query
-        or parts.fragment
-    ):
-        raise ValueError(
-            "The 'url' parameter of RemoteProfile must be the agent's base URL, "
-            f"e.g. 'http://192.168.1.20:8765'. Got {url!r} instead."
-        )
-    return url.rstrip("/")
-
-
-def _check_token(token: Any, *, owner: str) -> str | None:
-    if token is None:
-        return None
-    # Printable ASCII without spaces: it goes into an HTTP header verbatim.
-    if not isinstance(token, str) or not token or not all("!" <= c <= "~" for c in token):
-        raise ValueError(
-            f"The 'token' parameter of {owner} must be None or a non-empty str of printable "
-            f"ASCII characters without spaces. Got {'a str' if isinstance(token, str) else token!r}"
-            " instead."
-        )
-    return token
-
-
-def _check_seconds(value: Any, *, name: str, owner: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Real)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ValueError(
-            f"The '{name}' parameter of {owner} must be a positive finite number of seconds. "
-            f"Got {value!r} instead."
-        )
-    return float(value)
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -812,7 +580,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
