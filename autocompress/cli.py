@@ -213,6 +213,14 @@ def refit(
         str | None,
         typer.Option(help="Comma-separated trial numbers to refit (default: the run's front)."),
     ] = None,
+    slack: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Also refit trials within this accuracy (a fraction, e.g. 0.02) of the front.",
+        ),
+    ] = 0.0,
     out: Annotated[
         Path | None, typer.Option(help="Refit run folder (default: RUN-refit beside RUN).")
     ] = None,
@@ -245,7 +253,13 @@ def refit(
         source_config = load_config(run / "config.yaml")
         with TrialPrinter(source_config, console) as printer:
             result = refit_run(
-                run, epochs=epochs, out=out, trials=numbers, n_jobs=n_jobs, on_trial=printer
+                run,
+                epochs=epochs,
+                out=out,
+                trials=numbers,
+                slack=slack,
+                n_jobs=n_jobs,
+                on_trial=printer,
             )
     except (ConfigError, FileNotFoundError, ValueError, CandidateError, RuntimeError) as err:
         _fail(str(err))

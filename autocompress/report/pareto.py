@@ -81,18 +81,28 @@ def parse_objective(text: str) -> Objective:
     )
 
 
-def non_dominated_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+def non_dominated_mask(
+    values: np.ndarray, directions: Sequence[str], *, slack: Sequence[float] | None = None
+) -> np.ndarray:
     """Boolean mask of the rows of ``values`` (n_points x n_objectives) that no row dominates.
 
     Exact duplicates of a front point do not dominate each other, so all copies are kept. Rows
-    with a NaN never lie on the front and never dominate another row.
+    with a NaN never lie on the front and never dominate another row. ``slack`` (one value >= 0
+    per objective, in its units): also keep the rows that no row would dominate if they were that
+    much better, i.e. the near-front.
     """
     loss = _to_loss(values, directions, func="non_dominated_mask")
+    margin = np.zeros(loss.shape[1]) if slack is None else np.asarray(slack, dtype=float)
+    if margin.shape != (loss.shape[1],) or not (np.isfinite(margin).all() and (margin >= 0).all()):
+        raise ValueError(
+            "The 'slack' parameter of non_dominated_mask must hold one finite value >= 0 per "
+            f"objective ({loss.shape[1]}). Got {slack!r} instead."
+        )
     valid = ~np.isnan(loss).any(axis=1)
     points = loss[valid]
     on_front = np.ones(len(points), dtype=bool)
     # One vectorised pass per point: O(n^2 k) time but O(n k) memory, fine for thousands of trials.
-    for i, point in enumerate(points):
+    for i, point in enumerate(points - margin):
         no_worse = (points <= point).all(axis=1)
         better = (points < point).any(axis=1)
         on_front[i] = not np.any(no_worse & better)
@@ -101,16 +111,28 @@ def non_dominated_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndar
     return mask
 
 
-def pareto_front(df: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
-    """Rows of ``df`` on the Pareto front of its feasible COMPLETE trials.
+def pareto_front(
+    df: pd.DataFrame, objectives: Sequence[Objective], *, slack: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """Rows of ``df`` on the Pareto front of its feasible COMPLETE trials; with ``slack``
+    (objective name -> margin, e.g. ``{"accuracy": 0.02}``) also those within that margin of it
+    (see :func:`non_dominated_mask`).
 
     Sorted best-first by the first objective (ties by trial number); the original index is kept.
     """
     _check_frame(df, objectives, func="pareto_front")
+    unknown = set(slack or {}) - {o.name for o in objectives}
+    if unknown:
+        raise ValueError(
+            f"The 'slack' parameter of pareto_front names {sorted(unknown)}, which are not "
+            f"objectives ({[o.name for o in objectives]})."
+        )
+    margins = [(slack or {}).get(o.name, 0.0) for o in objectives]
     values = _objective_values(df, objectives)
     eligible = _eligible_mask(df) & np.isfinite(values).all(axis=1)
     mask = np.zeros(len(df), dtype=bool)
-    mask[eligible] = non_dominated_mask(values[eligible], [o.direction for o in objectives])
+    directions = [o.direction for o in objectives]
+    mask[eligible] = non_dominated_mask(values[eligible], directions, slack=margins)
     first = objectives[0]
     return df.loc[mask].sort_values(
         [first.name, "number"], ascending=[first.direction == MINIMIZE, True], kind="mergesort"

@@ -86,13 +86,20 @@ def _source_study(run_dir: Path, config: RunConfig) -> optuna.Study:
 
 
 def _select(
-    study: optuna.Study, config: RunConfig, run_dir: Path, numbers: Sequence[int] | None
+    study: optuna.Study,
+    config: RunConfig,
+    run_dir: Path,
+    numbers: Sequence[int] | None,
+    *,
+    slack: float = 0.0,
 ) -> list[FrozenTrial]:
-    """The source trials to refit: ``numbers``, or the run's Pareto front."""
+    """The source trials to refit: ``numbers``, or the run's front and the trials within
+    ``slack`` accuracy of it."""
     frame = trials_dataframe(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     if numbers is None:
-        numbers = [int(n) for n in pareto_front(frame, config.objectives())["number"]]
+        near = pareto_front(frame, config.objectives(), slack={"accuracy": slack})
+        numbers = [int(n) for n in near["number"]]
         if not numbers:
             raise ValueError(f"Run {str(run_dir)!r} has no Pareto front yet: nothing to refit.")
     chosen = []
@@ -174,21 +181,32 @@ def refit_run(
     epochs: int,
     out: Path | None = None,
     trials: Sequence[int] | None = None,
+    slack: float = 0.0,
     n_jobs: int | None = None,
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
 ) -> RefitResult:
-    """Fine-tune the front of ``run_dir`` (or its ``trials``) for ``epochs`` epochs each, as the
-    run ``out`` (default: ``RUN-refit`` beside it); resumes an interrupted refit."""
+    """Fine-tune the front of ``run_dir`` for ``epochs`` epochs each, as the run ``out``
+    (default: ``RUN-refit`` beside it); resumes an interrupted refit.
+
+    ``slack``: also refit the trials that would be on the front were they that much more
+    accurate (a fraction, e.g. 0.02): the search's short fine-tunes rank candidates with some
+    noise, so a point just behind the short front may lead the refit one. ``trials``: refit
+    exactly these trial numbers instead."""
     run_dir = Path(run_dir)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"The 'epochs' parameter of refit_run must be an int >= 1. Got {epochs!r}")
+    if not (isinstance(slack, int | float) and math.isfinite(slack) and 0 <= slack <= 1):
+        raise ValueError(f"The 'slack' parameter of refit_run must be in [0, 1]. Got {slack!r}")
+    if trials is not None and slack:
+        raise ValueError("Give the trials to refit or a slack around the front, not both.")
     source_config = load_config(run_dir / "config.yaml")
     if "accuracy" not in {o.name for o in source_config.objectives()}:
         raise ValueError(f"Run {str(run_dir)!r} has no accuracy objective: nothing to refit.")
     out = Path(out) if out is not None else run_dir.parent / f"{run_dir.name}-refit"
     if out.resolve() == run_dir.resolve():
         raise ValueError("A refit needs its own folder: --out must differ from RUN.")
-    chosen = _select(_source_study(run_dir, source_config), source_config, run_dir, trials)
+    source_study = _source_study(run_dir, source_config)
+    chosen = _select(source_study, source_config, run_dir, trials, slack=slack)
     config = refit_config(
         source_config, name=out.name, epochs=epochs, n_trials=len(chosen), n_jobs=n_jobs
     )

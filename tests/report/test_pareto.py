@@ -306,3 +306,32 @@ def test_hypervolume_history_without_feasible_trials(make_trials) -> None:
     df = make_trials([(0, "FAIL", False, NAN, NAN, NAN), (1, "COMPLETE", False, 0.5, 1.0, 1.0)])
     history = hypervolume_history(df, [ACC, LAT])
     assert history["hypervolume"].tolist() == [0.0, 0.0]
+
+
+def test_slack_keeps_the_points_within_it_of_the_front():
+    # Same cost, 1 point less accurate: dominated, unless the slack covers the gap.
+    values = np.array([[0.90, 1.0], [0.89, 1.0], [0.80, 2.0]])
+    directions = MAX_MIN
+    assert non_dominated_mask(values, directions).tolist() == [True, False, False]
+    near = non_dominated_mask(values, directions, slack=[0.02, 0.0])
+    assert near.tolist() == [True, True, False]
+    assert non_dominated_mask(values, directions, slack=[0.005, 0.0]).tolist() == [
+        True,
+        False,
+        False,
+    ]
+    with pytest.raises(ValueError, match="one finite value >= 0 per objective"):
+        non_dominated_mask(values, directions, slack=[0.1])
+    frame = pd.DataFrame(
+        {
+            "number": [0, 1, 2],
+            "state": "COMPLETE",
+            "feasible": True,
+            "accuracy": values[:, 0],
+            "latency_ms": values[:, 1],
+        }
+    )
+    near_front = pareto_front(frame, [ACC, LAT], slack={"accuracy": 0.02})
+    assert near_front["number"].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="not objectives"):
+        pareto_front(frame, [ACC, LAT], slack={"size_kb": 1.0})

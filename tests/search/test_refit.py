@@ -119,3 +119,18 @@ def test_refit_cli(finished_run, tmp_path):
     assert bad.exit_code == 2 and "--trials must be comma-separated" in bad.output
     missing = runner.invoke(app, ["refit", str(finished_run.run_dir)])
     assert missing.exit_code != 0 and "--epochs" in missing.output
+
+
+def test_slack_also_refits_the_trials_near_the_front(finished_run, tmp_path):
+    source = finished_run.run_dir
+    front = set(_front(source)["number"])
+    done = finished_run.trials[
+        (finished_run.trials["state"] == "COMPLETE") & finished_run.trials["feasible"]
+    ]
+    everything = refit_run(source, epochs=1, out=tmp_path / "all", slack=1.0).table
+    assert set(everything["refit_of"]) == set(done["number"])  # a slack of 1 takes every trial
+    assert front < set(done["number"]), "the tiny run should have trials off its front"
+    with pytest.raises(ValueError, match="not both"):
+        refit_run(source, epochs=1, out=tmp_path / "x", trials=[0], slack=0.1)
+    with pytest.raises(ValueError, match="'slack' parameter"):
+        refit_run(source, epochs=1, out=tmp_path / "y", slack=-0.1)
