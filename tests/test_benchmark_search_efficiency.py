@@ -80,3 +80,7 @@ def test_two_stage_history_refits_the_short_front_and_counts_the_refits(bench):
     assert out["hv"][1] == pytest.approx(expected / module.REFERENCE["hv"])
     # Row 2's short accuracy beats row 0's at a lower cost: row 0 leaves the refit.
     assert out["trials"][3] == 4 + 2
+    # With a slack of 0.5, row 0 (0.5 short) is within reach of row 2 (0.9): it stays refit.
+    near = module.refit_front(short_history, table, slack=0.5)
+    assert near["trials"][3] == 4 + 3
+    assert near["full"][3] == 2.0 + 3
