@@ -332,6 +332,51 @@ def plot_layer_bars(
     return _save(fig, path)
 
 
+# --- refit: search accuracy vs refit accuracy ----------------------------------------------------
+REFIT_COLUMNS = ("trial", "refit_of", "search_accuracy", "accuracy", "state", "on_front")
+
+
+def plot_refit_accuracy(
+    table: pd.DataFrame, path: str | os.PathLike[str], *, title: str | None = None
+) -> Path:
+    """Scatter of a refit's ``refit.csv``: each trial's accuracy in the search (x) against its
+    accuracy after the refit (y), the refit front filled and labelled by source trial."""
+    missing = [c for c in REFIT_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            "The 'table' parameter of plot_refit_accuracy must have the columns "
+            f"{missing!r} (a refit.csv). Got columns {list(table.columns)!r} instead."
+        )
+    done = table[table["state"] == "COMPLETE"]
+    front = done["on_front"].astype(bool).to_numpy()
+    fig = _new_figure(width=5.5, height=5.0)
+    ax = fig.subplots()
+    x, y = done["search_accuracy"].to_numpy(float), done["accuracy"].to_numpy(float)
+    if len(done):
+        low, high = min(x.min(), y.min()), max(x.max(), y.max())
+        ax.plot([low, high], [low, high], color=_DOMINATED_COLOUR, lw=1, ls="--", label="y = x")
+    ax.scatter(
+        x[~front],
+        y[~front],
+        s=24,
+        facecolors="none",
+        edgecolors=_FRONT_COLOUR,
+        label="off the refit front",
+    )
+    ax.scatter(x[front], y[front], s=24, color=_FRONT_COLOUR, label="on the refit front")
+    for xi, yi, source in zip(x[front], y[front], done["refit_of"][front], strict=True):
+        ax.annotate(
+            str(int(source)), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=7
+        )
+    ax.set_xlabel("accuracy in the search")
+    ax.set_ylabel("accuracy after the refit")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
 def default_trial(df: pd.DataFrame, objectives: Sequence[Objective]) -> int | None:
     """The most accurate trial of the Pareto front (lowest number on ties), or ``None`` when the
     front is empty. Without an accuracy column, the first trial of ``pareto_front``."""

@@ -109,6 +109,7 @@ def write_report(
         plot_layer_bars,
         plot_parallel_coordinates,
         plot_pareto_3d,
+        plot_refit_accuracy,
     )
     from autocompress.report.pareto import hypervolume_history
     from autocompress.report.plots import plot_hypervolume, plot_pareto
@@ -161,6 +162,21 @@ def write_report(
             "trial's architecture has no such layer its line has a gap, bridged by dots.",
         )
     )
+    refit_file = run_dir / "refit.csv"
+    if refit_file.is_file():  # written by `autocompress refit`
+        refit = pd.read_csv(refit_file)
+        done = refit[refit["state"] == "COMPLETE"]
+        tau = done["search_accuracy"].corr(done["accuracy"], method="kendall")
+        agreement = "" if len(done) < 3 else f" Kendall tau {tau:.2f}."
+        images.append(
+            ReportImage(
+                "Search vs refit accuracy",
+                plot_refit_accuracy(refit, out_dir / "refit_accuracy.png"),
+                "Each refit trial's accuracy in the search it came from (x) and after the "
+                "refit (y); filled: on the refit front, labelled by the search's trial."
+                + agreement,
+            )
+        )
     if trial is not None:
         images.append(
             ReportImage(

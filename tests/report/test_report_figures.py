@@ -18,6 +18,7 @@ from autocompress.report.figures import (
     plot_layer_bars,
     plot_parallel_coordinates,
     plot_pareto_3d,
+    plot_refit_accuracy,
 )
 
 ACC = Objective("accuracy", "maximize")
@@ -217,3 +218,20 @@ def test_plots_write_pngs_and_leave_no_figure_open(tmp_path: Path, trials, make_
     _assert_png(plot_parallel_coordinates(empty, [ACC, LAT], tmp_path / "pc_empty.png"))
     _assert_png(plot_pareto_3d(empty, [ACC, LAT, SIZE], tmp_path / "p3d_empty.png"))
     assert plt.get_fignums() == before
+
+
+def test_refit_accuracy_plot_needs_a_refit_table(tmp_path) -> None:
+    table = pd.DataFrame(
+        {
+            "trial": [0, 1, 2],
+            "refit_of": [5, 3, 9],
+            "search_accuracy": [0.6, 0.4, 0.2],
+            "accuracy": [0.9, 0.95, 0.5],
+            "state": ["COMPLETE", "COMPLETE", "FAIL"],
+            "on_front": [True, False, False],
+        }
+    )
+    path = plot_refit_accuracy(table, tmp_path / "refit.png")
+    assert path.stat().st_size > 0
+    with pytest.raises(ValueError, match="search_accuracy"):
+        plot_refit_accuracy(table.drop(columns="search_accuracy"), tmp_path / "x.png")

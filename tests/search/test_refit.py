@@ -114,6 +114,11 @@ def test_refit_cli(finished_run, tmp_path):
     export_args = ["export", str(out), "--trial", "0", "--out", str(tmp_path / "e")]
     exported = runner.invoke(app, export_args)
     assert exported.exit_code == 0, exported.output
+    # ... and so does report, which adds the search-vs-refit accuracy plot.
+    reported = runner.invoke(app, ["report", str(out)])
+    assert reported.exit_code == 0, reported.output
+    assert (out / "report" / "refit_accuracy.png").stat().st_size > 0
+    assert "Search vs refit accuracy" in (out / "report" / "report.html").read_text()
 
     bad = runner.invoke(app, ["refit", str(finished_run.run_dir), "--epochs", "1", "--trials", "x"])
     assert bad.exit_code == 2 and "--trials must be comma-separated" in bad.output
