@@ -139,3 +139,17 @@ def test_slack_also_refits_the_trials_near_the_front(finished_run, tmp_path):
         refit_run(source, epochs=1, out=tmp_path / "x", trials=[0], slack=0.1)
     with pytest.raises(ValueError, match="'slack' parameter"):
         refit_run(source, epochs=1, out=tmp_path / "y", slack=-0.1)
+
+
+def test_refit_reads_a_run_whose_study_lives_in_another_storage(tmp_path, tiny_config_dict):
+    journal = tmp_path / "shared.journal"
+    tiny_config_dict["search"].update(n_trials=3, storage=f"journal:{journal}")
+    tiny_config_dict["train"]["epochs"] = 1
+    run = run_search(parse_config(tiny_config_dict), runs_dir=tmp_path / "runs")
+    assert not (run.run_dir / "study.db").exists()
+    result = refit_run(run.run_dir, epochs=1)
+    assert result.run_dir == tmp_path / "runs" / "tiny-refit"
+    # Its own study in its folder; the same accuracies as the search (same epochs).
+    assert (result.run_dir / "study.db").is_file()
+    table = result.table
+    assert table["accuracy"].tolist() == pytest.approx(table["search_accuracy"].tolist())
