@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import kendalltau
 
 from ..config import ConfigError, RunConfig, load_config, parse_config
-from ..evaluators.early_stopping import RETRY_ATTR
+from ..evaluators.early_stopping import RETRY_ATTR, retried_trials
 from ..report.pareto import pareto_front
 from .results import trials_dataframe
 from .run import SearchResult, open_study, run_search
@@ -152,7 +152,7 @@ def refit_table(study: optuna.Study, config: RunConfig) -> pd.DataFrame:
     frame = trials_dataframe(study).set_index("number", drop=False)
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
-    retried = {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
+    retried = retried_trials(trials)
     front = set(pareto_front(frame.reset_index(drop=True), config.objectives())["number"])
     names = [o.name for o in config.objectives()]
     rows = []
