@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -113,6 +114,8 @@ def write_report(
     )
     from autocompress.report.pareto import hypervolume_history
     from autocompress.report.plots import plot_hypervolume, plot_pareto
+    from autocompress.search.refit import TABLE_FILE as REFIT_TABLE_FILE
+    from autocompress.search.refit import rank_agreement
     from autocompress.search.results import load_trials
 
     run_dir = Path(run_dir)
@@ -162,12 +165,11 @@ def write_report(
             "trial's architecture has no such layer its line has a gap, bridged by dots.",
         )
     )
-    refit_file = run_dir / "refit.csv"
+    refit_file = run_dir / REFIT_TABLE_FILE
     if refit_file.is_file():  # written by `autocompress refit`
         refit = pd.read_csv(refit_file)
-        done = refit[refit["state"] == "COMPLETE"]
-        tau = done["search_accuracy"].corr(done["accuracy"], method="kendall")
-        agreement = "" if len(done) < 3 else f" Kendall tau {tau:.2f}."
+        tau = rank_agreement(refit)
+        agreement = "" if math.isnan(tau) else f" Kendall tau {tau:.2f}."
         images.append(
             ReportImage(
                 "Search vs refit accuracy",

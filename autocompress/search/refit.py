@@ -33,7 +33,7 @@ from .results import trials_dataframe
 from .run import SearchResult, open_study, run_search
 from .storage import STUDY_FILE, default_storage_url, make_storage
 
-__all__ = ["REFIT_ATTR", "RefitResult", "refit_config", "refit_run"]
+__all__ = ["REFIT_ATTR", "RefitResult", "rank_agreement", "refit_config", "refit_run"]
 
 REFIT_ATTR = "refit_of"  # user attribute of a refit trial: the source run's trial number
 SOURCE_ATTR = "refit_source"  # study user attribute: the source run and the trials refit
@@ -42,8 +42,8 @@ TABLE_FILE = "refit.csv"
 
 @dataclass(frozen=True)
 class RefitResult:
-    """``table``: one row per refit trial (see :func:`refit_table`); ``tau``: Kendall tau of the
-    search accuracies against the refit ones over the completed refits (NaN below 3)."""
+    """``table``: one row per refit trial (see :func:`refit_table`); ``tau``: its
+    :func:`rank_agreement`."""
 
     run_dir: Path
     source: Path
@@ -228,11 +228,17 @@ def refit_run(
     result = run_search(config, runs_dir=out.parent, on_trial=on_trial)
     table = refit_table(result.study, config)
     table.to_csv(out / TABLE_FILE, index=False)
-    done = table[table["state"] == "COMPLETE"]
-    tau = math.nan
-    if len(done) >= 3:
-        tau = float(kendalltau(done["search_accuracy"], done["accuracy"]).statistic)
+    tau = rank_agreement(table)
     return RefitResult(run_dir=out, source=run_dir, search=result, table=table, tau=tau)
+
+
+def rank_agreement(table: pd.DataFrame) -> float:
+    """Kendall tau of the search accuracies against the refit ones over the completed refits of
+    ``table`` (a :func:`refit_table` or ``refit.csv``); NaN below 3 of them."""
+    done = table[table["state"] == "COMPLETE"]
+    if len(done) < 3:
+        return math.nan
+    return float(kendalltau(done["search_accuracy"], done["accuracy"]).statistic)
 
 
 def format_refit_lines(table: pd.DataFrame) -> list[str]:
