@@ -1,14 +1,15 @@
 """Search efficiency: hypervolume vs trials and vs time, random search vs NSGA-II vs ours.
 
-    python benchmarks/search_efficiency.py [--quick] [--seeds N] [--n-trials T] [--cache FILE]
-                                           [--ceiling] [--sample N]
+    python benchmarks/search_efficiency.py [--quick | --space large] [--seeds N] [--n-trials T]
+                                           [--cache FILE] [--ceiling] [--sample N]
 
 A tabular benchmark (as NAS-Bench does): a joint space small enough to enumerate (small_cnn on
 digits: 2 widths per conv, weight bits {2, 4, 8} per layer, pruning {0, 0.5} per conv: 432
-candidates) is trained ONCE, every candidate the way a search trains it (QAT + distillation from
-the teacher, ``train.epochs`` epochs, one cosine schedule), with its validation accuracy after
-every epoch and the seconds of every epoch recorded (cached in ``--cache``). The reference front
-is the front of all candidates.
+candidates; ``--space large``: weight bits {2, 3, 4, 8}, pruning {0, 0.25, 0.5}: 2304
+candidates, ~35 min to train) is trained ONCE, every candidate the way a search trains it
+(QAT + distillation from the teacher, ``train.epochs`` epochs, one cosine schedule), with its
+validation accuracy after every epoch and the seconds of every epoch recorded (cached in
+``--cache``). The reference front is the front of all candidates.
 
 Each search then runs the project's real ``Objective`` (Optuna sampler, define-by-run space,
 analytic pricing on cortex_a72, constraints, ``search.early_stopping``'s rung table,
@@ -71,7 +72,15 @@ PLAIN = {"early_stopping": {"enabled": False}, "surrogate": {"enabled": False}}
 OBJECTIVES = ["accuracy", "latency_ms", "size_kb"]
 
 
-def base_config(*, quick: bool, epochs: int) -> dict[str, Any]:
+SPACES = {  # name: (widths, w_bits, prune_ratios)
+    "quick": ([16], [2, 8], [0.0, 0.5]),
+    "small": ([16, 32], [2, 4, 8], [0.0, 0.5]),
+    "large": ([16, 32], [2, 3, 4, 8], [0.0, 0.25, 0.5]),
+}
+
+
+def base_config(*, space: str, epochs: int) -> dict[str, Any]:
+    widths, w_bits, prune_ratios = SPACES[space]
     return {
         "name": "search-efficiency",
         "seed": 0,
@@ -80,13 +89,13 @@ def base_config(*, quick: bool, epochs: int) -> dict[str, Any]:
             "family": "small_cnn",
             "arch": {
                 "depths": [2],
-                "widths": [16] if quick else [16, 32],
+                "widths": widths,
                 "kernel_sizes": [3],
                 "strides": [1, 2],
             },
-            "w_bits": [2, 8] if quick else [2, 4, 8],
+            "w_bits": w_bits,
             "a_bits": [8],
-            "prune_ratios": [0.0, 0.5],
+            "prune_ratios": prune_ratios,
         },
         "teacher": {"epochs": 15},
         "train": {"epochs": epochs, "lr": 0.005, "device": "cpu"},
@@ -315,6 +324,12 @@ def reach(history: dict[str, list], axis: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32-candidate smoke run")
+    parser.add_argument(
+        "--space",
+        choices=["small", "large"],
+        default="small",
+        help="small: 432 candidates (~5 min to train); large: 2304 (~35 min)",
+    )
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--n-trials", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=9, help="train.epochs of a full fine-tune")
@@ -343,11 +358,13 @@ def main() -> None:
     if args.sample is None:
         args.sample = 8 if args.quick else 60
     seeds = args.seeds or (2 if args.quick else 5)
-    n_trials = args.n_trials or (24 if args.quick else 150)
-    raw = base_config(quick=args.quick, epochs=args.epochs)
+    space_name = "quick" if args.quick else args.space
+    n_trials = args.n_trials or {"quick": 24, "small": 150, "large": 300}[space_name]
+    raw = base_config(space=space_name, epochs=args.epochs)
     config = parse_config(raw)
     cache = args.cache or Path(tempfile.gettempdir()) / (
-        f"autocompress-search-efficiency-{'quick' if args.quick else 'full'}-e{args.epochs}.json"
+        f"autocompress-search-efficiency-{'full' if space_name == 'small' else space_name}"
+        f"-e{args.epochs}.json"
     )
 
     with tempfile.TemporaryDirectory() as tmp:
