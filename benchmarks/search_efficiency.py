@@ -1,7 +1,7 @@
 """Search efficiency: hypervolume vs trials and vs time, random search vs NSGA-II vs ours.
 
-    python benchmarks/search_efficiency.py [--quick | --space large] [--seeds N] [--n-trials T]
-                                           [--cache FILE] [--ceiling] [--sample N]
+    python benchmarks/search_efficiency.py [--quick | --space large] [--jobs J] [--seeds N]
+                                           [--n-trials T] [--cache FILE] [--ceiling] [--sample N]
 
 A tabular benchmark (as NAS-Bench does): a joint space small enough to enumerate (small_cnn on
 digits: 2 widths per conv, weight bits {2, 4, 8} per layer, pruning {0, 0.5} per conv: 432
@@ -37,9 +37,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,40 @@ def add_short_finetunes(setup: SearchSetup, table: dict[str, dict], cache: Path)
         if (i + 1) % 100 == 0 or i + 1 == len(todo):
             cache.write_text(json.dumps(table))
             print(f"  short fine-tunes {i + 1}/{len(todo)}", flush=True)
+
+
+def build_table_in_processes(
+    raw: dict[str, Any], run_dir: Path, candidates: list[Candidate], cache: Path, *, jobs: int
+) -> None:
+    """``build_table`` and ``add_short_finetunes`` split over ``jobs`` processes (one thread each),
+    each caching its share in a file of its own (so an interrupted build resumes), merged into
+    ``cache``. The processes load the teacher the caller trained in ``run_dir``."""
+    table: dict[str, dict] = json.loads(cache.read_text()) if cache.is_file() else {}
+    todo = [c for c in candidates if key(c) not in table or "short" not in table[key(c)]]
+    if not todo:
+        return
+    shards = [cache.with_name(f"{cache.stem}.part{i}.json") for i in range(jobs)]
+    # spawn, not fork: a forked child of a process that already ran torch can hang in OpenMP.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [
+            pool.submit(_build_shard, raw, run_dir, [c.to_dict() for c in todo[i::jobs]], shard)
+            for i, shard in enumerate(shards)
+        ]
+        for future in futures:
+            future.result()
+    for shard in shards:
+        table.update(json.loads(shard.read_text()))
+    cache.write_text(json.dumps(table))
+    for shard in shards:
+        shard.unlink()
+
+
+def _build_shard(raw: dict[str, Any], run_dir: Path, todo: list[dict], shard: Path) -> None:
+    torch.set_num_threads(1)
+    setup = prepare_setup(parse_config(raw), run_dir)
+    table = build_table(setup, [Candidate.from_dict(c) for c in todo], shard)
+    add_short_finetunes(setup, table, shard)
 
 
 class TabularEvaluator(Evaluator):
@@ -335,6 +371,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9, help="train.epochs of a full fine-tune")
     parser.add_argument("--cache", type=Path, default=None, help="table JSON (reused if present)")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes training the table (1 thread each; the recorded seconds are per process)",
+    )
+    parser.add_argument(
         "--ceiling",
         action="store_true",
         help="also train the table with another seed (~5 min, cached) and print what a perfect "
@@ -372,6 +414,8 @@ def main() -> None:
         candidates = enumerate_candidates(setup.space)
         print(f"space: {len(candidates)} candidates; teacher {setup.teacher_metrics}")
         t = time.perf_counter()
+        if args.jobs > 1:
+            build_table_in_processes(raw, Path(tmp), candidates, cache, jobs=args.jobs)
         table = build_table(setup, candidates, cache)
         print(f"table ready in {time.perf_counter() - t:.0f} s (cache {cache})")
         add_short_finetunes(setup, table, cache)
