@@ -221,6 +221,14 @@ def refit(
             help="Also refit trials within this accuracy (a fraction, e.g. 0.02) of the front.",
         ),
     ] = 0.0,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Refit at most this many: the front (and --slack) trials that together span "
+            "the most hypervolume, chosen greedily by their search values.",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Refit run folder (default: RUN-refit beside RUN).")
     ] = None,
@@ -258,6 +266,7 @@ def refit(
                 out=out,
                 trials=numbers,
                 slack=slack,
+                budget=budget,
                 n_jobs=n_jobs,
                 on_trial=printer,
             )

@@ -153,6 +153,48 @@ def hypervolume(
     return _compute_hypervolume(loss[keep], ref_loss)
 
 
+def nadir_reference(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """The worst value of each objective over the rows of ``values`` (every one finite, at least
+    one row), pushed out by 10% of its range (of ``|value|``, or 1 for 0, when all are equal), so
+    the extreme points still add volume. Unlike :func:`reference_point`, accuracy gets no fixed
+    worst value: the box is the one the points span, which weighs every front point alike."""
+    loss = _to_loss(values, directions, func="nadir_reference")
+    if len(loss) == 0 or not np.isfinite(loss).all():
+        raise ValueError(
+            "The 'values' parameter of nadir_reference must hold at least one row, every value "
+            "finite."
+        )
+    worst, best = loss.max(axis=0), loss.min(axis=0)
+    spread = np.where(worst > best, worst - best, np.where(worst != 0, np.abs(worst), 1.0))
+    ref_loss = worst + _REFERENCE_MARGIN * spread
+    return np.where(
+        _check_directions(directions, loss.shape[1], func="nadir_reference"), -ref_loss, ref_loss
+    )
+
+
+def greedy_hypervolume_order(
+    values: np.ndarray, directions: Sequence[str], reference: Sequence[float] | np.ndarray
+) -> list[int]:
+    """Row indices of ``values`` in greedy hypervolume order: first the row spanning the most
+    volume (bounded by ``reference``), then each time the row adding the most to the rows before
+    it. The first k rows are the classic greedy choice of k points that together keep the most
+    of the set's hypervolume. Rows adding nothing (dominated, NaN, outside the box) come last, in
+    their original order."""
+    loss = _to_loss(values, directions, func="greedy_hypervolume_order")
+    ref_loss = _reference_loss(reference, directions, func="greedy_hypervolume_order")
+    remaining = [i for i in range(len(loss)) if (loss[i] < ref_loss).all()]
+    order: list[int] = []
+    covered = 0.0
+    while remaining:
+        volumes = [_compute_hypervolume(loss[order + [i]], ref_loss) for i in remaining]
+        best = int(np.argmax(volumes))
+        if volumes[best] <= covered:
+            break
+        covered = volumes[best]
+        order.append(remaining.pop(best))
+    return order + [i for i in range(len(loss)) if i not in order]
+
+
 def reference_point(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
     """Reference point derived only from ``df``, so the same trials always give the same one.
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
@@ -28,7 +29,7 @@ from scipy.stats import kendalltau
 
 from ..config import ConfigError, RunConfig, load_config, parse_config
 from ..evaluators.early_stopping import RETRY_ATTR, retried_trials
-from ..report.pareto import pareto_front
+from ..report.pareto import greedy_hypervolume_order, nadir_reference, pareto_front
 from .results import trials_dataframe
 from .run import SearchResult, open_study, run_search
 from .storage import STUDY_FILE, default_storage_url, make_storage
@@ -92,11 +93,14 @@ def _select(
     numbers: Sequence[int] | None,
     *,
     slack: float = 0.0,
+    budget: int | None = None,
 ) -> list[FrozenTrial]:
-    """The source trials to refit: ``numbers``, or the run's front and the trials within
-    ``slack`` accuracy of it."""
+    """The source trials to refit: ``numbers`` (in that order), or the run's front and the trials
+    within ``slack`` accuracy of it in greedy hypervolume order of their search values (the
+    first ``budget`` of them when given)."""
     frame = trials_dataframe(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    explicit = numbers is not None
     if numbers is None:
         near = pareto_front(frame, config.objectives(), slack={"accuracy": slack})
         numbers = [int(n) for n in near["number"]]
@@ -115,7 +119,15 @@ def _select(
                 + ". `autocompress pareto RUN` lists the trials on the front."
             )
         chosen.append(trial)
-    return chosen
+    if explicit:
+        return chosen
+    # Most of the front's volume first: a budget keeps the points that shape the front, and an
+    # interrupted refit has refit those. The box is the selection's own (nadir_reference), so the
+    # cheapest points do not outweigh the accurate ones as they would against accuracy 0.
+    directions = [o.direction for o in config.objectives()]
+    values = np.array([t.values for t in chosen], dtype=float)
+    order = greedy_hypervolume_order(values, directions, nadir_reference(values, directions))
+    return [chosen[i] for i in order][:budget]
 
 
 def _queue(
@@ -126,7 +138,10 @@ def _queue(
     wanted = {"run": str(source.resolve()), "trials": [t.number for t in chosen]}
     if study.get_trials(deepcopy=False):
         held = study.user_attrs.get(SOURCE_ATTR) or {}
-        if held != wanted:
+        # The same trials in another order are the same refit (the order is only the queue's).
+        if held.get("run") != wanted["run"] or sorted(held.get("trials", [])) != sorted(
+            wanted["trials"]
+        ):
             raise ConfigError(
                 f"The refit folder holds a refit of trials {held.get('trials')} of "
                 f"{held.get('run')!r}, not of trials {wanted['trials']} of {wanted['run']!r}: "
@@ -182,6 +197,7 @@ def refit_run(
     out: Path | None = None,
     trials: Sequence[int] | None = None,
     slack: float = 0.0,
+    budget: int | None = None,
     n_jobs: int | None = None,
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
 ) -> RefitResult:
@@ -191,7 +207,9 @@ def refit_run(
     ``slack``: also refit the trials that would be on the front were they that much more
     accurate (a fraction, e.g. 0.02): the search's short fine-tunes rank candidates with some
     noise, so a point just behind the short front may lead the refit one. ``trials``: refit
-    exactly these trial numbers instead."""
+    exactly these trial numbers instead. ``budget``: refit at most this many of the front (and
+    slack) trials: those that together span the most hypervolume by their search values (greedy:
+    each next one adds the most). Without it the whole selection is refit, in that order."""
     run_dir = Path(run_dir)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"The 'epochs' parameter of refit_run must be an int >= 1. Got {epochs!r}")
@@ -199,6 +217,12 @@ def refit_run(
         raise ValueError(f"The 'slack' parameter of refit_run must be in [0, 1]. Got {slack!r}")
     if trials is not None and slack:
         raise ValueError("Give the trials to refit or a slack around the front, not both.")
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+    ):
+        raise ValueError(f"The 'budget' parameter of refit_run must be an int >= 1. Got {budget!r}")
+    if trials is not None and budget is not None:
+        raise ValueError("Give the trials to refit or a budget, not both.")
     source_config = load_config(run_dir / "config.yaml")
     if "accuracy" not in {o.name for o in source_config.objectives()}:
         raise ValueError(f"Run {str(run_dir)!r} has no accuracy objective: nothing to refit.")
@@ -206,7 +230,7 @@ def refit_run(
     if out.resolve() == run_dir.resolve():
         raise ValueError("A refit needs its own folder: --out must differ from RUN.")
     source_study = _source_study(run_dir, source_config)
-    chosen = _select(source_study, source_config, run_dir, trials, slack=slack)
+    chosen = _select(source_study, source_config, run_dir, trials, slack=slack, budget=budget)
     config = refit_config(
         source_config, name=out.name, epochs=epochs, n_trials=len(chosen), n_jobs=n_jobs
     )

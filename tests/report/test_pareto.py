@@ -8,8 +8,10 @@ import pytest
 
 from autocompress.report import (
     Objective,
+    greedy_hypervolume_order,
     hypervolume,
     hypervolume_history,
+    nadir_reference,
     non_dominated_mask,
     pareto_front,
     parse_objective,
@@ -335,3 +337,39 @@ def test_slack_keeps_the_points_within_it_of_the_front():
     assert near_front["number"].tolist() == [0, 1]
     with pytest.raises(ValueError, match="not objectives"):
         pareto_front(frame, [ACC, LAT], slack={"size_kb": 1.0})
+
+
+def test_greedy_hypervolume_order_takes_the_largest_volume_then_the_largest_addition():
+    directions = ["maximize", "minimize"]
+    reference = [0.0, 10.0]
+    points = np.array(
+        [
+            [0.5, 5.0],  # dominated by the next row: adds nothing
+            [0.6, 4.0],  # 0.6 x 6 = 3.6 alone
+            [0.9, 8.0],  # 0.9 x 2 = 1.8 alone, +0.6 beside row 1
+            [0.3, 1.0],  # 0.3 x 9 = 2.7 alone, +0.9 beside row 1
+            [np.nan, 1.0],  # unknown: last
+        ]
+    )
+    order = greedy_hypervolume_order(points, directions, reference)
+    assert order == [1, 3, 2, 0, 4]
+    for k in range(1, 4):  # each prefix: the best addition to the one before it
+        best = max(
+            hypervolume(points[order[: k - 1] + [i]], directions, reference)
+            for i in range(4)
+            if i not in order[: k - 1]
+        )
+        assert hypervolume(points[order[:k]], directions, reference) == pytest.approx(best)
+    assert greedy_hypervolume_order(np.empty((0, 2)), directions, reference) == []
+
+
+def test_nadir_reference_is_the_worst_point_pushed_out_by_a_tenth_of_the_range():
+    directions = ["maximize", "minimize", "minimize"]
+    values = np.array([[0.9, 1.0, 5.0], [0.7, 3.0, 5.0]])
+    # Accuracy: no fixed 0 as reference_point uses; an objective without spread uses |value|.
+    assert nadir_reference(values, directions) == pytest.approx([0.68, 3.2, 5.5])
+    assert nadir_reference(np.array([[0.0, 0.0, 2.0]]), directions) == pytest.approx(
+        [-0.1, 0.1, 2.2]
+    )
+    with pytest.raises(ValueError, match="'values' parameter of nadir_reference"):
+        nadir_reference(np.array([[np.nan, 1.0, 1.0]]), directions)

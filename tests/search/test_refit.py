@@ -1,12 +1,14 @@
 import json
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from autocompress.cli import app
-from autocompress.config import ConfigError, parse_config
+from autocompress.config import ConfigError, load_config, parse_config
+from autocompress.report.pareto import hypervolume, nadir_reference
 from autocompress.search import load_trials, run_search
 from autocompress.search.refit import REFIT_ATTR, refit_run
 
@@ -22,10 +24,13 @@ def test_refit_trains_the_front_as_a_search_with_that_many_epochs_would(finished
     # schedule, same teacher), so the refit trains the candidates the search trained.
     same = refit_run(source, epochs=3, out=tmp_path / "same")
     table = same.table
-    assert list(table["refit_of"]) == list(front["number"])
+    assert sorted(table["refit_of"]) == sorted(front["number"])
     assert (table["state"] == "COMPLETE").all()
     assert table["accuracy"].tolist() == pytest.approx(table["search_accuracy"].tolist())
-    assert table["search_accuracy"].tolist() == pytest.approx(front["accuracy"].tolist())
+    by_number = front.set_index("number")
+    assert table["search_accuracy"].tolist() == pytest.approx(
+        by_number.loc[table["refit_of"], "accuracy"].tolist()
+    )
     # Each refit trial holds its source trial's candidate and hardware cost.
     refit_trials = load_trials(same.run_dir).set_index("number")
     source_trials = finished_run.trials.set_index("number")
@@ -40,7 +45,7 @@ def test_refit_trains_the_front_as_a_search_with_that_many_epochs_would(finished
     assert pd.read_csv(same.run_dir / "refit.csv")["trial"].tolist() == table["trial"].tolist()
 
     shorter = refit_run(source, epochs=1, out=tmp_path / "short")
-    assert list(shorter.table["refit_of"]) == list(front["number"])
+    assert list(shorter.table["refit_of"]) == list(table["refit_of"])
     assert shorter.table["accuracy"].tolist() != pytest.approx(table["accuracy"].tolist())
     assert shorter.table["accuracy"].min() > 0.1  # trained: above chance on digits
 
@@ -139,6 +144,54 @@ def test_slack_also_refits_the_trials_near_the_front(finished_run, tmp_path):
         refit_run(source, epochs=1, out=tmp_path / "x", trials=[0], slack=0.1)
     with pytest.raises(ValueError, match="'slack' parameter"):
         refit_run(source, epochs=1, out=tmp_path / "y", slack=-0.1)
+
+
+def _front_values(front, config):
+    return front[[o.name for o in config.objectives()]].to_numpy(dtype=float)
+
+
+def test_budget_refits_the_front_points_spanning_the_most_volume_first(finished_run, tmp_path):
+    source = finished_run.run_dir
+    config = load_config(source / "config.yaml")
+    front = _front(source)
+    assert len(front) >= 3, "the tiny run should have a front of 3+ points"
+    directions = [o.direction for o in config.objectives()]
+    values = _front_values(front, config)
+    reference = nadir_reference(values, directions)
+    volumes = [hypervolume(values[[i]], directions, reference) for i in range(len(front))]
+
+    budget = refit_run(source, epochs=1, out=tmp_path / "two", budget=2)
+    chosen = budget.table["refit_of"].tolist()
+    assert len(chosen) == 2 and set(chosen) <= set(front["number"])
+    # The first is the point spanning the most volume alone; the second adds the most to it.
+    numbers = front["number"].tolist()
+    assert chosen[0] == numbers[int(np.argmax(volumes))]
+    first = numbers.index(chosen[0])
+    pairs = {
+        n: hypervolume(values[[first, i]], directions, reference)
+        for i, n in enumerate(numbers)
+        if n != chosen[0]
+    }
+    assert pairs[chosen[1]] == pytest.approx(max(pairs.values()))
+    # Without a budget the whole front is refit, in the same order.
+    everything = refit_run(source, epochs=1, out=tmp_path / "all").table["refit_of"].tolist()
+    assert everything[:2] == chosen and sorted(everything) == sorted(numbers)
+    assert len(refit_run(source, epochs=1, out=tmp_path / "big", budget=99).table) == len(front)
+    # Re-running resumes; another budget is another selection.
+    again = refit_run(source, epochs=1, out=tmp_path / "two", budget=2)
+    pd.testing.assert_frame_equal(again.table, budget.table)
+    with pytest.raises(ConfigError, match="choose another --out"):
+        refit_run(source, epochs=1, out=tmp_path / "two", budget=3)
+    with pytest.raises(ValueError, match="'budget' parameter"):
+        refit_run(source, epochs=1, out=tmp_path / "x", budget=0)
+    with pytest.raises(ValueError, match="or a budget, not both"):
+        refit_run(source, epochs=1, out=tmp_path / "y", trials=[0], budget=1)
+    result = CliRunner().invoke(
+        app,
+        ["refit", str(source), "--epochs", "1", "--budget", "1", "--out", str(tmp_path / "c")],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("search trial") == 1
 
 
 def test_refit_reads_a_run_whose_study_lives_in_another_storage(tmp_path, tiny_config_dict):
