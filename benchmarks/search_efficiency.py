@@ -56,12 +56,8 @@ from autocompress.evaluators._base import Evaluator, TaskMetrics, TrialContext
 from autocompress.evaluators.early_stopping import EarlyStoppingTrainEvaluator, RungRecord
 from autocompress.evaluators.supernet import SupernetConfig, SupernetEvaluator, get_supernet
 from autocompress.evaluators.train import TrainEvaluator, evaluate_accuracy
-from autocompress.report.pareto import (
-    greedy_hypervolume_order,
-    hypervolume,
-    nadir_reference,
-    non_dominated_mask,
-)
+from autocompress.report.pareto import hypervolume, nadir_reference, non_dominated_mask
+from autocompress.search.refit import refit_order
 from autocompress.search.run import (
     Objective,
     SearchSetup,
@@ -344,10 +340,7 @@ def refit_front(
         near = non_dominated_mask(short, directions, slack=[slack, 0.0, 0.0])
         front = [r for r, on in zip(rows, near, strict=True) if on]
         if budget is not None:
-            order = greedy_hypervolume_order(
-                short[near], directions, nadir_reference(short[near], directions)
-            )
-            front = [front[i] for i in order[:budget]]
+            front = [front[i] for i in refit_order(short[near], directions)[:budget]]
         refit = {id(r): r for r in front}.values()  # a candidate is refit once
         full_points = [[r["curve"][-1], r["latency_ms"], r["size_kb"]] for r in refit]
         out["hv"].append(_hv(full_points) / REFERENCE["hv"])

@@ -173,18 +173,28 @@ def nadir_reference(values: np.ndarray, directions: Sequence[str]) -> np.ndarray
 
 
 def greedy_hypervolume_order(
-    values: np.ndarray, directions: Sequence[str], reference: Sequence[float] | np.ndarray
+    values: np.ndarray,
+    directions: Sequence[str],
+    reference: Sequence[float] | np.ndarray,
+    *,
+    start: Sequence[int] = (),
 ) -> list[int]:
     """Row indices of ``values`` in greedy hypervolume order: first the row spanning the most
     volume (bounded by ``reference``), then each time the row adding the most to the rows before
     it. The first k rows are the classic greedy choice of k points that together keep the most
-    of the set's hypervolume. Rows adding nothing (dominated, NaN, outside the box) come last, in
-    their original order."""
+    of the set's hypervolume. ``start``: rows placed first, in that order; the greedy continues
+    from them. Rows adding nothing (dominated, NaN, outside the box) come last, in their original
+    order."""
     loss = _to_loss(values, directions, func="greedy_hypervolume_order")
     ref_loss = _reference_loss(reference, directions, func="greedy_hypervolume_order")
-    remaining = [i for i in range(len(loss)) if (loss[i] < ref_loss).all()]
-    order: list[int] = []
-    covered = 0.0
+    order = list(dict.fromkeys(int(i) for i in start))
+    if any(not 0 <= i < len(loss) for i in order):
+        raise ValueError(
+            "The 'start' parameter of greedy_hypervolume_order must hold row indices of "
+            f"'values' (0 to {len(loss) - 1}). Got {list(start)!r} instead."
+        )
+    remaining = [i for i in range(len(loss)) if (loss[i] < ref_loss).all() and i not in order]
+    covered = _compute_hypervolume(loss[order], ref_loss) if order else 0.0
     while remaining:
         volumes = [_compute_hypervolume(loss[order + [i]], ref_loss) for i in remaining]
         best = int(np.argmax(volumes))

@@ -34,7 +34,14 @@ from .results import trials_dataframe
 from .run import SearchResult, open_study, run_search
 from .storage import STUDY_FILE, default_storage_url, make_storage
 
-__all__ = ["REFIT_ATTR", "RefitResult", "rank_agreement", "refit_config", "refit_run"]
+__all__ = [
+    "REFIT_ATTR",
+    "RefitResult",
+    "rank_agreement",
+    "refit_config",
+    "refit_order",
+    "refit_run",
+]
 
 REFIT_ATTR = "refit_of"  # user attribute of a refit trial: the source run's trial number
 SOURCE_ATTR = "refit_source"  # study user attribute: the source run and the trials refit
@@ -121,13 +128,24 @@ def _select(
         chosen.append(trial)
     if explicit:
         return chosen
-    # Most of the front's volume first: a budget keeps the points that shape the front, and an
-    # interrupted refit has refit those. The box is the selection's own (nadir_reference), so the
-    # cheapest points do not outweigh the accurate ones as they would against accuracy 0.
-    directions = [o.direction for o in config.objectives()]
     values = np.array([t.values for t in chosen], dtype=float)
-    order = greedy_hypervolume_order(values, directions, nadir_reference(values, directions))
+    order = refit_order(values, [o.direction for o in config.objectives()])
     return [chosen[i] for i in order][:budget]
+
+
+def refit_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
+    """The order in which a refit trains the rows of ``values`` (search values of the selected
+    trials): the best row of each objective first, in objective order (the front's ends, which
+    NSGA-II's crowding distance keeps too: with accuracy first, the most accurate point survives
+    any budget), then greedy hypervolume order
+    (:func:`~autocompress.report.pareto.greedy_hypervolume_order`), so a budget keeps the points
+    that shape the front and an interrupted refit has refit those. The box is the selection's
+    own (``nadir_reference``): against accuracy 0 the cheapest points would outweigh the
+    accurate ones."""
+    loss = np.where(np.array(directions) == "maximize", -values, values)
+    extremes = [int(np.argmin(loss[:, j])) for j in range(loss.shape[1])]
+    reference = nadir_reference(values, directions)
+    return greedy_hypervolume_order(values, directions, reference, start=extremes)
 
 
 def _queue(

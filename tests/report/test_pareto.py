@@ -361,6 +361,11 @@ def test_greedy_hypervolume_order_takes_the_largest_volume_then_the_largest_addi
         )
         assert hypervolume(points[order[:k]], directions, reference) == pytest.approx(best)
     assert greedy_hypervolume_order(np.empty((0, 2)), directions, reference) == []
+    # Continued from rows 3 and 2: row 1 adds 0.3 x 4 = 1.2 (accuracy 0.3-0.6, latency 4-8),
+    # row 0 only 0.2 x 3 = 0.6 (and nothing once row 1, which dominates it, is in).
+    assert greedy_hypervolume_order(points, directions, reference, start=[3, 2]) == [3, 2, 1, 0, 4]
+    with pytest.raises(ValueError, match="'start' parameter"):
+        greedy_hypervolume_order(points, directions, reference, start=[7])
 
 
 def test_nadir_reference_is_the_worst_point_pushed_out_by_a_tenth_of_the_range():

@@ -150,32 +150,34 @@ def _front_values(front, config):
     return front[[o.name for o in config.objectives()]].to_numpy(dtype=float)
 
 
-def test_budget_refits_the_front_points_spanning_the_most_volume_first(finished_run, tmp_path):
+def test_refit_order_is_the_front_ends_then_greedy_volume_cut_by_budget(finished_run, tmp_path):
     source = finished_run.run_dir
     config = load_config(source / "config.yaml")
     front = _front(source)
     assert len(front) >= 3, "the tiny run should have a front of 3+ points"
     directions = [o.direction for o in config.objectives()]
     values = _front_values(front, config)
+    numbers = front["number"].tolist()
+    loss = np.where(np.array(directions) == "maximize", -values, values)
+    extremes = list(dict.fromkeys(int(np.argmin(loss[:, j])) for j in range(loss.shape[1])))
+    assert len(extremes) < len(front), "the tiny run should have a front point between its ends"
+
+    everything = refit_run(source, epochs=1, out=tmp_path / "all").table["refit_of"].tolist()
+    assert sorted(everything) == sorted(numbers)
+    # The front's ends first (the most accurate point leads), then the point adding the most
+    # hypervolume to them, in the box of the front's own worst values.
+    assert everything[: len(extremes)] == [numbers[i] for i in extremes]
+    assert everything[0] == front.loc[front["accuracy"].idxmax(), "number"]
     reference = nadir_reference(values, directions)
-    volumes = [hypervolume(values[[i]], directions, reference) for i in range(len(front))]
+    added = {
+        n: hypervolume(values[[*extremes, i]], directions, reference)
+        for i, n in enumerate(numbers)
+        if i not in extremes
+    }
+    assert added[everything[len(extremes)]] == pytest.approx(max(added.values()))
 
     budget = refit_run(source, epochs=1, out=tmp_path / "two", budget=2)
-    chosen = budget.table["refit_of"].tolist()
-    assert len(chosen) == 2 and set(chosen) <= set(front["number"])
-    # The first is the point spanning the most volume alone; the second adds the most to it.
-    numbers = front["number"].tolist()
-    assert chosen[0] == numbers[int(np.argmax(volumes))]
-    first = numbers.index(chosen[0])
-    pairs = {
-        n: hypervolume(values[[first, i]], directions, reference)
-        for i, n in enumerate(numbers)
-        if n != chosen[0]
-    }
-    assert pairs[chosen[1]] == pytest.approx(max(pairs.values()))
-    # Without a budget the whole front is refit, in the same order.
-    everything = refit_run(source, epochs=1, out=tmp_path / "all").table["refit_of"].tolist()
-    assert everything[:2] == chosen and sorted(everything) == sorted(numbers)
+    assert budget.table["refit_of"].tolist() == everything[:2]
     assert len(refit_run(source, epochs=1, out=tmp_path / "big", budget=99).table) == len(front)
     # Re-running resumes; another budget is another selection.
     again = refit_run(source, epochs=1, out=tmp_path / "two", budget=2)
