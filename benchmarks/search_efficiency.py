@@ -334,13 +334,17 @@ def refit_front(
     refits."""
     out: dict[str, list] = {"hv": [], "full": [], "seconds": [], "trials": []}
     directions = REFERENCE["directions"]
+    orders: dict[tuple[int, ...], list[int]] = {}  # the front changes on few trials: order once
     for n in range(1, len(history["keys"]) + 1):
         rows = [table[k] for k in history["keys"][:n]]
         short = np.array([[r["short"], r["latency_ms"], r["size_kb"]] for r in rows])
         near = non_dominated_mask(short, directions, slack=[slack, 0.0, 0.0])
         front = [r for r, on in zip(rows, near, strict=True) if on]
         if budget is not None:
-            front = [front[i] for i in refit_order(short[near], directions)[:budget]]
+            members = tuple(np.flatnonzero(near).tolist())
+            if members not in orders:
+                orders[members] = refit_order(short[near], directions)
+            front = [front[i] for i in orders[members][:budget]]
         refit = {id(r): r for r in front}.values()  # a candidate is refit once
         full_points = [[r["curve"][-1], r["latency_ms"], r["size_kb"]] for r in refit]
         out["hv"].append(_hv(full_points) / REFERENCE["hv"])
