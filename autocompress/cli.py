@@ -225,8 +225,8 @@ def refit(
         int | None,
         typer.Option(
             min=1,
-            help="Refit at most this many: the front (and --slack) trials that together span "
-            "the most hypervolume, chosen greedily by their search values.",
+            help="Refit at most this many of the front (and --slack) trials: the best of each "
+            "objective first, then those adding the most hypervolume (by their search values).",
         ),
     ] = None,
     out: Annotated[

@@ -196,6 +196,11 @@ def build_table_in_processes(
     if not todo:
         return
     shards = [cache.with_name(f"{cache.stem}.part{i}.json") for i in range(jobs)]
+    for i, shard in enumerate(shards):
+        if not shard.is_file():  # a shard file left by an interrupted build is its progress
+            # Rows the cache holds without a short fine-tune are not trained again.
+            known = {key(c): table[key(c)] for c in todo[i::jobs] if key(c) in table}
+            shard.write_text(json.dumps(known))
     # spawn, not fork: a forked child of a process that already ran torch can hang in OpenMP.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:

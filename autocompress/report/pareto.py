@@ -227,15 +227,10 @@ def reference_point(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.nda
 def reference_from_values(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
     """:func:`reference_point`'s rule applied to the rows of ``values`` (n_points x
     n_objectives, every one finite, at least one row)."""
-    reference = np.empty(len(objectives))
+    reference = nadir_reference(values, [o.direction for o in objectives])
     for j, objective in enumerate(objectives):
-        low, high = float(values[:, j].min()), float(values[:, j].max())
-        worst = low if objective.direction == MAXIMIZE else high
-        spread = high - low if high > low else (abs(worst) or 1.0)
-        if objective.direction == MAXIMIZE:
-            reference[j] = _FIXED_REFERENCE.get(objective.name, worst - _REFERENCE_MARGIN * spread)
-        else:
-            reference[j] = worst + _REFERENCE_MARGIN * spread
+        if objective.direction == MAXIMIZE and objective.name in _FIXED_REFERENCE:
+            reference[j] = _FIXED_REFERENCE[objective.name]
     return reference
 
 

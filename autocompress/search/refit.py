@@ -29,7 +29,7 @@ from scipy.stats import kendalltau
 
 from ..config import ConfigError, RunConfig, load_config, parse_config
 from ..evaluators.early_stopping import RETRY_ATTR, retried_trials
-from ..report.pareto import greedy_hypervolume_order, nadir_reference, pareto_front
+from ..report.pareto import _to_loss, greedy_hypervolume_order, nadir_reference, pareto_front
 from .results import trials_dataframe
 from .run import SearchResult, open_study, run_search
 from .storage import STUDY_FILE, default_storage_url, make_storage
@@ -103,8 +103,8 @@ def _select(
     budget: int | None = None,
 ) -> list[FrozenTrial]:
     """The source trials to refit: ``numbers`` (in that order), or the run's front and the trials
-    within ``slack`` accuracy of it in greedy hypervolume order of their search values (the
-    first ``budget`` of them when given)."""
+    within ``slack`` accuracy of it in :func:`refit_order` of their search values (the first
+    ``budget`` of them when given)."""
     frame = trials_dataframe(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     explicit = numbers is not None
@@ -142,7 +142,7 @@ def refit_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
     that shape the front and an interrupted refit has refit those. The box is the selection's
     own (``nadir_reference``): against accuracy 0 the cheapest points would outweigh the
     accurate ones."""
-    loss = np.where(np.array(directions) == "maximize", -values, values)
+    loss = _to_loss(values, directions, func="refit_order")
     extremes = [int(np.argmin(loss[:, j])) for j in range(loss.shape[1])]
     reference = nadir_reference(values, directions)
     return greedy_hypervolume_order(values, directions, reference, start=extremes)
