@@ -19,36 +19,16 @@ from pydantic import (
     model_validator,
 )
 
-from .evaluators.data import DataConfig
-from .report.pareto import parse_objective
+from .core.errors import ConfigError
+from .core.objectives import Objective, check_trial_metric, parse_objective
+from .core.samplers import list_samplers
+from .data import DataConfig
+from .evaluators import TrainConfig, list_evaluators
 from .spaces import SpaceConfig, get_family
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the offending field."""
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TrainConfig(_Section):
-    """How a network is trained: the teacher from scratch, a candidate by QAT + distillation."""
-
-    epochs: int = Field(default=3, ge=0)
-    lr: float = Field(default=3e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    batch_size: int | None = Field(default=None, gt=0, description="defaults to data.batch_size")
-    kd_alpha: float = Field(default=0.7, ge=0, le=1, description="weight of the distillation term")
-    kd_temperature: float = Field(default=4.0, gt=0)
-    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, device: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
-            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps. Got {device!r}")
-        return device
 
 
 class BudgetConfig(_Section):
@@ -211,9 +191,32 @@ class SurrogateConfig(_Section):
     )
 
 
+class EvaluatorConfig(_Section):
+    """``evaluator:``: how a candidate that fits the budget is scored. ``train`` (default):
+    QAT + distillation as the ``train:`` section says; ``supernet``: a weight-sharing supernet
+    trained once per run, then a short fine-tune per candidate (options: see
+    ``evaluators.supernet.supernet_evaluator``). Evaluators registered from Python with
+    ``register_evaluator`` are valid names too."""
+
+    name: str = "train"
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the evaluator"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _registered_evaluator(cls, name: str) -> str:
+        if name not in list_evaluators():
+            raise ValueError(f"must be one of {list_evaluators()}. Got {name!r}")
+        return name
+
+
 class SearchConfig(_Section):
     n_trials: int = Field(default=40, gt=0)
-    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    sampler: str = Field(
+        default="nsga2",
+        description="nsga2 | tpe | random, or a name registered with core.register_sampler",
+    )
     population_size: int = Field(default=16, ge=2)
     n_jobs: int = Field(default=1, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
@@ -231,6 +234,13 @@ class SearchConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
 
+    @field_validator("sampler")
+    @classmethod
+    def _registered_sampler(cls, sampler: str) -> str:
+        if sampler not in list_samplers():
+            raise ValueError(f"must be one of {list_samplers()}. Got {sampler!r}")
+        return sampler
+
     @field_validator("storage")
     @classmethod
     def _known_storage(cls, storage: str | None) -> str | None:
@@ -244,7 +254,7 @@ class SearchConfig(_Section):
     @field_validator("objectives")
     @classmethod
     def _known_objectives(cls, objectives: list[str]) -> list[str]:
-        parsed = [parse_objective(o) for o in objectives]
+        parsed = [check_trial_metric(parse_objective(o)) for o in objectives]
         names = [o.name for o in parsed]
         if len(set(names)) != len(names):
             raise ValueError(f"objectives must be distinct. Got {names}")
@@ -272,6 +282,7 @@ class RunConfig(_Section):
     teacher: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=20))
     train: TrainConfig = Field(default_factory=TrainConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
 
     @model_validator(mode="after")
@@ -306,13 +317,29 @@ class RunConfig(_Section):
                 )
         return self
 
-    def objectives(self):
+    @model_validator(mode="after")
+    def _early_stopping_needs_training(self) -> RunConfig:
+        # Rungs are epochs of the train evaluator's fine-tune; other evaluators have none.
+        stopping = self.search.early_stopping
+        explicit = stopping.enabled and "enabled" in stopping.model_fields_set
+        if explicit and self.evaluator.name != "train":
+            raise ValueError(
+                "The 'search.early_stopping.enabled' field applies to the 'train' evaluator "
+                f"only (evaluator.name is {self.evaluator.name!r}); set it to false."
+            )
+        return self
+
+    def objectives(self) -> list[Objective]:
         return [parse_objective(o) for o in self.search.objectives]
 
     def fingerprint(self) -> str:
         """Hash of everything that changes what a trial means (not n_trials, n_jobs, timeout, nor
         where and how trials run: the same study may go on under another backend)."""
         relevant = self.model_dump(mode="json", exclude={"search": set(RESUMABLE_SEARCH_FIELDS)})
+        # The default evaluator is hashed as an absent section, so a run folder whose config has
+        # no evaluator section resumes under the same fingerprint.
+        if self.evaluator == EvaluatorConfig():
+            del relevant["evaluator"]
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autocompress.compression.serialization import load_model
 from autocompress.config import load_config, parse_config
-from autocompress.export.artifacts import load_model
+from autocompress.core import load_trials, pareto_front
 from autocompress.export.onnx_export import export_onnx
 from autocompress.export.trial import ONNX_FILE, export_trial
 from autocompress.export.verify import onnx_runner, onnx_runtime_label, time_runner
-from autocompress.report.pareto import pareto_front
-from autocompress.search import load_trials, run_search
+from autocompress.search import run_search
 
 ROUNDS = 3
 

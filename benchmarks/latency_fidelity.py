@@ -49,9 +49,10 @@ from autocompress.hardware_profiles import (
     latency_fidelity,
     model_layers,
 )
-from autocompress.hardware_profiles.lut_build import measure_models, sample_candidates
+from autocompress.hardware_profiles.lut_build import joint_space, measure_models
 from autocompress.hardware_profiles.lut_table import LatencyLUT
 from autocompress.hardware_profiles.predictor import CORRECTION_FEATURES
+from autocompress.spaces.sampling import sample_candidates
 
 NUM_CLASSES = 10
 PRUNE = [0.0, 0.25, 0.5, 0.75]
@@ -220,13 +221,10 @@ def _distinct_models(per_group: int, *, seed: int) -> list[dict[str, Any]]:
     models: list[dict[str, Any]] = []
     seen: set[Any] = set()
     for index, (family, shape, space) in enumerate(GROUPS):
-        candidates = sample_candidates(
-            {**space, "prune_ratios": PRUNE},
-            data_shape=shape,
-            num_classes=NUM_CLASSES,
-            n_samples=per_group,
-            seed=seed + index,
+        joint = joint_space(
+            {**space, "prune_ratios": PRUNE}, input_shape=shape, num_classes=NUM_CLASSES
         )
+        candidates = sample_candidates(joint, n=per_group, seed=seed + index)
         for candidate in candidates:
             model = build_compressed(candidate, num_classes=NUM_CLASSES, input_shape=shape)
             traced = model_layers(model, input_shape=shape)

@@ -37,7 +37,8 @@ import optuna
 import yaml
 
 from autocompress.config import parse_config
-from autocompress.search.run import make_sampler, prepare_setup
+from autocompress.search.samplers import make_sampler
+from autocompress.search.setup import prepare_setup
 from autocompress.search.storage import make_storage
 
 SEARCH = {

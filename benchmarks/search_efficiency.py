@@ -52,22 +52,23 @@ from scipy.stats import kendalltau
 
 from autocompress.compression.apply import build_compressed
 from autocompress.config import parse_config
-from autocompress.evaluators._base import Evaluator, TaskMetrics, TrialContext
+from autocompress.core import hypervolume, nadir_reference, non_dominated_mask
+from autocompress.evaluators import Evaluator, TaskMetrics, TrialContext
 from autocompress.evaluators.early_stopping import EarlyStoppingTrainEvaluator, RungRecord
 from autocompress.evaluators.supernet import SupernetConfig, SupernetEvaluator, get_supernet
 from autocompress.evaluators.train import TrainEvaluator, evaluate_accuracy
-from autocompress.report.pareto import hypervolume, nadir_reference, non_dominated_mask
+from autocompress.search.objective import TrialObjective
 from autocompress.search.refit import refit_order
-from autocompress.search.run import (
-    Objective,
+from autocompress.search.samplers import make_sampler
+from autocompress.search.setup import (
     SearchSetup,
-    count_done,
+    evaluator_context,
     make_evaluator,
-    make_sampler,
     prepare_setup,
 )
+from autocompress.search.study import count_done
 from autocompress.spaces import Candidate
-from autocompress.spaces.enumerate import enumerate_candidates
+from autocompress.spaces.sampling import enumerate_candidates
 
 TARGET = 0.95
 # Plain search: the project's efficiency features (on by default) turned off.
@@ -151,16 +152,28 @@ def build_table(setup: SearchSetup, candidates: list[Candidate], cache: Path) ->
     return table
 
 
+def _context(setup: SearchSetup, config, *, teacher=None):
+    """The evaluator context of ``config`` on the setup's data and space, on the CPU."""
+    return evaluator_context(
+        config,
+        data=setup.data,
+        space=setup.space,
+        device=torch.device("cpu"),
+        teacher=teacher,
+        run_dir=None,
+    )
+
+
+def train_evaluator(setup: SearchSetup, *, config=None, teacher=None, epochs=None):
+    """The run's QAT + distillation evaluator (``config`` defaults to the setup's)."""
+    context = _context(setup, config or setup.config, teacher=teacher)
+    return TrainEvaluator.from_context(context, epochs=epochs)
+
+
 def add_short_finetunes(setup: SearchSetup, table: dict[str, dict], cache: Path) -> None:
     """Each candidate's 1-epoch short fine-tune (its own cosine schedule; ``train.epochs: 1``):
     accuracy and seconds, for the two-stage methods (cached in the table)."""
-    evaluator = TrainEvaluator.from_run_config(
-        setup.config,
-        data=setup.data,
-        device=torch.device("cpu"),
-        teacher=setup.evaluator.teacher,
-        epochs=1,
-    )
+    evaluator = train_evaluator(setup, teacher=setup.evaluator.teacher, epochs=1)
     todo = [k for k, row in table.items() if "short" not in row]
     for i, k in enumerate(todo):
         candidate = Candidate.from_dict(json.loads(k))
@@ -275,12 +288,9 @@ def run_one(
     config = parse_config(raw)
     epochs = setup.config.train.epochs  # a full fine-tune's, the unit of the "full" column
     evaluator = TabularEvaluator(
-        table,
-        make_evaluator(config, data=setup.data, device="cpu", teacher=None),
-        config.train.epochs,
-        short=two_stage,
+        table, make_evaluator(config, _context(setup, config)), config.train.epochs, short=two_stage
     )
-    objective = Objective(dataclasses.replace(setup, config=config, evaluator=evaluator))
+    objective = TrialObjective(dataclasses.replace(setup, config=config, evaluator=evaluator))
     study = optuna.create_study(
         directions=[o.direction for o in config.objectives()],
         sampler=make_sampler(config, seed=seed),
@@ -572,14 +582,12 @@ def ceiling_figures(setup: SearchSetup, table: dict, *, cache: Path) -> None:
     other = build_table(
         dataclasses.replace(
             setup,
-            evaluator=TrainEvaluator.from_run_config(
-                config, data=setup.data, device=torch.device("cpu"), teacher=setup.evaluator.teacher
-            ),
+            evaluator=train_evaluator(setup, config=config, teacher=setup.evaluator.teacher),
         ),
         candidates,
         cache,
     )
-    objective = Objective(setup)
+    objective = TrialObjective(setup)
     proxy = np.array([objective.proxy_accuracy(c) for c in candidates])
     truth = np.array([[r["curve"][-1], r["latency_ms"], r["size_kb"]] for r in table.values()])
 
@@ -652,10 +660,9 @@ def short_finetune_figures(setup_info, table: dict, *, n: int, seed: int) -> Non
         ("short fine-tune, 1 epoch", 1, 0),
         ("short fine-tune, 2 epochs", 2, 0),
     ):
-        evaluator = TrainEvaluator.from_run_config(
-            config.model_copy(update={"seed": run_seed}),
-            data=data,
-            device=torch.device("cpu"),
+        evaluator = train_evaluator(
+            setup,
+            config=config.model_copy(update={"seed": run_seed}),
             teacher=setup.evaluator.teacher,
             epochs=epochs,
         )

@@ -1,14 +1,18 @@
-"""Shared fixtures: a tiny but real run config (digits, few trials, one epoch)."""
+"""Shared fixtures: a tiny but real run config (digits, few trials, one epoch), and trial tables
+built by hand for the Pareto and report tests."""
 
 from __future__ import annotations
 
 import copy
+import math
 import os
+from collections.abc import Callable
 
 # Tiny models train fastest on one thread, and worker subprocesses inherit the variable: with
 # the default (all cores) the 2-core CI machine spends its time on thread contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -74,3 +78,40 @@ def interrupt_training(monkeypatch):
         return lambda: monkeypatch.setattr(TrainEvaluator, "evaluate", original)
 
     return interrupt_on
+
+
+def _trials(rows: list[tuple]) -> pd.DataFrame:
+    """Rows of (number, state, feasible, accuracy, latency_ms, size_kb) -> trials DataFrame."""
+    df = pd.DataFrame(
+        rows, columns=["number", "state", "feasible", "accuracy", "latency_ms", "size_kb"]
+    )
+    df["trained"] = df["state"] == "COMPLETE"
+    df["energy_mj"] = df["latency_ms"] * 0.5
+    df["peak_mem_kb"] = df["size_kb"] * 2.0
+    return df
+
+
+@pytest.fixture
+def make_trials() -> Callable[[list[tuple]], pd.DataFrame]:
+    return _trials
+
+
+@pytest.fixture
+def three_objective_trials() -> pd.DataFrame:
+    """Hand-checked example (accuracy max, latency min, size min).
+
+    Full front: 0, 6, 1, 2 (3 is dominated by all; 4 is infeasible; 5 failed).
+    accuracy/latency front: 1, 6, 0.  accuracy/size front: 2, 0.  latency/size front: 1, 2.
+    """
+    return _trials(
+        [
+            (0, "COMPLETE", True, 0.90, 5.0, 10.0),
+            (1, "COMPLETE", True, 0.80, 2.0, 50.0),
+            (2, "COMPLETE", True, 0.70, 3.0, 5.0),
+            (3, "COMPLETE", True, 0.60, 6.0, 60.0),
+            (4, "COMPLETE", False, 0.95, 1.0, 1.0),
+            (5, "FAIL", False, math.nan, math.nan, math.nan),
+            (6, "COMPLETE", True, 0.85, 4.0, 20.0),
+            (7, "RUNNING", True, math.nan, math.nan, math.nan),
+        ]
+    )

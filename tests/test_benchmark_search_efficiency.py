@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autocompress.report.pareto import hypervolume
+from autocompress.core import hypervolume
 
 DIRECTIONS = ["maximize", "minimize", "minimize"]
 

@@ -28,6 +28,9 @@ def test_defaults_fill_in(tiny_config_dict):
         ({"search": {"n_trials": "many"}}, "search.n_trials"),
         ({"search": {"sampler": "bayes"}}, "search.sampler"),
         ({"search": {"objectives": ["accuracy", "speed"]}}, "search.objectives"),
+        ({"search": {"objectives": ["accuracy", "speed:min"]}}, "search.objectives"),
+        ({"evaluator": {"name": "nope"}}, "evaluator.name"),
+        ({"data": {"dataset": "nope"}}, "data.dataset"),
         ({"train": {"kd_alpha": 2}}, "train.kd_alpha"),
         ({"train": {"device": "tpu"}}, "train.device"),
         ({"hardware": {"budget": {"max_latency_ms": -1}}}, "hardware.budget.max_latency_ms"),
@@ -100,3 +103,18 @@ def test_overrides_set_nested_fields_from_yaml_values(tiny_config_dict):
         apply_overrides(tiny_config_dict, ["train.lr=[1,"])
     with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
         apply_overrides(tiny_config_dict, ["train..epochs=1"])
+
+
+def test_objectives_are_the_metrics_a_trial_records(tiny_config_dict):
+    # Any metric a trial records may be an objective, params included; a name no trial records
+    # is refused at load time (not by a KeyError in every trial), and the message lists them.
+    tiny_config_dict["search"]["objectives"] = ["accuracy", "params", "peak_mem_kb:min"]
+    config = parse_config(tiny_config_dict)
+    assert [(o.name, o.direction) for o in config.objectives()] == [
+        ("accuracy", "maximize"),
+        ("params", "minimize"),
+        ("peak_mem_kb", "minimize"),
+    ]
+    tiny_config_dict["search"]["objectives"] = ["accuracy", "flops:min"]
+    with pytest.raises(ConfigError, match=r"'flops' is not a metric .*'params'"):
+        parse_config(tiny_config_dict)

@@ -13,9 +13,8 @@ from optuna import create_study
 from optuna.trial import TrialState, create_trial
 
 from autocompress.config import ConfigError, RunConfig, parse_config
-from autocompress.evaluators import early_stopping
-from autocompress.evaluators._base import TaskMetrics
-from autocompress.evaluators.data import load_data
+from autocompress.data import load_data
+from autocompress.evaluators import TaskMetrics, early_stopping
 from autocompress.evaluators.early_stopping import (
     EarlyStoppingTrainEvaluator,
     OptunaRungStore,
@@ -25,10 +24,11 @@ from autocompress.evaluators.early_stopping import (
 from autocompress.evaluators.train import TrainEvaluator
 from autocompress.search import run_search
 from autocompress.search.prescreen import SKIPPED_ATTR, Prescreener
-from autocompress.search.progress import _status
-from autocompress.search.run import STOPPED_ATTR, _counted, count_done, make_evaluator
+from autocompress.search.progress import describe_trial
+from autocompress.search.setup import evaluator_context, make_evaluator
+from autocompress.search.study import STOPPED_ATTR, count_done, counted
 from autocompress.spaces import JointSearchSpace
-from autocompress.spaces.enumerate import enumerate_candidates
+from autocompress.spaces.sampling import enumerate_candidates
 
 PINNED_ACCURACY = 0.5
 
@@ -40,6 +40,18 @@ def _config(cfg: dict, **search) -> RunConfig:
     cfg["search"]["objectives"] = ["accuracy", "size_kb"]
     cfg["search"].update(search)
     return parse_config(cfg)
+
+
+def _evaluator(config: RunConfig, *, study=None):
+    """The run's evaluator as the search builds it (no teacher, on the CPU)."""
+    data = load_data(config.data, seed=config.seed)
+    space = JointSearchSpace(
+        config.space, num_classes=data.num_classes, input_shape=data.input_shape
+    )
+    context = evaluator_context(
+        config, data=data, space=space, device=torch.device("cpu"), teacher=None, run_dir=None
+    )
+    return make_evaluator(config, context, study=study)
 
 
 # --- counting towards n_trials --------------------------------------------------------------
@@ -54,8 +66,8 @@ def test_stopped_trials_count_towards_n_trials_and_skipped_ones_do_not():
         state=TrialState.PRUNED, user_attrs={SKIPPED_ATTR: "why", "pruned_reason": "skipped: why"}
     )
     pruned_otherwise = create_trial(state=TrialState.PRUNED)  # neither: not a finished budget
-    assert _counted(complete) and _counted(stopped)
-    assert not _counted(skipped) and not _counted(pruned_otherwise)
+    assert counted(complete) and counted(stopped)
+    assert not counted(skipped) and not counted(pruned_otherwise)
     assert count_done([complete, stopped, skipped, pruned_otherwise, skipped]) == 2
 
 
@@ -82,9 +94,7 @@ def test_without_accuracy_default_early_stopping_stays_out_of_the_way(tiny_confi
     # On by default where it applies: a config that never asked for it must not fail.
     tiny_config_dict["search"]["objectives"] = ["latency_ms", "size_kb"]
     config = parse_config(tiny_config_dict)
-    data = load_data(config.data, seed=config.seed)
-    evaluator = make_evaluator(config, data=data, device=torch.device("cpu"), teacher=None)
-    assert type(evaluator) is TrainEvaluator
+    assert type(_evaluator(config)) is TrainEvaluator
 
 
 # --- make_evaluator ---------------------------------------------------------------------------
@@ -104,8 +114,7 @@ def test_make_evaluator_stops_early_only_when_enabled_and_a_rung_fits(
 ):
     tiny_config_dict["train"]["epochs"] = epochs
     config = _config(tiny_config_dict, early_stopping=early)
-    data = load_data(config.data, seed=config.seed)
-    evaluator = make_evaluator(config, data=data, device=torch.device("cpu"), teacher=None)
+    evaluator = _evaluator(config)
     assert type(evaluator) is expected
     if expected is EarlyStoppingTrainEvaluator:
         assert evaluator.table.rungs == (1,)
@@ -116,12 +125,9 @@ def test_make_evaluator_keeps_rung_records_in_the_study_when_given_one(tiny_conf
     config = _config(
         tiny_config_dict, early_stopping={"eta": 2, "min_dominators": 3, "min_records": 5}
     )
-    data = load_data(config.data, seed=config.seed)
     study = create_study(directions=["maximize", "minimize"])
-    evaluator = make_evaluator(config, data=data, device=torch.device("cpu"), teacher=None)
-    in_study = make_evaluator(
-        config, data=data, device=torch.device("cpu"), teacher=None, study=study
-    )
+    evaluator = _evaluator(config)
+    in_study = _evaluator(config, study=study)
     # Without a study the records stay in memory; with one they are shared and survive resumes.
     assert not isinstance(evaluator.table.store, OptunaRungStore)
     assert isinstance(in_study.table.store, OptunaRungStore)
@@ -194,7 +200,7 @@ def test_early_stopping_end_to_end_records_prunes_and_counts(
             assert t.user_attrs["pruned_reason"].startswith("stopped at rung 0 after 1 epoch")
             assert SKIPPED_ATTR not in t.user_attrs
             assert not (result.run_dir / "trials" / str(t.number) / "model.pt").exists()
-            assert "stopped at rung 0" in _status(t)  # the progress line says why
+            assert "stopped at rung 0" in describe_trial(t)  # the progress line says why
         else:
             assert t.state == TrialState.COMPLETE, t.number
             assert STOPPED_ATTR not in t.user_attrs and "pruned_reason" not in t.user_attrs
@@ -339,7 +345,8 @@ def test_ray_backend_records_skipped_and_stopped_trials_as_pruned(
         shared_objective,
         train_trial,
     )
-    from autocompress.search.run import make_sampler, open_study
+    from autocompress.search.samplers import make_sampler
+    from autocompress.search.study import open_study
 
     real = early_stopping.evaluate_accuracy
     monkeypatch.setattr(

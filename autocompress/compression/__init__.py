@@ -1,6 +1,8 @@
 """Compression primitives: fake-quant QAT layers, DepGraph channel pruning, distillation loss and
-weight inheritance. Each works in place on a plain ``nn.Module``."""
+weight inheritance, each in place on a plain ``nn.Module``; ``compress_`` applies a whole
+candidate; saved models are a JSON spec + state_dict (``serialization``), never a pickle."""
 
+from autocompress.compression.apply import build_compressed, compress_
 from autocompress.compression.distillation import kd_loss
 from autocompress.compression.inherit import inherit_weights_
 from autocompress.compression.pruning import count_parameters, prunable_layers, prune_
@@ -14,9 +16,15 @@ from autocompress.compression.quantization import (
     quantize_weight,
     quantized_layers,
 )
+from autocompress.compression.serialization import load_model, read_spec, save_model
 
 __all__ = [
     "FLOAT_BITS",
+    "build_compressed",
+    "compress_",
+    "load_model",
+    "read_spec",
+    "save_model",
     "QuantConv2d",
     "QuantLinear",
     "activation_qparams",

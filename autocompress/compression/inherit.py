@@ -33,7 +33,7 @@ def inherit_weights_(student: nn.Module, teacher_state: Mapping[str, Tensor]) ->
                 target.copy_(source)
                 copied.append(key)
                 continue
-            target_idx, source_idx, widened = _overlap(target.shape, source.shape)
+            target_idx, source_idx, widened = shared_slices(target.shape, source.shape)
             if any(s.stop - s.start <= 0 for s in target_idx):
                 continue
             if widened:
@@ -65,7 +65,7 @@ def scatter_grads_(teacher: nn.Module, student: nn.Module) -> list[str]:
             target = teacher_params.get(name)
             if param.grad is None or target is None or target.dim() != param.dim():
                 continue
-            student_idx, teacher_idx, _ = _overlap(param.shape, target.shape)
+            student_idx, teacher_idx, _ = shared_slices(param.shape, target.shape)
             if any(s.stop - s.start <= 0 for s in student_idx):
                 continue
             if target.grad is None:
@@ -76,10 +76,11 @@ def scatter_grads_(teacher: nn.Module, student: nn.Module) -> list[str]:
     return updated
 
 
-def _overlap(
+def shared_slices(
     target_shape: torch.Size, source_shape: torch.Size
 ) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
-    """Matching target/source slices, and whether a kernel dim of the target is the larger."""
+    """The slices of a target and a source tensor that inheritance matches (leading channels,
+    centred kernels), and whether a kernel dim of the target is the larger."""
     target_idx, source_idx = [], []
     widened = False
     for dim, (t, s) in enumerate(zip(target_shape, source_shape, strict=True)):

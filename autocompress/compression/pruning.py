@@ -1,24 +1,28 @@
 """Physical structured pruning of Conv2d/Linear output channels with Torch-Pruning's DepGraph.
 
-Layers whose channels are tied together (a conv and its BatchNorm, a depthwise conv and the conv
-feeding it, convs whose outputs are summed by residual additions) form one dependency group.
-A group is addressed by its *leader*, its first Conv2d/Linear in ``model.named_modules()`` order,
-so a per-layer pruning ratio keyed by layer name means the same thing for every model built from
-the same architecture.
+Ratios are keyed by the leaders of channel dependency groups (see ``spaces.groups``): removing a
+leader's channels removes the matching channels of every layer coupled to it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import torch
-import torch_pruning as tp
 from torch import Tensor, nn
 
-ExampleInputs = Tensor | Sequence[Tensor]
+from ..spaces.groups import (
+    ExampleInputs,
+    build_dependency_graph,
+    check_ignored,
+    leader_groups,
+    out_channels,
+    prunable_layers,
+    tracing_state,
+)
+
+__all__ = ["count_parameters", "prunable_layers", "prune_"]
 
 # floor(C * ratio) in floating point turns 100 * 0.29 into 28.999999999999996; this slack keeps
 # ratios that are "exactly" k/C in decimal from losing a channel.
@@ -28,22 +32,6 @@ _FLOOR_SLACK = 1e-9
 def count_parameters(model: nn.Module) -> int:
     """Number of scalar parameters of ``model`` (shared parameters counted once)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def prunable_layers(
-    model: nn.Module, example_inputs: ExampleInputs, *, ignored: Iterable[str] = ()
-) -> list[str]:
-    """Names of the group leaders whose output channels can be pruned, in module order.
-
-    ``example_inputs`` (a tensor, or a sequence of positional tensors) is run once through the
-    model to trace it. ``ignored`` names layers that must keep their output channels (pass the
-    final classifier); groups that would change an ignored layer's outputs are skipped. Depthwise
-    convs never lead: they follow the group of the layer that feeds them. The model's train/eval
-    mode is left unchanged.
-    """
-    ignored_names = _check_ignored(model, ignored, where="prunable_layers")
-    graph = _build_graph(model, example_inputs)
-    return list(_leader_groups(model, graph, ignored_names))
 
 
 def prune_(
@@ -61,7 +49,7 @@ def prune_(
     always gives the same pruned shapes. Parameters are replaced by new tensors: build optimizers
     after pruning. Returns ``model``.
     """
-    ignored_names = _check_ignored(model, ignored, where="prune_")
+    ignored_names = check_ignored(model, ignored, where="prune_")
     modules = dict(model.named_modules())
     for name, ratio in ratios.items():
         if name not in modules:
@@ -75,9 +63,9 @@ def prune_(
                 f"Got {ratio!r} instead."
             )
 
-    with _tracing_state(model):
-        graph = _build_graph(model, example_inputs)
-        leaders = _leader_groups(model, graph, ignored_names)
+    with tracing_state(model):
+        graph = build_dependency_graph(model, example_inputs)
+        leaders = leader_groups(model, graph, ignored_names)
         for name in ratios:
             if name not in leaders:
                 raise ValueError(
@@ -86,7 +74,7 @@ def prune_(
                 )
         for name, ratio in ratios.items():
             leader = leaders[name]
-            channels = _out_channels(leader)
+            channels = out_channels(leader)
             n_remove = min(math.floor(channels * ratio + _FLOOR_SLACK), channels - 1)
             if n_remove <= 0:
                 continue
@@ -101,102 +89,3 @@ def _lowest_l1_channels(weight: Tensor, n: int) -> list[int]:
     # stable sort: equal norms (e.g. zero-initialised channels) resolve by index, not by chance
     order = torch.argsort(importance, stable=True)
     return sorted(order[:n].tolist())
-
-
-def _out_channels(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    # Torch-Pruning's own definition (tp.ops.module2type): one group per output channel
-    return isinstance(module, nn.Conv2d) and module.groups == module.out_channels > 1
-
-
-def _check_ignored(model: nn.Module, ignored: Iterable[str], *, where: str) -> set[str]:
-    if isinstance(ignored, str):
-        raise ValueError(
-            f"The 'ignored' parameter of {where} must be an iterable of module names, not a "
-            f"single string. Got {ignored!r} instead."
-        )
-    names = set(ignored)
-    modules = dict(model.named_modules())
-    for name in sorted(names):
-        if name not in modules:
-            raise ValueError(
-                f"The 'ignored' parameter of {where} must hold module names of the model. "
-                f"Got {name!r} instead."
-            )
-    return names
-
-
-@contextmanager
-def _tracing_state(model: nn.Module) -> Iterator[None]:
-    """Enable autograd for tracing and restore train/eval flags and ``requires_grad`` after.
-
-    DepGraph traces through ``grad_fn`` (so it needs grad mode and parameters that require
-    grad) and calls ``model.eval()`` without restoring the mode. Flags are restored by name
-    because pruning replaces the Parameter objects.
-    """
-    training = {name: m.training for name, m in model.named_modules()}
-    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            yield
-    finally:
-        for name, m in model.named_modules():
-            m.training = training.get(name, m.training)
-        for name, p in model.named_parameters():
-            p.requires_grad_(requires_grad.get(name, p.requires_grad))
-
-
-def _build_graph(model: nn.Module, example_inputs: ExampleInputs) -> tp.DependencyGraph:
-    def forward(m: nn.Module, inputs: Any) -> Any:
-        # Explicit, because DepGraph's default tries ``m(*inputs)`` and silently retries
-        # ``m(inputs)`` on any exception, which runs a failing model twice and hides the error.
-        return m(inputs) if isinstance(inputs, Tensor) else m(*inputs)
-
-    with _tracing_state(model):
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs, forward_fn=forward, verbose=False
-        )
-
-
-def _leader_groups(
-    model: nn.Module, graph: tp.DependencyGraph, ignored: set[str]
-) -> dict[str, nn.Module]:
-    """``{leader name: leader module}`` of every prunable group, in module order."""
-    names = {m: name for name, m in model.named_modules()}
-    ignored_modules = {m for m, name in names.items() if name in ignored}
-    claimed: set[nn.Module] = set()
-    leaders: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d | nn.Linear) or module not in graph.module2node:
-            continue
-        if module in claimed or module in ignored_modules or _is_depthwise(module):
-            continue
-        pruner = graph.get_pruner_of_module(module)
-        group = graph.get_pruning_group(
-            module, pruner.prune_out_channels, list(range(_out_channels(module)))
-        )
-        members = [
-            dep.target.module
-            for dep, _ in group
-            if graph.is_out_channel_pruning_fn(dep.handler)
-            and isinstance(dep.target.module, nn.Module)
-        ]
-        claimed.update(members)
-        if any(m in ignored_modules for m in members) or _has_grouped_conv(group):
-            continue
-        leaders[name] = module
-    return leaders
-
-
-def _has_grouped_conv(group: Any) -> bool:
-    # Torch-Pruning cannot keep a grouped (non-depthwise) conv's per-group channel structure
-    # consistent, so such groups are never offered for pruning.
-    return any(
-        isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)
-        for m in (dep.target.module for dep, _ in group)
-    )

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FLOAT_BITS = 32  # at this many bits (or more) a tensor is left in floating point
-MIN_BITS = 2  # symmetric weights need at least one level on each side of zero
+from ..spaces.candidate import FLOAT_BITS, MIN_BITS
+
 MOMENTUM = 0.1  # weight of the newest batch in the activation-range EMA
 _MIN_SCALE = 1e-8  # keeps the activation scale finite when the observed range is empty
 

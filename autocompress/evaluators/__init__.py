@@ -1,5 +1,32 @@
-"""Evaluators turn a compressed model into task metrics (accuracy)."""
+"""Evaluators turn a compressed model into task metrics (accuracy): a registry of them
+(``evaluator: {name: ...}`` in a run config), QAT + distillation (``train``), a weight-sharing
+supernet (``supernet``), multi-objective early stopping and an accuracy predictor."""
 
-from ._base import CandidateError, Evaluator, TaskMetrics
+from . import supernet as _supernet  # noqa: F401  (registers the "supernet" evaluator)
+from ._base import (
+    CandidateError,
+    CandidateStopped,
+    Evaluator,
+    EvaluatorContext,
+    TaskMetrics,
+    TrialContext,
+    create_evaluator,
+    list_evaluators,
+    register_evaluator,
+)
+from .train import TrainConfig, TrainEvaluator, resolve_device
 
-__all__ = ["CandidateError", "Evaluator", "TaskMetrics"]
+__all__ = [
+    "CandidateError",
+    "CandidateStopped",
+    "Evaluator",
+    "EvaluatorContext",
+    "TaskMetrics",
+    "TrainConfig",
+    "TrainEvaluator",
+    "TrialContext",
+    "create_evaluator",
+    "list_evaluators",
+    "register_evaluator",
+    "resolve_device",
+]

@@ -1,17 +1,26 @@
-"""Evaluator contract: turn a compressed model into task metrics."""
+"""Evaluator contract (turn a compressed model into task metrics) and the evaluator registry."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-from ..spaces import Candidate
+from ..core.errors import AutocompressError
+from ..core.registry import Registry
+from ..data import DataBundle
+from ..spaces import Candidate, JointSearchSpace
+
+if TYPE_CHECKING:
+    from ..core.rundir import RunDir
+    from .train import TrainConfig
 
 
-class CandidateError(RuntimeError):
+class CandidateError(AutocompressError, RuntimeError):
     """A candidate that cannot be evaluated (NaN loss, invalid plan, out of memory).
 
     The search records it as a failed trial with this message as the reason and goes on.
@@ -82,3 +91,52 @@ class Evaluator(ABC):
         :class:`CandidateStopped`.
         """
         return self.evaluate(model, candidate)
+
+
+@dataclass(frozen=True)
+class EvaluatorContext:
+    """What the search hands every evaluator factory (see :func:`register_evaluator`).
+
+    ``train``: the run's ``train:`` section, with ``batch_size`` resolved (it defaults to
+    ``data.batch_size``); ``num_workers``: DataLoader workers; ``teacher``: the uncompressed
+    network to distil from (eval mode), if any; ``run_dir``: the run folder, where an evaluator may
+    cache what it trains once (e.g. the supernet), or None for no cache.
+    """
+
+    data: DataBundle
+    space: JointSearchSpace
+    train: TrainConfig
+    device: torch.device
+    teacher: nn.Module | None = None
+    num_workers: int = 0
+    seed: int = 0
+    run_dir: RunDir | None = None
+
+    def __post_init__(self) -> None:
+        if self.train.batch_size is None:
+            raise ValueError(
+                "The 'train' parameter of EvaluatorContext must have its batch_size set (the "
+                "run's train.batch_size, or data.batch_size when that is unset). Got None."
+            )
+
+
+EvaluatorFactory = Callable[..., Evaluator]
+_EVALUATORS: Registry[EvaluatorFactory] = Registry("evaluator")
+
+
+def register_evaluator(name: str) -> Callable[[EvaluatorFactory], EvaluatorFactory]:
+    """Decorator: make ``factory(context: EvaluatorContext, **options) -> Evaluator`` available
+    as ``evaluator: {name: <name>, options: {...}}`` in a run config. ``options`` are the
+    config's ``evaluator.options``; a factory rejects unknown ones with a TypeError or
+    ValueError, which the search reports as a config error."""
+    return _EVALUATORS.register(name)
+
+
+def create_evaluator(name: str, *, context: EvaluatorContext, **options: Any) -> Evaluator:
+    """The evaluator registered as ``name``, built for ``context`` with ``options``."""
+    return _EVALUATORS.get(name, where="The 'evaluator.name' field")(context, **options)
+
+
+def list_evaluators(pattern: str = "*") -> list[str]:
+    """Names accepted by :func:`create_evaluator`, sorted."""
+    return _EVALUATORS.names(pattern)

@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from ..core.trials import retried_trials
+from ..core.validation import check_int
+from ..data import DataBundle
 from ..spaces import Candidate
 from ._base import CandidateError, CandidateStopped, TaskMetrics, TrialContext
-from .data import DataBundle
 from .train import TrainEvaluator, evaluate_accuracy
 
 __all__ = [
@@ -56,12 +58,6 @@ __all__ = [
 ]
 
 RUNG_ATTR_PREFIX = "rung."  # Optuna user attribute "rung.<epochs>" holds a RungRecord dict
-RETRY_ATTR = "retry_of"  # user attribute of a retry: the number of the attempt it repeats
-
-
-def retried_trials(trials: Iterable[Any]) -> set[int]:
-    """Numbers of the trials (Optuna ``FrozenTrial``) that a later trial retries."""
-    return {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
 
 
 def rung_schedule(*, max_epochs: int, min_epochs: int = 1, eta: int = 3) -> tuple[int, ...]:
@@ -72,8 +68,8 @@ def rung_schedule(*, max_epochs: int, min_epochs: int = 1, eta: int = 3) -> tupl
     ``rung_schedule(max_epochs=9)`` is ``(1, 3)``; a budget of ``min_epochs`` or less has none.
     """
     for name, value, minimum in (("max_epochs", max_epochs, 1), ("min_epochs", min_epochs, 1)):
-        _check_int(value, name=name, where="rung_schedule", minimum=minimum)
-    _check_int(eta, name="eta", where="rung_schedule", minimum=2)
+        check_int(value, name=name, where="rung_schedule", minimum=minimum)
+    check_int(eta, name="eta", where="rung_schedule", minimum=2)
     rungs = []
     epochs = min_epochs
     while epochs < max_epochs:
@@ -209,15 +205,15 @@ class RungTable:
     ) -> None:
         rungs = tuple(rungs)
         for rung in rungs:
-            _check_int(rung, name="rungs", where="RungTable", minimum=1)
+            check_int(rung, name="rungs", where="RungTable", minimum=1)
         if list(rungs) != sorted(set(rungs)):
             raise ValueError(
                 "The 'rungs' parameter of RungTable must be strictly increasing epoch budgets. "
                 f"Got {rungs!r} instead."
             )
-        _check_int(eta, name="eta", where="RungTable", minimum=2)
-        _check_int(min_dominators, name="min_dominators", where="RungTable", minimum=1)
-        _check_int(min_records, name="min_records", where="RungTable", minimum=0)
+        check_int(eta, name="eta", where="RungTable", minimum=2)
+        check_int(min_dominators, name="min_dominators", where="RungTable", minimum=1)
+        check_int(min_records, name="min_records", where="RungTable", minimum=0)
         if store is not None and not isinstance(store, RungStore):
             raise ValueError(
                 "The 'store' parameter of RungTable must have records(rung) and add(rung, "
@@ -317,7 +313,7 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
             teacher=teacher,
             seed=seed,
         )
-        _check_int(epochs, name="epochs", where="EarlyStoppingTrainEvaluator", minimum=1)
+        check_int(epochs, name="epochs", where="EarlyStoppingTrainEvaluator", minimum=1)
         if isinstance(cost_names, str):
             raise ValueError(
                 "The 'cost_names' parameter of EarlyStoppingTrainEvaluator must be a sequence "
@@ -372,11 +368,4 @@ def _check_record(record: RungRecord) -> None:
         raise ValueError(
             "The 'record.costs' parameter of RungTable.report must hold finite numbers. "
             f"Got {record.costs!r} instead."
-        )
-
-
-def _check_int(value: Any, *, name: str, where: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"The '{name}' parameter of {where} must be an int >= {minimum}. Got {value!r} instead."
         )

@@ -18,8 +18,9 @@ BatchNorm statistics (and activation ranges) on a few training batches -> a shor
 (``qat_steps``, distilled from the supernet) -> validation accuracy.
 
 The supernet is trained once per run and cached on disk (JSON spec + state_dict, see
-``export.artifacts``); :func:`rank_correlation` measures how well its accuracies rank candidates
-against full fine-tuning.
+``compression.serialization``); :func:`rank_correlation` measures how well its accuracies rank
+candidates against full fine-tuning. In a run config: ``evaluator: {name: supernet, options:
+{supernet: {...SupernetConfig fields}, qat_steps: 20, calib_batches: 8, ...}}``.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ from torch import nn
 from ..compression.apply import build_compressed
 from ..compression.distillation import kd_loss
 from ..compression.inherit import inherit_weights_, scatter_grads_
-from ..export.artifacts import SPEC_FILE, load_model, read_spec, save_model
-from ..spaces import Candidate, JointSearchSpace, ModelFamily, build_model
-from ._base import CandidateError, Evaluator, TaskMetrics
-from .data import DataBundle, make_loaders
+from ..compression.serialization import SPEC_FILE, load_model, read_spec, save_model
+from ..data import DataBundle, make_loaders
+from ..spaces import Candidate, JointSearchSpace, build_model
+from ..spaces.sampling import sample_arch, smallest_arch
+from ._base import CandidateError, Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
 from .train import evaluate_accuracy
 
 __all__ = [
@@ -56,9 +58,6 @@ __all__ = [
     "get_supernet",
     "rank_correlation",
     "recalibrate_bn_",
-    "sample_arch",
-    "sample_candidates",
-    "smallest_arch",
     "supernet_fingerprint",
     "train_supernet",
 ]
@@ -121,56 +120,6 @@ class SupernetConfig:
                 f"The 'version' parameter of SupernetConfig must be {SUPERNET_CONFIG_VERSION}. "
                 f"Got {self.version!r} instead."
             )
-
-
-# --- points of the space without an Optuna study -----------------------------------------------
-
-
-class _ChoiceTrial:
-    """Stands in for ``optuna.Trial`` in ``suggest``/``suggest_arch``: each categorical choice is
-    made by ``pick``. Enough for every built-in family (they only call ``suggest_categorical``);
-    anything else is reported by name instead of failing obscurely."""
-
-    def __init__(self, pick: Callable[[Sequence[Any]], Any]) -> None:
-        self._pick = pick
-        self.params: dict[str, Any] = {}
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        value = self._pick(list(choices))
-        self.params[name] = value
-        return value
-
-    def __getattr__(self, attr: str) -> Any:
-        raise AttributeError(
-            f"Sampling a space outside Optuna supports only suggest_categorical; the family or "
-            f"space called {attr!r}."
-        )
-
-
-def _random_pick(rng: np.random.Generator) -> Callable[[Sequence[Any]], Any]:
-    return lambda choices: choices[int(rng.integers(len(choices)))]
-
-
-def sample_arch(family: ModelFamily, *, rng: np.random.Generator) -> dict[str, Any]:
-    """A uniformly random architecture of ``family`` (every knob drawn independently)."""
-    return family.suggest_arch(_ChoiceTrial(_random_pick(rng)))
-
-
-def smallest_arch(family: ModelFamily) -> dict[str, Any]:
-    """The architecture taking the smallest choice of every knob: the bottom of the sandwich.
-    (The built-in families' knobs all grow the network with their value.)"""
-    return family.suggest_arch(_ChoiceTrial(min))
-
-
-def sample_candidates(space: JointSearchSpace, *, n: int, seed: int) -> list[Candidate]:
-    """``n`` uniformly random joint points (architecture, bits, pruning) of ``space``, seeded,
-    drawn the way ``space.suggest`` draws them under Optuna's random sampler."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(
-            f"The 'n' parameter of sample_candidates must be an int >= 0. Got {n!r} instead."
-        )
-    rng = np.random.default_rng(seed)
-    return [space.suggest(_ChoiceTrial(_random_pick(rng))) for _ in range(n)]
 
 
 # --- supernet training -------------------------------------------------------------------------
@@ -297,7 +246,7 @@ def get_supernet(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load the supernet cached in ``directory`` or train and save it there.
 
-    The cache is a JSON spec + state_dict (``export.artifacts``; loaded with
+    The cache is a JSON spec + state_dict (``compression.serialization``; loaded with
     ``weights_only=True``, never a pickled module). A cache whose fingerprint (see
     :func:`supernet_fingerprint`) differs is retrained and overwritten. Returns (supernet in
     eval mode, its metrics).
@@ -542,4 +491,40 @@ def rank_correlation(
     result = kendalltau(accuracies[:, 0], accuracies[:, 1])
     return RankCorrelation(
         kendall_tau=float(result.statistic), p_value=float(result.pvalue), accuracies=accuracies
+    )
+
+
+@register_evaluator("supernet")
+def supernet_evaluator(
+    context: EvaluatorContext, *, supernet: Mapping[str, Any] | None = None, **options: Any
+) -> SupernetEvaluator:
+    """``evaluator: {name: supernet, options: {...}}``: trains the space's supernet once per run
+    folder (``supernet``: :class:`SupernetConfig` fields; seeded with the run's seed), cached in
+    the run folder, then scores each candidate with :class:`SupernetEvaluator` (``options``: its
+    keyword arguments, e.g. ``qat_steps``, ``calib_batches``, ``lr``; batch size and distillation
+    default to the run's ``train`` section)."""
+    if context.run_dir is None:
+        raise ValueError("The supernet evaluator needs a run folder to cache its supernet in.")
+    config = SupernetConfig(**{"seed": context.seed, **dict(supernet or {})})
+    model, _ = get_supernet(
+        context.space,
+        data=context.data,
+        config=config,
+        directory=context.run_dir.supernet_dir,
+        device=context.device,
+        num_workers=context.num_workers,
+    )
+    settings = {
+        "batch_size": context.train.batch_size,
+        "kd_alpha": context.train.kd_alpha,
+        "kd_temperature": context.train.kd_temperature,
+        **options,
+    }
+    return SupernetEvaluator(
+        supernet=model,
+        data=context.data,
+        device=context.device,
+        num_workers=context.num_workers,
+        seed=context.seed,
+        **settings,
     )

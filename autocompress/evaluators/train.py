@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..compression.distillation import kd_loss
+from ..data import DataBundle, make_loaders
 from ..spaces import Candidate
-from ._base import CandidateError, Evaluator, TaskMetrics
-from .data import DataBundle, make_loaders
+from ._base import CandidateError, Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
 
-if TYPE_CHECKING:  # config imports this package's data module
-    from ..config import RunConfig
+
+class TrainConfig(BaseModel):
+    """How a network is trained (a run's ``teacher:`` and ``train:`` sections): the teacher from
+    scratch, a candidate by QAT + distillation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=3, ge=0)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    batch_size: int | None = Field(default=None, gt=0, description="defaults to data.batch_size")
+    kd_alpha: float = Field(default=0.7, ge=0, le=1, description="weight of the distillation term")
+    kd_temperature: float = Field(default=4.0, gt=0)
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps. Got {device!r}")
+        return device
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,31 +152,24 @@ class TrainEvaluator(Evaluator):
             teacher.to(device).eval()
 
     @classmethod
-    def from_run_config(
-        cls,
-        config: RunConfig,
-        *,
-        data: DataBundle,
-        device: torch.device,
-        teacher: nn.Module | None,
-        epochs: int | None = None,
-        **extra: Any,
+    def from_context(
+        cls, context: EvaluatorContext, *, epochs: int | None = None, **extra: Any
     ) -> Self:
         """The evaluator a run's ``train`` section describes (``epochs`` overrides its count;
         ``extra``: the keyword arguments a subclass adds, e.g. early stopping's ``table``)."""
-        train = config.train
+        train = context.train
         return cls(
-            data=data,
+            data=context.data,
             epochs=train.epochs if epochs is None else epochs,
             lr=train.lr,
             weight_decay=train.weight_decay,
-            batch_size=train.batch_size or config.data.batch_size,
-            num_workers=config.data.num_workers,
+            batch_size=train.batch_size,
+            num_workers=context.num_workers,
             kd_alpha=train.kd_alpha,
             kd_temperature=train.kd_temperature,
-            device=device,
-            teacher=teacher,
-            seed=config.seed,
+            device=context.device,
+            teacher=context.teacher,
+            seed=context.seed,
             **extra,
         )
 
@@ -204,3 +218,10 @@ class TrainEvaluator(Evaluator):
             epochs=self.epochs,
             train_seconds=time.perf_counter() - start,
         )
+
+
+@register_evaluator("train")
+def train_evaluator(context: EvaluatorContext) -> TrainEvaluator:
+    """``evaluator: {name: train}`` (the default): QAT + distillation for ``train.epochs``; it
+    takes no options, the ``train:`` section configures it."""
+    return TrainEvaluator.from_context(context)

@@ -1,5 +1,7 @@
-"""Export: saved models (JSON spec + state_dict) and chosen-trial export."""
+"""Export a chosen trial: pick rules, deployable artefacts (ONNX QDQ, TorchScript, bit-packed
+weights) and their verification against the PyTorch model."""
 
-from .artifacts import load_model, read_spec, save_model
+from .pick import PickError, pick_trial
+from .trial import EXPORT_FORMATS, ExportResult, export_trial
 
-__all__ = ["load_model", "read_spec", "save_model"]
+__all__ = ["EXPORT_FORMATS", "ExportResult", "PickError", "export_trial", "pick_trial"]

@@ -20,12 +20,14 @@ import yaml
 from torch import nn
 
 from ..compression.apply import build_compressed
+from ..compression.serialization import SPEC_FILE, WEIGHTS_FILE, load_model, save_model
 from ..config import RunConfig, load_config
-from ..evaluators.data import DataBundle, load_data, make_loaders
+from ..core.rundir import RunDir
+from ..data import DataBundle, load_data, make_loaders
 from ..evaluators.train import TrainEvaluator, evaluate_accuracy, resolve_device
 from ..hardware_profiles.graph import model_size_bytes
-from ..spaces import Candidate
-from .artifacts import SPEC_FILE, WEIGHTS_FILE, load_model, save_model
+from ..search.setup import evaluator_context
+from ..spaces import Candidate, JointSearchSpace
 from .verify import (
     INTEGER_KERNELS,
     TIMING_THREADS,
@@ -83,8 +85,8 @@ class _Written:
 
 
 def trial_dir(run_dir: Path, trial: int) -> Path:
-    directory = run_dir / "trials" / str(trial)
-    if not (directory / "spec.json").is_file():
+    directory = RunDir(run_dir).trial_dir(trial)
+    if not (directory / SPEC_FILE).is_file():
         raise FileNotFoundError(
             f"Trial {trial} of {str(run_dir)!r} has no saved model: it failed, was over the "
             "hardware budget (never trained), or the run had search.save_models: false. "
@@ -124,8 +126,8 @@ def export_trial(
             f"Got {finetune_epochs!r} instead."
         )
     source = trial_dir(run_dir, trial)
-    out_dir = out_dir or run_dir / "export" / f"trial_{trial}"
-    config = load_config(run_dir / "config.yaml")
+    out_dir = out_dir or RunDir(run_dir).export_dir(trial)
+    config = load_config(RunDir(run_dir).config_file)
     model, spec = load_model(source)
     candidate = Candidate.from_dict(spec["candidate"])
     input_shape = tuple(spec["input_shape"])
@@ -216,7 +218,7 @@ def _finetune(
 ) -> FinetuneResult:
     """More QAT + distillation epochs with the run's training settings and its cached teacher."""
     device = resolve_device(config.train.device)
-    teacher_dir = run_dir / "teacher"
+    teacher_dir = RunDir(run_dir).teacher_dir
     if not (teacher_dir / SPEC_FILE).is_file():
         raise FileNotFoundError(
             f"Fine-tuning needs the run's teacher, but {str(teacher_dir)!r} holds no saved model "
@@ -227,9 +229,13 @@ def _finetune(
         data, batch_size=config.data.batch_size, num_workers=0, seed=config.seed
     )
     before, _ = evaluate_accuracy(model, val_loader, device=device)
-    evaluator = TrainEvaluator.from_run_config(
-        config, data=data, device=device, teacher=teacher, epochs=epochs
+    space = JointSearchSpace(
+        config.space, num_classes=data.num_classes, input_shape=data.input_shape
     )
+    context = evaluator_context(
+        config, data=data, space=space, device=device, teacher=teacher, run_dir=None
+    )
+    evaluator = TrainEvaluator.from_context(context, epochs=epochs)
     task = evaluator.evaluate(model, candidate)
     return FinetuneResult(epochs, before, task.accuracy, task.train_seconds)
 

@@ -8,7 +8,7 @@ Registered profiles (``list_hardware_profiles()``):
 - ``remote``: the same timing done by ``autocompress agent`` on a target device over HTTP;
 - ``lut``: per-layer latencies measured once (``autocompress profile build-lut``) and summed;
 - ``learned``: a per-layer gradient-boosted predictor with a model-level correction, trained
-  from measurements (``autocompress profile fit``).
+  from measurements (``autocompress profile fit``, or :func:`fit_latency_predictor`).
 
 onnxruntime and scikit-learn are imported only when a profile that needs them is used.
 """
@@ -22,40 +22,40 @@ from autocompress.hardware_profiles._base import (
 )
 from autocompress.hardware_profiles.agent import AgentServer, serve, serve_forever
 from autocompress.hardware_profiles.analytic import AnalyticProfile
+from autocompress.hardware_profiles.calibration import AnalyticCalibration, calibrate_analytic
 from autocompress.hardware_profiles.device_spec import (
     DeviceSpec,
     MacCost,
     list_devices,
     load_device,
 )
+from autocompress.hardware_profiles.fidelity import LatencyFidelity, latency_fidelity
 from autocompress.hardware_profiles.graph import (
     LayerCost,
     layer_costs,
     model_size_bytes,
     peak_activation_bytes,
 )
+from autocompress.hardware_profiles.host import host_device_spec
+from autocompress.hardware_profiles.learned import LearnedProfile
 from autocompress.hardware_profiles.lut import LUTProfile
 from autocompress.hardware_profiles.lut_build import build_lut, layer_shapes_of_space
 from autocompress.hardware_profiles.lut_table import LatencyLUT, LayerKey
 from autocompress.hardware_profiles.lut_trace import model_layers
 from autocompress.hardware_profiles.measured import MeasuredProfile
-from autocompress.hardware_profiles.predictor import (
-    LatencyPredictor,
-    LearnedProfile,
-    calibrate_analytic,
-    fit_predictor,
-    host_device_spec,
-    latency_fidelity,
-)
+from autocompress.hardware_profiles.predictor import LatencyPredictor, fit_predictor
+from autocompress.hardware_profiles.predictor_fit import PredictorFit, fit_latency_predictor
 from autocompress.hardware_profiles.remote import RemoteProfile
 
 __all__ = [
     "AgentServer",
+    "AnalyticCalibration",
     "AnalyticProfile",
     "DeviceSpec",
     "HardwareMetrics",
     "HardwareProfile",
     "LUTProfile",
+    "LatencyFidelity",
     "LatencyLUT",
     "LatencyPredictor",
     "LayerCost",
@@ -63,10 +63,12 @@ __all__ = [
     "LearnedProfile",
     "MacCost",
     "MeasuredProfile",
+    "PredictorFit",
     "RemoteProfile",
     "build_lut",
     "calibrate_analytic",
     "create_hardware_profile",
+    "fit_latency_predictor",
     "fit_predictor",
     "host_device_spec",
     "latency_fidelity",

@@ -10,6 +10,8 @@ from typing import Any
 
 from torch import nn
 
+from ..core.registry import Registry
+
 
 @dataclass(frozen=True)
 class HardwareMetrics:
@@ -67,18 +69,14 @@ class HardwareProfile(abc.ABC):
         """Cost of one batch-1 inference of ``model`` on an input of ``(1, *input_shape)``."""
 
 
-_REGISTRY: dict[str, type[HardwareProfile]] = {}
+_PROFILES: Registry[type[HardwareProfile]] = Registry("hardware profile")
 
 
 def register_hardware_profile(
     name: str,
 ) -> Callable[[type[HardwareProfile]], type[HardwareProfile]]:
     """Class decorator: make a :class:`HardwareProfile` creatable by ``name``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(
-            "The 'name' parameter of register_hardware_profile must be a non-empty str. "
-            f"Got {name!r} instead."
-        )
+    register = _PROFILES.register(name)
 
     def decorator(cls: type[HardwareProfile]) -> type[HardwareProfile]:
         if not (isinstance(cls, type) and issubclass(cls, HardwareProfile)):
@@ -86,16 +84,8 @@ def register_hardware_profile(
                 f"register_hardware_profile({name!r}) can only decorate HardwareProfile "
                 f"subclasses. Got {cls!r} instead."
             )
-        existing = _REGISTRY.get(name)
-        # The same class registered twice (a re-imported module) is harmless; two classes
-        # fighting over one name would make create_hardware_profile depend on import order.
-        if existing is not None and _qualified(existing) != _qualified(cls):
-            raise ValueError(
-                f"A hardware profile named {name!r} is already registered "
-                f"({_qualified(existing)}); cannot register {_qualified(cls)} under that name."
-            )
+        register(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorator
@@ -103,19 +93,10 @@ def register_hardware_profile(
 
 def create_hardware_profile(name: str, **kwargs: Any) -> HardwareProfile:
     """Build the profile registered as ``name`` with ``kwargs`` (e.g. ``device="cortex_a72"``)."""
-    cls = _REGISTRY.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ValueError(
-            "The 'name' parameter of create_hardware_profile must be one of "
-            f"{list_hardware_profiles()}. Got {name!r} instead."
-        )
+    cls = _PROFILES.get(name, where="The 'name' parameter of create_hardware_profile")
     return cls(**kwargs)
 
 
 def list_hardware_profiles() -> list[str]:
     """Names accepted by :func:`create_hardware_profile`, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _qualified(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return _PROFILES.names()

@@ -19,7 +19,8 @@ Protocol (answers are JSON; an error is ``{"error": message}`` with a 4xx/5xx st
   execution providers) and the agent's limits.
 * ``POST /time?warmup=5&repeats=30&threads=2&input_shape=1,3,32,32``: the body is the raw bytes
   of an ONNX model. The agent runs it with onnxruntime's CPU execution provider on random
-  inputs (fixed seed), ``warmup`` untimed runs then ``repeats`` timed ones, and answers
+  inputs (fixed seed; see :mod:`~autocompress.hardware_profiles.onnx_timing`), ``warmup``
+  untimed runs then ``repeats`` timed ones, and answers
   ``{median_ms, p10_ms, p90_ms, min_ms, max_ms, repeats, warmup, threads, samples_ms, ...}``.
   ``input_shape`` (full shape, batch included) is needed only when the model's single input has
   dynamic dimensions. Timings are serialised: concurrent requests wait for each other.
@@ -43,7 +44,6 @@ import os
 import platform
 import socket
 import threading
-import time
 import urllib.parse
 import warnings
 from collections.abc import Callable
@@ -52,8 +52,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from autocompress import __version__
-from autocompress.hardware_profiles.measured import _check_int, latency_spread
-from autocompress.hardware_profiles.remote import RemoteProfile, _check_seconds, _check_token, _clip
+from autocompress.core.validation import check_int
+from autocompress.hardware_profiles.agent_protocol import check_token, clip_message
+from autocompress.hardware_profiles.checks import check_seconds
+from autocompress.hardware_profiles.onnx_timing import (
+    MAX_INPUT_ELEMS,
+    BadModelError,
+    RuntimeMissingError,
+    time_onnx_model,
+)
+from autocompress.hardware_profiles.remote import RemoteProfile
 
 __all__ = [
     "DEFAULT_MAX_MODEL_BYTES",
@@ -65,9 +73,6 @@ __all__ = [
 
 DEFAULT_MAX_MODEL_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REPEATS = 10_000
-_INPUT_SEED = 0
-# Largest random input the agent allocates per model input (elements).
-_MAX_INPUT_ELEMS = 1 << 26
 # An early error answer (401, 413, 400) to a POST first reads up to this much of the body, so
 # the client sees the answer instead of a connection reset; a larger body is cut off.
 _DRAIN_LIMIT = 16 * 1024 * 1024
@@ -215,15 +220,15 @@ def _make_server(
             f"The 'host' parameter of {caller} must be a non-empty str such as '127.0.0.1'. "
             f"Got {host!r} instead."
         )
-    port = _check_int(port, name="port", minimum=0, owner=caller)
+    port = check_int(port, name="port", where=caller, minimum=0)
     if port > 65535:
         raise ValueError(
             f"The 'port' parameter of {caller} must be an int in [0, 65535]. Got {port} instead."
         )
-    token = _check_token(token, owner=caller)
-    max_model_bytes = _check_int(max_model_bytes, name="max_model_bytes", minimum=1, owner=caller)
-    max_repeats = _check_int(max_repeats, name="max_repeats", minimum=1, owner=caller)
-    request_timeout_s = _check_seconds(request_timeout_s, name="request_timeout_s", owner=caller)
+    token = check_token(token, where=caller)
+    max_model_bytes = check_int(max_model_bytes, name="max_model_bytes", where=caller, minimum=1)
+    max_repeats = check_int(max_repeats, name="max_repeats", where=caller, minimum=1)
+    request_timeout_s = check_seconds(request_timeout_s, name="request_timeout_s", where=caller)
     if token is None and not _is_loopback(host):
         warnings.warn(
             f"The autocompress agent listens on {host!r} without a token: anyone who can reach "
@@ -275,7 +280,8 @@ class _AgentHandler(BaseHTTPRequestHandler):
             _LOGGER.exception("agent: request %s failed", self.path)
             self._discard_body()
             self._send(
-                HTTPStatus.INTERNAL_SERVER_ERROR, {"error": _clip(f"{type(err).__name__}: {err}")}
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {"error": clip_message(f"{type(err).__name__}: {err}")},
             )
         else:
             self._send(HTTPStatus.OK, payload)
@@ -293,7 +299,12 @@ class _AgentHandler(BaseHTTPRequestHandler):
         params = _parse_time_query(parts.query, max_repeats=self.server.max_repeats)
         body = self._read_body()
         with self.server.timing_lock:
-            return _time_model(body, **params)
+            try:
+                return time_onnx_model(body, **params)
+            except BadModelError as err:
+                raise _HttpError(HTTPStatus.BAD_REQUEST, str(err)) from None
+            except RuntimeMissingError as err:
+                raise _HttpError(HTTPStatus.SERVICE_UNAVAILABLE, str(err)) from None
 
     def _check_token(self) -> None:
         token = self.server.token
@@ -400,11 +411,11 @@ def _parse_time_query(query: str, *, max_repeats: int) -> dict[str, Any]:
             shape = tuple(int(d) for d in text.split(","))
         except ValueError:
             shape = ()
-        if not shape or any(d <= 0 for d in shape) or math.prod(shape) > _MAX_INPUT_ELEMS:
+        if not shape or any(d <= 0 for d in shape) or math.prod(shape) > MAX_INPUT_ELEMS:
             raise _HttpError(
                 HTTPStatus.BAD_REQUEST,
                 "The 'input_shape' query parameter of POST /time must be comma-separated "
-                f"positive ints with at most {_MAX_INPUT_ELEMS} elements in all, e.g. "
+                f"positive ints with at most {MAX_INPUT_ELEMS} elements in all, e.g. "
                 f"1,3,32,32. Got {text!r} instead.",
             )
         params["input_shape"] = shape
@@ -454,123 +465,6 @@ def _device_info(server: AgentServer) -> dict[str, Any]:
             "providers": ort.get_available_providers(),
         }
     return info
-
-
-def _time_model(
-    model_bytes: bytes,
-    *,
-    warmup: int,
-    repeats: int,
-    threads: int | None,
-    input_shape: tuple[int, ...] | None,
-) -> dict[str, Any]:
-    try:
-        import numpy as np
-        import onnxruntime as ort
-    except ImportError as err:
-        raise _HttpError(
-            HTTPStatus.SERVICE_UNAVAILABLE,
-            f"onnxruntime is not installed on the agent's device ({err}): "
-            "pip install 'autocompress[onnx]' there.",
-        ) from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0  # 0 = onnxruntime's default
-    options.log_severity_level = 3  # errors only
-    try:
-        session = ort.InferenceSession(
-            model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as err:  # onnxruntime raises its own exception types for bad models
-        raise _HttpError(
-            HTTPStatus.BAD_REQUEST,
-            _clip(f"The request body is not an ONNX model onnxruntime can load: {err}"),
-        ) from None
-    feeds = _random_feeds(session, input_shape=input_shape, np=np)
-    try:
-        for _ in range(warmup):
-            session.run(None, feeds)
-        samples_ms = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            samples_ms.append((time.perf_counter() - start) * 1e3)
-    except Exception as err:
-        raise _HttpError(
-            HTTPStatus.BAD_REQUEST,
-            _clip(f"onnxruntime could not run the model on random inputs: {err}"),
-        ) from None
-    return {
-        **latency_spread(samples_ms),
-        "repeats": repeats,
-        "warmup": warmup,
-        "threads": threads,
-        "input_shapes": {name: list(array.shape) for name, array in feeds.items()},
-        "onnxruntime": ort.__version__,
-        "provider": "CPUExecutionProvider",
-        "samples_ms": samples_ms,
-    }
-
-
-_FLOAT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-}
-_INT_TYPES = {
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-}
-
-
-def _random_feeds(session: Any, *, input_shape: tuple[int, ...] | None, np: Any) -> dict[str, Any]:
-    """Seeded random arrays for every model input (normal for floats, 0/1 for ints)."""
-    inputs = session.get_inputs()
-    if input_shape is not None and len(inputs) != 1:
-        raise _HttpError(
-            HTTPStatus.BAD_REQUEST,
-            f"input_shape applies to single-input models; this one has {len(inputs)} inputs.",
-        )
-    rng = np.random.default_rng(_INPUT_SEED)
-    feeds = {}
-    for node in inputs:
-        dims = list(node.shape)
-        if input_shape is not None:
-            fixed = len(input_shape) == len(dims) and all(
-                not isinstance(d, int) or d == s for d, s in zip(dims, input_shape, strict=True)
-            )
-            if not fixed:
-                raise _HttpError(
-                    HTTPStatus.BAD_REQUEST,
-                    f"input_shape {list(input_shape)} does not fit the model's input "
-                    f"{node.name!r} of shape {dims}.",
-                )
-            dims = list(input_shape)
-        if not all(isinstance(d, int) and d > 0 for d in dims):
-            raise _HttpError(
-                HTTPStatus.BAD_REQUEST,
-                f"The model's input {node.name!r} has dynamic shape {dims}: pass input_shape.",
-            )
-        if math.prod(dims) > _MAX_INPUT_ELEMS:
-            raise _HttpError(
-                HTTPStatus.BAD_REQUEST,
-                f"The model's input {node.name!r} of shape {dims} is larger than "
-                f"{_MAX_INPUT_ELEMS} elements.",
-            )
-        if node.type in _FLOAT_TYPES:
-            feeds[node.name] = rng.standard_normal(dims).astype(_FLOAT_TYPES[node.type])
-        elif node.type in _INT_TYPES:
-            feeds[node.name] = rng.integers(0, 2, size=dims).astype(_INT_TYPES[node.type])
-        elif node.type == "tensor(bool)":
-            feeds[node.name] = rng.random(dims) < 0.5
-        else:
-            raise _HttpError(
-                HTTPStatus.BAD_REQUEST,
-                f"The model's input {node.name!r} has type {node.type}; the agent makes random "
-                f"inputs of {sorted({*_FLOAT_TYPES, *_INT_TYPES, 'tensor(bool)'})} only.",
-            )
-    return feeds
 
 
 def _is_loopback(host: str) -> bool:

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-FLOAT_BITS = 32
+from ..spaces.candidate import FLOAT_BITS
+
 SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized weight
 _QUANT_OUTPUT_BYTES = 1  # a quantized layer requantizes its output to int8 (see module doc)
 _FLOAT_BYTES = 4

@@ -8,8 +8,9 @@ for them.
 This module holds :class:`LUTProfile`, which prices a model from a LUT, and re-exports the LUT
 API from the modules that implement it:
 :mod:`~autocompress.hardware_profiles.lut_table` (layer keys, entries, the LUT and its JSON
-file), :mod:`~autocompress.hardware_profiles.lut_trace` (which ops of a model form one layer)
-and :mod:`~autocompress.hardware_profiles.lut_build` (how entries are measured, and which).
+file), :mod:`~autocompress.hardware_profiles.lut_trace` (which ops of a model form one layer),
+:mod:`~autocompress.hardware_profiles.lut_build` (how entries are measured, and which) and
+:mod:`~autocompress.hardware_profiles.host` (the machine facts stored with a LUT).
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ from autocompress.hardware_profiles.graph import (
     model_size_bytes,
     peak_activation_bytes,
 )
+from autocompress.hardware_profiles.host import host_facts
 from autocompress.hardware_profiles.lut_build import (
     build_lut,
     context_module,
-    host_facts,
     layer_module,
     layer_shapes_of_space,
     measure_models,
-    sample_candidates,
 )
 from autocompress.hardware_profiles.lut_table import (
     HOST_PRECISION,
@@ -70,7 +70,6 @@ __all__ = [
     "layer_shapes_of_space",
     "measure_models",
     "model_layers",
-    "sample_candidates",
 ]
 
 #: What may price LUT misses (see LUTProfile).

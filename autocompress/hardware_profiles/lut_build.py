@@ -15,49 +15,46 @@ difference between converting a tensor in and out, which cancels when they cost 
 The per-run cost ``R`` cancels too; it is measured on a near-empty model and stored once as
 ``overhead_ms``.
 
-:func:`build_lut` does this; :func:`measure_models` times whole models the same way (the
-references a LUT is compared with); :func:`host_facts` records where numbers were measured;
-:func:`sample_candidates` and :func:`layer_shapes_of_space` draw a search space's candidates and
-their distinct layer keys (what a LUT for that space should hold).
+:func:`build_lut` does this (with :func:`~autocompress.hardware_profiles.host.host_facts`
+recording where); :func:`measure_models` times whole models the same way (the references a LUT
+is compared with); :func:`layer_shapes_of_space` samples a search space (its
+:func:`joint_space`) and lists the distinct layer keys of the candidates drawn (what a LUT for
+that space should hold).
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import platform
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
+from autocompress.core.validation import check_int
 from autocompress.hardware_profiles.graph import check_input_shape
+from autocompress.hardware_profiles.host import host_facts
 from autocompress.hardware_profiles.lut_table import (
-    _ACTIVATION_FACTORIES,
-    _BACKENDS,
+    ACTIVATION_FACTORIES,
     HOST_PRECISION,
+    LUT_BACKENDS,
     LatencyLUT,
     LayerKey,
     LUTEntry,
-    _check_int,
 )
 from autocompress.hardware_profiles.lut_trace import model_layers
 
 if TYPE_CHECKING:
-    from autocompress.spaces import Candidate, SpaceConfig
+    from autocompress.spaces import JointSearchSpace, SpaceConfig
 
 __all__ = [
     "build_lut",
     "context_module",
-    "host_facts",
+    "joint_space",
     "layer_module",
     "layer_shapes_of_space",
     "measure_models",
-    "sample_candidates",
 ]
 
 # Measuring the per-run overhead several times through a build spreads it over load changes.
@@ -98,7 +95,7 @@ def layer_module(key: LayerKey, *, seed: int = 0) -> nn.Module:
     if key.bn:
         layers.append(norm(key.out_channels))
     if key.act != "none":
-        layers.append(_ACTIVATION_FACTORIES[key.act]())
+        layers.append(ACTIVATION_FACTORIES[key.act]())
     module = nn.Sequential(*layers)
     with torch.no_grad():
         for param in module.parameters():
@@ -155,15 +152,15 @@ def build_lut(
     """
     from autocompress.hardware_profiles.measured import MeasuredProfile
 
-    if backend not in _BACKENDS:
+    if backend not in LUT_BACKENDS:
         raise ValueError(
-            f"The 'backend' parameter of build_lut must be one of {list(_BACKENDS)}. "
+            f"The 'backend' parameter of build_lut must be one of {list(LUT_BACKENDS)}. "
             f"Got {backend!r} instead."
         )
-    _check_int(threads, name="threads", minimum=1, where="build_lut")
-    _check_int(warmup, name="warmup", minimum=0, where="build_lut")
-    _check_int(repeats, name="repeats", minimum=1, where="build_lut")
-    _check_int(rounds, name="rounds", minimum=1, where="build_lut")
+    check_int(threads, name="threads", where="build_lut", minimum=1)
+    check_int(warmup, name="warmup", where="build_lut", minimum=0)
+    check_int(repeats, name="repeats", where="build_lut", minimum=1)
+    check_int(rounds, name="rounds", where="build_lut", minimum=1)
     keys = _distinct_keys(items)
     profiler = MeasuredProfile(backend=backend, warmup=warmup, repeats=repeats, threads=threads)
     contexts = list(dict.fromkeys(c for key in keys for c in _contexts(key)))
@@ -249,7 +246,7 @@ def measure_models(
     """
     from autocompress.hardware_profiles.measured import MeasuredProfile
 
-    _check_int(rounds, name="rounds", minimum=1, where="measure_models")
+    check_int(rounds, name="rounds", where="measure_models", minimum=1)
     profiler = MeasuredProfile(backend=backend, warmup=warmup, repeats=repeats, threads=threads)
     rng = random.Random(seed)
     timings: list[list[float]] = [[] for _ in models]
@@ -294,65 +291,21 @@ def _distinct_keys(items: Iterable[Any]) -> list[LayerKey]:
     return list(seen)
 
 
-def host_facts(*, backend: str, threads: int | None) -> dict[str, Any]:
-    """Machine and library facts stored with a LUT or predictor, so a reader knows where the
-    numbers were measured and can tell when they no longer apply."""
-    facts: dict[str, Any] = {
-        "cpu_model": _cpu_model(),
-        "machine": platform.machine(),
-        "system": platform.platform(),
-        "logical_cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "backend": backend,
-        "threads": threads,
-    }
-    if backend == "onnxruntime":
-        try:
-            import onnxruntime
-
-            facts["onnxruntime"] = onnxruntime.__version__
-        except ImportError:  # the measurement itself reports the missing extra
-            facts["onnxruntime"] = None
-    return facts
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # ----------------------------------------------------------------------------- search spaces
-def sample_candidates(
+def joint_space(
     space_config: SpaceConfig | Mapping[str, Any],
     *,
-    data_shape: tuple[int, ...],
+    input_shape: tuple[int, ...],
     num_classes: int,
-    n_samples: int,
-    seed: int,
-) -> list[Candidate]:
-    """``n_samples`` candidates drawn from a :class:`JointSearchSpace` by Optuna's
-    ``RandomSampler(seed=seed)`` (same arguments, same candidates). Duplicates are kept."""
-    import optuna
-
+) -> JointSearchSpace:
+    """The :class:`JointSearchSpace` of a space config (or its mapping form) at one input shape
+    and class count, ready for :func:`autocompress.spaces.sampling.sample_candidates`."""
     from autocompress.spaces import JointSearchSpace, SpaceConfig
 
-    shape = check_input_shape(data_shape, caller="sample_candidates")
-    _check_int(num_classes, name="num_classes", minimum=1, where="sample_candidates")
-    _check_int(n_samples, name="n_samples", minimum=1, where="sample_candidates")
-    _check_int(seed, name="seed", minimum=0, where="sample_candidates")
     config = space_config
     if not isinstance(config, SpaceConfig):
         config = SpaceConfig.model_validate(dict(space_config))
-    space = JointSearchSpace(config, num_classes=num_classes, input_shape=shape)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    return [space.suggest(study.ask()) for _ in range(n_samples)]
+    return JointSearchSpace(config, num_classes=num_classes, input_shape=input_shape)
 
 
 def layer_shapes_of_space(
@@ -370,18 +323,16 @@ def layer_shapes_of_space(
     proportion to ``n_samples``; layers of later candidates that were never drawn are LUT misses.
     """
     from autocompress.compression.apply import build_compressed
+    from autocompress.spaces.sampling import sample_candidates
 
-    candidates = sample_candidates(
-        space_config,
-        data_shape=data_shape,
-        num_classes=num_classes,
-        n_samples=n_samples,
-        seed=seed,
-    )
+    shape = check_input_shape(data_shape, caller="layer_shapes_of_space")
+    check_int(num_classes, name="num_classes", where="layer_shapes_of_space", minimum=1)
+    check_int(n_samples, name="n_samples", where="layer_shapes_of_space", minimum=1)
+    space = joint_space(space_config, input_shape=shape, num_classes=num_classes)
     keys: dict[LayerKey, None] = {}
-    for candidate in candidates:
-        model = build_compressed(candidate, num_classes=num_classes, input_shape=data_shape)
-        for record in model_layers(model, input_shape=data_shape).layers:
+    for candidate in sample_candidates(space, n=n_samples, seed=seed):
+        model = build_compressed(candidate, num_classes=num_classes, input_shape=shape)
+        for record in model_layers(model, input_shape=shape).layers:
             if record.key is not None:
                 keys.setdefault(record.key, None)
     return list(keys)

@@ -23,8 +23,13 @@ from typing import Any, Literal, NamedTuple
 
 from torch import nn
 
+from autocompress.core.validation import check_int
+
 __all__ = [
+    "ACTIVATION_FACTORIES",
+    "FUSED_ACTIVATIONS",
     "HOST_PRECISION",
+    "LUT_BACKENDS",
     "LUTEntry",
     "LatencyLUT",
     "LayerKey",
@@ -38,10 +43,11 @@ __all__ = [
 HOST_PRECISION = "fp32"
 LUT_FORMAT = "autocompress-latency-lut"
 LUT_VERSION = 1
-_BACKENDS = ("onnxruntime", "torch")
-# Activations fused into the preceding layer, by exact type (a subclass may compute something
-# else). LeakyReLU and GELU are left out: their parameters would have to be part of the key.
-_ACTIVATIONS: dict[type[nn.Module], str] = {
+#: Runtimes a LUT can be measured with (MeasuredProfile backends).
+LUT_BACKENDS = ("onnxruntime", "torch")
+#: Activations fused into the preceding layer, by exact type (a subclass may compute something
+#: else). LeakyReLU and GELU are left out: their parameters would have to be part of the key.
+FUSED_ACTIVATIONS: dict[type[nn.Module], str] = {
     nn.ReLU: "relu",
     nn.ReLU6: "relu6",
     nn.SiLU: "silu",
@@ -49,8 +55,9 @@ _ACTIVATIONS: dict[type[nn.Module], str] = {
     nn.Sigmoid: "sigmoid",
     nn.Tanh: "tanh",
 }
-_ACTIVATION_FACTORIES: dict[str, Callable[[], nn.Module]] = {
-    name: cls for cls, name in _ACTIVATIONS.items()
+#: Activation name of a LayerKey -> the module that computes it.
+ACTIVATION_FACTORIES: dict[str, Callable[[], nn.Module]] = {
+    name: cls for cls, name in FUSED_ACTIVATIONS.items()
 }
 
 
@@ -249,9 +256,9 @@ class LatencyLUT:
                 "The 'overhead_ms' parameter of LatencyLUT must be a finite number >= 0. "
                 f"Got {overhead_ms!r} instead."
             )
-        if backend not in _BACKENDS:
+        if backend not in LUT_BACKENDS:
             raise ValueError(
-                f"The 'backend' parameter of LatencyLUT must be one of {list(_BACKENDS)}. "
+                f"The 'backend' parameter of LatencyLUT must be one of {list(LUT_BACKENDS)}. "
                 f"Got {backend!r} instead."
             )
         bad = [k for k, v in entries.items() if not (isinstance(k, LayerKey) and _ok_entry(v))]
@@ -263,10 +270,10 @@ class LatencyLUT:
         self.entries: dict[LayerKey, LUTEntry] = dict(entries)
         self.overhead_ms = float(overhead_ms)
         self.backend = backend
-        self.threads = _check_int(threads, name="threads", minimum=1, where="LatencyLUT")
-        self.warmup = _check_int(warmup, name="warmup", minimum=0, where="LatencyLUT")
-        self.repeats = _check_int(repeats, name="repeats", minimum=1, where="LatencyLUT")
-        self.rounds = _check_int(rounds, name="rounds", minimum=1, where="LatencyLUT")
+        self.threads = check_int(threads, name="threads", where="LatencyLUT", minimum=1)
+        self.warmup = check_int(warmup, name="warmup", where="LatencyLUT", minimum=0)
+        self.repeats = check_int(repeats, name="repeats", where="LatencyLUT", minimum=1)
+        self.rounds = check_int(rounds, name="rounds", where="LatencyLUT", minimum=1)
         self.precision = str(precision)
         self.host = dict(host or {})
         self.created = created
@@ -412,8 +419,8 @@ def _key_problem(key: LayerKey) -> str:
             return f"{name} must be a tuple of ints >= 0"
     if not isinstance(key.bn, bool):
         return "bn must be a bool"
-    if key.act != "none" and key.act not in _ACTIVATION_FACTORIES:
-        return f"act must be 'none' or one of {sorted(_ACTIVATION_FACTORIES)}"
+    if key.act != "none" and key.act not in ACTIVATION_FACTORIES:
+        return f"act must be 'none' or one of {sorted(ACTIVATION_FACTORIES)}"
     if not isinstance(key.precision, str) or not key.precision:
         return "precision must be a non-empty str"
     if key.kind == "linear":
@@ -443,14 +450,6 @@ def _ok_entry(entry: Any) -> bool:
         and isinstance(entry.latency_ms, Real)
         and math.isfinite(entry.latency_ms)
     )
-
-
-def _check_int(value: Any, *, name: str, minimum: int, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(
-            f"The '{name}' parameter of {where} must be an int >= {minimum}. Got {value!r} instead."
-        )
-    return int(value)
 
 
 def _dims(values: Sequence[int]) -> str:

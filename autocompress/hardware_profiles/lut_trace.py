@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 from autocompress.hardware_profiles.device_spec import DeviceSpec
 from autocompress.hardware_profiles.graph import check_input_shape, is_costed_layer, layer_bits
 from autocompress.hardware_profiles.lut_table import (
-    _ACTIVATIONS,
+    FUSED_ACTIVATIONS,
     HOST_PRECISION,
     LayerKey,
     LayerRecord,
@@ -155,8 +155,8 @@ def _group(
             if bn:
                 y = calls[i][2]
                 i += 1
-        if i < len(calls) and _consumes(calls[i], y) and type(calls[i][0]) in _ACTIVATIONS:
-            act = _ACTIVATIONS[type(calls[i][0])]
+        if i < len(calls) and _consumes(calls[i], y) and type(calls[i][0]) in FUSED_ACTIVATIONS:
+            act = FUSED_ACTIVATIONS[type(calls[i][0])]
             i += 1
         name = names.get(module, "")
         layers.append(LayerRecord(name, _key(module, x, name, bn, act, precision)))

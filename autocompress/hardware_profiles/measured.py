@@ -14,18 +14,19 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from numbers import Integral, Real
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from autocompress.core.validation import check_int
 from autocompress.hardware_profiles._base import (
     HardwareMetrics,
     HardwareProfile,
     register_hardware_profile,
 )
+from autocompress.hardware_profiles.checks import check_power, check_threads
 from autocompress.hardware_profiles.graph import (
     check_input_shape,
     layer_costs,
@@ -118,10 +119,10 @@ class MeasuredProfile(HardwareProfile):
                 f"{list(_BACKENDS)}. Got {backend!r} instead."
             )
         self.backend = backend
-        self.warmup = _check_int(warmup, name="warmup", minimum=0, owner="MeasuredProfile")
-        self.repeats = _check_int(repeats, name="repeats", minimum=1, owner="MeasuredProfile")
-        self.threads = _check_threads(threads, owner="MeasuredProfile")
-        self.power_w = _check_power(power_w, owner="MeasuredProfile")
+        self.warmup = check_int(warmup, name="warmup", where="MeasuredProfile", minimum=0)
+        self.repeats = check_int(repeats, name="repeats", where="MeasuredProfile", minimum=1)
+        self.threads = check_threads(threads, where="MeasuredProfile")
+        self.power_w = check_power(power_w, where="MeasuredProfile")
         self.device = _check_device(device)
 
     def __repr__(self) -> str:
@@ -434,36 +435,6 @@ def _export_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
             buffer = io.BytesIO()
             torch.onnx.export(model, (x,), buffer, dynamo=True)
     return buffer.getvalue()
-
-
-def _check_int(value: Any, *, name: str, minimum: int, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(
-            f"The '{name}' parameter of {owner} must be an int >= {minimum}. Got {value!r} instead."
-        )
-    return int(value)
-
-
-def _check_threads(threads: Any, *, owner: str) -> int | None:
-    if threads is None:
-        return None
-    return _check_int(threads, name="threads", minimum=1, owner=owner)
-
-
-def _check_power(power_w: Any, *, owner: str) -> float | None:
-    if power_w is None:
-        return None
-    if (
-        isinstance(power_w, bool)
-        or not isinstance(power_w, Real)
-        or not math.isfinite(power_w)
-        or power_w <= 0
-    ):
-        raise ValueError(
-            f"The 'power_w' parameter of {owner} must be None or a positive finite "
-            f"number of watts. Got {power_w!r} instead."
-        )
-    return float(power_w)
 
 
 def _check_device(device: Any) -> torch.device:

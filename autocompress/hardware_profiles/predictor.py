@@ -1,16 +1,18 @@
-"""Learned latency predictor (the ``"learned"`` profile) and calibration of the analytic model.
+"""The learned latency predictor, which the ``"learned"`` profile
+(:mod:`~autocompress.hardware_profiles.learned`) prices models with.
 
 The predictor has two stages, trained from measurements on one host/runtime:
 
 1. **Per layer** (nn-Meter style): features of a :class:`LayerKey` (MACs, parameters, input and
    output elements, kernel, stride, groups, channels, depthwise flag, precision, SIMD-block
-   alignment of the channels, ...) -> latency of the layer op group. A physical prior
-   (non-negative least-squares fit of latency on MACs, activation elements and parameters, in
-   relative error) carries the trend, and scikit-learn gradient-boosted trees (fixed
-   ``random_state``) learn the log-ratio between the measurement and that prior, so predictions
-   outside the training range follow the prior instead of a flat tree leaf. Training data: the
-   entries of a :class:`LatencyLUT`. A layer that is in the training data keeps its measured
-   value; the trees price the layers never measured.
+   alignment of the channels, ...; see :mod:`~autocompress.hardware_profiles.predictor_features`)
+   -> latency of the layer op group. A physical prior (non-negative least-squares fit of
+   latency on MACs, activation elements and parameters, in relative error) carries the trend,
+   and scikit-learn gradient-boosted trees (fixed ``random_state``) learn the log-ratio between
+   the measurement and that prior, so predictions outside the training range follow the prior
+   instead of a flat tree leaf. Training data: the entries of a :class:`LatencyLUT`. A layer
+   that is in the training data keeps its measured value; the trees price the layers never
+   measured.
 2. **Per model**: a linear correction, fitted to whole-model measurements in relative error,
    ``latency = b0 + b1 * sum(layer predictions) + b2 * n_layers + b3 * n_uncosted_ops
    + b4 * uncosted_elems`` (see :class:`ModelLayers`): it absorbs the per-run overhead and what
@@ -21,36 +23,23 @@ Persistence is plain JSON: the training rows, hyper-parameters and correction co
 loading refits the trees deterministically (same data, same ``random_state``) and checks that
 the refit reproduces the stored training predictions. Nothing is ever unpickled.
 
-scikit-learn and SciPy are imported only when a predictor is fitted/loaded or a calibration
-runs, so importing :mod:`autocompress.hardware_profiles` stays light.
+scikit-learn and SciPy are imported only when a predictor is fitted or loaded, so importing
+:mod:`autocompress.hardware_profiles` stays light. Measuring a host and fitting a predictor to
+it in one call: :func:`~autocompress.hardware_profiles.predictor_fit.fit_latency_predictor`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from autocompress.hardware_profiles._base import (
-    HardwareMetrics,
-    HardwareProfile,
-    register_hardware_profile,
-)
-from autocompress.hardware_profiles.device_spec import DeviceSpec
-from autocompress.hardware_profiles.graph import (
-    check_input_shape,
-    layer_costs,
-    model_size_bytes,
-    peak_activation_bytes,
-)
-from autocompress.hardware_profiles.lut_build import host_facts
 from autocompress.hardware_profiles.lut_table import (
     HOST_PRECISION,
     LatencyLUT,
@@ -59,45 +48,13 @@ from autocompress.hardware_profiles.lut_table import (
     write_json,
 )
 from autocompress.hardware_profiles.lut_trace import model_layers
+from autocompress.hardware_profiles.predictor_features import layer_features
 
-__all__ = [
-    "AnalyticCalibration",
-    "LatencyFidelity",
-    "LatencyPredictor",
-    "LearnedProfile",
-    "calibrate_analytic",
-    "fit_predictor",
-    "host_device_spec",
-    "latency_fidelity",
-    "layer_features",
-]
+__all__ = ["CORRECTION_FEATURES", "DEFAULT_PARAMS", "LatencyPredictor", "fit_predictor"]
 
 PREDICTOR_FORMAT = "autocompress-latency-predictor"
 PREDICTOR_VERSION = 1
-FEATURE_NAMES = (
-    "log_macs",
-    "log_params",
-    "log_input_elems",
-    "log_output_elems",
-    "kernel_area",
-    "stride",
-    "log_groups",
-    "log_in_channels",
-    "log_out_channels",
-    "depthwise",
-    "linear",
-    "log_spatial_in",
-    "log_spatial_out",
-    "log_reduction",
-    "log_intensity",
-    "bn",
-    "act",
-    "precision_bits",
-    "in_channels_mult8",
-    "out_channels_mult8",
-    "in_channels_mult16",
-    "out_channels_mult16",
-)
+#: Whole-model quantities the correction is linear in (after an intercept); see module doc.
 CORRECTION_FEATURES = ("layer_sum_ms", "n_layers", "n_uncosted_ops", "uncosted_elems")
 #: Gradient-boosting settings a saved predictor may carry (an allow-list: anything else in a
 #: file is rejected rather than passed to scikit-learn).
@@ -119,53 +76,9 @@ _PARAM_TYPES: dict[str, tuple[type, ...]] = {
 # target needs a positive floor.
 _MIN_MS = 1e-4
 _MIN_CORRECTION_MODELS = len(CORRECTION_FEATURES) + 1
-_ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4, "sigmoid": 5}
 # Refit-on-load must reproduce the saved model; anything beyond float round-off means the
 # scikit-learn build grows different trees.
 _REFIT_RTOL = 1e-9
-
-
-# ----------------------------------------------------------------------------- features
-def layer_features(keys: Sequence[LayerKey]) -> np.ndarray:
-    """Feature matrix (one row per key, columns :data:`FEATURE_NAMES`) of layer op groups."""
-    rows = []
-    for key in keys:
-        if not isinstance(key, LayerKey):
-            raise ValueError(
-                "The 'keys' parameter of layer_features must hold LayerKey objects. "
-                f"Got {key!r} instead."
-            )
-        macs, params = key.macs, key.weight_params
-        in_elems, out_elems = key.input_elems, key.output_elems
-        rows.append(
-            [
-                math.log1p(macs),
-                math.log1p(params),
-                math.log1p(in_elems),
-                math.log1p(out_elems),
-                math.prod(key.kernel),
-                math.prod(key.stride),
-                math.log(key.groups),
-                math.log(key.in_channels),
-                math.log(key.out_channels),
-                float(key.depthwise),
-                float(key.kind == "linear"),
-                math.log1p(math.prod(key.input_size)),
-                math.log1p(math.prod(key.output_size)),
-                math.log1p(macs / max(out_elems, 1)),
-                math.log1p(macs / (in_elems + out_elems + params)),
-                float(key.bn),
-                float(_ACT_CODES.get(key.act, len(_ACT_CODES))),
-                float(_precision_bits(key.precision)),
-                # Channel counts that fill whole SIMD blocks (8 floats: AVX2/NEON pairs, 16:
-                # AVX-512) get blocked-layout kernels; others take slower edge paths.
-                float(key.in_channels % 8 == 0),
-                float(key.out_channels % 8 == 0),
-                float(key.in_channels % 16 == 0),
-                float(key.out_channels % 16 == 0),
-            ]
-        )
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(FEATURE_NAMES))
 
 
 def _prior_design(keys: Sequence[LayerKey]) -> np.ndarray:
@@ -176,13 +89,6 @@ def _prior_design(keys: Sequence[LayerKey]) -> np.ndarray:
     ).reshape(len(keys), 4)
 
 
-def _precision_bits(label: str) -> int:
-    """Bits of a precision label: ``"fp32"`` -> 32, ``"8"`` -> 8, ``"w4a8"`` -> 8 (widest)."""
-    numbers = [int(n) for n in re.findall(r"\d+", label)]
-    return max(numbers) if numbers else 32
-
-
-# ----------------------------------------------------------------------------- predictor
 class LatencyPredictor:
     """Per-layer gradient-boosted trees + a model-level linear correction (see module doc).
 
@@ -515,229 +421,3 @@ def _check_ms(value: Any, *, name: str) -> float:
             f"Got {value!r} instead."
         )
     return float(value)
-
-
-# ----------------------------------------------------------------------------- profile
-@register_hardware_profile("learned")
-class LearnedProfile(HardwareProfile):
-    """Latency predicted by a :class:`LatencyPredictor` trained on this host's measurements.
-
-    ``predictor``: a LatencyPredictor or the path of one saved as JSON. Energy is unknown
-    (NaN); size and peak memory use the bits. ``details`` holds the per-layer predictions, their
-    sum, the op counts and the host the predictor was trained on. Thread-safe (read-only).
-    """
-
-    def __init__(self, *, predictor: LatencyPredictor | str | os.PathLike[str]) -> None:
-        if isinstance(predictor, str | os.PathLike):
-            predictor = LatencyPredictor.load(predictor)
-        if not isinstance(predictor, LatencyPredictor):
-            raise ValueError(
-                "The 'predictor' parameter of LearnedProfile must be a LatencyPredictor or the "
-                f"path of a predictor JSON file. Got {predictor!r} instead."
-            )
-        self.predictor = predictor
-
-    def __repr__(self) -> str:
-        return f"LearnedProfile(predictor={self.predictor!r})"
-
-    def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
-        shape = check_input_shape(input_shape, caller="LearnedProfile.profile")
-        parts = self.predictor.explain(model, input_shape=shape)
-        costs = layer_costs(model, input_shape=shape)
-        return HardwareMetrics(
-            latency_ms=parts.pop("latency_ms"),
-            energy_mj=math.nan,
-            size_bytes=model_size_bytes(model),
-            peak_mem_bytes=peak_activation_bytes(costs),
-            details={
-                **parts,
-                "trained_on": self.predictor.host,
-                "energy_note": "Energy unknown: the latency predictor holds no power figures.",
-            },
-        )
-
-
-# ----------------------------------------------------------------------------- fidelity
-class LatencyFidelity(NamedTuple):
-    """How well predicted latencies match measured ones.
-
-    ``within_10pct``: fraction of models with ``|predicted - measured| <= 10% * measured``.
-    ``rmse_ms``: root-mean-square error. ``kendall_tau``: rank agreement (what a search needs).
-    ``median_abs_pct``: median of ``|predicted / measured - 1|`` in percent.
-    """
-
-    n: int
-    within_10pct: float
-    rmse_ms: float
-    kendall_tau: float
-    median_abs_pct: float
-
-
-def latency_fidelity(
-    *, predicted_ms: Sequence[float], measured_ms: Sequence[float]
-) -> LatencyFidelity:
-    """Compare predictions to measurements, one pair per model (see :class:`LatencyFidelity`)."""
-    from scipy.stats import kendalltau
-
-    pred = np.asarray(predicted_ms, dtype=np.float64).ravel()
-    meas = np.asarray(measured_ms, dtype=np.float64).ravel()
-    if pred.shape != meas.shape or len(meas) < 2 or not np.all(meas > 0):
-        raise ValueError(
-            "The 'predicted_ms' and 'measured_ms' parameters of latency_fidelity must be "
-            "equally long (>= 2) with positive measurements. Got "
-            f"{len(pred)} predictions and {len(meas)} measurements instead."
-        )
-    rel = np.abs(pred / meas - 1.0)
-    tau = kendalltau(pred, meas).statistic
-    return LatencyFidelity(
-        n=len(meas),
-        within_10pct=float(np.mean(rel <= 0.10)),
-        rmse_ms=float(np.sqrt(np.mean((pred - meas) ** 2))),
-        kendall_tau=float(tau),
-        median_abs_pct=float(100 * np.median(rel)),
-    )
-
-
-# ----------------------------------------------------------------------------- analytic
-class AnalyticCalibration(NamedTuple):
-    """Result of :func:`calibrate_analytic`: the fitted spec and its error before and after."""
-
-    spec: DeviceSpec
-    before: LatencyFidelity
-    after: LatencyFidelity
-
-
-# Search box of the calibration: efficiency in [1e-4, 1] (the DeviceSpec allows (0, 1]), per-
-# layer overhead in [1 ns, 100 ms].
-_EFFICIENCY_BOUNDS = (1e-4, 1.0)
-_OVERHEAD_BOUNDS_S = (1e-9, 1e-1)
-
-
-def calibrate_analytic(
-    spec: DeviceSpec,
-    *,
-    models: Sequence[tuple[nn.Module, tuple[int, ...]]],
-    measured_ms: Sequence[float],
-) -> AnalyticCalibration:
-    """Fit ``compute_efficiency`` and ``layer_overhead_s`` of ``spec`` to measured latencies.
-
-    ``models``: ``(model, input_shape)`` pairs, ``measured_ms`` their measured latencies on the
-    device ``spec`` describes (at least 2). Bounded least squares (SciPy) on the log-ratio of
-    the :class:`AnalyticProfile` prediction to the measurement, so every model counts by its
-    relative error; all other fields of the spec are kept. Returns the new spec (validated like
-    a YAML one) with the :class:`LatencyFidelity` of the old and the new spec on these models.
-    The analytic model has no per-run term, so a per-inference overhead ends up spread over
-    the layers.
-    """
-    from scipy.optimize import least_squares
-
-    from autocompress.hardware_profiles.analytic import AnalyticProfile
-
-    if not isinstance(spec, DeviceSpec):
-        raise ValueError(
-            f"The 'spec' parameter of calibrate_analytic must be a DeviceSpec. Got {spec!r} "
-            "instead."
-        )
-    models = list(models)
-    measured = np.asarray(measured_ms, dtype=np.float64).ravel()
-    if len(models) < 2 or len(models) != len(measured) or not np.all(measured > 0):
-        raise ValueError(
-            "The 'models' and 'measured_ms' parameters of calibrate_analytic must pair at least "
-            f"2 models with positive latencies. Got {len(models)} models and "
-            f"{len(measured)} latencies instead."
-        )
-    # Per layer, compute time at efficiency 1 and memory time do not depend on the two fitted
-    # parameters: profile once, then the fit only re-evaluates sum(max(c / eff, m)) + n * o.
-    unit = AnalyticProfile(device=spec.model_copy(update={"compute_efficiency": 1.0}))
-    parts = []
-    for model, shape in models:
-        rows = unit.profile(model, input_shape=shape).details["layers"]
-        compute = np.array([r["compute_ms"] for r in rows])
-        memory = np.array([r["memory_ms"] for r in rows])
-        parts.append((compute, memory, len(rows)))
-
-    def predict(efficiency: float, overhead_s: float) -> np.ndarray:
-        return np.array(
-            [np.maximum(c / efficiency, m).sum() + n * overhead_s * 1e3 for c, m, n in parts]
-        )
-
-    def residuals(theta: np.ndarray) -> np.ndarray:
-        return np.log(np.maximum(predict(*np.exp(theta)), 1e-12)) - np.log(measured)
-
-    lower = np.log([_EFFICIENCY_BOUNDS[0], _OVERHEAD_BOUNDS_S[0]])
-    upper = np.log([_EFFICIENCY_BOUNDS[1], _OVERHEAD_BOUNDS_S[1]])
-    start = np.log([spec.compute_efficiency, spec.layer_overhead_s])
-    # least_squares needs a strictly feasible start.
-    start = np.clip(start, lower + 1e-9, upper - 1e-9)
-    fit = least_squares(
-        residuals, start, bounds=(lower, upper), method="trf", ftol=1e-12, xtol=1e-12, gtol=1e-12
-    )
-    efficiency, overhead_s = (float(v) for v in np.exp(fit.x))
-    efficiency = min(efficiency, 1.0)
-    data = spec.model_dump()
-    data.update(compute_efficiency=efficiency, layer_overhead_s=overhead_s)
-    calibrated = DeviceSpec.model_validate(data)
-    return AnalyticCalibration(
-        spec=calibrated,
-        before=latency_fidelity(
-            predicted_ms=predict(spec.compute_efficiency, spec.layer_overhead_s),
-            measured_ms=measured,
-        ),
-        after=latency_fidelity(predicted_ms=predict(efficiency, overhead_s), measured_ms=measured),
-    )
-
-
-def host_device_spec(*, threads: int = 1) -> DeviceSpec:
-    """A first-guess float-only :class:`DeviceSpec` of this host, meant to be calibrated.
-
-    Peak = ``threads`` x clock x SIMD fp32 lanes (16 with AVX-512, 8 with AVX2, else 4) x 2 FMA
-    pipes, read from ``/proc/cpuinfo`` where it exists (2 GHz and 4 lanes otherwise). Memory
-    bandwidth (10 GB/s per thread), ``compute_efficiency`` 0.5 and ``layer_overhead_s`` 5 us are
-    engineering guesses; on-chip memory is the L2 of cpu0 (1 MiB if unknown). Energy fields are
-    Horowitz (ISSCC 2014) 45 nm placeholders: energy is not calibrated for the host.
-    """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(
-            f"The 'threads' parameter of host_device_spec must be an int >= 1. Got {threads!r} "
-            "instead."
-        )
-    mhz, flags = 2000.0, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("cpu MHz") and mhz == 2000.0:
-                mhz = float(line.split(":", 1)[1])
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except (OSError, ValueError):
-        pass
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    l2_bytes = _l2_bytes()
-    cpu = host_facts(backend="torch", threads=threads)["cpu_model"]
-    return DeviceSpec(
-        name="host",
-        description=f"This host ({cpu}), {threads} thread(s), fp32 kernels; first guess.",
-        kind="cpu",
-        supported_bits=[32],
-        peak_macs_per_s={32: threads * mhz * 1e6 * lanes * 2},
-        memory_bandwidth_bytes_per_s=1e10 * threads,
-        onchip_memory_bytes=l2_bytes,
-        energy_per_mac_pj={32: 4.6},
-        energy_per_dram_byte_pj=162.5,
-        energy_per_sram_byte_pj=12.5,
-        layer_overhead_s=5e-6,
-        compute_efficiency=0.5,
-        sources=[
-            f"/proc/cpuinfo: {mhz:.0f} MHz, {lanes} fp32 SIMD lanes, 2 FMA pipes assumed",
-            "M. Horowitz, Computing's energy problem, ISSCC 2014 (energy placeholders)",
-            "bandwidth, efficiency and overhead: guesses to be fitted by calibrate_analytic",
-        ],
-    )
-
-
-def _l2_bytes() -> int:
-    try:
-        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
-        units = {"K": 1024, "M": 1024**2}
-        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
-    except (OSError, ValueError, IndexError):
-        return 1024**2

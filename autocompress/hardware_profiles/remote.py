@@ -4,8 +4,8 @@ It exports a candidate model to ONNX in memory with float kernels (``quant_enabl
 POSTs it to an ``autocompress agent`` running on the target edge device and turns the agent's
 timings into :class:`~autocompress.hardware_profiles.HardwareMetrics`, while size and peak
 memory are computed here from the model; the agent itself, its HTTP protocol and its security
-notes are in :mod:`autocompress.hardware_profiles.agent`, which imports the argument checks and
-``_clip`` shared by both sides from this module.
+notes are in :mod:`autocompress.hardware_profiles.agent`, and what both sides share (the token
+rule, the length cap of error messages) in :mod:`~autocompress.hardware_profiles.agent_protocol`.
 """
 
 from __future__ import annotations
@@ -15,33 +15,28 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from numbers import Real
 from typing import Any
 
 from torch import nn
 
+from autocompress.core.validation import check_int
 from autocompress.hardware_profiles._base import (
     HardwareMetrics,
     HardwareProfile,
     register_hardware_profile,
 )
+from autocompress.hardware_profiles.agent_protocol import check_token, clip_message
+from autocompress.hardware_profiles.checks import check_power, check_seconds, check_threads
 from autocompress.hardware_profiles.graph import (
     check_input_shape,
     layer_costs,
     model_size_bytes,
     peak_activation_bytes,
 )
-from autocompress.hardware_profiles.measured import (
-    _check_int,
-    _check_power,
-    _check_threads,
-    float_onnx_bytes,
-    power_energy,
-)
+from autocompress.hardware_profiles.measured import float_onnx_bytes, power_energy
 
 __all__ = ["RemoteProfile"]
 
-_MAX_ERROR_CHARS = 600
 _REMOTE_NOTE = (
     "Measured on the remote device with onnxruntime's CPU provider and float kernels "
     "(quant_enabled=False): latency reflects architecture and pruning, not bit-widths."
@@ -82,12 +77,12 @@ class RemoteProfile(HardwareProfile):
         power_w: float | None = None,
     ) -> None:
         self.url = _check_url(url)
-        self.token = _check_token(token, owner="RemoteProfile")
-        self.warmup = _check_int(warmup, name="warmup", minimum=0, owner="RemoteProfile")
-        self.repeats = _check_int(repeats, name="repeats", minimum=1, owner="RemoteProfile")
-        self.threads = _check_threads(threads, owner="RemoteProfile")
-        self.timeout_s = _check_seconds(timeout_s, name="timeout_s", owner="RemoteProfile")
-        self.power_w = _check_power(power_w, owner="RemoteProfile")
+        self.token = check_token(token, where="RemoteProfile")
+        self.warmup = check_int(warmup, name="warmup", where="RemoteProfile", minimum=0)
+        self.repeats = check_int(repeats, name="repeats", where="RemoteProfile", minimum=1)
+        self.threads = check_threads(threads, where="RemoteProfile")
+        self.timeout_s = check_seconds(timeout_s, name="timeout_s", where="RemoteProfile")
+        self.power_w = check_power(power_w, where="RemoteProfile")
 
     def __repr__(self) -> str:
         token = None if self.token is None else "***"
@@ -171,7 +166,7 @@ class RemoteProfile(HardwareProfile):
         if not isinstance(payload, dict):
             raise RuntimeError(
                 f"The agent at {self.url} answered {what} with something that is not a JSON "
-                f"object: {_clip(data.decode(errors='replace'))!r}"
+                f"object: {clip_message(data.decode(errors='replace'))!r}"
             )
         return payload
 
@@ -188,7 +183,7 @@ def _check_timing(result: dict[str, Any], *, url: str) -> dict[str, Any]:
     if not timing or not all(math.isfinite(v) and v >= 0 for v in values):
         raise RuntimeError(
             f"The agent at {url} answered POST /time without finite {list(keys)} and "
-            f"samples_ms: {_clip(json.dumps(result))}"
+            f"samples_ms: {clip_message(json.dumps(result))}"
         )
     return timing
 
@@ -202,7 +197,7 @@ def _error_message(err: urllib.error.HTTPError) -> str:
         message = json.loads(raw)["error"]
     except (ValueError, KeyError, TypeError):
         message = raw.decode(errors="replace") or err.reason
-    return _clip(str(message))
+    return clip_message(str(message))
 
 
 def _check_url(url: Any) -> str:
@@ -219,34 +214,3 @@ def _check_url(url: Any) -> str:
             f"e.g. 'http://192.168.1.20:8765'. Got {url!r} instead."
         )
     return url.rstrip("/")
-
-
-# Shared with the agent (agent.py imports them from here).
-def _check_token(token: Any, *, owner: str) -> str | None:
-    if token is None:
-        return None
-    # Printable ASCII without spaces: it goes into an HTTP header verbatim.
-    if not isinstance(token, str) or not token or not all("!" <= c <= "~" for c in token):
-        raise ValueError(
-            f"The 'token' parameter of {owner} must be None or a non-empty str of printable "
-            f"ASCII characters without spaces. Got {'a str' if isinstance(token, str) else token!r}"
-            " instead."
-        )
-    return token
-
-
-def _check_seconds(value: Any, *, name: str, owner: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, Real)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ValueError(
-            f"The '{name}' parameter of {owner} must be a positive finite number of seconds. "
-            f"Got {value!r} instead."
-        )
-    return float(value)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."

@@ -1,23 +1,11 @@
-"""Reporting on a finished (or running) search: Pareto fronts, hypervolume, plots and tables.
+"""Reporting on a finished (or running) search: plots, tables and the HTML report.
 
-Everything works on the trials DataFrame described in ``autocompress.report.pareto``. Importing
-this package does not import matplotlib, rich or Optuna; the functions that need them do.
+Everything works on the trials DataFrame described in ``autocompress.core.trials`` (fronts and
+hypervolume come from ``autocompress.core``). Each figure's data is computed by one function and
+drawn by another. Importing this package does not import matplotlib, rich or Optuna; the
+functions that need them do.
 """
 
-from autocompress.report.pareto import (
-    MAXIMIZE,
-    METRIC_DIRECTIONS,
-    MINIMIZE,
-    Objective,
-    greedy_hypervolume_order,
-    hypervolume,
-    hypervolume_history,
-    nadir_reference,
-    non_dominated_mask,
-    pareto_front,
-    parse_objective,
-    reference_point,
-)
 from autocompress.report.plots import (
     ParetoPlotData,
     ProjectionData,
@@ -25,26 +13,21 @@ from autocompress.report.plots import (
     plot_hypervolume,
     plot_pareto,
 )
-from autocompress.report.tables import format_front_table, format_metric
+from autocompress.report.tables import (
+    format_front_table,
+    format_metric,
+    format_refit_lines,
+    rank_agreement,
+)
 
 __all__ = [
-    "MAXIMIZE",
-    "METRIC_DIRECTIONS",
-    "MINIMIZE",
-    "Objective",
     "ParetoPlotData",
     "ProjectionData",
     "format_front_table",
     "format_metric",
-    "greedy_hypervolume_order",
-    "hypervolume",
-    "hypervolume_history",
-    "nadir_reference",
-    "non_dominated_mask",
-    "parse_objective",
-    "pareto_front",
+    "format_refit_lines",
     "pareto_plot_data",
     "plot_hypervolume",
     "plot_pareto",
-    "reference_point",
+    "rank_agreement",
 ]

@@ -19,21 +19,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from autocompress.report.pareto import (
-    MAXIMIZE,
-    Objective,
-    _check_frame,
-    _eligible_mask,
-    _objective_values,
+from autocompress.core.objectives import MAXIMIZE, Objective
+from autocompress.core.pareto import (
+    check_trials_frame,
+    eligible_mask,
+    objective_values,
     pareto_front,
 )
-from autocompress.report.plots import (
-    _DOMINATED_COLOUR,
-    _FRONT_COLOUR,
-    _INFEASIBLE_COLOUR,
-    _axis_label,
-    _new_figure,
-    _save,
+from autocompress.report.style import (
+    DOMINATED_COLOUR,
+    FRONT_COLOUR,
+    INFEASIBLE_COLOUR,
+    axis_label,
+    new_figure,
+    save_figure,
 )
 
 LAYER_FIELDS = ("w_bits", "a_bits", "prune_ratio")
@@ -69,17 +68,17 @@ class Pareto3DData(NamedTuple):
 
 def pareto_3d_data(df: pd.DataFrame, objectives: Sequence[Objective]) -> Pareto3DData:
     """Data of the 3-D plot of ``objectives[:3]`` (further objectives are ignored)."""
-    _check_frame(df, objectives, func="pareto_3d_data")
+    check_trials_frame(df, objectives, func="pareto_3d_data")
     if len(objectives) < 3:
         raise ValueError(
             "The 'objectives' parameter of pareto_3d_data must hold at least 3 objectives. "
             f"Got {len(objectives)} instead."
         )
     first = tuple(objectives[:3])
-    values = _objective_values(df, first)
+    values = objective_values(df, first)
     numbers = df["number"].to_numpy()
     finite = np.isfinite(values).all(axis=1)
-    eligible = _eligible_mask(df)
+    eligible = eligible_mask(df)
     complete = (df["state"] == "COMPLETE").to_numpy(dtype=bool, na_value=False)
     feasible = eligible & finite
     infeasible = complete & ~eligible & finite
@@ -91,9 +90,9 @@ def pareto_3d_data(df: pd.DataFrame, objectives: Sequence[Objective]) -> Pareto3
         feasible_numbers=numbers[feasible],
         infeasible_values=values[infeasible],
         infeasible_numbers=numbers[infeasible],
-        front_values=_objective_values(front, first),
+        front_values=objective_values(front, first),
         front_numbers=front["number"].to_numpy(),
-        pareto_values=_objective_values(full, first),
+        pareto_values=objective_values(full, first),
         pareto_numbers=full["number"].to_numpy(),
     )
 
@@ -110,37 +109,37 @@ def plot_pareto_3d(
     over-budget trials as red x."""
     data = pareto_3d_data(df, objectives)
     # No constrained layout: it does not account for 3-D axes and warns.
-    fig = _new_figure(width=6.5, height=5.5)
+    fig = new_figure(width=6.5, height=5.5)
     fig.set_layout_engine("none")
     # 3-D axes leave a wide empty margin of their own: let them fill the figure instead.
     ax = fig.add_axes((0.0, 0.02, 0.94, 0.92), projection="3d")
     hidden = data.pareto_values[~np.isin(data.pareto_numbers, data.front_numbers)]
     for values, kwargs in (
-        (data.feasible_values, dict(s=14, color=_DOMINATED_COLOUR, alpha=0.4, label="dominated")),
+        (data.feasible_values, dict(s=14, color=DOMINATED_COLOUR, alpha=0.4, label="dominated")),
         (
             data.infeasible_values,
-            dict(s=18, marker="x", color=_INFEASIBLE_COLOUR, alpha=0.7, label="infeasible"),
+            dict(s=18, marker="x", color=INFEASIBLE_COLOUR, alpha=0.7, label="infeasible"),
         ),
         (
             hidden,
-            dict(s=36, facecolors="none", edgecolors=_FRONT_COLOUR, label="on full front"),
+            dict(s=36, facecolors="none", edgecolors=FRONT_COLOUR, label="on full front"),
         ),
-        (data.front_values, dict(s=36, color=_FRONT_COLOUR, depthshade=False, label="3-D front")),
+        (data.front_values, dict(s=36, color=FRONT_COLOUR, depthshade=False, label="3-D front")),
     ):
         if len(values):
             ax.scatter(values[:, 0], values[:, 1], values[:, 2], **kwargs)
     for (x, y, z), number in zip(data.front_values, data.front_numbers, strict=True):
-        ax.text(x, y, z, f" {int(number)}", fontsize=7, color=_FRONT_COLOUR)
+        ax.text(x, y, z, f" {int(number)}", fontsize=7, color=FRONT_COLOUR)
     x, y, z = data.objectives
-    ax.set_xlabel(_axis_label(x), fontsize=8)
-    ax.set_ylabel(_axis_label(y), fontsize=8)
-    ax.set_zlabel(_axis_label(z), fontsize=8)
+    ax.set_xlabel(axis_label(x), fontsize=8)
+    ax.set_ylabel(axis_label(y), fontsize=8)
+    ax.set_zlabel(axis_label(z), fontsize=8)
     ax.tick_params(labelsize=7)
     if len(data.feasible_values) or len(data.infeasible_values):
         ax.legend(loc="upper left", fontsize="small")
     if title:
         ax.set_title(f"{title}: {len(data.front_numbers)} trials on the front of these three")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- parallel coordinates of the front --------------------------------------------------------
@@ -169,7 +168,7 @@ def parallel_coordinates_data(
     df: pd.DataFrame, objectives: Sequence[Objective]
 ) -> ParallelCoordinatesData:
     """Per-layer w_bits / a_bits / prune_ratio and the objectives of every front trial."""
-    _check_frame(df, objectives, func="parallel_coordinates_data")
+    check_trials_frame(df, objectives, func="parallel_coordinates_data")
     _check_candidate_column(df, func="parallel_coordinates_data")
     objectives = tuple(objectives)
     front = pareto_front(df, objectives)
@@ -188,7 +187,7 @@ def parallel_coordinates_data(
         for col, (name, field) in enumerate(zip(layers, fields, strict=True)):
             if name is not None and name in layer_settings:
                 values[row, col] = float(layer_settings[name][field])
-    values[:, len(layer_names) * len(LAYER_FIELDS) :] = _objective_values(front, objectives)
+    values[:, len(layer_names) * len(LAYER_FIELDS) :] = objective_values(front, objectives)
     return ParallelCoordinatesData(
         axes=axes,
         layers=layers,
@@ -211,12 +210,12 @@ def plot_parallel_coordinates(
     data = parallel_coordinates_data(df, objectives)
     n_axes = len(data.axes)
     # Wide enough to read every axis label, but bounded: a deep network still gives one image.
-    fig = _new_figure(width=min(max(8.0, 0.42 * n_axes + 2.0), 40.0), height=5.5)
+    fig = new_figure(width=min(max(8.0, 0.42 * n_axes + 2.0), 40.0), height=5.5)
     ax = fig.subplots()
     if len(data.numbers) == 0:
         ax.text(0.5, 0.5, "no feasible completed trial yet", ha="center", va="center")
         ax.set_axis_off()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
     scaled, lows, highs = _scale_columns(data.values)
     x = np.arange(n_axes)
@@ -257,10 +256,10 @@ def plot_parallel_coordinates(
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     colourbar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
-    colourbar.set_label(_axis_label(data.objectives[0]))
+    colourbar.set_label(axis_label(data.objectives[0]))
     if title:
         ax.set_title(f"{title} ({len(data.numbers)} trials; dotted: layer absent)", pad=16)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- per-layer bars of one trial --------------------------------------------------------------
@@ -306,10 +305,10 @@ def plot_layer_bars(
     """Bars of w_bits and a_bits (top) and prune_ratio (bottom) per layer of ``trial``."""
     data = layer_bars_data(df, trial=trial)
     n = len(data.layers)
-    fig = _new_figure(width=min(max(6.0, 0.55 * n + 2.0), 40.0), height=5.5)
+    fig = new_figure(width=min(max(6.0, 0.55 * n + 2.0), 40.0), height=5.5)
     bits_ax, prune_ax = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
     x = np.arange(n)
-    bits_ax.bar(x - 0.2, data.w_bits, width=0.4, color=_FRONT_COLOUR, label="w_bits")
+    bits_ax.bar(x - 0.2, data.w_bits, width=0.4, color=FRONT_COLOUR, label="w_bits")
     bits_ax.bar(x + 0.2, data.a_bits, width=0.4, color=_A_BITS_COLOUR, label="a_bits")
     bits_ax.set_ylabel("bits (32 = float)")
     top = max([8.0, *data.w_bits, *data.a_bits])
@@ -329,7 +328,7 @@ def plot_layer_bars(
     if data.summary:
         heading = f"{heading}: {data.summary}"
     fig.suptitle(heading, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- refit: search accuracy vs refit accuracy ----------------------------------------------------
@@ -349,21 +348,21 @@ def plot_refit_accuracy(
         )
     done = table[table["state"] == "COMPLETE"]
     front = done["on_front"].astype(bool).to_numpy()
-    fig = _new_figure(width=5.5, height=5.0)
+    fig = new_figure(width=5.5, height=5.0)
     ax = fig.subplots()
     x, y = done["search_accuracy"].to_numpy(float), done["accuracy"].to_numpy(float)
     if len(done):
         low, high = min(x.min(), y.min()), max(x.max(), y.max())
-        ax.plot([low, high], [low, high], color=_DOMINATED_COLOUR, lw=1, ls="--", label="y = x")
+        ax.plot([low, high], [low, high], color=DOMINATED_COLOUR, lw=1, ls="--", label="y = x")
     ax.scatter(
         x[~front],
         y[~front],
         s=24,
         facecolors="none",
-        edgecolors=_FRONT_COLOUR,
+        edgecolors=FRONT_COLOUR,
         label="off the refit front",
     )
-    ax.scatter(x[front], y[front], s=24, color=_FRONT_COLOUR, label="on the refit front")
+    ax.scatter(x[front], y[front], s=24, color=FRONT_COLOUR, label="on the refit front")
     for xi, yi, source in zip(x[front], y[front], done["refit_of"][front], strict=True):
         ax.annotate(
             str(int(source)), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=7
@@ -374,7 +373,7 @@ def plot_refit_accuracy(
     ax.legend(loc="lower right", fontsize="small")
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def default_trial(df: pd.DataFrame, objectives: Sequence[Objective]) -> int | None:

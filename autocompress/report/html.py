@@ -23,12 +23,13 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from autocompress.report.pareto import MAXIMIZE, Objective, _check_frame, pareto_front
+from autocompress.core.objectives import MAXIMIZE, Objective
+from autocompress.core.pareto import check_trials_frame, pareto_front
+from autocompress.core.rundir import MODEL_SPEC_FILE, RunDir
+from autocompress.core.trials import METRICS
 from autocompress.report.tables import format_metric
 
-REPORT_DIR = "report"
 REPORT_FILE = "report.html"
-_METRICS = ("accuracy", "latency_ms", "energy_mj", "size_kb", "peak_mem_kb")
 _SUMMARY_LIMIT = 120
 
 
@@ -104,6 +105,8 @@ def write_report(
     # Imported here: the config and the study loader pull in torch and Optuna, which
     # ``import autocompress.report`` must not.
     from autocompress.config import load_config
+    from autocompress.core.pareto import hypervolume_history
+    from autocompress.core.trials import load_trials
     from autocompress.report.figures import (
         default_trial,
         layer_bars_data,
@@ -112,15 +115,13 @@ def write_report(
         plot_pareto_3d,
         plot_refit_accuracy,
     )
-    from autocompress.report.pareto import hypervolume_history
     from autocompress.report.plots import plot_hypervolume, plot_pareto
-    from autocompress.search.refit import TABLE_FILE as REFIT_TABLE_FILE
-    from autocompress.search.refit import rank_agreement
-    from autocompress.search.results import load_trials
+    from autocompress.report.tables import rank_agreement
 
     run_dir = Path(run_dir)
-    out_dir = run_dir / REPORT_DIR if out_dir is None else Path(out_dir)
-    config = load_config(run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    out_dir = run.report_dir if out_dir is None else Path(out_dir)
+    config = load_config(run.config_file)
     trials = load_trials(run_dir)
     objectives = config.objectives()
     if trial is not None:
@@ -165,7 +166,7 @@ def write_report(
             "trial's architecture has no such layer its line has a gap, bridged by dots.",
         )
     )
-    refit_file = run_dir / REFIT_TABLE_FILE
+    refit_file = run.refit_table
     if refit_file.is_file():  # written by `autocompress refit`
         refit = pd.read_csv(refit_file)
         tau = rank_agreement(refit)
@@ -212,13 +213,13 @@ def report_header(
     teacher_metrics: Mapping[str, Any] | None,
 ) -> ReportHeader:
     """Header data from the run's config (as a plain dict), its trials and teacher metrics."""
-    _check_frame(trials, objectives, func="report_header")
+    check_trials_frame(trials, objectives, func="report_header")
     run_dir = Path(run_dir)
     state = trials["state"]
     complete = state == "COMPLETE"
     feasible = trials["feasible"].eq(True)
     accuracy = (teacher_metrics or {}).get("accuracy")
-    study_url = f"sqlite:///{run_dir / 'study.db'}"
+    study_url = RunDir(run_dir).study_url
     return ReportHeader(
         run_name=str(config.get("name", run_dir.name)),
         run_dir=str(run_dir),
@@ -241,10 +242,10 @@ def trials_table_data(trials: pd.DataFrame, objectives: Sequence[Objective]) -> 
     Status is "front" for Pareto-optimal trials, "failed: <reason>" for failed ones, "over
     budget" for trials rejected before training, else the Optuna state in lower case.
     """
-    _check_frame(trials, objectives, func="trials_table_data")
+    check_trials_frame(trials, objectives, func="trials_table_data")
     objectives = list(objectives)
     names = [o.name for o in objectives]
-    others = [m for m in _METRICS if m in trials.columns and m not in names]
+    others = [m for m in METRICS if m in trials.columns and m not in names]
     arrows = {o.name: "↑" if o.direction == MAXIMIZE else "↓" for o in objectives}
     columns = ["trial", "status", *(f"{n} {arrows[n]}" for n in names), *others, "summary"]
     front_numbers = [int(n) for n in pareto_front(trials, objectives)["number"]]
@@ -390,7 +391,7 @@ def _config_summary(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _teacher_metrics(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "teacher" / "spec.json"
+    path = RunDir(run_dir).teacher_dir / MODEL_SPEC_FILE
     if not path.is_file():
         return None
     try:

@@ -16,25 +16,26 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
-from autocompress.report.pareto import (
-    MAXIMIZE,
-    MINIMIZE,
-    Objective,
-    _check_frame,
-    _eligible_mask,
-    _objective_values,
+from autocompress.core.objectives import MINIMIZE, Objective
+from autocompress.core.pareto import (
+    check_trials_frame,
+    eligible_mask,
     non_dominated_mask,
+    objective_values,
     pareto_front,
+)
+from autocompress.report.style import (
+    DOMINATED_COLOUR,
+    FRONT_COLOUR,
+    INFEASIBLE_COLOUR,
+    axis_label,
+    new_figure,
+    save_figure,
 )
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
-_DPI = 120
-_FRONT_COLOUR = "tab:blue"
-_DOMINATED_COLOUR = "0.6"
-_INFEASIBLE_COLOUR = "tab:red"
 _MAX_COLUMNS = 3
 
 
@@ -77,21 +78,21 @@ def pareto_plot_data(df: pd.DataFrame, objectives: Sequence[Objective]) -> Paret
     That is the first objective against each other one, then (with >= 3 objectives) every
     remaining pair.
     """
-    _check_frame(df, objectives, func="pareto_plot_data")
+    check_trials_frame(df, objectives, func="pareto_plot_data")
     objectives = tuple(objectives)
     if len(objectives) < 2:
         raise ValueError(
             "The 'objectives' parameter of pareto_plot_data must hold at least 2 objectives. "
             f"Got {len(objectives)} instead."
         )
-    values = _objective_values(df, objectives)
+    values = objective_values(df, objectives)
     numbers = df["number"].to_numpy()
-    eligible = _eligible_mask(df)
+    eligible = eligible_mask(df)
     complete = (df["state"] == "COMPLETE").to_numpy(dtype=bool, na_value=False)
     feasible = eligible & np.isfinite(values).all(axis=1)
     front = pareto_front(df, objectives)
     front_numbers = [int(n) for n in front["number"]]
-    pareto_values = _objective_values(front, objectives)
+    pareto_values = objective_values(front, objectives)
 
     projections = []
     for i, j in itertools.combinations(range(len(objectives)), 2):
@@ -137,7 +138,7 @@ def plot_pareto(
     n_panels = len(data.projections)
     n_cols = min(n_panels, _MAX_COLUMNS)
     n_rows = -(-n_panels // n_cols)
-    fig = _new_figure(width=4.5 * n_cols, height=3.8 * n_rows)
+    fig = new_figure(width=4.5 * n_cols, height=3.8 * n_rows)
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
     for ax, projection in zip(axes, data.projections, strict=False):
         _draw_projection(ax, projection)
@@ -146,7 +147,7 @@ def plot_pareto(
     axes[0].legend(loc="best", fontsize="small")
     if title:
         fig.suptitle(f"{title} ({len(data.front_numbers)} trials on the front)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_hypervolume(
@@ -159,22 +160,16 @@ def plot_hypervolume(
             "The 'history_df' parameter of plot_hypervolume must have the columns "
             f"{missing!r}. Got columns {list(history_df.columns)!r} instead."
         )
-    fig = _new_figure(width=6.0, height=4.0)
+    fig = new_figure(width=6.0, height=4.0)
     ax = fig.subplots()
     # A step line: the hypervolume holds its value until the next trial improves the front.
-    ax.step(history_df["number"], history_df["hypervolume"], where="post", color=_FRONT_COLOUR)
+    ax.step(history_df["number"], history_df["hypervolume"], where="post", color=FRONT_COLOUR)
     ax.set_xlabel("trial number")
     ax.set_ylabel("hypervolume (↑ better)")
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
-
-
-def _axis_label(objective: Objective) -> str:
-    """E.g. "latency_ms (↓ better)": the column name carries the unit, the arrow the direction."""
-    arrow = "↑" if objective.direction == MAXIMIZE else "↓"
-    return f"{objective.name} ({arrow} better)"
+    return save_figure(fig, path)
 
 
 def _draw_projection(ax: Axes, p: ProjectionData) -> None:
@@ -182,7 +177,7 @@ def _draw_projection(ax: Axes, p: ProjectionData) -> None:
         p.feasible_x,
         p.feasible_y,
         s=14,
-        color=_DOMINATED_COLOUR,
+        color=DOMINATED_COLOUR,
         alpha=0.5,
         label="dominated",
         zorder=1,
@@ -192,7 +187,7 @@ def _draw_projection(ax: Axes, p: ProjectionData) -> None:
         p.infeasible_y,
         s=18,
         marker="x",
-        color=_INFEASIBLE_COLOUR,
+        color=INFEASIBLE_COLOUR,
         alpha=0.7,
         label="infeasible",
         zorder=2,
@@ -203,33 +198,12 @@ def _draw_projection(ax: Axes, p: ProjectionData) -> None:
         p.pareto_y,
         s=30,
         facecolors="none",
-        edgecolors=_FRONT_COLOUR,
+        edgecolors=FRONT_COLOUR,
         label="on full front",
         zorder=3,
     )
-    ax.step(p.front_x, p.front_y, where=p.step_where, color=_FRONT_COLOUR, zorder=4)
-    ax.scatter(p.front_x, p.front_y, s=24, color=_FRONT_COLOUR, label="2-D front", zorder=5)
-    ax.set_xlabel(_axis_label(p.x))
-    ax.set_ylabel(_axis_label(p.y))
+    ax.step(p.front_x, p.front_y, where=p.step_where, color=FRONT_COLOUR, zorder=4)
+    ax.scatter(p.front_x, p.front_y, s=24, color=FRONT_COLOUR, label="2-D front", zorder=5)
+    ax.set_xlabel(axis_label(p.x))
+    ax.set_ylabel(axis_label(p.y))
     ax.grid(alpha=0.3)
-
-
-def _new_figure(*, width: float, height: float) -> Figure:
-    # A bare Figure on an Agg canvas, not pyplot: nothing enters pyplot's global figure registry
-    # (so long searches cannot leak figures) and the host's backend choice is left alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=_DPI, format="png")
-    finally:
-        fig.clear()  # drop artists now rather than when the garbage collector gets to them
-    return path

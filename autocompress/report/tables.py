@@ -1,4 +1,4 @@
-"""The Pareto front as a rich table for the terminal."""
+"""The Pareto front as a rich table for the terminal, and the refit table as lines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from autocompress.report.pareto import MAXIMIZE, Objective
+from autocompress.core.objectives import MAXIMIZE, Objective
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -87,3 +87,27 @@ def _significant(value: float, digits: int = _SIGNIFICANT_DIGITS) -> str:
     rounded = float(f"{value:.{digits}g}")  # round first: 9.996 -> 10.0 has a new magnitude
     decimals = digits - 1 - math.floor(math.log10(abs(rounded)))
     return f"{rounded:.{max(decimals, 0)}f}"
+
+
+def rank_agreement(table: pd.DataFrame) -> float:
+    """Kendall tau of the search accuracies against the refit ones over the completed refits of
+    ``table`` (``search.refit.refit_table`` or ``refit.csv``); NaN below 3 of them."""
+    from scipy.stats import kendalltau
+
+    done = table[table["state"] == "COMPLETE"]
+    if len(done) < 3:
+        return math.nan
+    return float(kendalltau(done["search_accuracy"], done["accuracy"]).statistic)
+
+
+def format_refit_lines(table: pd.DataFrame) -> list[str]:
+    """``refit.csv`` as plain lines: source trial, accuracy before and after, on the front."""
+    lines = []
+    for row in table.itertuples(index=False):
+        after = "failed" if row.state != "COMPLETE" else f"{row.accuracy:.2%}"
+        mark = "  (front)" if row.on_front else ""
+        lines.append(
+            f"  search trial {row.refit_of} -> refit trial {row.trial}: accuracy "
+            f"{row.search_accuracy:.2%} -> {after}{mark}"
+        )
+    return lines

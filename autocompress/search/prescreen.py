@@ -22,9 +22,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import PrescreenConfig
+from ..core.objectives import MAXIMIZE
+from ..core.objectives import Objective as ObjectiveSpec
 from ..evaluators.accuracy_predictor import AccuracyPredictor
-from ..report.pareto import MAXIMIZE
-from ..report.pareto import Objective as ObjectiveSpec
 from ..spaces import Candidate
 
 SKIPPED_ATTR = "skipped"  # user attribute of a skipped trial: the reason, as text

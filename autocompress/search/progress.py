@@ -24,16 +24,17 @@ from rich.progress import (
 )
 
 from ..config import RunConfig
-from ..report.pareto import Objective, hypervolume, pareto_front, reference_point
-from .results import trials_dataframe
-from .run import count_done
+from ..core.objectives import Objective
+from ..core.pareto import hypervolume, pareto_front, reference_point
+from ..core.trials import trials_dataframe
+from .study import count_done
 
 
 class ProgressSnapshot(NamedTuple):
     """Where a search stands after a trial.
 
     ``done``: trials that count towards ``n_trials`` (finished and not retried, as
-    ``run.count_done`` counts them for ``run_search``). ``hypervolume``: of the current front
+    ``study.count_done`` counts them for ``run_search``). ``hypervolume``: of the current front
     against the current reference point, so it can dip when a new trial widens the reference;
     NaN while the front is empty.
     """
@@ -97,7 +98,7 @@ class TrialPrinter:
                 self._start(snapshot)
             # Printed through the bar's console, so the line lands above the bar.
             self.console.print(
-                f"[{snapshot.done}/{n_trials}] trial {trial.number}: {_status(trial)} "
+                f"[{snapshot.done}/{n_trials}] trial {trial.number}: {describe_trial(trial)} "
                 f"| front {snapshot.front_size}{hv}",
                 highlight=False,
             )
@@ -159,7 +160,8 @@ class TrialPrinter:
             self._progress = None
 
 
-def _status(trial: FrozenTrial) -> str:
+def describe_trial(trial: FrozenTrial) -> str:
+    """What happened to a finished trial, as the progress line says it (rich markup)."""
     a = trial.user_attrs
     if trial.state.name == "FAIL":
         # Escaped: a reason such as "values [nan, 1.0]" would otherwise read as rich markup.

@@ -46,26 +46,18 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..config import RayConfig, RunConfig
+from ..core.files import write_text_atomic
+from ..core.rundir import RunDir
 from ..spaces import Candidate
-from .locks import write_text_atomic
-from .run import (
-    Objective,
-    Priced,
-    SearchResult,
-    count_done,
-    describe_failure,
-    make_sampler,
-    open_study,
-    prepare_setup,
-    write_run_results,
-)
-from .storage import default_storage_url, make_storage
+from .objective import Priced, TrialObjective, describe_failure
+from .results import SearchResult, write_run_results
+from .setup import prepare_setup
+from .storage import make_storage
+from .study import count_done, open_study
 
 logger = logging.getLogger(__name__)
 
-EXPERIMENTS_DIR = "ray"
 FINISHED_FILE = "finished"  # written into an experiment folder once Tuner.fit() completed it
-RESULT_FILE = "result.json"  # a trained trial's reported result, kept for a driver restart
 
 # Keys of a Tune trial's config (besides the captured Optuna parameters) and of its result.
 TRIAL_KEY = "optuna_trial"
@@ -77,7 +69,7 @@ PRUNED_KEY = "pruned"  # skipped by the prescreen (driver) or stopped early (wor
 SKIPPED_KEY = "skipped"
 ATTRS_KEY = "trial_attrs"
 
-_OBJECTIVES: dict[tuple[str, str], Objective] = {}
+_OBJECTIVES: dict[tuple[str, str], TrialObjective] = {}
 _OBJECTIVES_LOCK = threading.Lock()
 # run folder -> the caller's per-trial callback; a module-level table rather than an attribute
 # of the Tune callback, because Tune pickles its callbacks into the experiment (a console does
@@ -85,7 +77,7 @@ _OBJECTIVES_LOCK = threading.Lock()
 _ON_TRIAL: dict[str, Callable[[optuna.Study, FrozenTrial, int], None]] = {}
 
 
-def shared_objective(config: RunConfig, run_dir: Path) -> Objective:
+def shared_objective(config: RunConfig, run_dir: Path) -> TrialObjective:
     """The process's ``Objective`` for this run: the setup (data, teacher, profile) is built once
     per process, whether the driver (pricing) or a Ray worker (training) asks."""
     key = (str(run_dir), config.fingerprint())
@@ -93,9 +85,9 @@ def shared_objective(config: RunConfig, run_dir: Path) -> Objective:
         if key not in _OBJECTIVES:
             # Early stopping keeps its rung records in the study, which every process on the
             # cluster reaches through the run's storage (the run folder is shared).
-            url = config.search.storage or default_storage_url(run_dir)
+            url = config.search.storage or RunDir(run_dir).study_url
             study = optuna.load_study(study_name=config.name, storage=make_storage(url))
-            _OBJECTIVES[key] = Objective(prepare_setup(config, run_dir, study=study))
+            _OBJECTIVES[key] = TrialObjective(prepare_setup(config, run_dir, study=study))
         return _OBJECTIVES[key]
 
 
@@ -135,7 +127,7 @@ def train_trial(params: dict[str, Any], *, config: RunConfig, run_dir: Path) -> 
         return _failed_result(names, params[FAILED_KEY])
     if SKIPPED_KEY in params:  # its attributes were recorded by the driver when pricing
         return {**dict.fromkeys(names, math.nan), ATTRS_KEY: {}, PRUNED_KEY: True}
-    cached = run_dir / "trials" / str(number) / RESULT_FILE
+    cached = RunDir(run_dir).ray_result_file(number)
     if cached.is_file():
         # Trained before the driver restarted: answer from the saved result, never retrain.
         return json.loads(cached.read_text())
@@ -306,7 +298,7 @@ def connect(config: RayConfig) -> bool:
     # into this machine's routable one and its gRPC servers listen on every interface, so what
     # keeps others out is the token authentication that Ray >= 2.59 turns on for clusters that
     # ray.init() starts unless RAY_AUTH_MODE says otherwise. (Setting RAY_AUTH_MODE here would
-    # skip Ray's own token set-up.) See README, "Distributed search".
+    # skip Ray's own token set-up.) See docs/guide/distributed.md.
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         logger.warning(
             "RAY_AUTH_MODE=disabled: the local Ray cluster accepts anyone who can reach this "
@@ -332,16 +324,18 @@ def run_ray_search(
     config: RunConfig,
     *,
     run_dir: Path,
+    sampler: optuna.samplers.BaseSampler,
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
 ) -> SearchResult:
-    """Run or resume the search on Ray (called by ``run_search`` under the run lock)."""
+    """Run or resume the search on Ray (called by ``run_search`` under the run lock) with
+    ``sampler`` proposing every experiment's trials."""
     run_dir = run_dir.resolve()  # Ray workers run in their trial folders
     if config.search.surrogate.enabled:
         logger.info("search.surrogate is not used by the Ray backend (the sampler draws all).")
     study, storage = open_study(config, run_dir)
     # Trains (or loads) the teacher here, before any worker needs it.
     objective = shared_objective(config, run_dir)
-    experiments = run_dir / EXPERIMENTS_DIR
+    experiments = RunDir(run_dir).ray_dir
     owned = connect(config.search.ray)
     _ON_TRIAL[str(run_dir)] = on_trial
     # Ctrl-C must stop the search as with the Optuna backend; Tune's own handler would instead
@@ -362,10 +356,9 @@ def run_ray_search(
             logger.info("Resuming the interrupted Ray experiment %s.", latest)
             _fit(tune.Tuner.restore(str(latest), trainable=trainable), latest, study)
         # Trials skipped by search.prescreen use up Tune samples but not n_trials: as
-        # run._optimize_until_done does, start another experiment for the trials still missing.
-        # One sampler for all of them: a fresh one would restart from the seed and suggest
-        # the earlier experiments' candidates again.
-        sampler = make_sampler(config)
+        # driver.optimize_until_done does, start another experiment for the trials still
+        # missing. One sampler for all of them: a fresh one would restart from the seed and
+        # suggest the earlier experiments' candidates again.
         timeout = config.search.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         while (
@@ -446,7 +439,7 @@ def _new_tuner(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(run_dir / EXPERIMENTS_DIR),
+            storage_path=str(RunDir(run_dir).ray_dir),
             failure_config=tune.FailureConfig(max_failures=config.search.ray.max_failures),
             callbacks=[callback],
             verbose=0,

@@ -25,19 +25,21 @@ import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
-from scipy.stats import kendalltau
 
-from ..config import ConfigError, RunConfig, load_config, parse_config
-from ..evaluators.early_stopping import RETRY_ATTR, retried_trials
-from ..report.pareto import _to_loss, greedy_hypervolume_order, nadir_reference, pareto_front
-from .results import trials_dataframe
-from .run import SearchResult, open_study, run_search
-from .storage import STUDY_FILE, default_storage_url, make_storage
+from ..config import RunConfig, load_config, parse_config
+from ..core.errors import ConfigError
+from ..core.pareto import greedy_hypervolume_order, nadir_reference, pareto_front, to_loss
+from ..core.rundir import RunDir
+from ..core.trials import RETRY_ATTR, retried_trials, trials_dataframe
+from ..report.tables import rank_agreement
+from .driver import run_search
+from .results import SearchResult
+from .storage import make_storage
+from .study import open_study
 
 __all__ = [
     "REFIT_ATTR",
     "RefitResult",
-    "rank_agreement",
     "refit_config",
     "refit_order",
     "refit_run",
@@ -45,13 +47,12 @@ __all__ = [
 
 REFIT_ATTR = "refit_of"  # user attribute of a refit trial: the source run's trial number
 SOURCE_ATTR = "refit_source"  # study user attribute: the source run and the trials refit
-TABLE_FILE = "refit.csv"
 
 
 @dataclass(frozen=True)
 class RefitResult:
     """``table``: one row per refit trial (see :func:`refit_table`); ``tau``: its
-    :func:`rank_agreement`."""
+    ``report.rank_agreement``."""
 
     run_dir: Path
     source: Path
@@ -79,12 +80,13 @@ def refit_config(
 
 
 def _source_study(run_dir: Path, config: RunConfig) -> optuna.Study:
-    if config.search.storage is None and not (run_dir / STUDY_FILE).is_file():
+    run = RunDir(run_dir)
+    if config.search.storage is None and not run.study_file.is_file():
         raise FileNotFoundError(
-            f"{str(run_dir)!r} is not a run folder: {STUDY_FILE} is missing "
+            f"{str(run_dir)!r} is not a run folder: {run.study_file.name} is missing "
             "(run `autocompress search CONFIG` first)."
         )
-    storage = make_storage(config.search.storage or default_storage_url(run_dir))
+    storage = make_storage(config.search.storage or run.study_url)
     try:
         return optuna.load_study(study_name=config.name, storage=storage)
     except KeyError:
@@ -138,11 +140,11 @@ def refit_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
     trials): the best row of each objective first, in objective order (the front's ends, which
     NSGA-II's crowding distance keeps too: with accuracy first, the most accurate point survives
     any budget), then greedy hypervolume order
-    (:func:`~autocompress.report.pareto.greedy_hypervolume_order`), so a budget keeps the points
+    (:func:`~autocompress.core.pareto.greedy_hypervolume_order`), so a budget keeps the points
     that shape the front and an interrupted refit has refit those. The box is the selection's
     own (``nadir_reference``): against accuracy 0 the cheapest points would outweigh the
     accurate ones."""
-    loss = _to_loss(values, directions, func="refit_order")
+    loss = to_loss(values, directions, func="refit_order")
     extremes = [int(np.argmin(loss[:, j])) for j in range(loss.shape[1])]
     reference = nadir_reference(values, directions)
     return greedy_hypervolume_order(values, directions, reference, start=extremes)
@@ -241,10 +243,12 @@ def refit_run(
         raise ValueError(f"The 'budget' parameter of refit_run must be an int >= 1. Got {budget!r}")
     if trials is not None and budget is not None:
         raise ValueError("Give the trials to refit or a budget, not both.")
-    source_config = load_config(run_dir / "config.yaml")
+    source, refit = RunDir(run_dir), RunDir(out) if out is not None else None
+    source_config = load_config(source.config_file)
     if "accuracy" not in {o.name for o in source_config.objectives()}:
         raise ValueError(f"Run {str(run_dir)!r} has no accuracy objective: nothing to refit.")
-    out = Path(out) if out is not None else run_dir.parent / f"{run_dir.name}-refit"
+    refit = refit or RunDir(run_dir.parent / f"{run_dir.name}-refit")
+    out = refit.path
     if out.resolve() == run_dir.resolve():
         raise ValueError("A refit needs its own folder: --out must differ from RUN.")
     source_study = _source_study(run_dir, source_config)
@@ -252,16 +256,16 @@ def refit_run(
     config = refit_config(
         source_config, name=out.name, epochs=epochs, n_trials=len(chosen), n_jobs=n_jobs
     )
-    if (out / "config.yaml").is_file():
-        held = load_config(out / "config.yaml")
+    if refit.config_file.is_file():
+        held = load_config(refit.config_file)
         if held.fingerprint() != config.fingerprint():
             raise ConfigError(
                 f"{str(out)!r} holds a run made with another config (train.epochs "
                 f"{held.train.epochs}, asked {epochs}): choose another --out or delete it."
             )
     # The teacher depends on neither train.epochs nor the run name: reuse the trained one.
-    if (run_dir / "teacher").is_dir() and not (out / "teacher").exists():
-        shutil.copytree(run_dir / "teacher", out / "teacher")
+    if source.teacher_dir.is_dir() and not refit.teacher_dir.exists():
+        shutil.copytree(source.teacher_dir, refit.teacher_dir)
     out.mkdir(parents=True, exist_ok=True)
     study, _ = open_study(config, out, where=f"The refit folder {out}")
     accuracy_at = [o.name for o in source_config.objectives()].index("accuracy")
@@ -269,28 +273,6 @@ def refit_run(
 
     result = run_search(config, runs_dir=out.parent, on_trial=on_trial)
     table = refit_table(result.study, config)
-    table.to_csv(out / TABLE_FILE, index=False)
+    table.to_csv(refit.refit_table, index=False)
     tau = rank_agreement(table)
     return RefitResult(run_dir=out, source=run_dir, search=result, table=table, tau=tau)
-
-
-def rank_agreement(table: pd.DataFrame) -> float:
-    """Kendall tau of the search accuracies against the refit ones over the completed refits of
-    ``table`` (a :func:`refit_table` or ``refit.csv``); NaN below 3 of them."""
-    done = table[table["state"] == "COMPLETE"]
-    if len(done) < 3:
-        return math.nan
-    return float(kendalltau(done["search_accuracy"], done["accuracy"]).statistic)
-
-
-def format_refit_lines(table: pd.DataFrame) -> list[str]:
-    """``refit.csv`` as plain lines: source trial, accuracy before and after, on the front."""
-    lines = []
-    for row in table.itertuples(index=False):
-        after = "failed" if row.state != "COMPLETE" else f"{row.accuracy:.2%}"
-        mark = "  (front)" if row.on_front else ""
-        lines.append(
-            f"  search trial {row.refit_of} -> refit trial {row.trial}: accuracy "
-            f"{row.search_accuracy:.2%} -> {after}{mark}"
-        )
-    return lines

@@ -29,15 +29,12 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import ConfigError, WorkerConfig
-from ..evaluators.early_stopping import RETRY_ATTR, RUNG_ATTR_PREFIX
+from ..config import WorkerConfig
+from ..core.errors import ConfigError
+from ..core.trials import RETRY_ATTR
+from ..evaluators.early_stopping import RUNG_ATTR_PREFIX
 
-STUDY_FILE = "study.db"
 HEARTBEAT_ATTR = "autocompress:heartbeat"
-
-
-def default_storage_url(run_dir: Path) -> str:
-    return f"sqlite:///{run_dir / STUDY_FILE}"
 
 
 class RetryStaleTrial(_RetryCallback):

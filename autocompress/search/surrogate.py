@@ -30,9 +30,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import SurrogateConfig
+from ..core.objectives import Objective as ObjectiveSpec
+from ..core.pareto import hypervolume, non_dominated_mask, reference_from_values
 from ..evaluators.accuracy_predictor import AccuracyPredictor
-from ..report.pareto import Objective as ObjectiveSpec
-from ..report.pareto import hypervolume, non_dominated_mask, reference_from_values
 from ..spaces import Candidate, JointSearchSpace
 from .prescreen import trained_trials
 

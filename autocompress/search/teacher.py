@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..compression.serialization import SPEC_FILE, load_model, read_spec, save_model
 from ..config import RunConfig
-from ..evaluators.data import DataBundle, make_loaders
+from ..data import DataBundle, make_loaders
 from ..evaluators.train import evaluate_accuracy, train_epochs
-from ..export.artifacts import load_model, read_spec, save_model
 from ..spaces import JointSearchSpace, build_model
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def get_teacher(
 ) -> tuple[nn.Module, dict]:
     """Load the teacher cached in ``directory`` or train it; returns (model, its metrics)."""
     candidate = space.teacher()
-    if (directory / "spec.json").is_file():
+    if (directory / SPEC_FILE).is_file():
         spec = read_spec(directory)
         if spec["metrics"].get("fingerprint") == teacher_fingerprint(config):
             model, spec = load_model(directory, map_location=device)

@@ -5,7 +5,7 @@ evaluates them with the same ``Objective`` as the single-process search. The stu
 the only thing they share, plus (for models, teacher and result tables) the run folder, which on
 several machines should be on a shared disk.
 
-There is no ``_RunLock`` here (many processes per run folder is the point); instead:
+There is no run lock here (many processes per run folder is the point); instead:
 
 * the teacher is trained once, by the first worker, under a file lock; the others wait and load
   it (``prepare_setup``). Without a shared run folder each machine trains the same seeded one;
@@ -30,25 +30,18 @@ import pandas as pd
 import torch
 from optuna.trial import FrozenTrial
 
-from ..config import ConfigError, RunConfig
-from .locks import file_lock
-from .run import (
-    LOCK_FILE,
-    Objective,
-    _alive,
-    _retry_interrupted,
-    count_done,
-    make_sampler,
-    open_study,
-    prepare_setup,
-    write_config,
-    write_run_results,
-)
+from ..config import RunConfig
+from ..core.errors import ConfigError, RunLockedError
+from ..core.files import file_lock, live_pid
+from ..core.rundir import RunDir
+from .objective import TrialObjective
+from .results import write_run_results
+from .samplers import make_sampler
+from .setup import prepare_setup
 from .storage import make_storage, redact
+from .study import count_done, open_study, retry_interrupted, write_config
 
 logger = logging.getLogger(__name__)
-
-STUDY_LOCK = "study.lock"
 
 
 @dataclass(frozen=True)
@@ -83,24 +76,24 @@ def run_worker(
         )
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"The 'n_trials' parameter of run_worker must be >= 1. Got {n_trials}.")
-    run_dir = runs_dir / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _refuse_beside_a_single_search(run_dir)
-    write_config(config, run_dir)
+    run = RunDir(runs_dir / config.name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    _refuse_beside_a_single_search(run)
+    write_config(config, run)
 
     # Creating the tables and the study is not atomic in every database: workers started
     # together take turns (where the run folder is shared; elsewhere Optuna's own
     # load_if_exists handles the common race).
-    with file_lock(run_dir / STUDY_LOCK):
+    with file_lock(run.study_lock):
         study, shared = open_study(
             config,
-            run_dir,
+            run,
             storage=make_storage(url, heartbeat=config.search.worker),
             where=f"The study {config.name!r} in {redact(url)}",
         )
         index = int(study.user_attrs.get("workers_joined", 0))
         study.set_user_attr("workers_joined", index + 1)
-        retried = _retry_interrupted(study, shared, running=False)
+        retried = retry_interrupted(study, shared, running=False)
     # Workers seeded alike would suggest the same candidates in lockstep: each gets its own
     # seed, from the config's seed, its join order and (in case two machines without a shared
     # run folder join at once) its host and pid. Logged, as the run is not replayable anyway.
@@ -118,7 +111,7 @@ def run_worker(
         # models then train many times slower than with one thread each.
         torch.set_num_threads(config.search.worker.threads)
     try:
-        return _work(config, study=study, run_dir=run_dir, n_trials=n_trials, on_trial=on_trial)
+        return _work(config, study=study, run=run, n_trials=n_trials, on_trial=on_trial)
     finally:
         torch.set_num_threads(threads)
 
@@ -127,12 +120,12 @@ def _work(
     config: RunConfig,
     *,
     study: optuna.Study,
-    run_dir: Path,
+    run: RunDir,
     n_trials: int | None,
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None,
 ) -> WorkerResult:
-    setup = prepare_setup(config, run_dir, study=study)
-    objective = Objective(setup)
+    setup = prepare_setup(config, run, study=study)
+    objective = TrialObjective(setup)
     target = config.search.n_trials
     ran: list[int] = []
 
@@ -154,9 +147,9 @@ def _work(
                 callbacks=[*objective.callbacks(), after_trial],
             )
     finally:
-        trials, front = write_run_results(study, run_dir, config)
+        trials, front = write_run_results(study, run, config)
     return WorkerResult(
-        run_dir=run_dir,
+        run_dir=run.path,
         study=study,
         trials=trials,
         front=front,
@@ -170,14 +163,12 @@ def worker_seed(seed: int, *, index: int) -> int:
     return int(np.random.SeedSequence([seed, index, host, os.getpid()]).generate_state(1)[0])
 
 
-def _refuse_beside_a_single_search(run_dir: Path) -> None:
+def _refuse_beside_a_single_search(run: RunDir) -> None:
     # A single-process search fails every RUNNING trial it finds on start (they are its own,
     # cut off by a crash); workers' live trials must not share a study with it.
-    lock = run_dir / LOCK_FILE
-    if lock.exists():
-        pid = int(lock.read_text().strip() or 0)
-        if pid and _alive(pid):
-            raise RuntimeError(
-                f"A single-process search (pid {pid}) is running in {run_dir}. "
-                "Wait for it or stop it before starting workers on this run."
-            )
+    pid = live_pid(run.search_lock)
+    if pid is not None:
+        raise RunLockedError(
+            f"A single-process search (pid {pid}) is running in {run.path}. "
+            "Wait for it or stop it before starting workers on this run."
+        )

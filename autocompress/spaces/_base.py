@@ -11,9 +11,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from ..compression.pruning import prunable_layers
 from ._registry import create_family
-from .candidate import FLOAT_BITS, Candidate, LayerChoice
+from .candidate import FLOAT_BITS, MIN_BITS, Candidate, LayerChoice
+from .groups import prunable_layers
 
 
 class SpaceConfig(BaseModel):
@@ -39,9 +39,12 @@ class SpaceConfig(BaseModel):
     @field_validator("w_bits", "a_bits")
     @classmethod
     def _bits_in_range(cls, bits: list[int]) -> list[int]:
-        bad = [b for b in bits if not 2 <= b <= FLOAT_BITS]
+        bad = [b for b in bits if not MIN_BITS <= b <= FLOAT_BITS]
         if bad:
-            raise ValueError(f"bit-widths must lie in [2, {FLOAT_BITS}] (32 = float). Got {bad}")
+            raise ValueError(
+                f"bit-widths must lie in [{MIN_BITS}, {FLOAT_BITS}] ({FLOAT_BITS} = float). "
+                f"Got {bad}"
+            )
         return sorted(set(bits))
 
     @field_validator("prune_ratios")

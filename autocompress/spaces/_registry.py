@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -11,7 +10,7 @@ import optuna
 from pydantic import BaseModel
 from torch import nn
 
-_FAMILIES: dict[str, type[ModelFamily]] = {}
+from ..core.registry import Registry
 
 
 class ModelFamily(ABC):
@@ -49,24 +48,20 @@ class ModelFamily(ABC):
     ) -> nn.Module: ...
 
 
+_FAMILIES: Registry[type[ModelFamily]] = Registry("model family")
+
+
 def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
-    if cls.name in _FAMILIES:
-        raise ValueError(f"Model family {cls.name!r} is already registered.")
-    _FAMILIES[cls.name] = cls
-    return cls
+    """Class decorator: make a :class:`ModelFamily` available as ``space.family: <cls.name>``."""
+    return _FAMILIES.register(cls.name)(cls)
 
 
 def list_families(pattern: str = "*") -> list[str]:
-    return sorted(name for name in _FAMILIES if fnmatch.fnmatch(name, pattern))
+    return _FAMILIES.names(pattern)
 
 
 def get_family(name: str) -> type[ModelFamily]:
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise ValueError(
-            f"The 'space.family' field must be one of {list_families()}. Got {name!r} instead."
-        ) from None
+    return _FAMILIES.get(name, where="The 'space.family' field")
 
 
 def create_family(name: str, space: Mapping[str, Any] | BaseModel | None = None) -> ModelFamily:

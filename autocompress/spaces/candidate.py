@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CANDIDATE_FORMAT_VERSION = 1
-FLOAT_BITS = 32  # a layer at 32 bits is left in floating point (no fake-quant)
+FLOAT_BITS = 32  # at this many bits (or more) a tensor is left in floating point (no fake-quant)
+MIN_BITS = 2  # symmetric weights need at least one level on each side of zero
 
 
 @dataclass(frozen=True)

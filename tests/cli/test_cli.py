@@ -1,3 +1,8 @@
+import re
+import subprocess
+import sys
+
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -68,3 +73,46 @@ def test_devices_lists_the_catalogue():
     result = runner.invoke(app, ["devices"])
     assert result.exit_code == 0, result.output
     assert "cortex_a72" in result.output and "bitfusion" in result.output
+
+
+@pytest.mark.slow
+def test_progress_lines_stay_whole_in_a_pipe(tmp_path, tiny_config_dict):
+    # Not a terminal: rich would wrap at 80 columns, mid-word; each trial's line must stay whole.
+    tiny_config_dict["teacher"]["epochs"] = 1
+    tiny_config_dict["train"]["epochs"] = 1
+    tiny_config_dict["search"]["n_trials"] = 3
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict))
+    command = [sys.executable, "-m", "autocompress.cli", "search", str(config)]
+    run = subprocess.run(
+        [*command, "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith("[")]
+    assert len(lines) == 3
+    for line in lines:
+        assert re.fullmatch(r"\[\d/3\] trial \d: acc .* kB \| front \d+ HV \S+", line), line
+    assert not any(len(line) == 80 for line in run.stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("dataset", "expected"),
+    [
+        ("no_such_module:load", "importable module"),
+        ("json:no_such_function", "has no 'no_such_function'"),
+    ],
+)
+def test_a_bad_dataset_import_string_is_one_clear_line(
+    tmp_path, tiny_config_dict, dataset, expected
+):
+    tiny_config_dict["data"]["dataset"] = dataset
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict))
+    result = runner.invoke(app, ["search", str(config), "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "data.dataset" in result.output and expected in result.output
+    assert "Traceback" not in result.output

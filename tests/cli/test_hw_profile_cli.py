@@ -55,3 +55,13 @@ def test_unknown_device_lists_the_supported_ones(tmp_path, tiny_config_dict):
     result = runner.invoke(app, ["profile", "build-lut", "raspberry-pi", *args])
     assert result.exit_code == 2
     assert "'DEVICE' argument" in result.output and "host" in result.output
+
+
+def test_fit_rejects_a_lut_measured_differently(tmp_path, tiny_config_dict):
+    config = _config(tmp_path, tiny_config_dict)
+    lut = LatencyLUT(entries={}, overhead_ms=0.0, backend="torch", threads=1, warmup=0, repeats=1)
+    path = lut.save(tmp_path / "lut.json")
+    args = ["profile", "fit", "host", "--config", str(config), "--out", str(tmp_path / "p.json")]
+    result = runner.invoke(app, [*args, "--lut", str(path), *_FAST])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"error: The LUT {path} was measured with torch, 1 thread(s)" in result.output

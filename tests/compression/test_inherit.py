@@ -99,12 +99,12 @@ class RunnableNet(Net):
 def _sliced_from(student: nn.Module, teacher: nn.Module) -> dict[str, torch.Tensor]:
     """The student's parameters as differentiable functions of the teacher's: the slices that
     inherit_weights_ copies, with zeros around a widened kernel."""
-    from autocompress.compression.inherit import _overlap
+    from autocompress.compression.inherit import shared_slices
 
     teacher_params = dict(teacher.named_parameters())
     params = {}
     for name, param in student.named_parameters():
-        target_idx, source_idx, _ = _overlap(param.shape, teacher_params[name].shape)
+        target_idx, source_idx, _ = shared_slices(param.shape, teacher_params[name].shape)
         value = torch.zeros_like(param)
         value[target_idx] = teacher_params[name][source_idx]
         params[name] = value

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from autocompress.compression.apply import build_compressed
-from autocompress.evaluators import CandidateError
-from autocompress.evaluators._base import CandidateStopped, TrialContext
-from autocompress.evaluators.data import DataConfig, load_data
+from autocompress.data import DataConfig, load_data
+from autocompress.evaluators import CandidateError, CandidateStopped, TrialContext
 from autocompress.evaluators.early_stopping import (
     EarlyStoppingTrainEvaluator,
     InMemoryRungStore,

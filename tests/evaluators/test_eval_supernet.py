@@ -6,20 +6,18 @@ import torch
 
 from autocompress.compression.apply import build_compressed
 from autocompress.compression.inherit import inherit_weights_
+from autocompress.data import DataConfig, load_data, make_loaders
 from autocompress.evaluators import Evaluator, TaskMetrics
-from autocompress.evaluators.data import DataConfig, load_data, make_loaders
 from autocompress.evaluators.supernet import (
     SupernetConfig,
     SupernetEvaluator,
     get_supernet,
     rank_correlation,
     recalibrate_bn_,
-    sample_arch,
-    sample_candidates,
-    smallest_arch,
 )
 from autocompress.evaluators.train import evaluate_accuracy
 from autocompress.spaces import Candidate, JointSearchSpace, LayerChoice, SpaceConfig, build_model
+from autocompress.spaces.sampling import sample_arch, sample_candidates, smallest_arch
 
 CPU = torch.device("cpu")
 SHAPES = {"num_classes": 10, "input_shape": (1, 8, 8)}

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from autocompress.compression.apply import build_compressed
+from autocompress.data import DataConfig, load_data, make_loaders
 from autocompress.evaluators import CandidateError
-from autocompress.evaluators.data import DataConfig, load_data, make_loaders
 from autocompress.evaluators.train import (
     TrainEvaluator,
     evaluate_accuracy,

@@ -5,7 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 from autocompress.cli import app
-from autocompress.export.artifacts import load_model
+from autocompress.compression.serialization import load_model
 from autocompress.export.trial import export_trial
 
 runner = CliRunner()

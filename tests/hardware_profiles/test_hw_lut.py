@@ -16,8 +16,9 @@ from autocompress.hardware_profiles import (
     load_device,
     model_layers,
 )
-from autocompress.hardware_profiles.lut_build import host_facts, layer_module, sample_candidates
+from autocompress.hardware_profiles.lut_build import joint_space, layer_module
 from autocompress.hardware_profiles.lut_table import HOST_PRECISION, LUTEntry
+from autocompress.spaces.sampling import sample_candidates
 
 _SHAPE = (3, 8, 8)
 
@@ -247,15 +248,10 @@ def test_layer_shapes_of_space_is_seeded_and_covers_sampled_models():
     keys = layer_shapes_of_space(space, seed=3, **kwargs)
     assert keys == layer_shapes_of_space(space, seed=3, **kwargs)
     assert len(keys) == len(set(keys)) and all(k.precision == HOST_PRECISION for k in keys)
-    for candidate in sample_candidates(space, seed=3, **kwargs):
+    joint = joint_space(space, input_shape=(1, 8, 8), num_classes=10)
+    for candidate in sample_candidates(joint, n=3, seed=3):
         model = build_compressed(candidate, num_classes=10, input_shape=(1, 8, 8))
         assert {r.key for r in model_layers(model, input_shape=(1, 8, 8)).layers} <= set(keys)
-
-
-def test_host_facts_name_the_machine_and_libraries():
-    facts = host_facts(backend="torch", threads=2)
-    assert {"cpu_model", "logical_cpus", "torch", "numpy", "python"} <= set(facts)
-    assert facts["threads"] == 2 and "onnxruntime" not in facts
 
 
 @pytest.mark.parametrize(

@@ -137,20 +137,33 @@ def _fake_pynvml(readings, *, fail_on=None):
     return fake
 
 
+def _to_cuda(args, kwargs) -> bool:
+    """Whether a ``.to(...)`` call asks for a CUDA device."""
+    targets = (*args, kwargs.get("device"))
+    return any(
+        isinstance(t, torch.device | str) and torch.device(t).type == "cuda" for t in targets
+    )
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """Pretend CUDA exists; the timed runs happen on the CPU but take the CUDA code path."""
+    """Pretend CUDA exists; the timed runs happen on the CPU but take the CUDA code path (moves
+    to a CUDA device leave modules and tensors where they are)."""
     syncs = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
     props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x3B, pci_device_id=0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    module_to, tensor_to = nn.Module.to, torch.Tensor.to
 
-    def time_on_cpu(self, model, x, *, meter):
-        with torch.inference_mode():
-            return self._time(lambda: model(x), meter=meter)
+    def stay_on_cpu(real):
+        def to(self, *args, **kwargs):
+            return self if _to_cuda(args, kwargs) else real(self, *args, **kwargs)
 
-    monkeypatch.setattr(MeasuredProfile, "_time_torch", time_on_cpu)
+        return to
+
+    monkeypatch.setattr(nn.Module, "to", stay_on_cpu(module_to))
+    monkeypatch.setattr(torch.Tensor, "to", stay_on_cpu(tensor_to))
     return syncs
 
 

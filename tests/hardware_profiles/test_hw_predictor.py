@@ -23,7 +23,7 @@ from autocompress.hardware_profiles import (
     model_layers,
 )
 from autocompress.hardware_profiles.lut_table import HOST_PRECISION, LatencyLUT, LUTEntry
-from autocompress.hardware_profiles.predictor import layer_features
+from autocompress.hardware_profiles.predictor_features import layer_features
 
 
 def _random_keys(n: int, *, seed: int) -> list[LayerKey]:

@@ -6,9 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autocompress.core import Objective, hypervolume_history
 from autocompress.report import (
-    Objective,
-    hypervolume_history,
     pareto_plot_data,
     plot_hypervolume,
     plot_pareto,

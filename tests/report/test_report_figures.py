@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autocompress.report import Objective, pareto_front
+from autocompress.core import Objective, pareto_front
 from autocompress.report.figures import (
     candidate_layers,
     default_trial,

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autocompress.report import Objective, format_metric, pareto_front
+from autocompress.core import Objective, pareto_front
+from autocompress.report import format_metric
 from autocompress.report.html import (
     ReportImage,
     render_report,

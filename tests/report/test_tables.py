@@ -5,7 +5,8 @@ import math
 import pytest
 from rich.console import Console
 
-from autocompress.report import Objective, format_front_table, format_metric, pareto_front
+from autocompress.core import Objective, pareto_front
+from autocompress.report import format_front_table, format_metric
 
 ACC = Objective("accuracy", "maximize")
 LAT = Objective("latency_ms", "minimize")

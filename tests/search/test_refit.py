@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from autocompress.cli import app
 from autocompress.config import ConfigError, load_config, parse_config
-from autocompress.report.pareto import hypervolume, nadir_reference
-from autocompress.search import load_trials, run_search
+from autocompress.core import hypervolume, load_trials, nadir_reference
+from autocompress.search import run_search
 from autocompress.search.refit import REFIT_ATTR, refit_run
 
 

@@ -7,7 +7,7 @@ from autocompress.config import ConfigError, parse_config
 from autocompress.evaluators import CandidateError
 from autocompress.evaluators.train import TrainEvaluator
 from autocompress.search import run_search
-from autocompress.search.run import open_study
+from autocompress.search.study import open_study
 
 
 def test_search_writes_real_results(finished_run):
@@ -162,3 +162,16 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_retries_the_cut_one(
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tiny/study.db")
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == int(cut["number"])]
     assert len(retry) == 1 and retry[0].params == study.trials[int(cut["number"])].params
+
+
+def test_params_and_peak_memory_can_be_objectives(tmp_path, tiny_config_dict):
+    tiny_config_dict["teacher"]["epochs"] = 1
+    tiny_config_dict["train"]["epochs"] = 1
+    tiny_config_dict["search"]["n_trials"] = 3
+    tiny_config_dict["search"]["objectives"] = ["accuracy", "params:min", "peak_mem_kb"]
+    result = run_search(parse_config(tiny_config_dict), runs_dir=tmp_path)
+    trials = result.trials
+    assert trials["state"].eq("COMPLETE").all()
+    values = [t.values for t in result.study.trials]
+    assert [v[1] for v in values] == trials["params"].tolist()
+    assert [v[2] for v in values] == trials["peak_mem_kb"].tolist()

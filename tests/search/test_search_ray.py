@@ -189,7 +189,8 @@ def test_a_trial_failing_in_the_trainable_is_failed_with_its_reason(
         shared_objective,
         train_trial,
     )
-    from autocompress.search.run import make_sampler, open_study
+    from autocompress.search.samplers import make_sampler
+    from autocompress.search.study import open_study
 
     def diverges(self, model, candidate):
         raise CandidateError("non-finite training loss at epoch 0, step 3")

@@ -1,6 +1,7 @@
 """Workers sharing one study (``autocompress worker``): on a journal file, SQLite and PostgreSQL,
 with heartbeats failing and retrying the trial of a worker that died."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -21,14 +22,15 @@ from typer.testing import CliRunner
 
 from autocompress.cli import app
 from autocompress.config import ConfigError, parse_config
-from autocompress.search import run_worker, trials_dataframe
-from autocompress.search.run import open_study
+from autocompress.core import trials_dataframe
+from autocompress.search import run_worker
 from autocompress.search.storage import (
     HEARTBEAT_ATTR,
     HeartbeatJournalStorage,
     RetryStaleTrial,
     make_storage,
 )
+from autocompress.search.study import open_study
 
 
 @pytest.fixture
@@ -64,6 +66,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package), or a skip."""
+    if not any(importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")):
+        pytest.skip("no PostgreSQL driver: pip install autocompress[postgres]")
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     initdb = shutil.which("initdb") or (str(bins[-1]) if bins else None)
     if initdb is None:

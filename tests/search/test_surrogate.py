@@ -9,13 +9,13 @@ from optuna import create_study
 from optuna.trial import TrialState, create_trial
 
 from autocompress.config import parse_config
-from autocompress.evaluators._base import TaskMetrics
+from autocompress.evaluators import TaskMetrics
 from autocompress.evaluators.train import TrainEvaluator
 from autocompress.search import run_search
-from autocompress.search.run import count_done
+from autocompress.search.study import count_done
 from autocompress.search.surrogate import PROPOSED_ATTR, Proposer
 from autocompress.spaces import JointSearchSpace
-from autocompress.spaces.enumerate import enumerate_candidates
+from autocompress.spaces.sampling import enumerate_candidates
 
 
 def _key(candidate_dict) -> str:
@@ -142,25 +142,26 @@ def _price(candidate):
 
 
 def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, small, monkeypatch):
-    from autocompress.search import run as run_module
-    from autocompress.search.run import Objective, prepare_setup
+    from autocompress.search import objective as objective_module
+    from autocompress.search.objective import TrialObjective
+    from autocompress.search.setup import prepare_setup
 
     config, space, candidates = small
-    objective = Objective(prepare_setup(config, tmp_path))
+    objective = TrialObjective(prepare_setup(config, tmp_path))
     eight_bit = next(c for c in candidates if all(x.w_bits == 8 for x in c.layers.values()))
     two_bit = next(c for c in candidates if all(x.w_bits == 2 for x in c.layers.values()))
     # 8-bit weights keep the (1-epoch) teacher's behaviour far better than 2-bit ones.
     assert objective.proxy_accuracy(eight_bit) > objective.proxy_accuracy(two_bit)
     # Scored on the first val_batches batches only (a pool scan must not cost full passes).
     seen = []
-    original = run_module.evaluate_accuracy
+    original = objective_module.evaluate_accuracy
 
     def counting(model, loader, *, device):
         batches = list(loader)
         seen.append(len(batches))
         return original(model, batches, device=device)
 
-    monkeypatch.setattr(run_module, "evaluate_accuracy", counting)
+    monkeypatch.setattr(objective_module, "evaluate_accuracy", counting)
     objective.proxy_accuracy(eight_bit, val_batches=2)
     assert seen == [2]
 

@@ -60,11 +60,13 @@ def test_layer_dimensions_are_conditional_on_the_architecture():
 
 
 def test_layer_dimensions_are_traced_once_per_architecture(monkeypatch):
-    from autocompress.spaces import _base
+    from autocompress.spaces import groups
 
     traced = []
-    real = _base.prunable_layers
-    monkeypatch.setattr(_base, "prunable_layers", lambda *a, **k: traced.append(1) or real(*a, **k))
+    real = groups.build_dependency_graph
+    monkeypatch.setattr(
+        groups, "build_dependency_graph", lambda *a, **k: traced.append(1) or real(*a, **k)
+    )
     space = JointSearchSpace(
         SpaceConfig(family="small_cnn", arch={"depths": [1, 3]}),
         num_classes=10,

@@ -1,4 +1,4 @@
-"""Pareto fronts and hypervolume over a DataFrame of search trials.
+"""Dominance, Pareto fronts, reference points and hypervolume over a DataFrame of trials.
 
 Data contract: one row per Optuna trial with at least ``number``, ``state`` ("COMPLETE", "FAIL",
 ...), ``feasible`` (bool, meets the hardware budget) and one float column per metric (NaN when
@@ -9,76 +9,17 @@ fronts, reference points and hypervolumes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
-MAXIMIZE = "maximize"
-MINIMIZE = "minimize"
-_DIRECTIONS = (MAXIMIZE, MINIMIZE)
-_DIRECTION_ALIASES = {"max": MAXIMIZE, "maximize": MAXIMIZE, "min": MINIMIZE, "minimize": MINIMIZE}
-
-# The built-in metrics and the direction in which each one improves; "accuracy" alone on the
-# command line means Objective("accuracy", "maximize").
-METRIC_DIRECTIONS: Mapping[str, str] = MappingProxyType(
-    {
-        "accuracy": MAXIMIZE,
-        "latency_ms": MINIMIZE,
-        "energy_mj": MINIMIZE,
-        "size_kb": MINIMIZE,
-        "peak_mem_kb": MINIMIZE,
-    }
-)
+from .objectives import DIRECTIONS, MAXIMIZE, MINIMIZE, Objective
 
 # Reference point: the worst feasible value pushed 10% of the observed range further out, so the
 # extreme front points still add volume. Accuracy has a natural worst value instead, which keeps
 # its reference independent of how bad the worst trial happened to be.
 _REFERENCE_MARGIN = 0.1
 _FIXED_REFERENCE = {"accuracy": 0.0}
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One optimisation target: a metric column of the trials DataFrame and its direction."""
-
-    name: str
-    direction: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(
-                f"The 'name' parameter of Objective must be a non-empty str. Got {self.name!r} "
-                "instead."
-            )
-        if self.direction not in _DIRECTIONS:
-            raise ValueError(
-                "The 'direction' parameter of Objective must be 'maximize' or 'minimize'. "
-                f"Got {self.direction!r} instead."
-            )
-
-
-def parse_objective(text: str) -> Objective:
-    """Parse "accuracy" (direction from ``METRIC_DIRECTIONS``) or "name:max" / "name:min".
-
-    The explicit form accepts any column name, so custom metrics can be optimised too.
-    """
-    valid = ", ".join(METRIC_DIRECTIONS)
-    constraint = f"a metric name ({valid}) or 'name:max' / 'name:min'"
-    if not isinstance(text, str):
-        raise ValueError(
-            f"The 'text' parameter of parse_objective must be {constraint}. Got {text!r} instead."
-        )
-    name, sep, direction = text.strip().partition(":")
-    name, direction = name.strip(), direction.strip().lower()
-    if not sep and name in METRIC_DIRECTIONS:
-        return Objective(name, METRIC_DIRECTIONS[name])
-    if sep and name and direction in _DIRECTION_ALIASES:
-        return Objective(name, _DIRECTION_ALIASES[direction])
-    raise ValueError(
-        f"The 'text' parameter of parse_objective must be {constraint}. Got {text!r} instead."
-    )
 
 
 def non_dominated_mask(
@@ -91,7 +32,7 @@ def non_dominated_mask(
     per objective, in its units): also keep the rows that no row would dominate if they were that
     much better, i.e. the near-front.
     """
-    loss = _to_loss(values, directions, func="non_dominated_mask")
+    loss = to_loss(values, directions, func="non_dominated_mask")
     margin = np.zeros(loss.shape[1]) if slack is None else np.asarray(slack, dtype=float)
     if margin.shape != (loss.shape[1],) or not (np.isfinite(margin).all() and (margin >= 0).all()):
         raise ValueError(
@@ -120,7 +61,7 @@ def pareto_front(
 
     Sorted best-first by the first objective (ties by trial number); the original index is kept.
     """
-    _check_frame(df, objectives, func="pareto_front")
+    check_trials_frame(df, objectives, func="pareto_front")
     unknown = set(slack or {}) - {o.name for o in objectives}
     if unknown:
         raise ValueError(
@@ -128,8 +69,8 @@ def pareto_front(
             f"objectives ({[o.name for o in objectives]})."
         )
     margins = [(slack or {}).get(o.name, 0.0) for o in objectives]
-    values = _objective_values(df, objectives)
-    eligible = _eligible_mask(df) & np.isfinite(values).all(axis=1)
+    values = objective_values(df, objectives)
+    eligible = eligible_mask(df) & np.isfinite(values).all(axis=1)
     mask = np.zeros(len(df), dtype=bool)
     directions = [o.direction for o in objectives]
     mask[eligible] = non_dominated_mask(values[eligible], directions, slack=margins)
@@ -147,7 +88,7 @@ def hypervolume(
     Points that are not strictly better than ``reference`` in every objective (or that hold a
     NaN) add no volume and are dropped.
     """
-    loss = _to_loss(points, directions, func="hypervolume")
+    loss = to_loss(points, directions, func="hypervolume")
     ref_loss = _reference_loss(reference, directions, func="hypervolume")
     keep = (loss < ref_loss).all(axis=1)  # NaN compares False, so NaN rows drop out here too
     return _compute_hypervolume(loss[keep], ref_loss)
@@ -158,7 +99,7 @@ def nadir_reference(values: np.ndarray, directions: Sequence[str]) -> np.ndarray
     one row), pushed out by 10% of its range (of ``|value|``, or 1 for 0, when all are equal), so
     the extreme points still add volume. Unlike :func:`reference_point`, accuracy gets no fixed
     worst value: the box is the one the points span, which weighs every front point alike."""
-    loss = _to_loss(values, directions, func="nadir_reference")
+    loss = to_loss(values, directions, func="nadir_reference")
     if len(loss) == 0 or not np.isfinite(loss).all():
         raise ValueError(
             "The 'values' parameter of nadir_reference must hold at least one row, every value "
@@ -185,7 +126,7 @@ def greedy_hypervolume_order(
     of the set's hypervolume. ``start``: rows placed first, in that order; the greedy continues
     from them. Rows adding nothing (dominated, NaN, outside the box) come last, in their original
     order."""
-    loss = _to_loss(values, directions, func="greedy_hypervolume_order")
+    loss = to_loss(values, directions, func="greedy_hypervolume_order")
     ref_loss = _reference_loss(reference, directions, func="greedy_hypervolume_order")
     order = list(dict.fromkeys(int(i) for i in start))
     if any(not 0 <= i < len(loss) for i in order):
@@ -213,9 +154,9 @@ def reference_point(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.nda
     10% of its range. "accuracy" uses 0.0. When all values of an objective are equal the range
     is taken as ``|value|`` (1.0 for 0), so a lone trial still has positive hypervolume.
     """
-    _check_frame(df, objectives, func="reference_point")
-    values = _objective_values(df, objectives)
-    values = values[_eligible_mask(df) & np.isfinite(values).all(axis=1)]
+    check_trials_frame(df, objectives, func="reference_point")
+    values = objective_values(df, objectives)
+    values = values[eligible_mask(df) & np.isfinite(values).all(axis=1)]
     if len(values) == 0:
         raise ValueError(
             "The 'df' parameter of reference_point must contain at least one feasible COMPLETE "
@@ -246,18 +187,18 @@ def hypervolume_history(
     defaults to ``reference_point(df, objectives)`` over the whole run, so the curve is measured
     against one fixed point and never decreases.
     """
-    _check_frame(df, objectives, func="hypervolume_history")
+    check_trials_frame(df, objectives, func="hypervolume_history")
     directions = [o.direction for o in objectives]
     order = np.argsort(df["number"].to_numpy(), kind="stable")
     numbers = df["number"].to_numpy()[order]
-    values = _objective_values(df, objectives)[order]
-    eligible = (_eligible_mask(df)[order]) & np.isfinite(values).all(axis=1)
+    values = objective_values(df, objectives)[order]
+    eligible = (eligible_mask(df)[order]) & np.isfinite(values).all(axis=1)
     if reference is None and not eligible.any():
         return pd.DataFrame({"number": numbers.astype(int), "hypervolume": np.zeros(len(df))})
     if reference is None:
         reference = reference_point(df, objectives)
     ref_loss = _reference_loss(reference, directions, func="hypervolume_history")
-    loss = _to_loss(values, directions, func="hypervolume_history")
+    loss = to_loss(values, directions, func="hypervolume_history")
 
     front = np.empty((0, len(objectives)))
     current = 0.0
@@ -273,14 +214,14 @@ def hypervolume_history(
     return pd.DataFrame({"number": numbers.astype(int), "hypervolume": history})
 
 
-def _eligible_mask(df: pd.DataFrame) -> np.ndarray:
+def eligible_mask(df: pd.DataFrame) -> np.ndarray:
     """Rows that count for fronts: state COMPLETE and feasible True (missing feasible -> False)."""
     complete = (df["state"] == "COMPLETE").to_numpy(dtype=bool, na_value=False)
     feasible = df["feasible"].eq(True).to_numpy(dtype=bool, na_value=False)
     return complete & feasible
 
 
-def _objective_values(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
+def objective_values(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
     """Objective columns as a float array (n_rows x n_objectives), missing values as NaN."""
     columns = [pd.to_numeric(df[o.name]).to_numpy(dtype=float, na_value=np.nan) for o in objectives]
     return np.column_stack(columns) if columns else np.empty((len(df), 0))
@@ -298,7 +239,7 @@ def _compute_hypervolume(loss: np.ndarray, ref_loss: np.ndarray) -> float:
 
 def _check_directions(directions: Sequence[str], n_objectives: int, *, func: str) -> np.ndarray:
     directions = list(directions)
-    if len(directions) != n_objectives or any(d not in _DIRECTIONS for d in directions):
+    if len(directions) != n_objectives or any(d not in DIRECTIONS for d in directions):
         raise ValueError(
             f"The 'directions' parameter of {func} must be a list of {n_objectives} "
             f"'maximize'/'minimize' strings. Got {directions!r} instead."
@@ -306,7 +247,7 @@ def _check_directions(directions: Sequence[str], n_objectives: int, *, func: str
     return np.array([d == MAXIMIZE for d in directions])
 
 
-def _to_loss(values: np.ndarray, directions: Sequence[str], *, func: str) -> np.ndarray:
+def to_loss(values: np.ndarray, directions: Sequence[str], *, func: str) -> np.ndarray:
     """Copy of ``values`` as a 2-D float array in which every objective is minimised."""
     array = np.asarray(values, dtype=float)
     if array.ndim != 2:
@@ -332,7 +273,7 @@ def _reference_loss(
     return np.where(maximize, -ref, ref)
 
 
-def _check_frame(df: pd.DataFrame, objectives: Sequence[Objective], *, func: str) -> None:
+def check_trials_frame(df: pd.DataFrame, objectives: Sequence[Objective], *, func: str) -> None:
     if not isinstance(df, pd.DataFrame):
         raise ValueError(
             f"The 'df' parameter of {func} must be a pandas DataFrame. Got {type(df).__name__} "

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from autocompress.spaces import JointSearchSpace, SpaceConfig
-from autocompress.spaces.enumerate import enumerate_candidates
+from autocompress.spaces.sampling import enumerate_candidates
 
 
 def _space(**arch) -> JointSearchSpace:

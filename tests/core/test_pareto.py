@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autocompress.report import (
+from autocompress.core import (
     Objective,
     greedy_hypervolume_order,
     hypervolume,

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compression.apply import build_compressed
+from ..core.rundir import MODEL_SPEC_FILE as SPEC_FILE
+from ..core.rundir import MODEL_WEIGHTS_FILE as WEIGHTS_FILE
 from ..spaces import Candidate
+from .apply import build_compressed
 
-SPEC_FILE = "spec.json"
-WEIGHTS_FILE = "model.pt"
+__all__ = ["SPEC_FILE", "WEIGHTS_FILE", "load_model", "read_spec", "save_model"]
 
 
 def save_model(

@@ -1,15 +1,15 @@
-"""Command line: ``autocompress search | pareto | refit | export | devices | report | agent``."""
+"""Command line: ``autocompress search | worker | pareto | refit | export | devices | report |
+agent`` (``profile`` lives in :mod:`autocompress.cli.profile`)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from .cli_profile import profile_app
+from .common import console, err_console, fail, reported_errors, setup_logging
+from .profile import profile_app
 
 app = typer.Typer(
     add_completion=False,
@@ -17,8 +17,13 @@ app = typer.Typer(
     help="Joint architecture / mixed-precision / pruning search for edge devices.",
 )
 app.add_typer(profile_app, name="profile")
-console = Console()
-err_console = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """Joint architecture / mixed-precision / pruning search for edge devices."""
+    setup_logging()
+
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Folder that holds run folders.")]
 Overrides = Annotated[
@@ -29,11 +34,6 @@ Overrides = Annotated[
         help="Override a config field, e.g. --set train.epochs=1 (repeatable; VALUE is YAML).",
     ),
 ]
-
-
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -69,12 +69,6 @@ def search(
     overrides: Overrides = None,
 ) -> None:
     """Run (or resume) a search; writes runs/<name>/{trials,pareto}.csv and pareto.png."""
-    from .config import ConfigError
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     ray_overrides = {"address": address, "workers": workers, "gpus_per_trial": gpus_per_trial}
     config = _config_with_overrides(
         config_path,
@@ -87,15 +81,12 @@ def search(
         ray={k: v for k, v in ray_overrides.items() if v is not None},
     )
 
-    from .search import run_search
-    from .search.progress import TrialPrinter
+    from ..search import run_search
+    from ..search.progress import TrialPrinter
 
     console.print(f"[bold]autocompress[/] run [cyan]{config.name}[/] -> {runs_dir / config.name}")
-    try:
-        with TrialPrinter(config, console) as printer:
-            result = run_search(config, runs_dir=runs_dir, on_trial=printer)
-    except (ConfigError, FileNotFoundError, RuntimeError, ImportError) as err:
-        _fail(str(err))
+    with reported_errors(), TrialPrinter(config, console) as printer:
+        result = run_search(config, runs_dir=runs_dir, on_trial=printer)
     teacher = result.teacher_metrics
     console.print(f"teacher (fp32) accuracy {teacher['accuracy']:.2%}, {teacher['params']} params")
     _print_front(result.run_dir)
@@ -106,9 +97,9 @@ def _config_with_overrides(
 ):
     """The config file with ``--set`` ``overrides``, then the given ``search.*`` values (those
     not None) and run name."""
-    from .config import ConfigError, apply_overrides, load_config, parse_config
+    from ..config import apply_overrides, load_config, parse_config
 
-    try:
+    with reported_errors():
         config = load_config(config_path)
         data = apply_overrides(config.model_dump(mode="json"), overrides or [])
         for key, value in search.items():
@@ -119,8 +110,6 @@ def _config_with_overrides(
         if name is not None:
             data["name"] = name
         return parse_config(data, source=f"{config_path} (with command-line overrides)")
-    except ConfigError as err:
-        _fail(str(err))
 
 
 @app.command()
@@ -150,24 +139,16 @@ def worker(
     Start one per process/machine with the same CONFIG and --storage. A worker that dies
     mid-trial is detected by heartbeats and its trial is retried by another worker.
     """
-    from .config import ConfigError
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = _config_with_overrides(config_path, name=name, overrides=overrides, storage=storage)
 
-    from .search import run_worker
-    from .search.progress import TrialPrinter
+    from ..search import run_worker
+    from ..search.progress import TrialPrinter
 
     console.print(f"[bold]autocompress[/] worker for run [cyan]{config.name}[/]")
-    try:
-        # Lines only: the count is the whole study's, which other workers move too.
-        printer = TrialPrinter(config, console, live=False)
+    # Lines only: the count is the whole study's, which other workers move too.
+    printer = TrialPrinter(config, console, live=False)
+    with reported_errors():
         result = run_worker(config, n_trials=n_trials, runs_dir=runs_dir, on_trial=printer)
-    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
-        _fail(str(err))
     console.print(
         f"this worker ran {result.ran} trial(s); the study holds {len(result.trials)}. "
         f"Files: {result.run_dir}/trials.csv, pareto.csv"
@@ -175,12 +156,11 @@ def worker(
 
 
 def _print_front(run_dir: Path) -> None:
-    from .config import load_config
-    from .report.pareto import pareto_front
-    from .report.tables import format_front_table
-    from .search import load_trials
+    from ..config import load_config
+    from ..core import RunDir, load_trials, pareto_front
+    from ..report.tables import format_front_table
 
-    config = load_config(run_dir / "config.yaml")
+    config = load_config(RunDir(run_dir).config_file)
     trials = load_trials(run_dir)
     front = pareto_front(trials, config.objectives())
     console.print(format_front_table(front, config.objectives()))
@@ -195,12 +175,8 @@ def _print_front(run_dir: Path) -> None:
 @app.command()
 def pareto(run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder.")]) -> None:
     """Print the Pareto front of a run as a table."""
-    from .config import ConfigError
-
-    try:
+    with reported_errors():
         _print_front(run)
-    except (ConfigError, FileNotFoundError) as err:
-        _fail(str(err))
 
 
 @app.command()
@@ -242,23 +218,20 @@ def refit(
     """
     import math
 
-    from .config import ConfigError, load_config
-    from .evaluators import CandidateError
-    from .search.progress import TrialPrinter
-    from .search.refit import TABLE_FILE, format_refit_lines, refit_run
+    from ..config import load_config
+    from ..core import RunDir
+    from ..report.tables import format_refit_lines
+    from ..search.progress import TrialPrinter
+    from ..search.refit import refit_run
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     numbers = None
     if trials is not None:
         try:
             numbers = [int(part) for part in trials.split(",") if part.strip()]
         except ValueError:
-            _fail(f"--trials must be comma-separated trial numbers, e.g. 3,7,12. Got {trials!r}")
-    try:
-        source_config = load_config(run / "config.yaml")
+            fail(f"--trials must be comma-separated trial numbers, e.g. 3,7,12. Got {trials!r}")
+    with reported_errors():
+        source_config = load_config(RunDir(run).config_file)
         with TrialPrinter(source_config, console) as printer:
             result = refit_run(
                 run,
@@ -270,8 +243,6 @@ def refit(
                 n_jobs=n_jobs,
                 on_trial=printer,
             )
-    except (ConfigError, FileNotFoundError, ValueError, CandidateError, RuntimeError) as err:
-        _fail(str(err))
     console.print(f"refit of {run}, {epochs} epoch(s) each:", highlight=False)
     for line in format_refit_lines(result.table):
         console.print(line, highlight=False, markup=False)
@@ -280,7 +251,7 @@ def refit(
             f"rank agreement of search and refit accuracies: Kendall tau {result.tau:.2f}",
             highlight=False,
         )
-    console.print(f"table: {result.run_dir / TABLE_FILE}", soft_wrap=True)
+    console.print(f"table: {RunDir(result.run_dir).refit_table}", soft_wrap=True)
     _print_front(result.run_dir)
 
 
@@ -320,16 +291,15 @@ def export(
     export_report.json (output difference, accuracy, size, measured vs predicted latency).
     Exits with code 1 when the artefact misses its tolerance.
     """
-    from .evaluators import CandidateError
-    from .export.pick import pick_trial
-    from .export.trial import EXPORT_FORMATS, REPORT_FILE, export_trial
-    from .search import load_trials
+    from ..core import load_trials
+    from ..export.pick import pick_trial
+    from ..export.trial import EXPORT_FORMATS, REPORT_FILE, export_trial
 
     if (trial is None) == (pick is None):
-        _fail("Give exactly one of --trial N and --pick RULE.")
+        fail("Give exactly one of --trial N and --pick RULE.")
     if fmt not in EXPORT_FORMATS:
-        _fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}. Got {fmt!r} instead.")
-    try:
+        fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}. Got {fmt!r} instead.")
+    with reported_errors():
         if pick is not None:
             chosen = pick_trial(load_trials(run), pick)
             trial = chosen.trial
@@ -343,8 +313,6 @@ def export(
         result = export_trial(
             run, trial=trial, out_dir=out, format=fmt, finetune_epochs=finetune_epochs
         )
-    except (ValueError, FileNotFoundError, CandidateError, ImportError) as err:
-        _fail(str(err))
     console.print(f"exported trial {trial} ({fmt}) to {result.out_dir}")
     if result.finetune is not None:
         tune = result.finetune
@@ -378,7 +346,7 @@ def devices() -> None:
     """List the hardware device specs the analytic profile knows."""
     from rich.table import Table
 
-    from .hardware_profiles.analytic import list_devices, load_device
+    from ..hardware_profiles.analytic import list_devices, load_device
 
     table = Table(
         "device", "kind", "native bits", "fallback bits", "peak MAC/s (8-bit)", "description"
@@ -410,17 +378,15 @@ def report(
     """Write a self-contained HTML report of a run (plots, front, trials) and its PNGs."""
     import shlex
 
-    from .config import ConfigError
-    from .report.html import write_report
+    from ..core import RunDir
+    from ..report.html import write_report
 
-    try:
-        # ValueError: a --trial that the run does not have (or that has no candidate).
+    # ValueError: a --trial that the run does not have (or that has no candidate).
+    with reported_errors():
         result = write_report(run, trial=trial, out_dir=out)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        _fail(str(err))
     # soft_wrap: long paths stay on one line, so they can be copied.
     console.print(f"report written to {result.html}", soft_wrap=True)
-    study_url = shlex.quote(f"sqlite:///{run / 'study.db'}")
+    study_url = shlex.quote(RunDir(run).study_url)
     console.print(f"browse the study: optuna-dashboard {study_url}", soft_wrap=True)
 
 
@@ -444,7 +410,7 @@ def agent(
     ] = None,
 ) -> None:
     """Serve ONNX Runtime timings of this device to the 'remote' hardware profile, until Ctrl-C."""
-    from .hardware_profiles.agent import serve_forever
+    from ..hardware_profiles.agent import serve_forever
 
     def ready(server) -> None:
         auth = "token required" if token else "no token"
@@ -457,10 +423,8 @@ def agent(
             soft_wrap=True,
         )
 
-    try:
+    with reported_errors():  # port in use, unknown host, bad token
         serve_forever(host=host, port=port, token=token, on_ready=ready)
-    except (OSError, ValueError) as err:  # port in use, unknown host, bad token
-        _fail(str(err))
     console.print("agent stopped")
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import yaml
 
-from autocompress.export import load_model, save_model
+from autocompress.compression.serialization import load_model, save_model
 from autocompress.export.trial import export_trial
 from autocompress.spaces import Candidate
 

@@ -1,0 +1,80 @@
+"""What a search optimises: metric names and the direction in which each one improves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+MAXIMIZE = "maximize"
+MINIMIZE = "minimize"
+DIRECTIONS = (MAXIMIZE, MINIMIZE)
+_DIRECTION_ALIASES = {"max": MAXIMIZE, "maximize": MAXIMIZE, "min": MINIMIZE, "minimize": MINIMIZE}
+
+# Every metric a trial records, with the direction in which it improves: the only names a search
+# can optimise ("accuracy" alone means Objective("accuracy", "maximize")). ``params`` is the
+# compressed model's parameter count.
+METRIC_DIRECTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "accuracy": MAXIMIZE,
+        "latency_ms": MINIMIZE,
+        "energy_mj": MINIMIZE,
+        "size_kb": MINIMIZE,
+        "peak_mem_kb": MINIMIZE,
+        "params": MINIMIZE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One optimisation target: a metric column of the trials DataFrame and its direction."""
+
+    name: str
+    direction: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(
+                f"The 'name' parameter of Objective must be a non-empty str. Got {self.name!r} "
+                "instead."
+            )
+        if self.direction not in DIRECTIONS:
+            raise ValueError(
+                "The 'direction' parameter of Objective must be 'maximize' or 'minimize'. "
+                f"Got {self.direction!r} instead."
+            )
+
+
+def parse_objective(text: str) -> Objective:
+    """Parse "accuracy" (direction from ``METRIC_DIRECTIONS``) or "name:max" / "name:min".
+
+    The explicit form accepts any column name, so the report and ``export --pick`` can rank by
+    any column; a search checks its objectives with :func:`check_trial_metric`.
+    """
+    valid = ", ".join(METRIC_DIRECTIONS)
+    constraint = f"a metric name ({valid}) or 'name:max' / 'name:min'"
+    if not isinstance(text, str):
+        raise ValueError(
+            f"The 'text' parameter of parse_objective must be {constraint}. Got {text!r} instead."
+        )
+    name, sep, direction = text.strip().partition(":")
+    name, direction = name.strip(), direction.strip().lower()
+    if not sep and name in METRIC_DIRECTIONS:
+        return Objective(name, METRIC_DIRECTIONS[name])
+    if sep and name and direction in _DIRECTION_ALIASES:
+        return Objective(name, _DIRECTION_ALIASES[direction])
+    raise ValueError(
+        f"The 'text' parameter of parse_objective must be {constraint}. Got {text!r} instead."
+    )
+
+
+def check_trial_metric(objective: Objective) -> Objective:
+    """``objective`` if a trial records its metric (a key of ``METRIC_DIRECTIONS``), else a
+    ValueError naming the metrics a trial records."""
+    if objective.name not in METRIC_DIRECTIONS:
+        raise ValueError(
+            f"{objective.name!r} is not a metric that a trial records; objectives must be among "
+            f"{list(METRIC_DIRECTIONS)} (optionally as 'name:max' / 'name:min')"
+        )
+    return objective

@@ -1,0 +1,131 @@
+"""The trials table: one row per trial of a study, as ``trials.csv`` stores it and as the
+Pareto functions (``core.pareto``) and the report read it; and the bookkeeping of retried trials.
+
+Columns: ``number``, ``state`` (Optuna's state name), the metrics (``METRICS``; NaN when
+unknown), ``feasible`` (within the hardware budget), ``trained``, ``params``,
+``train_seconds``, ``duration_s``, ``fail_reason``, ``pruned_reason``, ``summary`` (one line
+describing the candidate) and ``candidate`` (its JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .rundir import RunDir
+
+if TYPE_CHECKING:
+    import optuna
+
+METRICS = ("accuracy", "latency_ms", "energy_mj", "size_kb", "peak_mem_kb")
+RETRY_ATTR = "retry_of"  # user attribute of a retry: the number of the attempt it repeats
+_TEXT_COLUMNS = ("state", "fail_reason", "pruned_reason", "summary", "candidate")
+
+
+def retried_trials(trials: Iterable[Any]) -> set[int]:
+    """Numbers of the trials (Optuna ``FrozenTrial``) that a later trial retries."""
+    return {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
+
+
+def candidate_summary(candidate: dict[str, Any] | None) -> str:
+    """One short line: family, arch knobs, mean bits and mean pruning ratio."""
+    if not candidate:
+        return ""
+    arch = candidate["arch"]
+    knobs = ",".join(
+        f"{k}={_short(v)}"
+        for k, v in arch.items()
+        if k not in {"strides", "stem", "stem_stride", "last"}
+    )
+    layers = candidate["layers"].values()
+    w = np.mean([c["w_bits"] for c in layers]) if layers else 32
+    a = np.mean([c["a_bits"] for c in layers]) if layers else 32
+    pruned = [c["prune_ratio"] for c in layers if c["prune_ratio"] > 0]
+    prune = f" prune~{np.mean(pruned):.0%}x{len(pruned)}" if pruned else ""
+    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        if value and isinstance(value[0], dict):  # mobilenetv2 stages: depth/kernel/expand
+            return "/".join(f"{s['n']}{s['k']}{s['t']}" for s in value)
+        return "-".join(str(v) for v in value)
+    return str(value)
+
+
+def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
+    """The trials table of ``study`` (see the module docstring)."""
+    rows = []
+    trials = study.get_trials(deepcopy=False)
+    retried_as = {t.user_attrs[RETRY_ATTR]: t.number for t in trials if RETRY_ATTR in t.user_attrs}
+    for t in trials:
+        attrs = t.user_attrs
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        for metric in METRICS:
+            row[metric] = attrs.get(metric, np.nan)
+        row["feasible"] = bool(attrs.get("feasible", False))
+        row["trained"] = bool(attrs.get("trained", False))
+        row["params"] = attrs.get("params", np.nan)
+        row["train_seconds"] = attrs.get("train_seconds", np.nan)
+        row["duration_s"] = attrs.get("duration_s", np.nan)
+        row["fail_reason"] = attrs.get("fail_reason", "")
+        row["pruned_reason"] = attrs.get("pruned_reason", "")
+        if t.state.name == "FAIL" and not row["fail_reason"]:
+            row["fail_reason"] = _silent_failure(t.number, retried_as)
+        row["summary"] = candidate_summary(attrs.get("candidate"))
+        row["candidate"] = json.dumps(attrs["candidate"]) if "candidate" in attrs else ""
+        rows.append(row)
+    columns = [
+        "number",
+        "state",
+        *METRICS,
+        "feasible",
+        "trained",
+        "params",
+        "train_seconds",
+        "duration_s",
+        "fail_reason",
+        "pruned_reason",
+        "summary",
+        "candidate",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _silent_failure(number: int, retried_as: dict[int, int]) -> str:
+    # A worker killed mid-trial cannot record why; its heartbeat went stale and another worker
+    # failed the trial (Optuna's heartbeat protocol), queueing it again unless out of retries.
+    if number in retried_as:
+        retry = retried_as[number]
+        return f"stale: its worker stopped sending heartbeats (retried as trial {retry})"
+    return "no reason recorded: the process running it died"
+
+
+def load_trials(run_dir: str | Path | RunDir) -> pd.DataFrame:
+    """The trials of a run folder: live from its study (so a running or interrupted search shows
+    its latest state), else from trials.csv."""
+    import optuna
+
+    run = RunDir(run_dir)
+    if run.study_file.is_file():
+        storage = run.study_url
+        names = optuna.get_all_study_names(storage)
+        if len(names) == 1:
+            return trials_dataframe(optuna.load_study(study_name=names[0], storage=storage))
+    path = run.trials_table
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(run_dir)!r} is not a finished run folder: trials.csv is missing "
+            "(run `autocompress search CONFIG` first)."
+        )
+    return pd.read_csv(
+        path,
+        dtype=dict.fromkeys(_TEXT_COLUMNS, str),
+        keep_default_na=False,
+        na_values={metric: ["", "nan", "NaN"] for metric in METRICS},
+    )
