@@ -2,10 +2,14 @@
 
 from pathlib import Path
 
+import pytest
+
 from autocompress.config import load_config
 from autocompress.search import run_search
 
 QUICKSTART = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+
+pytestmark = pytest.mark.slow
 
 
 def test_quickstart_gives_a_real_wide_front(tmp_path):

@@ -11,6 +11,7 @@ from autocompress.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_search_pareto_export_from_the_command_line(tmp_path, tiny_config_dict):
     tiny_config_dict["search"]["n_trials"] = 3
     config = tmp_path / "tiny.yaml"

@@ -183,6 +183,7 @@ def test_write_report_refuses_an_unknown_trial(finished_run, tmp_path: Path) -> 
     assert not (tmp_path / "report.html").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(real_report, tmp_path: Path) -> None:
     import matplotlib.image

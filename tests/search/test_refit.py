@@ -105,6 +105,7 @@ def test_interrupted_refit_resumes_and_maps_the_retry_to_its_source(
     assert (load_trials(out)["state"] == "COMPLETE").sum() == 3
 
 
+@pytest.mark.slow
 def test_refit_cli(finished_run, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli-refit"
@@ -150,6 +151,7 @@ def _front_values(front, config):
     return front[[o.name for o in config.objectives()]].to_numpy(dtype=float)
 
 
+@pytest.mark.slow
 def test_refit_order_is_the_front_ends_then_greedy_volume_cut_by_budget(finished_run, tmp_path):
     source = finished_run.run_dir
     config = load_config(source / "config.yaml")

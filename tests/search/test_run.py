@@ -107,6 +107,7 @@ def test_over_budget_candidates_are_never_trained(tmp_path, tiny_config_dict, mo
         assert not (result.run_dir / "trials" / str(number)).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "sampler", "hardware"),
     [

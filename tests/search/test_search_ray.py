@@ -23,6 +23,7 @@ from autocompress.evaluators.train import TrainEvaluator
 from autocompress.search import run_search
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install autocompress[ray])")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

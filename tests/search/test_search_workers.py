@@ -110,6 +110,7 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
 def test_n_workers_times_m_trials_share_one_study(tmp_path, fast_config, kind, request):
     storage = {
@@ -139,6 +140,7 @@ def test_n_workers_times_m_trials_share_one_study(tmp_path, fast_config, kind, r
     assert len(pd.read_csv(runs / "tiny" / "trials.csv")) == len(trials_dataframe(study))
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path, fast_config):
     fast_config["train"]["epochs"] = 10  # long enough (~1 s) to be killed mid-trial
     config_file = _write(fast_config, tmp_path / "tiny.yaml")
@@ -234,6 +236,7 @@ def test_worker_command_needs_a_storage(tmp_path, fast_config):
     assert "--storage" in result.output and "search.storage" in result.output
 
 
+@pytest.mark.slow
 def test_the_default_backend_and_the_workers_do_not_import_ray():
     code = "import sys, autocompress.cli, autocompress.search; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

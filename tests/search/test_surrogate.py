@@ -94,6 +94,7 @@ def test_no_proposal_before_min_trials_or_when_no_trial_will_run(small):
     assert not study.get_trials(states=(TrialState.WAITING,))
 
 
+@pytest.mark.slow
 def test_search_runs_proposals_and_ends_with_exactly_n_trials(tmp_path, small, monkeypatch):
     config, _, _ = small
 
