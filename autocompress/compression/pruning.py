@@ -16,6 +16,7 @@ from ..spaces.groups import (
     ExampleInputs,
     build_dependency_graph,
     check_ignored,
+    check_module_names,
     leader_groups,
     out_channels,
     prunable_layers,
@@ -50,13 +51,8 @@ def prune_(
     after pruning. Returns ``model``.
     """
     ignored_names = check_ignored(model, ignored, where="prune_")
-    modules = dict(model.named_modules())
+    check_module_names(model, ratios, rule="The 'ratios' parameter of prune_ must be keyed by")
     for name, ratio in ratios.items():
-        if name not in modules:
-            raise ValueError(
-                "The 'ratios' parameter of prune_ must be keyed by module names of the model. "
-                f"Got {name!r} instead."
-            )
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
             raise ValueError(
                 f"The 'ratios[{name!r}]' parameter of prune_ must be a number in [0, 1). "

@@ -8,13 +8,14 @@ uses a straight-through estimator (STE) so the layers train like float layers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..spaces.candidate import FLOAT_BITS, MIN_BITS
+from ..spaces.groups import check_module_names
 
 MOMENTUM = 0.1  # weight of the newest batch in the activation-range EMA
 _MIN_SCALE = 1e-8  # keeps the activation scale finite when the observed range is empty
@@ -66,14 +67,58 @@ def activation_qparams(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tenso
 
 
 class _QuantMixin:
-    """Observer state and the two fake-quant steps shared by QuantConv2d and QuantLinear."""
+    """What QuantConv2d and QuantLinear share: the constructor's bit-widths, the observer state,
+    the two fake-quant steps and ``from_float``. A subclass names its float layer
+    (``float_type``), applies it (``_layer``) and lists its hyper-parameters."""
 
+    float_type: ClassVar[type[nn.Module]]
     weight: Tensor
+    bias: Tensor | None
     training: bool
     act_min: Tensor
     act_max: Tensor
     act_initialized: Tensor
     register_buffer: Any
+
+    def __init__(self, *args: Any, w_bits: int, a_bits: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._init_quant(w_bits=w_bits, a_bits=a_bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.quant_enabled:
+            return super().forward(x)  # type: ignore[misc]
+        x = self._quantize_input(x)
+        return self._layer(x, quantize_weight(self.weight, self.w_bits))
+
+    def _layer(self, x: Tensor, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def _hyper_parameters(module: nn.Module) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_float(cls, module: nn.Module, *, w_bits: int, a_bits: int) -> Any:
+        """A quantized copy of the float layer ``module``: its hyper-parameters, weights, device
+        and dtype, and its observer state when it is quantized already."""
+        where = f"{cls.__name__}.from_float"
+        if not isinstance(module, cls.float_type):
+            raise ValueError(
+                f"The 'module' parameter of {where} must be an nn.{cls.float_type.__name__}. "
+                f"Got {type(module).__name__} instead."
+            )
+        _check_bits(w_bits, a_bits, where=where, name="bits")
+        quant = cls(
+            **cls._hyper_parameters(module),
+            bias=module.bias is not None,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+            w_bits=w_bits,
+            a_bits=a_bits,
+        )
+        _copy_params(module, quant)
+        quant._copy_quant_state(module)
+        return quant
 
     def _init_quant(self, *, w_bits: int, a_bits: int) -> None:
         self.w_bits = w_bits
@@ -130,79 +175,36 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
     ``forward`` exactly the float convolution (the observer is not updated either).
     """
 
-    def __init__(self, *args: Any, w_bits: int, a_bits: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quant(w_bits=w_bits, a_bits=a_bits)
+    float_type = nn.Conv2d
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.quant_enabled:
-            return super().forward(x)
-        x = self._quantize_input(x)
-        return self._conv_forward(x, quantize_weight(self.weight, self.w_bits), self.bias)
+    def _layer(self, x: Tensor, weight: Tensor) -> Tensor:
+        return self._conv_forward(x, weight, self.bias)
 
-    @classmethod
-    def from_float(cls, module: nn.Conv2d, *, w_bits: int, a_bits: int) -> QuantConv2d:
-        """A QuantConv2d with ``module``'s hyper-parameters, weights, device and dtype."""
-        if not isinstance(module, nn.Conv2d):
-            raise ValueError(
-                "The 'module' parameter of QuantConv2d.from_float must be an nn.Conv2d. "
-                f"Got {type(module).__name__} instead."
-            )
-        _check_bits(w_bits, a_bits, where="QuantConv2d.from_float", name="bits")
-        quant = cls(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=module.groups,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-            device=module.weight.device,
-            dtype=module.weight.dtype,
-            w_bits=w_bits,
-            a_bits=a_bits,
-        )
-        _copy_params(module, quant)
-        quant._copy_quant_state(module)
-        return quant
+    @staticmethod
+    def _hyper_parameters(module: nn.Conv2d) -> dict[str, Any]:
+        return {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": module.kernel_size,
+            "stride": module.stride,
+            "padding": module.padding,
+            "dilation": module.dilation,
+            "groups": module.groups,
+            "padding_mode": module.padding_mode,
+        }
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
     """``nn.Linear`` with fake-quantized weights and input activations; see QuantConv2d."""
 
-    def __init__(self, *args: Any, w_bits: int, a_bits: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_quant(w_bits=w_bits, a_bits=a_bits)
+    float_type = nn.Linear
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.quant_enabled:
-            return super().forward(x)
-        x = self._quantize_input(x)
-        return F.linear(x, quantize_weight(self.weight, self.w_bits), self.bias)
+    def _layer(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight, self.bias)
 
-    @classmethod
-    def from_float(cls, module: nn.Linear, *, w_bits: int, a_bits: int) -> QuantLinear:
-        """A QuantLinear with ``module``'s shape, weights, device and dtype."""
-        if not isinstance(module, nn.Linear):
-            raise ValueError(
-                "The 'module' parameter of QuantLinear.from_float must be an nn.Linear. "
-                f"Got {type(module).__name__} instead."
-            )
-        _check_bits(w_bits, a_bits, where="QuantLinear.from_float", name="bits")
-        quant = cls(
-            module.in_features,
-            module.out_features,
-            bias=module.bias is not None,
-            device=module.weight.device,
-            dtype=module.weight.dtype,
-            w_bits=w_bits,
-            a_bits=a_bits,
-        )
-        _copy_params(module, quant)
-        quant._copy_quant_state(module)
-        return quant
+    @staticmethod
+    def _hyper_parameters(module: nn.Linear) -> dict[str, Any]:
+        return {"in_features": module.in_features, "out_features": module.out_features}
 
 
 def _copy_params(source: nn.Module, target: nn.Module) -> None:
@@ -233,13 +235,10 @@ def quantize_(model: nn.Module, bits: Mapping[str, tuple[int, int]]) -> nn.Modul
     only gets its bits updated (its observer state is kept). Everything is validated before the
     model is touched. Returns ``model``.
     """
-    modules = dict(model.named_modules())
+    modules = check_module_names(
+        model, bits, rule="The 'bits' parameter of quantize_ must be keyed by"
+    )
     for name, pair in bits.items():
-        if name not in modules:
-            raise ValueError(
-                "The 'bits' parameter of quantize_ must be keyed by module names of the model. "
-                f"Got {name!r} instead."
-            )
         if not isinstance(modules[name], nn.Conv2d | nn.Linear):
             raise ValueError(
                 "The 'bits' parameter of quantize_ must name nn.Conv2d or nn.Linear layers. "

@@ -52,7 +52,7 @@ def candidate_features(
     features = dict(_flatten("arch", candidate.arch))
     names, params, macs = _architecture_layers(
         candidate.family,
-        json.dumps(_plain(candidate.arch), sort_keys=True),
+        json.dumps(candidate.to_dict()["arch"], sort_keys=True),
         int(num_classes),
         tuple(int(d) for d in input_shape),
     )
@@ -354,11 +354,3 @@ def _architecture_layers(
         seen.setdefault(cost.name, (cost.weight_params, cost.macs))
     names = tuple(seen)
     return names, tuple(p for p, _ in seen.values()), tuple(m for _, m in seen.values())
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

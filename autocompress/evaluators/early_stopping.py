@@ -34,12 +34,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import torch
 from torch import nn
 
 from ..core.trials import retried_trials
 from ..core.validation import check_int
-from ..data import DataBundle
 from ..spaces import Candidate
 from ._base import CandidateError, CandidateStopped, TaskMetrics, TrialContext
 from .train import TrainEvaluator, evaluate_accuracy
@@ -278,42 +276,17 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
     cosine schedule over the full budget (so rung accuracies of different trials are measured at
     the same point of the same schedule). The rung evaluations only add eval-mode passes.
 
-    ``cost_names``: which entries of ``context.costs`` make up a record's cost tuple, in that
+    ``train``: :class:`TrainEvaluator`'s keyword arguments. ``cost_names``: which entries of
+    ``context.costs`` make up a record's cost tuple, in that
     order (all are minimised); ``None`` uses every entry, in sorted order. Include only the
     costs that are search objectives: an extra cost makes dominance rarer, the rule laxer.
     """
 
     def __init__(
-        self,
-        *,
-        table: RungTable,
-        data: DataBundle,
-        epochs: int,
-        lr: float,
-        weight_decay: float,
-        batch_size: int,
-        num_workers: int = 0,
-        kd_alpha: float = 0.7,
-        kd_temperature: float = 4.0,
-        device: torch.device,
-        teacher: nn.Module | None = None,
-        seed: int = 0,
-        cost_names: Sequence[str] | None = None,
+        self, *, table: RungTable, cost_names: Sequence[str] | None = None, **train: Any
     ) -> None:
-        super().__init__(
-            data=data,
-            epochs=epochs,
-            lr=lr,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            kd_alpha=kd_alpha,
-            kd_temperature=kd_temperature,
-            device=device,
-            teacher=teacher,
-            seed=seed,
-        )
-        check_int(epochs, name="epochs", where="EarlyStoppingTrainEvaluator", minimum=1)
+        super().__init__(**train)
+        check_int(self.epochs, name="epochs", where="EarlyStoppingTrainEvaluator", minimum=1)
         if isinstance(cost_names, str):
             raise ValueError(
                 "The 'cost_names' parameter of EarlyStoppingTrainEvaluator must be a sequence "

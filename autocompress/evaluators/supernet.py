@@ -48,7 +48,7 @@ from ..data import DataBundle, make_loaders
 from ..spaces import Candidate, JointSearchSpace, build_model
 from ..spaces.sampling import sample_arch, smallest_arch
 from ._base import CandidateError, Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
-from .train import evaluate_accuracy
+from .train import candidate_failures, evaluate_accuracy, train_step_, validation_score
 
 __all__ = [
     "SUPERNET_CONFIG_VERSION",
@@ -378,16 +378,11 @@ class SupernetEvaluator(Evaluator):
                 ).to(self.device)
             except ValueError as err:
                 raise CandidateError(f"invalid compression plan: {err}") from err
-        try:
+        with candidate_failures():
             recalibrate_bn_(scored, train_loader, batches=self.calib_batches, device=self.device)
             if self.qat_steps > 0:
                 self._fine_tune(scored, train_loader)
-            accuracy, loss = evaluate_accuracy(scored, val_loader, device=self.device)
-        except torch.cuda.OutOfMemoryError as err:
-            torch.cuda.empty_cache()
-            raise CandidateError(f"out of GPU memory: {err}") from err
-        if not math.isfinite(loss):
-            raise CandidateError("non-finite validation loss")
+            accuracy, loss = validation_score(scored, val_loader, device=self.device)
         try:
             model.load_state_dict(scored.state_dict())
         except RuntimeError as err:
@@ -415,25 +410,17 @@ class SupernetEvaluator(Evaluator):
                 if step == self.qat_steps:
                     break
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                logits = model(x)
-                if self.kd_alpha > 0:
-                    with torch.no_grad():
-                        teacher_logits = self.supernet(x)
-                    loss = kd_loss(
-                        logits,
-                        teacher_logits,
-                        y,
-                        alpha=self.kd_alpha,
-                        temperature=self.kd_temperature,
-                    )
-                else:
-                    loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    raise CandidateError(f"non-finite fine-tuning loss at step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+                train_step_(
+                    model,
+                    x,
+                    y,
+                    teacher=self.supernet,
+                    kd_alpha=self.kd_alpha,
+                    kd_temperature=self.kd_temperature,
+                    optimizer=optimizer,
+                    schedule=schedule,
+                    where=f"fine-tuning loss at step {step}",
+                )
                 step += 1
 
 

@@ -6,6 +6,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 import torch
@@ -75,25 +76,43 @@ def train_epochwise(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = max(1, epochs * len(loader))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    distil = {"teacher": teacher, "kd_alpha": kd_alpha, "kd_temperature": kd_temperature}
     for epoch in range(epochs):
         for step, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            if teacher is not None and kd_alpha > 0:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                loss = kd_loss(
-                    logits, teacher_logits, y, alpha=kd_alpha, temperature=kd_temperature
-                )
-            else:
-                loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise CandidateError(f"non-finite training loss at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            where = f"training loss at epoch {epoch}, step {step}"
+            train_step_(model, x, y, optimizer=optimizer, schedule=schedule, where=where, **distil)
         yield epoch + 1
+
+
+def train_step_(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    teacher: nn.Module | None,
+    kd_alpha: float,
+    kd_temperature: float,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    where: str,
+) -> None:
+    """One optimizer step on a batch: distillation from ``teacher`` when it is given and
+    ``kd_alpha > 0``, plain cross-entropy otherwise. Raises CandidateError on a non-finite loss
+    (``where`` says which, e.g. "training loss at epoch 0, step 3")."""
+    logits = model(x)
+    if teacher is not None and kd_alpha > 0:
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        loss = kd_loss(logits, teacher_logits, y, alpha=kd_alpha, temperature=kd_temperature)
+    else:
+        loss = F.cross_entropy(logits, y)
+    if not torch.isfinite(loss):
+        raise CandidateError(f"non-finite {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
 
 
 def train_epochs(model: nn.Module, loader: Iterable, *, epochs: int, **kwargs) -> int:
@@ -101,6 +120,27 @@ def train_epochs(model: nn.Module, loader: Iterable, *, epochs: int, **kwargs) -
     for _ in train_epochwise(model, loader, epochs=epochs, **kwargs):
         pass
     return epochs
+
+
+@contextmanager
+def candidate_failures() -> Iterator[None]:
+    """Report what ends one candidate's evaluation but not the search as a CandidateError: GPU
+    memory running out inside the block (the cache is emptied for the next candidate)."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        torch.cuda.empty_cache()
+        raise CandidateError(f"out of GPU memory: {err}") from err
+
+
+def validation_score(
+    model: nn.Module, loader: Iterable, *, device: torch.device
+) -> tuple[float, float]:
+    """:func:`evaluate_accuracy`, with a non-finite validation loss a CandidateError."""
+    accuracy, loss = evaluate_accuracy(model, loader, device=device)
+    if not math.isfinite(loss):
+        raise CandidateError("non-finite validation loss")
+    return accuracy, loss
 
 
 @torch.no_grad()
@@ -158,18 +198,17 @@ class TrainEvaluator(Evaluator):
         """The evaluator a run's ``train`` section describes (``epochs`` overrides its count;
         ``extra``: the keyword arguments a subclass adds, e.g. early stopping's ``table``)."""
         train = context.train
+        settings = train.model_dump(
+            include={"lr", "weight_decay", "batch_size", "kd_alpha", "kd_temperature"}
+        )
         return cls(
             data=context.data,
             epochs=train.epochs if epochs is None else epochs,
-            lr=train.lr,
-            weight_decay=train.weight_decay,
-            batch_size=train.batch_size,
             num_workers=context.num_workers,
-            kd_alpha=train.kd_alpha,
-            kd_temperature=train.kd_temperature,
             device=context.device,
             teacher=context.teacher,
             seed=context.seed,
+            **settings,
             **extra,
         )
 
@@ -192,7 +231,7 @@ class TrainEvaluator(Evaluator):
             self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
         )
         start = time.perf_counter()
-        try:
+        with candidate_failures():
             for epoch in train_epochwise(
                 model,
                 train_loader,
@@ -206,12 +245,7 @@ class TrainEvaluator(Evaluator):
             ):
                 if after_epoch is not None:
                     after_epoch(epoch, val_loader)
-            accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
-        except torch.cuda.OutOfMemoryError as err:
-            torch.cuda.empty_cache()
-            raise CandidateError(f"out of GPU memory: {err}") from err
-        if not math.isfinite(loss):
-            raise CandidateError("non-finite validation loss")
+            accuracy, loss = validation_score(model, val_loader, device=self.device)
         return TaskMetrics(
             accuracy=accuracy,
             loss=loss,

@@ -173,35 +173,20 @@ def plot_hypervolume(
 
 
 def _draw_projection(ax: Axes, p: ProjectionData) -> None:
-    ax.scatter(
-        p.feasible_x,
-        p.feasible_y,
-        s=14,
-        color=DOMINATED_COLOUR,
-        alpha=0.5,
-        label="dominated",
-        zorder=1,
+    # Bottom to top. Full-front trials that this projection hides behind others are hollow, so
+    # they stay findable.
+    layers = (
+        (p.feasible_x, p.feasible_y, dict(s=14, color=DOMINATED_COLOUR, alpha=0.5)),
+        (
+            p.infeasible_x,
+            p.infeasible_y,
+            dict(s=18, marker="x", color=INFEASIBLE_COLOUR, alpha=0.7),
+        ),
+        (p.pareto_x, p.pareto_y, dict(s=30, facecolors="none", edgecolors=FRONT_COLOUR)),
     )
-    ax.scatter(
-        p.infeasible_x,
-        p.infeasible_y,
-        s=18,
-        marker="x",
-        color=INFEASIBLE_COLOUR,
-        alpha=0.7,
-        label="infeasible",
-        zorder=2,
-    )
-    # Full-front trials that this projection hides behind others: hollow, so they stay findable.
-    ax.scatter(
-        p.pareto_x,
-        p.pareto_y,
-        s=30,
-        facecolors="none",
-        edgecolors=FRONT_COLOUR,
-        label="on full front",
-        zorder=3,
-    )
+    labels = ("dominated", "infeasible", "on full front")
+    for zorder, ((xs, ys, style), label) in enumerate(zip(layers, labels, strict=True), start=1):
+        ax.scatter(xs, ys, label=label, zorder=zorder, **style)
     ax.step(p.front_x, p.front_y, where=p.step_where, color=FRONT_COLOUR, zorder=4)
     ax.scatter(p.front_x, p.front_y, s=24, color=FRONT_COLOUR, label="2-D front", zorder=5)
     ax.set_xlabel(axis_label(p.x))

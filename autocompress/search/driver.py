@@ -82,14 +82,8 @@ def run_search(
             optimize_until_done(study, objective, config, callbacks=callbacks)
         finally:
             # Also after Ctrl-C: the tables and plots then show what was finished so far.
-            trials, front = write_run_results(study, run, config)
-    return SearchResult(
-        run_dir=run.path,
-        study=study,
-        trials=trials,
-        front=front,
-        teacher_metrics=setup.teacher_metrics,
-    )
+            result = write_run_results(study, run, config, teacher_metrics=setup.teacher_metrics)
+    return result
 
 
 def optimize_until_done(

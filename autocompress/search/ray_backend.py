@@ -389,14 +389,9 @@ def run_ray_search(
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = sigint_env
         if owned:
             ray.shutdown()
-        trials, front = write_run_results(study, run_dir, config)
-    return SearchResult(
-        run_dir=run_dir,
-        study=study,
-        trials=trials,
-        front=front,
-        teacher_metrics=objective.setup.teacher_metrics,
-    )
+        teacher = objective.setup.teacher_metrics
+        result = write_run_results(study, run_dir, config, teacher_metrics=teacher)
+    return result
 
 
 def _new_tuner(

@@ -21,6 +21,9 @@ from ..report.plots import plot_hypervolume, plot_pareto
 
 @dataclass(frozen=True)
 class SearchResult:
+    """A run's state when a search (or worker) returns: its folder, the study, every trial of
+    the study as a table (see ``core.trials``), the Pareto front and the teacher's metrics."""
+
     run_dir: Path
     study: optuna.Study
     trials: pd.DataFrame
@@ -46,12 +49,15 @@ def write_results(
 
 
 def write_run_results(
-    study: optuna.Study, run_dir: Path | RunDir, config: RunConfig
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write the tables and plots of the study into the run folder; returns (trials, front).
+    study: optuna.Study, run_dir: Path | RunDir, config: RunConfig, *, teacher_metrics: dict
+) -> SearchResult:
+    """Write the tables and plots of the study into the run folder; returns the run's state.
 
     One writer at a time: several workers sharing the folder may finish together."""
-    with file_lock(RunDir(run_dir).results_lock):
+    run = RunDir(run_dir)
+    with file_lock(run.results_lock):
         trials = trials_dataframe(study)
-        front = write_results(trials, run_dir, config.objectives())
-    return trials, front
+        front = write_results(trials, run, config.objectives())
+    return SearchResult(
+        run_dir=run.path, study=study, trials=trials, front=front, teacher_metrics=teacher_metrics
+    )

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import pandas as pd
 import torch
 from optuna.trial import FrozenTrial
 
@@ -35,7 +34,7 @@ from ..core.errors import ConfigError, RunLockedError
 from ..core.files import file_lock, live_pid
 from ..core.rundir import RunDir
 from .objective import TrialObjective
-from .results import write_run_results
+from .results import SearchResult, write_run_results
 from .samplers import make_sampler
 from .setup import prepare_setup
 from .storage import make_storage, redact
@@ -45,13 +44,11 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class WorkerResult:
-    run_dir: Path
-    study: optuna.Study
-    trials: pd.DataFrame  # every trial of the study, not only this worker's
-    front: pd.DataFrame
-    ran: int  # trials this worker evaluated
-    teacher_metrics: dict
+class WorkerResult(SearchResult):
+    """A :class:`SearchResult` (whose ``trials`` are every worker's) and ``ran``, the trials
+    this worker evaluated."""
+
+    ran: int
 
 
 def run_worker(
@@ -147,15 +144,8 @@ def _work(
                 callbacks=[*objective.callbacks(), after_trial],
             )
     finally:
-        trials, front = write_run_results(study, run, config)
-    return WorkerResult(
-        run_dir=run.path,
-        study=study,
-        trials=trials,
-        front=front,
-        ran=len(ran),
-        teacher_metrics=setup.teacher_metrics,
-    )
+        result = write_run_results(study, run, config, teacher_metrics=setup.teacher_metrics)
+    return WorkerResult(**vars(result), ran=len(ran))
 
 
 def worker_seed(seed: int, *, index: int) -> int:

@@ -54,14 +54,20 @@ def check_ignored(model: nn.Module, ignored: Iterable[str], *, where: str) -> se
             f"single string. Got {ignored!r} instead."
         )
     names = set(ignored)
-    modules = dict(model.named_modules())
-    for name in sorted(names):
-        if name not in modules:
-            raise ValueError(
-                f"The 'ignored' parameter of {where} must hold module names of the model. "
-                f"Got {name!r} instead."
-            )
+    check_module_names(model, sorted(names), rule=f"The 'ignored' parameter of {where} must hold")
     return names
+
+
+def check_module_names(
+    model: nn.Module, names: Iterable[str], *, rule: str
+) -> dict[str, nn.Module]:
+    """``model``'s modules by name, after checking that every one of ``names`` is one; ``rule``
+    starts the error, e.g. "The 'ratios' parameter of prune_ must be keyed by"."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            raise ValueError(f"{rule} module names of the model. Got {name!r} instead.")
+    return modules
 
 
 @contextmanager
