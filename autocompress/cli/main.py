@@ -85,7 +85,7 @@ def search(
     from ..search.progress import TrialPrinter
 
     console.print(f"[bold]autocompress[/] run [cyan]{config.name}[/] -> {runs_dir / config.name}")
-    with reported_errors(), TrialPrinter(config, console) as printer:
+    with reported_errors(), TrialPrinter(config.objectives(), console) as printer:
         result = run_search(config, runs_dir=runs_dir, on_trial=printer)
     teacher = result.teacher_metrics
     console.print(f"teacher (fp32) accuracy {teacher['accuracy']:.2%}, {teacher['params']} params")
@@ -146,7 +146,7 @@ def worker(
 
     console.print(f"[bold]autocompress[/] worker for run [cyan]{config.name}[/]")
     # Lines only: the count is the whole study's, which other workers move too.
-    printer = TrialPrinter(config, console, live=False)
+    printer = TrialPrinter(config.objectives(), console, live=False)
     with reported_errors():
         result = run_worker(config, n_trials=n_trials, runs_dir=runs_dir, on_trial=printer)
     console.print(
@@ -232,7 +232,7 @@ def refit(
             fail(f"--trials must be comma-separated trial numbers, e.g. 3,7,12. Got {trials!r}")
     with reported_errors():
         source_config = load_config(RunDir(run).config_file)
-        with TrialPrinter(source_config, console) as printer:
+        with TrialPrinter(source_config.objectives(), console) as printer:
             result = refit_run(
                 run,
                 epochs=epochs,

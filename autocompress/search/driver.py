@@ -82,7 +82,9 @@ def run_search(
             optimize_until_done(study, objective, config, callbacks=callbacks)
         finally:
             # Also after Ctrl-C: the tables and plots then show what was finished so far.
-            result = write_run_results(study, run, config, teacher_metrics=setup.teacher_metrics)
+            result = write_run_results(
+                study, run, config.objectives(), teacher_metrics=setup.teacher_metrics
+            )
     return result
 
 

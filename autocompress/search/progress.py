@@ -23,7 +23,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..config import RunConfig
 from ..core.objectives import Objective
 from ..core.pareto import hypervolume, pareto_front, reference_point
 from ..core.trials import trials_dataframe
@@ -79,8 +78,10 @@ class TrialPrinter:
     redrawn bar would fill the log with copies of itself.
     """
 
-    def __init__(self, config: RunConfig, console: Console, *, live: bool | None = None) -> None:
-        self.objectives = config.objectives()
+    def __init__(
+        self, objectives: Sequence[Objective], console: Console, *, live: bool | None = None
+    ) -> None:
+        self.objectives = list(objectives)
         self.console = console
         self.live = (console.is_terminal and not console.is_dumb_terminal) if live is None else live
         self.last: ProgressSnapshot | None = None

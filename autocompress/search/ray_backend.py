@@ -390,7 +390,7 @@ def run_ray_search(
         if owned:
             ray.shutdown()
         teacher = objective.setup.teacher_metrics
-        result = write_run_results(study, run_dir, config, teacher_metrics=teacher)
+        result = write_run_results(study, run_dir, config.objectives(), teacher_metrics=teacher)
     return result
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from ..config import RunConfig
 from ..core.files import file_lock
 from ..core.objectives import Objective
 from ..core.pareto import hypervolume_history, pareto_front
@@ -49,7 +48,11 @@ def write_results(
 
 
 def write_run_results(
-    study: optuna.Study, run_dir: Path | RunDir, config: RunConfig, *, teacher_metrics: dict
+    study: optuna.Study,
+    run_dir: Path | RunDir,
+    objectives: Sequence[Objective],
+    *,
+    teacher_metrics: dict,
 ) -> SearchResult:
     """Write the tables and plots of the study into the run folder; returns the run's state.
 
@@ -57,7 +60,7 @@ def write_run_results(
     run = RunDir(run_dir)
     with file_lock(run.results_lock):
         trials = trials_dataframe(study)
-        front = write_results(trials, run, config.objectives())
+        front = write_results(trials, run, objectives)
     return SearchResult(
         run_dir=run.path, study=study, trials=trials, front=front, teacher_metrics=teacher_metrics
     )

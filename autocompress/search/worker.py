@@ -144,7 +144,9 @@ def _work(
                 callbacks=[*objective.callbacks(), after_trial],
             )
     finally:
-        result = write_run_results(study, run, config, teacher_metrics=setup.teacher_metrics)
+        result = write_run_results(
+            study, run, config.objectives(), teacher_metrics=setup.teacher_metrics
+        )
     return WorkerResult(**vars(result), ran=len(ran))
 
 

@@ -71,7 +71,7 @@ def test_progress_snapshot_of_an_empty_front(config) -> None:
 
 def test_printer_without_terminal_prints_plain_lines(config) -> None:
     out = io.StringIO()
-    printer = TrialPrinter(config, Console(file=out, width=200, force_terminal=False))
+    printer = TrialPrinter(config.objectives(), Console(file=out, width=200, force_terminal=False))
     assert not printer.live
     study = _study()
     for trial in study.trials[:5]:
@@ -91,7 +91,7 @@ def test_printer_without_terminal_prints_plain_lines(config) -> None:
 def test_printer_on_a_terminal_shows_a_bar_with_the_fields(config) -> None:
     out = io.StringIO()
     console = Console(file=out, width=160, force_terminal=True, color_system=None)
-    printer = TrialPrinter(config, console)
+    printer = TrialPrinter(config.objectives(), console)
     study = _study()
     with printer:
         printer(study, study.trials[0], 10)
@@ -104,7 +104,9 @@ def test_printer_on_a_terminal_shows_a_bar_with_the_fields(config) -> None:
 
 def test_bar_stops_by_itself_when_all_trials_are_done(config) -> None:
     out = io.StringIO()
-    printer = TrialPrinter(config, Console(file=out, width=160, force_terminal=True), live=True)
+    printer = TrialPrinter(
+        config.objectives(), Console(file=out, width=160, force_terminal=True), live=True
+    )
     study = _study()
     printer(study, study.trials[0], 5)
     assert not printer.active and printer.last.done == 5
@@ -120,7 +122,9 @@ def test_bar_stops_by_itself_when_all_trials_are_done(config) -> None:
 
 def test_printer_is_safe_with_concurrent_trials(config) -> None:
     out = io.StringIO()
-    printer = TrialPrinter(config, Console(file=out, width=200, force_terminal=True), live=True)
+    printer = TrialPrinter(
+        config.objectives(), Console(file=out, width=200, force_terminal=True), live=True
+    )
     study = _study()
     errors = []
 
