@@ -410,7 +410,7 @@ def agent(
     ] = None,
 ) -> None:
     """Serve ONNX Runtime timings of this device to the 'remote' hardware profile, until Ctrl-C."""
-    from ..hardware_profiles.agent import serve_forever
+    from ..hardware_profiles.agent import serve
 
     def ready(server) -> None:
         auth = "token required" if token else "no token"
@@ -424,7 +424,7 @@ def agent(
         )
 
     with reported_errors():  # port in use, unknown host, bad token
-        serve_forever(host=host, port=port, token=token, on_ready=ready)
+        serve(host=host, port=port, token=token, block=True, on_ready=ready)
     console.print("agent stopped")
 
 

@@ -20,7 +20,7 @@ from autocompress.hardware_profiles._base import (
     list_hardware_profiles,
     register_hardware_profile,
 )
-from autocompress.hardware_profiles.agent import AgentServer, serve, serve_forever
+from autocompress.hardware_profiles.agent import AgentServer, serve
 from autocompress.hardware_profiles.analytic import AnalyticProfile
 from autocompress.hardware_profiles.calibration import AnalyticCalibration, calibrate_analytic
 from autocompress.hardware_profiles.device_spec import (
@@ -82,5 +82,4 @@ __all__ = [
     "peak_activation_bytes",
     "register_hardware_profile",
     "serve",
-    "serve_forever",
 ]

@@ -1,8 +1,7 @@
 """The timing agent: a small HTTP server that runs on a remote edge device and times models.
 
 Its client, :class:`~autocompress.hardware_profiles.remote.RemoteProfile` (the ``remote``
-hardware profile), lives in :mod:`autocompress.hardware_profiles.remote`; it is re-exported here
-so that ``from autocompress.hardware_profiles.agent import RemoteProfile`` keeps working.
+hardware profile), lives in :mod:`autocompress.hardware_profiles.remote`.
 
 On the device (needs onnxruntime: ``pip install 'autocompress[onnx]'``; the token can also be
 given as ``--token``, but the environment keeps it out of the process list)::
@@ -61,14 +60,11 @@ from autocompress.hardware_profiles.onnx_timing import (
     RuntimeMissingError,
     time_onnx_model,
 )
-from autocompress.hardware_profiles.remote import RemoteProfile
 
 __all__ = [
     "DEFAULT_MAX_MODEL_BYTES",
     "AgentServer",
-    "RemoteProfile",  # re-exported from remote.py for backwards compatibility
     "serve",
-    "serve_forever",
 ]
 
 DEFAULT_MAX_MODEL_BYTES = 64 * 1024 * 1024
@@ -85,8 +81,8 @@ _LOGGER = logging.getLogger(__name__)
 class AgentServer(ThreadingHTTPServer):
     """The agent's HTTP server; see the module docstring for the protocol.
 
-    Made by :func:`serve` (running in a background thread) or :func:`serve_forever`
-    (blocking). ``url`` is where clients reach it; :meth:`close` stops it.
+    Made by :func:`serve` (in a background thread, or blocking this one). ``url`` is where
+    clients reach it; :meth:`close` stops it.
     """
 
     daemon_threads = True
@@ -141,15 +137,21 @@ def serve(
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     max_repeats: int = DEFAULT_MAX_REPEATS,
     request_timeout_s: float = 60.0,
+    block: bool = False,
+    on_ready: Callable[[AgentServer], None] | None = None,
 ) -> AgentServer:
-    """Start the agent in a background (daemon) thread and return its server.
+    """Start the agent and return its server.
 
     ``host``: address to listen on; the default accepts connections from this machine only.
     ``port``: 0 picks a free port (read it from ``server.url``). ``token``: if set, every
     request needs the header ``Authorization: Bearer <token>``. ``max_model_bytes``: largest
     model body accepted. ``max_repeats``: cap on ``warmup`` and ``repeats``.
-    ``request_timeout_s``: socket timeout for a client that stops sending. Stop it with
-    ``server.close()`` (or use it as a context manager).
+    ``request_timeout_s``: socket timeout for a client that stops sending. ``on_ready(server)``
+    is called once the port is bound (e.g. to print ``server.url``).
+
+    By default the agent serves in a background (daemon) thread: stop it with
+    ``server.close()`` (or use it as a context manager). ``block=True`` serves in this thread
+    until Ctrl-C and then releases the port (the ``autocompress agent`` command).
     """
     server = _make_server(
         host=host,
@@ -160,6 +162,16 @@ def serve(
         request_timeout_s=request_timeout_s,
         caller="serve",
     )
+    if block:
+        try:
+            if on_ready is not None:
+                on_ready(server)
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return server
     thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": _POLL_INTERVAL_S},
@@ -168,41 +180,9 @@ def serve(
     )
     server._thread = thread
     thread.start()
+    if on_ready is not None:
+        on_ready(server)
     return server
-
-
-def serve_forever(
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    token: str | None = None,
-    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
-    max_repeats: int = DEFAULT_MAX_REPEATS,
-    request_timeout_s: float = 60.0,
-    on_ready: Callable[[AgentServer], None] | None = None,
-) -> None:
-    """Run the agent in this thread until Ctrl-C (the ``autocompress agent`` command).
-
-    Same arguments as :func:`serve`; ``on_ready(server)`` is called once the port is bound
-    (e.g. to print ``server.url``).
-    """
-    server = _make_server(
-        host=host,
-        port=port,
-        token=token,
-        max_model_bytes=max_model_bytes,
-        max_repeats=max_repeats,
-        request_timeout_s=request_timeout_s,
-        caller="serve_forever",
-    )
-    try:
-        if on_ready is not None:
-            on_ready(server)
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
 
 
 def _make_server(

@@ -22,8 +22,7 @@ from autocompress.hardware_profiles.graph import (
     LayerCost,
     check_input_shape,
     layer_costs,
-    model_size_bytes,
-    peak_activation_bytes,
+    metrics_with_memory,
 )
 
 __all__ = ["AnalyticProfile", "DeviceSpec", "list_devices", "load_device"]
@@ -71,11 +70,11 @@ class AnalyticProfile(HardwareProfile):
         total_weight_bytes = sum({c.name: c.weight_bytes for c in costs}.values())
         weights_on_chip = total_weight_bytes <= self.device.onchip_memory_bytes
         rows = [self._layer_row(c, weights_on_chip=weights_on_chip) for c in costs]
-        return HardwareMetrics(
+        return metrics_with_memory(
+            model,
+            costs,
             latency_ms=sum(r["latency_ms"] for r in rows),
             energy_mj=sum(r["energy_mj"] for r in rows),
-            size_bytes=model_size_bytes(model),
-            peak_mem_bytes=peak_activation_bytes(costs),
             details={
                 "device": self.device.name,
                 "total_macs": sum(c.macs for c in costs),

@@ -1,4 +1,4 @@
-"""Argument checks shared by the profiles that time models (measured, remote) and the agent.
+"""Argument checks shared by the hardware profiles, the agent and the predictor fit.
 
 Same message shape as :func:`autocompress.core.validation.check_int`: "The 'x' parameter of f
 must be <rule>. Got <value> instead."; ``where`` names the function or class that was called.
@@ -7,12 +7,23 @@ must be <rule>. Got <value> instead."; ``where`` names the function or class tha
 from __future__ import annotations
 
 import math
+import os
 from numbers import Real
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 from autocompress.core.validation import check_int
 
-__all__ = ["check_power", "check_seconds", "check_threads"]
+__all__ = ["check_loaded", "check_power", "check_seconds", "check_threads"]
+
+
+class _Saved(Protocol):
+    """A type saved as a file and read back with ``load`` (a LUT, a latency predictor)."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self: ...
+
+
+_SavedT = TypeVar("_SavedT", bound=_Saved)
 
 
 def check_threads(threads: Any, *, where: str) -> int | None:
@@ -51,3 +62,15 @@ def check_seconds(value: Any, *, name: str, where: str) -> float:
             f"Got {value!r} instead."
         )
     return float(value)
+
+
+def check_loaded(value: Any, kind: type[_SavedT], *, name: str, where: str, rule: str) -> _SavedT:
+    """``value`` when it is a ``kind``, read with ``kind.load`` when it is a path; ``rule`` is
+    what the error message says the parameter must be."""
+    if isinstance(value, str | os.PathLike):
+        value = kind.load(value)
+    if not isinstance(value, kind):
+        raise ValueError(
+            f"The '{name}' parameter of {where} must be {rule}. Got {value!r} instead."
+        )
+    return value

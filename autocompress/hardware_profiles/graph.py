@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..spaces.candidate import FLOAT_BITS
+from ._base import HardwareMetrics
 
 SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized weight
 _QUANT_OUTPUT_BYTES = 1  # a quantized layer requantizes its output to int8 (see module doc)
@@ -193,6 +194,21 @@ def peak_activation_bytes(costs: Sequence[LayerCost]) -> int:
     concatenations) are not counted, so this underestimates nets with long skip connections.
     """
     return max((c.input_bytes + c.output_bytes for c in costs), default=0)
+
+
+def metrics_with_memory(
+    model: nn.Module,
+    costs: Sequence[LayerCost],
+    *,
+    latency_ms: float,
+    energy_mj: float,
+    details: Mapping[str, Any],
+) -> HardwareMetrics:
+    """A profile's :class:`HardwareMetrics`: its own latency, energy and details, with size and
+    peak memory computed from the model's bits (``costs`` from :func:`layer_costs`) the same way
+    for every profile, so that profiles differ only where they measure or estimate."""
+    size_bytes, peak_mem_bytes = model_size_bytes(model), peak_activation_bytes(costs)
+    return HardwareMetrics(latency_ms, energy_mj, size_bytes, peak_mem_bytes, details)
 
 
 def _cost(module: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> LayerCost:

@@ -12,12 +12,8 @@ from autocompress.hardware_profiles._base import (
     HardwareProfile,
     register_hardware_profile,
 )
-from autocompress.hardware_profiles.graph import (
-    check_input_shape,
-    layer_costs,
-    model_size_bytes,
-    peak_activation_bytes,
-)
+from autocompress.hardware_profiles.checks import check_loaded
+from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
 from autocompress.hardware_profiles.predictor import LatencyPredictor
 
 __all__ = ["LearnedProfile"]
@@ -33,14 +29,13 @@ class LearnedProfile(HardwareProfile):
     """
 
     def __init__(self, *, predictor: LatencyPredictor | str | os.PathLike[str]) -> None:
-        if isinstance(predictor, str | os.PathLike):
-            predictor = LatencyPredictor.load(predictor)
-        if not isinstance(predictor, LatencyPredictor):
-            raise ValueError(
-                "The 'predictor' parameter of LearnedProfile must be a LatencyPredictor or the "
-                f"path of a predictor JSON file. Got {predictor!r} instead."
-            )
-        self.predictor = predictor
+        self.predictor = check_loaded(
+            predictor,
+            LatencyPredictor,
+            name="predictor",
+            where="LearnedProfile",
+            rule="a LatencyPredictor or the path of a predictor JSON file",
+        )
 
     def __repr__(self) -> str:
         return f"LearnedProfile(predictor={self.predictor!r})"
@@ -49,11 +44,11 @@ class LearnedProfile(HardwareProfile):
         shape = check_input_shape(input_shape, caller="LearnedProfile.profile")
         parts = self.predictor.explain(model, input_shape=shape)
         costs = layer_costs(model, input_shape=shape)
-        return HardwareMetrics(
+        return metrics_with_memory(
+            model,
+            costs,
             latency_ms=parts.pop("latency_ms"),
             energy_mj=math.nan,
-            size_bytes=model_size_bytes(model),
-            peak_mem_bytes=peak_activation_bytes(costs),
             details={
                 **parts,
                 "trained_on": self.predictor.host,

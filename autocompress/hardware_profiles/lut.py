@@ -26,13 +26,9 @@ from autocompress.hardware_profiles._base import (
     HardwareProfile,
     register_hardware_profile,
 )
+from autocompress.hardware_profiles.checks import check_loaded
 from autocompress.hardware_profiles.device_spec import DeviceSpec
-from autocompress.hardware_profiles.graph import (
-    check_input_shape,
-    layer_costs,
-    model_size_bytes,
-    peak_activation_bytes,
-)
+from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
 from autocompress.hardware_profiles.host import host_facts
 from autocompress.hardware_profiles.lut_build import (
     build_lut,
@@ -96,14 +92,13 @@ class LUTProfile(HardwareProfile):
         lut: LatencyLUT | str | os.PathLike[str],
         fallback: Fallback = None,
     ) -> None:
-        if isinstance(lut, str | os.PathLike):
-            lut = LatencyLUT.load(lut)
-        if not isinstance(lut, LatencyLUT):
-            raise ValueError(
-                "The 'lut' parameter of LUTProfile must be a LatencyLUT or the path of a LUT "
-                f"JSON file. Got {lut!r} instead."
-            )
-        self.lut = lut
+        self.lut = check_loaded(
+            lut,
+            LatencyLUT,
+            name="lut",
+            where="LUTProfile",
+            rule="a LatencyLUT or the path of a LUT JSON file",
+        )
         self.fallback = _resolve_fallback(fallback)
 
     def __repr__(self) -> str:
@@ -127,11 +122,11 @@ class LUTProfile(HardwareProfile):
                 }
             )
         costs = layer_costs(model, input_shape=shape)
-        return HardwareMetrics(
+        return metrics_with_memory(
+            model,
+            costs,
             latency_ms=self.lut.overhead_ms + sum(r["latency_ms"] for r in rows),
             energy_mj=math.nan,
-            size_bytes=model_size_bytes(model),
-            peak_mem_bytes=peak_activation_bytes(costs),
             details={
                 "overhead_ms": self.lut.overhead_ms,
                 "hits": len(rows) - len(misses),

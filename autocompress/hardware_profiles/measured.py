@@ -27,12 +27,7 @@ from autocompress.hardware_profiles._base import (
     register_hardware_profile,
 )
 from autocompress.hardware_profiles.checks import check_power, check_threads
-from autocompress.hardware_profiles.graph import (
-    check_input_shape,
-    layer_costs,
-    model_size_bytes,
-    peak_activation_bytes,
-)
+from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
 
 __all__ = ["MeasuredProfile"]
 
@@ -166,12 +161,8 @@ class MeasuredProfile(HardwareProfile):
             latency_ms, meter=meter, nvml_problem=nvml_problem, window_s=timing.window_s
         )
         details.update(energy_details)
-        return HardwareMetrics(
-            latency_ms=latency_ms,
-            energy_mj=energy_mj,
-            size_bytes=model_size_bytes(model),
-            peak_mem_bytes=peak_activation_bytes(costs),
-            details=details,
+        return metrics_with_memory(
+            model, costs, latency_ms=latency_ms, energy_mj=energy_mj, details=details
         )
 
     def _energy(

@@ -21,6 +21,7 @@ from torch import nn
 
 from autocompress.core.validation import check_int
 from autocompress.hardware_profiles.calibration import AnalyticCalibration, calibrate_analytic
+from autocompress.hardware_profiles.checks import check_loaded
 from autocompress.hardware_profiles.fidelity import LatencyFidelity, latency_fidelity
 from autocompress.hardware_profiles.graph import check_input_shape
 from autocompress.hardware_profiles.host import host_device_spec
@@ -118,27 +119,18 @@ def fit_latency_predictor(
     candidates = sample_candidates(joint, n=samples, seed=seed)
     models = _distinct_models(candidates, num_classes=num_classes, input_shape=shape)
     pairs = [(model, shape) for model, _ in models]
-    timings = measure_models(
-        pairs,
-        backend=backend,
-        threads=threads,
-        warmup=warmup,
-        repeats=repeats,
-        rounds=rounds,
-        seed=seed,
-        progress=_stage(progress, "models"),
-    )
+    # Whole models and their layers are timed the same way, so the two can be compared.
+    timing: dict[str, Any] = {
+        "backend": backend,
+        "threads": threads,
+        "warmup": warmup,
+        "repeats": repeats,
+        "rounds": rounds,
+    }
+    timings = measure_models(pairs, **timing, seed=seed, progress=_stage(progress, "models"))
     measured = [min(t) for t in timings]  # best round, as in build_lut
     if layers is None:
-        layers = build_lut(
-            pairs,
-            backend=backend,
-            threads=threads,
-            warmup=warmup,
-            repeats=repeats,
-            rounds=rounds,
-            progress=_stage(progress, "layers"),
-        )
+        layers = build_lut(pairs, **timing, progress=_stage(progress, "layers"))
     corrected = len(pairs) >= len(CORRECTION_FEATURES) + 1
     fidelity = None
     if corrected:
@@ -169,15 +161,14 @@ def fit_latency_predictor(
 
 def _matching_lut(lut: Any, *, backend: str, threads: int) -> LatencyLUT:
     """``lut`` (loaded when a path), checked to be measured the way this fit measures."""
-    source = ""
-    if isinstance(lut, str | os.PathLike):
-        source = f" {lut}"
-        lut = LatencyLUT.load(lut)
-    if not isinstance(lut, LatencyLUT):
-        raise ValueError(
-            "The 'lut' parameter of fit_latency_predictor must be None, a LatencyLUT or the "
-            f"path of a LUT JSON file. Got {lut!r} instead."
-        )
+    source = f" {lut}" if isinstance(lut, str | os.PathLike) else ""
+    lut = check_loaded(
+        lut,
+        LatencyLUT,
+        name="lut",
+        where="fit_latency_predictor",
+        rule="None, a LatencyLUT or the path of a LUT JSON file",
+    )
     if lut.backend != backend or lut.threads != threads:
         raise ValueError(
             f"The LUT{source} was measured with {lut.backend}, {lut.threads} thread(s); "

@@ -27,12 +27,7 @@ from autocompress.hardware_profiles._base import (
 )
 from autocompress.hardware_profiles.agent_protocol import check_token, clip_message
 from autocompress.hardware_profiles.checks import check_power, check_seconds, check_threads
-from autocompress.hardware_profiles.graph import (
-    check_input_shape,
-    layer_costs,
-    model_size_bytes,
-    peak_activation_bytes,
-)
+from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
 from autocompress.hardware_profiles.measured import float_onnx_bytes, power_energy
 
 __all__ = ["RemoteProfile"]
@@ -118,12 +113,8 @@ class RemoteProfile(HardwareProfile):
             "note": _REMOTE_NOTE,
             **energy_details,
         }
-        return HardwareMetrics(
-            latency_ms=latency_ms,
-            energy_mj=energy_mj,
-            size_bytes=model_size_bytes(model),
-            peak_mem_bytes=peak_activation_bytes(costs),
-            details=details,
+        return metrics_with_memory(
+            model, costs, latency_ms=latency_ms, energy_mj=energy_mj, details=details
         )
 
     def _request(

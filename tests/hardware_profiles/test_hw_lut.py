@@ -1,11 +1,13 @@
 import json
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from autocompress.hardware_profiles import (
+    AnalyticProfile,
     LatencyLUT,
     LayerKey,
     LUTProfile,
@@ -15,6 +17,8 @@ from autocompress.hardware_profiles import (
     layer_shapes_of_space,
     load_device,
     model_layers,
+    model_size_bytes,
+    peak_activation_bytes,
 )
 from autocompress.hardware_profiles.lut_build import joint_space, layer_module
 from autocompress.hardware_profiles.lut_table import HOST_PRECISION, LUTEntry
@@ -280,3 +284,25 @@ def test_bad_items_and_profiles_are_rejected():
         _fake_lut([_key()], overhead_ms=-1.0)
     with pytest.raises(ValueError, match="format"):
         LatencyLUT.from_dict({"format": "pickle"})
+
+
+def test_lut_profile_reads_a_saved_lut_and_names_what_else_it_takes(tmp_path):
+    lut = _fake_lut([_key()])
+    loaded = LUTProfile(lut=lut.save(tmp_path / "lut.json")).lut
+    assert loaded.entries == lut.entries and loaded.overhead_ms == lut.overhead_ms
+    message = (
+        "The 'lut' parameter of LUTProfile must be a LatencyLUT or the path of a LUT JSON file. "
+        "Got 42 instead."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LUTProfile(lut=42)
+
+
+def test_profiles_report_the_same_size_and_peak_memory():
+    model = _model()
+    keys = list(dict.fromkeys(r.key for r in model_layers(model, input_shape=_SHAPE).layers))
+    costs = layer_costs(model, input_shape=_SHAPE)
+    expected = (model_size_bytes(model), peak_activation_bytes(costs))
+    for profile in (LUTProfile(lut=_fake_lut(keys)), AnalyticProfile(device="cortex_a72")):
+        metrics = profile.profile(model, input_shape=_SHAPE)
+        assert (metrics.size_bytes, metrics.peak_mem_bytes) == expected

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -229,7 +230,11 @@ def test_bad_inputs_are_rejected():
         fit_predictor(layers=table, models=models, measured_ms=[1.0])
     with pytest.raises(ValueError, match="'models' parameter of fit_predictor"):
         fit_predictor(layers=table, models=models[:4], measured_ms=[1.0, 2.0, 3.0, 4.0])
-    with pytest.raises(ValueError, match="'predictor' parameter of LearnedProfile"):
+    message = (
+        "The 'predictor' parameter of LearnedProfile must be a LatencyPredictor or the path of "
+        "a predictor JSON file. Got 3 instead."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
         LearnedProfile(predictor=3)
     with pytest.raises(ValueError, match="'spec' parameter of calibrate_analytic"):
         calibrate_analytic("cortex_a72", models=models, measured_ms=[1.0] * len(models))

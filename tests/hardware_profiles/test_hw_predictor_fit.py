@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from torch import nn
 
@@ -93,7 +95,11 @@ def test_lut_measured_differently_is_rejected_before_measuring(fitted, tmp_path)
         fit_latency_predictor(
             space=_SPACE, input_shape=_SHAPE, num_classes=10, lut=path, backend="onnxruntime"
         )
-    with pytest.raises(ValueError, match="'lut' parameter of fit_latency_predictor"):
+    message = (
+        "The 'lut' parameter of fit_latency_predictor must be None, a LatencyLUT or the path of "
+        "a LUT JSON file. Got 42 instead."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
         fit_latency_predictor(space=_SPACE, input_shape=_SHAPE, num_classes=10, lut=42)
 
 
