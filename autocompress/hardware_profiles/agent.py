@@ -153,14 +153,33 @@ def serve(
     ``server.close()`` (or use it as a context manager). ``block=True`` serves in this thread
     until Ctrl-C and then releases the port (the ``autocompress agent`` command).
     """
-    server = _make_server(
+    if not isinstance(host, str) or not host.strip():
+        raise ValueError(
+            f"The 'host' parameter of serve must be a non-empty str such as '127.0.0.1'. "
+            f"Got {host!r} instead."
+        )
+    port = check_int(port, name="port", where="serve", minimum=0)
+    if port > 65535:
+        raise ValueError(
+            f"The 'port' parameter of serve must be an int in [0, 65535]. Got {port} instead."
+        )
+    token = check_token(token, where="serve")
+    max_model_bytes = check_int(max_model_bytes, name="max_model_bytes", where="serve", minimum=1)
+    max_repeats = check_int(max_repeats, name="max_repeats", where="serve", minimum=1)
+    request_timeout_s = check_seconds(request_timeout_s, name="request_timeout_s", where="serve")
+    if token is None and not _is_loopback(host):
+        warnings.warn(
+            f"The autocompress agent listens on {host!r} without a token: anyone who can reach "
+            "it can make this device run models. Pass token=... (--token).",
+            stacklevel=2,
+        )
+    server = AgentServer(
         host=host,
         port=port,
         token=token,
         max_model_bytes=max_model_bytes,
         max_repeats=max_repeats,
         request_timeout_s=request_timeout_s,
-        caller="serve",
     )
     if block:
         try:
@@ -183,46 +202,6 @@ def serve(
     if on_ready is not None:
         on_ready(server)
     return server
-
-
-def _make_server(
-    *,
-    host: Any,
-    port: Any,
-    token: Any,
-    max_model_bytes: Any,
-    max_repeats: Any,
-    request_timeout_s: Any,
-    caller: str,
-) -> AgentServer:
-    if not isinstance(host, str) or not host.strip():
-        raise ValueError(
-            f"The 'host' parameter of {caller} must be a non-empty str such as '127.0.0.1'. "
-            f"Got {host!r} instead."
-        )
-    port = check_int(port, name="port", where=caller, minimum=0)
-    if port > 65535:
-        raise ValueError(
-            f"The 'port' parameter of {caller} must be an int in [0, 65535]. Got {port} instead."
-        )
-    token = check_token(token, where=caller)
-    max_model_bytes = check_int(max_model_bytes, name="max_model_bytes", where=caller, minimum=1)
-    max_repeats = check_int(max_repeats, name="max_repeats", where=caller, minimum=1)
-    request_timeout_s = check_seconds(request_timeout_s, name="request_timeout_s", where=caller)
-    if token is None and not _is_loopback(host):
-        warnings.warn(
-            f"The autocompress agent listens on {host!r} without a token: anyone who can reach "
-            "it can make this device run models. Pass token=... (--token).",
-            stacklevel=3,
-        )
-    return AgentServer(
-        host=host,
-        port=port,
-        token=token,
-        max_model_bytes=max_model_bytes,
-        max_repeats=max_repeats,
-        request_timeout_s=request_timeout_s,
-    )
 
 
 class _HttpError(Exception):
