@@ -70,3 +70,56 @@ def test_relative_links_in_the_docs_resolve():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def _sections(text: str) -> dict[str, str]:
+    """Heading of each '## ' section -> its text."""
+    parts = re.split(r"^## ", text, flags=re.M)[1:]
+    return {part.split("\n", 1)[0]: part for part in parts}
+
+
+def test_every_config_key_is_documented_in_its_section():
+    from pydantic import BaseModel
+
+    from autocompress.config import RunConfig
+
+    sections = _sections((ROOT / "docs" / "reference" / "config.md").read_text())
+
+    def walk(model: type[BaseModel], prefix: str):
+        for name, field in model.model_fields.items():
+            yield prefix, name
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                yield from walk(field.annotation, f"{prefix}.{name}".lstrip("."))
+
+    missing = []
+    for prefix, key in walk(RunConfig, ""):
+        heading = "Top level" if not prefix else f"`{prefix}`"  # "`train` and `teacher`" too
+        text = next((t for h, t in sections.items() if heading in h), "")
+        if f"| `{key}` |" not in text:
+            missing.append(f"{prefix}.{key}".lstrip("."))
+    assert missing == []
+
+
+def test_every_command_and_option_is_documented():
+    import click
+    import typer.main
+
+    from autocompress.cli import app
+
+    sections = _sections((ROOT / "docs" / "reference" / "cli.md").read_text())
+    missing = []
+    group = typer.main.get_command(app)
+    commands = []
+    for name, command in group.commands.items():
+        subcommands = getattr(command, "commands", {})
+        commands += [(f"{name} {s}", c) for s, c in subcommands.items()] or [(name, command)]
+    for name, command in commands:
+        text = sections.get(name)
+        if text is None:
+            missing.append(name)
+            continue
+        for param in command.params:
+            if isinstance(param, click.Option) and param.opts[0] != "--help":
+                if param.opts[0] not in text:
+                    missing.append(f"{name} {param.opts[0]}")
+    assert missing == []
