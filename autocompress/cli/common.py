@@ -52,10 +52,13 @@ def reported_errors() -> Iterator[None]:
         fail(str(err))
 
 
-def setup_logging() -> None:
-    """INFO lines of autocompress as plain messages; Optuna's own INFO lines (one per trial,
-    which the progress printer already reports) silenced."""
+def setup_logging(*, debug: bool = False) -> None:
+    """INFO lines of autocompress as plain messages. Optuna's own lines (one per trial, and a
+    traceback per failed trial) are left to the progress printer, which reports every trial
+    with its reason. ``debug``: show tracebacks of user errors, and Optuna's lines too."""
+    if debug:
+        os.environ["AUTOCOMPRESS_DEBUG"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.INFO if debug else optuna.logging.ERROR)

@@ -20,9 +20,18 @@ app.add_typer(profile_app, name="profile")
 
 
 @app.callback()
-def main() -> None:
+def main(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="AUTOCOMPRESS_DEBUG",
+            help="Show the traceback of an error, and Optuna's own log lines.",
+        ),
+    ] = False,
+) -> None:
     """Joint architecture / mixed-precision / pruning search for edge devices."""
-    setup_logging()
+    setup_logging(debug=debug)
 
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Folder that holds run folders.")]
@@ -160,15 +169,26 @@ def _print_front(run_dir: Path) -> None:
     from ..core import RunDir, load_trials, pareto_front
     from ..report.tables import format_front_table
 
-    config = load_config(RunDir(run_dir).config_file)
+    run = RunDir(run_dir)
+    config = load_config(run.config_file)
     trials = load_trials(run_dir)
     front = pareto_front(trials, config.objectives())
     console.print(format_front_table(front, config.objectives()))
     done = int((trials["state"] == "COMPLETE").sum())
     failed = int((trials["state"] == "FAIL").sum())
+    # A live search has only its study so far: name only the files a reader can open.
+    written = [
+        path.name
+        for path in (run.trials_table, run.front_table, run.front_plot, run.hypervolume_plot)
+        if path.is_file()
+    ]
+    files = (
+        f"Files: {run_dir}/{', '.join(written)}"
+        if written
+        else "No result files yet (the search writes them when it stops)."
+    )
     console.print(
-        f"{len(front)} Pareto-optimal of {done} completed trials ({failed} failed). "
-        f"Files: {run_dir}/trials.csv, pareto.csv, pareto.png, hypervolume.png"
+        f"{len(front)} Pareto-optimal of {done} completed trials ({failed} failed). {files}"
     )
 
 
@@ -264,9 +284,12 @@ def export(
     pick: Annotated[
         str | None,
         typer.Option(
-            help="Choose the trial by a rule instead of --trial, e.g. 'fastest with accuracy "
-            ">= 0.95', 'smallest with accuracy >= 0.9', 'most accurate with latency_ms <= "
-            "0.05', 'lowest energy', 'min size_kb with accuracy > 0.9 and latency_ms < 0.1'."
+            # Help text is rich markup: a bracket that opens a word ("[and") would be read as a
+            # style tag and vanish, so the grammar's brackets are escaped.
+            help="Choose the trial by a rule instead of --trial: RANKING \\[with METRIC OP "
+            "NUMBER \\[and METRIC OP NUMBER ...]], e.g. 'fastest with accuracy >= 0.95', "
+            "'smallest with accuracy >= 0.9', 'most accurate with latency_ms <= 0.05', "
+            "'lowest energy', 'min size_kb with accuracy > 0.9 and latency_ms < 0.1'."
         ),
     ] = None,
     fmt: Annotated[
@@ -386,7 +409,7 @@ def report(
         result = write_report(run, trial=trial, out_dir=out)
     # soft_wrap: long paths stay on one line, so they can be copied.
     console.print(f"report written to {result.html}", soft_wrap=True)
-    study_url = shlex.quote(RunDir(run).study_url)
+    study_url = shlex.quote(RunDir(run.resolve()).study_url)
     console.print(f"browse the study: optuna-dashboard {study_url}", soft_wrap=True)
 
 

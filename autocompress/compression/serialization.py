@@ -7,6 +7,7 @@ weights load with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import DamagedFileError
+from ..core.files import atomic_path, write_text_atomic
 from ..core.rundir import MODEL_SPEC_FILE as SPEC_FILE
 from ..core.rundir import MODEL_WEIGHTS_FILE as WEIGHTS_FILE
 from ..spaces import Candidate
@@ -39,9 +42,11 @@ def save_model(
         "metrics": dict(metrics or {}),
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, directory / WEIGHTS_FILE)
-    # The spec is written last: its presence marks a complete save.
-    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True))
+    # Each file is whole or absent, and the spec comes last: its presence marks a complete save
+    # (a save cut short by kill -9 leaves the previous files or none).
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        torch.save(state, tmp)
+    write_text_atomic(directory / SPEC_FILE, json.dumps(spec, indent=2, sort_keys=True))
     return directory
 
 
@@ -49,7 +54,13 @@ def read_spec(directory: Path) -> dict[str, Any]:
     path = directory / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"No saved model in {str(directory)!r}: {SPEC_FILE} is missing.")
-    return json.loads(path.read_text())
+    try:
+        spec = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise DamagedFileError(f"{path} cannot be read ({err}): the file is damaged.") from None
+    if not isinstance(spec, dict) or not {"candidate", "num_classes", "input_shape"} <= set(spec):
+        raise DamagedFileError(f"{path} is not a saved model's spec: the file is damaged.")
+    return spec
 
 
 def load_model(
@@ -63,6 +74,14 @@ def load_model(
     model = build_compressed(
         candidate, num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"])
     )
-    state = torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
+    path = directory / WEIGHTS_FILE
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DamagedFileError(
+            f"{path} cannot be loaded ({reason}): the file is damaged or does not belong to "
+            f"the {SPEC_FILE} beside it."
+        ) from None
     return model, spec

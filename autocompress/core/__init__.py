@@ -4,7 +4,7 @@ errors; locks and atomic writes; the registries' type and the sampler registry; 
 checks. It imports no other autocompress room.
 """
 
-from .errors import AutocompressError, ConfigError, RunLockedError
+from .errors import AutocompressError, ConfigError, DamagedFileError, RunLockedError
 from .objectives import (
     MAXIMIZE,
     METRIC_DIRECTIONS,
@@ -33,6 +33,7 @@ __all__ = [
     "MINIMIZE",
     "AutocompressError",
     "ConfigError",
+    "DamagedFileError",
     "Objective",
     "RunDir",
     "RunLockedError",

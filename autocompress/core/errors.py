@@ -14,3 +14,8 @@ class ConfigError(AutocompressError, ValueError):
 
 class RunLockedError(AutocompressError, RuntimeError):
     """A run folder that another live process is searching in."""
+
+
+class DamagedFileError(AutocompressError, OSError):
+    """A file of a run folder that exists but cannot be read (truncated, overwritten, not what
+    its name says); the message names it and what to do."""

@@ -10,6 +10,7 @@ describing the candidate) and ``candidate`` (its JSON).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,14 +18,36 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .errors import DamagedFileError
 from .rundir import RunDir
 
 if TYPE_CHECKING:
     import optuna
 
+logger = logging.getLogger(__name__)
+
 METRICS = ("accuracy", "latency_ms", "energy_mj", "size_kb", "peak_mem_kb")
 RETRY_ATTR = "retry_of"  # user attribute of a retry: the number of the attempt it repeats
 _TEXT_COLUMNS = ("state", "fail_reason", "pruned_reason", "summary", "candidate")
+
+
+def unreadable_storage_message(url: str, err: Exception) -> str:
+    """What to say about a study storage that exists but cannot be read."""
+    where = url.removeprefix("sqlite:///")
+    message = f"{where} cannot be read ({_reason(err)})."
+    trials = Path(where).with_name("trials.csv")
+    if url.startswith("sqlite:///") and trials.is_file():
+        message += (
+            f" The run's trials as last written are in {trials}: `autocompress pareto`, `report` "
+            "and `export` read them from there. To search again, use another run name, or move "
+            "study.db away to start this run afresh."
+        )
+    return message
+
+
+def _reason(err: Exception) -> str:
+    # SQLAlchemy's message ends in the SQL and a URL about the error class: keep the cause.
+    return str(getattr(err, "orig", None) or err).splitlines()[0]
 
 
 def retried_trials(trials: Iterable[Any]) -> set[int]:
@@ -108,15 +131,27 @@ def _silent_failure(number: int, retried_as: dict[int, int]) -> str:
 
 def load_trials(run_dir: str | Path | RunDir) -> pd.DataFrame:
     """The trials of a run folder: live from its study (so a running or interrupted search shows
-    its latest state), else from trials.csv."""
+    its latest state), else from trials.csv (also when the study cannot be read: a warning says
+    so)."""
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
     run = RunDir(run_dir)
     if run.study_file.is_file():
         storage = run.study_url
-        names = optuna.get_all_study_names(storage)
-        if len(names) == 1:
-            return trials_dataframe(optuna.load_study(study_name=names[0], storage=storage))
+        try:
+            names = optuna.get_all_study_names(storage)
+            if len(names) == 1:
+                return trials_dataframe(optuna.load_study(study_name=names[0], storage=storage))
+        except SQLAlchemyError as err:
+            if not run.trials_table.is_file():
+                raise DamagedFileError(unreadable_storage_message(storage, err)) from None
+            logger.warning(
+                "%s cannot be read (%s): showing %s as the last run wrote it.",
+                run.study_file,
+                _reason(err),
+                run.trials_table,
+            )
     path = run.trials_table
     if not path.is_file():
         raise FileNotFoundError(

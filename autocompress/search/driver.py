@@ -18,14 +18,13 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from ..config import RunConfig
-from ..core.files import PidLock
+from ..core.files import RunLock
 from ..core.rundir import RunDir
 from ..hardware_profiles import HardwareProfile
 from .objective import TrialObjective
 from .results import SearchResult, write_run_results
-from .samplers import make_sampler
 from .setup import EvaluatorSpec, prepare_setup
-from .study import count_done, open_study, retry_interrupted, write_config
+from .study import RepeatGuard, count_done, open_study, retry_interrupted, write_config
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +58,16 @@ def run_search(
             "search.backend: ray: Ray workers build them from the config (register a custom "
             "one and name it in the config instead)."
         )
-    sampler = sampler if sampler is not None else make_sampler(config)
     run = RunDir(runs_dir / config.name)
     run.path.mkdir(parents=True, exist_ok=True)
-    with PidLock(run.search_lock):
-        write_config(config, run)
+    with RunLock(run.search_lock):
         if config.search.backend == "ray":
             return _ray_backend().run_ray_search(
                 config, run_dir=run.path, sampler=sampler, on_trial=on_trial
             )
-
+        # Nothing is written before open_study accepts the run (same config, or a fresh study).
         study, storage = open_study(config, run, sampler=sampler)
+        write_config(config, run)
         retried = retry_interrupted(study, storage)
         if retried:
             logger.info("Retrying %d trial(s) interrupted in an earlier run.", retried)
@@ -92,12 +90,14 @@ def optimize_until_done(
     study: optuna.Study, objective: TrialObjective, config: RunConfig, *, callbacks: list
 ) -> None:
     """``study.optimize`` until ``search.n_trials`` trials count (see ``study.counted``) or
-    ``search.timeout_s`` runs out: trials skipped by the prescreen do not count, so one pass of
-    ``n_trials=remaining`` may leave some to run. Each pass asks for exactly the trials still
-    missing, so ``--n-jobs`` threads never overshoot the budget."""
+    ``search.timeout_s`` runs out: trials skipped by the prescreen or as repeats do not count,
+    so one pass of ``n_trials=remaining`` may leave some to run. Each pass asks for exactly the
+    trials still missing, so ``--n-jobs`` threads never overshoot the budget. Ends early when
+    the sampler only proposes candidates already evaluated (:class:`study.RepeatGuard`)."""
     timeout = config.search.timeout_s
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
+    repeats = RepeatGuard()
+    while not repeats.exhausted:
         remaining = config.search.n_trials - count_done(study.get_trials(deepcopy=False))
         left = None if deadline is None else deadline - time.monotonic()
         if remaining <= 0 or (left is not None and left <= 0):
@@ -108,7 +108,7 @@ def optimize_until_done(
             n_jobs=config.search.n_jobs,
             timeout=left,
             catch=(Exception,),
-            callbacks=callbacks,
+            callbacks=[*callbacks, repeats],
         )
 
 

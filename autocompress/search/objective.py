@@ -18,11 +18,12 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from ..compression import build_compressed, count_parameters, save_model
 from ..core.files import write_text_atomic
+from ..core.trials import RETRY_ATTR, retried_trials
 from ..data import make_loaders
 from ..evaluators import CandidateError, CandidateStopped, TrialContext
 from ..evaluators.supernet import recalibrate_bn_
@@ -31,7 +32,7 @@ from ..hardware_profiles import HardwareMetrics
 from ..spaces import Candidate
 from .prescreen import SKIPPED_ATTR, Prescreener, cost_vector
 from .setup import SearchSetup
-from .study import STOPPED_ATTR, count_done
+from .study import DUPLICATE_ATTR, STOPPED_ATTR, count_done
 from .surrogate import Proposer
 
 __all__ = ["Priced", "TrialObjective", "TrialOutcome", "describe_failure", "trial_metrics"]
@@ -87,6 +88,7 @@ class TrialObjective:
         self.config = setup.config
         self.objectives = setup.config.objectives()
         self.limits = setup.config.hardware.budget.limits()
+        self._keys: dict[int, str] = {}  # trial number -> its candidate's JSON
         self.prescreener: Prescreener | None = None
         if self.config.search.prescreen.enabled:
             self.prescreener = Prescreener(
@@ -139,9 +141,19 @@ class TrialObjective:
         """Suggest a candidate and record its hardware cost and budget constraints on ``trial``.
 
         Runs before any training: a candidate over budget is never trained, and the samplers
-        see the constraints of every trial as soon as it is suggested."""
+        see the constraints of every trial as soon as it is suggested. A candidate that an
+        earlier trial of the run already evaluated (or is evaluating) is skipped, not trained
+        again: the sampler draws another one (explicit retries of interrupted trials excepted)."""
         candidate = self.setup.space.suggest(trial)
         trial.set_user_attr("candidate", candidate.to_dict())
+        repeated = self.repeated_trial(trial, candidate)
+        if repeated is not None:
+            reason = f"duplicate of trial {repeated}"
+            trial.set_user_attr(DUPLICATE_ATTR, repeated)
+            trial.set_user_attr("pruned_reason", reason)
+            return Priced(
+                candidate=candidate, model=None, metrics={}, feasible=False, skipped=reason
+            )
         model = self.build(candidate)
         metrics, violations = self._costs(model)
         feasible = all(v <= 0 for v in violations.values())
@@ -161,6 +173,34 @@ class TrialObjective:
         return Priced(
             candidate=candidate, model=model, metrics=metrics, feasible=feasible, skipped=skipped
         )
+
+    def repeated_trial(self, trial: optuna.Trial, candidate: Candidate) -> int | None:
+        """The number of an earlier trial of the study with the same candidate that was (or is
+        being) evaluated, or None. Trials that evaluated nothing (skipped, or cut off and queued
+        again) do not count, and a queued retry is never a repeat."""
+        if RETRY_ATTR in trial.user_attrs:
+            return None
+        key = candidate.to_json()
+        trials = trial.study.get_trials(deepcopy=False)
+        retried = retried_trials(trials)
+        for other in trials:
+            evaluated = other.state in (TrialState.COMPLETE, TrialState.RUNNING) or (
+                other.state == TrialState.PRUNED and STOPPED_ATTR in other.user_attrs
+            )
+            evaluated |= other.state == TrialState.FAIL and other.number not in retried
+            if other.number == trial.number or not evaluated:
+                continue
+            if self._candidate_key(other) == key:
+                return other.number
+        return None
+
+    def _candidate_key(self, trial: FrozenTrial) -> str | None:
+        # Cached: a trial's candidate never changes, and every suggestion scans the study.
+        key = self._keys.get(trial.number)
+        if key is None and "candidate" in trial.user_attrs:
+            key = Candidate.from_dict(trial.user_attrs["candidate"]).to_json()
+            self._keys[trial.number] = key
+        return key
 
     def _costs(self, model: nn.Module) -> tuple[dict[str, float], dict[str, float]]:
         """Hardware metrics and parameter count of a built candidate, and its budget violations

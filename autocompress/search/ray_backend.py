@@ -53,7 +53,7 @@ from .objective import Priced, TrialObjective, describe_failure
 from .results import SearchResult, write_run_results
 from .setup import prepare_setup
 from .storage import make_storage
-from .study import count_done, open_study
+from .study import DUPLICATE_ATTR, count_done, open_study, write_config
 
 logger = logging.getLogger(__name__)
 
@@ -324,15 +324,18 @@ def run_ray_search(
     config: RunConfig,
     *,
     run_dir: Path,
-    sampler: optuna.samplers.BaseSampler,
+    sampler: optuna.samplers.BaseSampler | None = None,
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
 ) -> SearchResult:
     """Run or resume the search on Ray (called by ``run_search`` under the run lock) with
-    ``sampler`` proposing every experiment's trials."""
+    ``sampler`` (default: the config's, continuing the study) proposing every experiment's
+    trials."""
     run_dir = run_dir.resolve()  # Ray workers run in their trial folders
     if config.search.surrogate.enabled:
         logger.info("search.surrogate is not used by the Ray backend (the sampler draws all).")
-    study, storage = open_study(config, run_dir)
+    study, storage = open_study(config, run_dir, sampler=sampler)
+    write_config(config, run_dir)
+    sampler = study.sampler
     # Trains (or loads) the teacher here, before any worker needs it.
     objective = shared_objective(config, run_dir)
     experiments = RunDir(run_dir).ray_dir
@@ -359,6 +362,7 @@ def run_ray_search(
         # driver.optimize_until_done does, start another experiment for the trials still
         # missing. One sampler for all of them: a fresh one would restart from the seed and
         # suggest the earlier experiments' candidates again.
+        experiment_start = None
         timeout = config.search.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         while (
@@ -367,6 +371,13 @@ def run_ray_search(
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
+            if _only_repeats(study, since=experiment_start):
+                logger.warning(
+                    "Stopping: a whole experiment proposed only candidates this run has already "
+                    "evaluated; the search space looks exhausted."
+                )
+                break
+            experiment_start = len(study.get_trials(deepcopy=False))
             index = 0 if latest is None else int(latest.name.removeprefix("exp")) + 1
             latest = experiments / f"exp{index}"
             tuner = _new_tuner(
@@ -456,6 +467,14 @@ def _fit(tuner: tune.Tuner, experiment: Path, study: optuna.Study) -> None:
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     experiment.mkdir(parents=True, exist_ok=True)
     (experiment / FINISHED_FILE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+
+
+def _only_repeats(study: optuna.Study, *, since: int | None) -> bool:
+    """Whether the trials from number ``since`` on exist and are all skipped repeats."""
+    if since is None:
+        return False
+    new = study.get_trials(deepcopy=False)[since:]
+    return bool(new) and all(DUPLICATE_ATTR in t.user_attrs for t in new)
 
 
 def _latest_experiment(experiments: Path) -> Path | None:

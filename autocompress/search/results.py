@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from ..core.files import file_lock
+from ..core.files import atomic_path, file_lock
 from ..core.objectives import Objective
 from ..core.pareto import hypervolume_history, pareto_front
 from ..core.rundir import RunDir
@@ -35,15 +35,21 @@ def write_results(
 ) -> pd.DataFrame:
     """Write the result tables and plots of a run into its folder; return the Pareto front."""
     run = RunDir(run_dir)
-    trials.to_csv(run.trials_table, index=False)
     front = pareto_front(trials, objectives)
-    front.to_csv(run.front_table, index=False)
+    # Each file is replaced whole: a run killed while writing leaves the previous version.
+    with atomic_path(run.trials_table) as tmp:
+        trials.to_csv(tmp, index=False)
+    with atomic_path(run.front_table) as tmp:
+        front.to_csv(tmp, index=False)
     usable = trials[(trials["state"] == "COMPLETE") & trials["feasible"]]
     if len(usable):
         history = hypervolume_history(trials, objectives)
-        history.to_csv(run.hypervolume_table, index=False)
-        plot_pareto(trials, objectives, run.front_plot)
-        plot_hypervolume(history, run.hypervolume_plot)
+        with atomic_path(run.hypervolume_table) as tmp:
+            history.to_csv(tmp, index=False)
+        with atomic_path(run.front_plot) as tmp:
+            plot_pareto(trials, objectives, tmp)
+        with atomic_path(run.hypervolume_plot) as tmp:
+            plot_hypervolume(history, tmp)
     return front
 
 

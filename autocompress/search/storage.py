@@ -28,10 +28,11 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryCallback
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import WorkerConfig
-from ..core.errors import ConfigError
-from ..core.trials import RETRY_ATTR
+from ..core.errors import ConfigError, DamagedFileError
+from ..core.trials import RETRY_ATTR, unreadable_storage_message
 from ..evaluators.early_stopping import RUNG_ATTR_PREFIX
 
 HEARTBEAT_ATTR = "autocompress:heartbeat"
@@ -135,6 +136,8 @@ def make_storage(url: str, *, heartbeat: WorkerConfig | None = None) -> BaseStor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+    except SQLAlchemyError as err:
+        raise DamagedFileError(unreadable_storage_message(url, err)) from None
     except ImportError as err:  # Optuna re-raises the driver's ModuleNotFoundError as this
         missing = getattr(err.__cause__, "name", None) or "its database driver"
         raise ConfigError(

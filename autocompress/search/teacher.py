@@ -12,7 +12,9 @@ from torch import nn
 
 from ..compression.serialization import SPEC_FILE, load_model, read_spec, save_model
 from ..config import RunConfig
+from ..core.errors import AutocompressError, DamagedFileError
 from ..data import DataBundle, make_loaders
+from ..evaluators import CandidateError
 from ..evaluators.train import evaluate_accuracy, train_epochs
 from ..spaces import JointSearchSpace, build_model
 
@@ -37,11 +39,17 @@ def get_teacher(
     """Load the teacher cached in ``directory`` or train it; returns (model, its metrics)."""
     candidate = space.teacher()
     if (directory / SPEC_FILE).is_file():
-        spec = read_spec(directory)
-        if spec["metrics"].get("fingerprint") == teacher_fingerprint(config):
-            model, spec = load_model(directory, map_location=device)
-            return model.to(device).eval(), spec["metrics"]
-        logger.warning("Cached teacher in %s does not match this config: retraining.", directory)
+        try:
+            spec = read_spec(directory)
+            if spec["metrics"].get("fingerprint") == teacher_fingerprint(config):
+                model, spec = load_model(directory, map_location=device)
+                logger.info("Teacher loaded from %s.", directory)
+                return model.to(device).eval(), spec["metrics"]
+            logger.warning(
+                "Cached teacher in %s does not match this config: retraining.", directory
+            )
+        except DamagedFileError as err:  # a cache: train it again rather than give up
+            logger.warning("%s Training the teacher again.", err)
 
     cfg = config.teacher
     # Initialisation is seeded without touching the caller's global RNG state.
@@ -54,15 +62,23 @@ def get_teacher(
         num_workers=config.data.num_workers,
         seed=config.seed,
     )
-    train_epochs(
-        model,
-        train_loader,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        device=device,
-    )
+    logger.info("Training the teacher (%d epoch(s)) into %s ...", cfg.epochs, directory)
+    try:
+        train_epochs(
+            model,
+            train_loader,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            device=device,
+        )
+    except CandidateError as err:
+        raise AutocompressError(
+            f"The teacher (the space's largest architecture, in fp32) could not be trained: "
+            f"{err}. Lower teacher.lr (now {cfg.lr}) or check that the data are finite."
+        ) from None
     accuracy, loss = evaluate_accuracy(model, val_loader, device=device)
+    logger.info("Teacher accuracy %.2f%%.", 100 * accuracy)
     metrics = {
         "accuracy": accuracy,
         "val_loss": loss,

@@ -1,11 +1,12 @@
 """Workers sharing one study: ``autocompress worker CONFIG --storage URL`` on many machines.
 
 Every worker opens the same study (same name, same config fingerprint), asks it for trials and
-evaluates them with the same ``Objective`` as the single-process search. The study's storage is
+evaluates them with the same ``TrialObjective`` as the single-process search. The study's storage is
 the only thing they share, plus (for models, teacher and result tables) the run folder, which on
 several machines should be on a shared disk.
 
-There is no run lock here (many processes per run folder is the point); instead:
+Workers hold the run lock shared (many processes per run folder is the point; a single-process
+search is refused beside them, and they beside it); besides:
 
 * the teacher is trained once, by the first worker, under a file lock; the others wait and load
   it (``prepare_setup``). Without a shared run folder each machine trains the same seeded one;
@@ -30,15 +31,15 @@ import torch
 from optuna.trial import FrozenTrial
 
 from ..config import RunConfig
-from ..core.errors import ConfigError, RunLockedError
-from ..core.files import file_lock, live_pid
+from ..core.errors import ConfigError
+from ..core.files import RunLock, file_lock
 from ..core.rundir import RunDir
 from .objective import TrialObjective
 from .results import SearchResult, write_run_results
 from .samplers import make_sampler
 from .setup import prepare_setup
 from .storage import make_storage, redact
-from .study import count_done, open_study, retry_interrupted, write_config
+from .study import RepeatGuard, count_done, open_study, retry_interrupted, write_config
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,20 @@ def run_worker(
         raise ValueError(f"The 'n_trials' parameter of run_worker must be >= 1. Got {n_trials}.")
     run = RunDir(runs_dir / config.name)
     run.path.mkdir(parents=True, exist_ok=True)
-    _refuse_beside_a_single_search(run)
-    write_config(config, run)
+    # Shared: any number of workers, but no single-process search beside them (it fails every
+    # RUNNING trial it finds on start, taking them for its own, cut off by a crash).
+    with RunLock(run.search_lock, shared=True):
+        return _join(config, run=run, url=url, n_trials=n_trials, on_trial=on_trial)
 
+
+def _join(
+    config: RunConfig,
+    *,
+    run: RunDir,
+    url: str,
+    n_trials: int | None,
+    on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None,
+) -> WorkerResult:
     # Creating the tables and the study is not atomic in every database: workers started
     # together take turns (where the run folder is shared; elsewhere Optuna's own
     # load_if_exists handles the common race).
@@ -88,6 +100,7 @@ def run_worker(
             storage=make_storage(url, heartbeat=config.search.worker),
             where=f"The study {config.name!r} in {redact(url)}",
         )
+        write_config(config, run)
         index = int(study.user_attrs.get("workers_joined", 0))
         study.set_user_attr("workers_joined", index + 1)
         retried = retry_interrupted(study, shared, running=False)
@@ -141,7 +154,7 @@ def _work(
                 n_jobs=config.search.n_jobs,
                 timeout=config.search.timeout_s,
                 catch=(Exception,),
-                callbacks=[*objective.callbacks(), after_trial],
+                callbacks=[*objective.callbacks(), after_trial, RepeatGuard()],
             )
     finally:
         result = write_run_results(
@@ -153,14 +166,3 @@ def _work(
 def worker_seed(seed: int, *, index: int) -> int:
     host = zlib.crc32(socket.gethostname().encode())
     return int(np.random.SeedSequence([seed, index, host, os.getpid()]).generate_state(1)[0])
-
-
-def _refuse_beside_a_single_search(run: RunDir) -> None:
-    # A single-process search fails every RUNNING trial it finds on start (they are its own,
-    # cut off by a crash); workers' live trials must not share a study with it.
-    pid = live_pid(run.search_lock)
-    if pid is not None:
-        raise RunLockedError(
-            f"A single-process search (pid {pid}) is running in {run.path}. "
-            "Wait for it or stop it before starting workers on this run."
-        )

@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 
 from autocompress.cli import app
 from autocompress.config import ConfigError, parse_config
-from autocompress.core import trials_dataframe
-from autocompress.search import run_worker
+from autocompress.core import RunLockedError, trials_dataframe
+from autocompress.core.files import RunLock
+from autocompress.search import run_search, run_worker
 from autocompress.search.storage import (
     HEARTBEAT_ATTR,
     HeartbeatJournalStorage,
@@ -216,17 +217,22 @@ def test_journal_storage_heartbeats_fail_and_retry_stale_trials(tmp_path):
 def test_worker_refuses_a_study_made_by_another_config(tmp_path, fast_config):
     storage = f"journal:{tmp_path}/journal.log"
     fast_config["search"]["storage"] = storage
-    open_study(parse_config(fast_config), tmp_path)
+    study, _ = open_study(parse_config(fast_config), tmp_path)
+    study.enqueue_trial({})  # the study holds a trial: it belongs to that config now
     fast_config["train"]["lr"] = 0.5
     with pytest.raises(ConfigError, match="different config"):
         run_worker(parse_config(fast_config), runs_dir=tmp_path / "runs")
 
 
-def test_worker_refuses_a_run_folder_held_by_a_single_search(tmp_path, fast_config):
-    (tmp_path / "tiny").mkdir()
-    (tmp_path / "tiny" / "search.lock").write_text(str(os.getppid()))  # a live process
-    with pytest.raises(RuntimeError, match="single-process search"):
-        run_worker(parse_config(fast_config), storage="journal:x.log", runs_dir=tmp_path)
+def test_workers_and_a_single_search_refuse_each_other(tmp_path, fast_config):
+    config = parse_config(fast_config)
+    lock = tmp_path / "tiny" / "search.lock"
+    with RunLock(lock):  # a single-process search holds the run
+        with pytest.raises(RunLockedError, match=r"A search \(pid \d+ on .*before starting"):
+            run_worker(config, storage="journal:x.log", runs_dir=tmp_path)
+    with RunLock(lock, shared=True), RunLock(lock, shared=True):  # workers share it
+        with pytest.raises(RunLockedError, match="`autocompress worker` processes are running"):
+            run_search(config, runs_dir=tmp_path)
 
 
 def test_worker_command_needs_a_storage(tmp_path, fast_config):
