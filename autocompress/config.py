@@ -344,12 +344,25 @@ class RunConfig(_Section):
 
 
 def format_validation_error(err: ValidationError, *, source: str) -> str:
+    """One line per error: the field's dotted path, pydantic's message and the value given,
+    unless the message already names what it got.
+
+    The project's validators end their messages "Got X" (X at times only the offending part,
+    e.g. a list's bad entries), and a validator of a registered extension may end its message
+    with the value. Pydantic's own messages name the limit ("greater than 0"), never the input,
+    so only a validator's message (a raised ValueError or assert) is matched by its ending."""
     lines = [f"{source}: invalid config"]
     for e in err.errors():
         loc = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        message = e["msg"]
         got = e.get("input")
-        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {loc}: {e['msg']}{got_text}")
+        tail = message.rstrip(" .").removesuffix(" instead")
+        says_got = "Got " in message or (
+            e["type"] in ("value_error", "assertion_error")
+            and any(text and tail.endswith(text) for text in (repr(got), str(got)))
+        )
+        got_text = "" if isinstance(got, dict) or says_got else f" (got {got!r})"
+        lines.append(f"  {loc}: {message}{got_text}")
     return "\n".join(lines)
 
 

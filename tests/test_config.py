@@ -118,3 +118,32 @@ def test_objectives_are_the_metrics_a_trial_records(tiny_config_dict):
     tiny_config_dict["search"]["objectives"] = ["accuracy", "flops:min"]
     with pytest.raises(ConfigError, match=r"'flops' is not a metric .*'params'"):
         parse_config(tiny_config_dict)
+
+
+@pytest.mark.parametrize(
+    ("patch", "line"),
+    [
+        # The project's validators end their message "Got X": the value is not repeated.
+        (
+            {"space": {"w_bits": [1]}},
+            "space.w_bits: Value error, bit-widths must lie in [2, 32] (32 = float). Got [1]",
+        ),
+        (
+            {"search": {"sampler": "bayes"}},
+            "search.sampler: Value error, must be one of ['nsga2', 'random', 'tpe']. Got 'bayes'",
+        ),
+        # Pydantic's own messages name the limit, not the value: it is appended.
+        ({"search": {"n_trials": 0}}, "search.n_trials: Input should be greater than 0 (got 0)"),
+        (
+            {"train": {"kd_alpha": 2}},
+            "train.kd_alpha: Input should be less than or equal to 1 (got 2)",
+        ),
+    ],
+)
+def test_validation_messages_name_the_value_once(tiny_config_dict, patch, line):
+    for key, value in patch.items():
+        tiny_config_dict[key] = {**tiny_config_dict.get(key, {}), **value}
+    with pytest.raises(ConfigError) as info:
+        parse_config(tiny_config_dict, source="my.yaml")
+    lines = str(info.value).splitlines()
+    assert lines == ["my.yaml: invalid config", f"  {line}"]

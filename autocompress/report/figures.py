@@ -1,5 +1,5 @@
 """Review figures: a 3-D Pareto plot, parallel coordinates of the front's per-layer compression,
-and the per-layer bars of one trial.
+the per-layer bars of one trial, and a refit's accuracies against the search's.
 
 As in ``plots.py``, each ``*_data`` function computes everything its figure shows (tests check
 that) and the matching ``plot_*`` function only draws it. Per-layer settings come from the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,11 +27,15 @@ from autocompress.core.pareto import (
     objective_values,
     pareto_front,
 )
+from autocompress.report.counts import nothing_to_plot
 from autocompress.report.style import (
     DOMINATED_COLOUR,
     FRONT_COLOUR,
     INFEASIBLE_COLOUR,
+    PointLabel,
     axis_label,
+    draw_message,
+    label_points,
     new_figure,
     save_figure,
 )
@@ -39,6 +44,7 @@ LAYER_FIELDS = ("w_bits", "a_bits", "prune_ratio")
 _A_BITS_COLOUR = "tab:orange"
 _PRUNE_COLOUR = "tab:green"
 _COLOUR_MAP = "viridis"
+_MAX_CONSTANT_NAMED = 12
 
 
 # --- 3-D Pareto plot --------------------------------------------------------------------------
@@ -53,6 +59,8 @@ class Pareto3DData(NamedTuple):
     order. ``pareto_*``: the trials of ``pareto_front(df, objectives)``, the run's front over
     all objectives, at these three coordinates; the same trials as ``front_*`` when there are
     exactly three objectives, and with more, some of them look dominated in 3-D.
+    ``front_labels``: one per distinct point of ``front_values``, naming all its trials.
+    ``message``: what the figure says in words when there is nothing to plot, else ``None``.
     """
 
     objectives: tuple[Objective, Objective, Objective]
@@ -64,6 +72,8 @@ class Pareto3DData(NamedTuple):
     front_numbers: np.ndarray
     pareto_values: np.ndarray
     pareto_numbers: np.ndarray
+    front_labels: list[PointLabel]
+    message: str | None
 
 
 def pareto_3d_data(df: pd.DataFrame, objectives: Sequence[Objective]) -> Pareto3DData:
@@ -84,16 +94,20 @@ def pareto_3d_data(df: pd.DataFrame, objectives: Sequence[Objective]) -> Pareto3
     infeasible = complete & ~eligible & finite
     front = pareto_front(df, first)
     full = front if len(objectives) == 3 else pareto_front(df, objectives)
+    front_values = objective_values(front, first)
+    front_numbers = front["number"].to_numpy()
     return Pareto3DData(
         objectives=first,
         feasible_values=values[feasible],
         feasible_numbers=numbers[feasible],
         infeasible_values=values[infeasible],
         infeasible_numbers=numbers[infeasible],
-        front_values=objective_values(front, first),
-        front_numbers=front["number"].to_numpy(),
+        front_values=front_values,
+        front_numbers=front_numbers,
         pareto_values=objective_values(full, first),
         pareto_numbers=full["number"].to_numpy(),
+        front_labels=label_points(front_values, front_numbers),
+        message=nothing_to_plot(df, first),
     )
 
 
@@ -128,8 +142,8 @@ def plot_pareto_3d(
     ):
         if len(values):
             ax.scatter(values[:, 0], values[:, 1], values[:, 2], **kwargs)
-    for (x, y, z), number in zip(data.front_values, data.front_numbers, strict=True):
-        ax.text(x, y, z, f" {int(number)}", fontsize=7, color=FRONT_COLOUR)
+    for label in data.front_labels:
+        ax.text(*label.position, f" {label.text}", fontsize=7, color=FRONT_COLOUR)
     x, y, z = data.objectives
     ax.set_xlabel(axis_label(x), fontsize=8)
     ax.set_ylabel(axis_label(y), fontsize=8)
@@ -139,6 +153,8 @@ def plot_pareto_3d(
         ax.legend(loc="upper left", fontsize="small")
     if title:
         ax.set_title(f"{title}: {len(data.front_numbers)} trials on the front of these three")
+    if data.message:
+        draw_message(fig, data.message)
     return save_figure(fig, path)
 
 
@@ -154,6 +170,12 @@ class ParallelCoordinatesData(NamedTuple):
     ``values``: ``len(numbers) x len(axes)``; NaN where a trial's architecture has no such layer
     (e.g. a depth-2 network at the third block's axes), which the plot draws as a gap.
     ``numbers``: the front trials, in ``pareto_front`` order (best first objective first).
+    ``constant``: (label, value) of the layer axes left out because every line has that layer
+    with the same value there (e.g. the classifier's prune_ratio, always 0); with fewer than two
+    lines nothing is left out. The objective axes are always kept.
+    ``end_labels``: one per distinct value of the last axis, naming the trials whose lines end
+    there (one label, not several drawn over each other).
+    ``message``: what the figure says in words when there is nothing to plot, else ``None``.
     """
 
     axes: list[str]
@@ -162,6 +184,9 @@ class ParallelCoordinatesData(NamedTuple):
     numbers: np.ndarray
     values: np.ndarray
     objectives: tuple[Objective, ...]
+    constant: list[tuple[str, float]]
+    end_labels: list[PointLabel]
+    message: str | None
 
 
 def parallel_coordinates_data(
@@ -188,14 +213,33 @@ def parallel_coordinates_data(
             if name is not None and name in layer_settings:
                 values[row, col] = float(layer_settings[name][field])
     values[:, len(layer_names) * len(LAYER_FIELDS) :] = objective_values(front, objectives)
-    return ParallelCoordinatesData(
-        axes=axes,
-        layers=layers,
-        fields=fields,
-        numbers=front["number"].to_numpy(),
-        values=values,
-        objectives=objectives,
+
+    # A constant axis carries no information and its label crowds out the axes that vary.
+    constant = np.array(
+        [
+            len(front) >= 2 and name is not None and _is_constant(column)
+            for name, column in zip(layers, values.T, strict=True)
+        ],
+        dtype=bool,
     )
+    keep = ~constant
+    numbers = front["number"].to_numpy()
+    return ParallelCoordinatesData(
+        axes=[a for a, k in zip(axes, keep, strict=True) if k],
+        layers=[n for n, k in zip(layers, keep, strict=True) if k],
+        fields=[f for f, k in zip(fields, keep, strict=True) if k],
+        numbers=numbers,
+        values=values[:, keep],
+        objectives=objectives,
+        constant=[(a, float(values[0, i])) for i, a in enumerate(axes) if constant[i]],
+        end_labels=label_points(values[:, -1], numbers),
+        message=nothing_to_plot(df, objectives),
+    )
+
+
+def _is_constant(column: np.ndarray) -> bool:
+    """Every entry finite and equal (a NaN is a line without that layer: not the same)."""
+    return bool(np.isfinite(column).all() and (column == column[0]).all())
 
 
 def plot_parallel_coordinates(
@@ -213,8 +257,8 @@ def plot_parallel_coordinates(
     fig = new_figure(width=min(max(8.0, 0.42 * n_axes + 2.0), 40.0), height=5.5)
     ax = fig.subplots()
     if len(data.numbers) == 0:
-        ax.text(0.5, 0.5, "no feasible completed trial yet", ha="center", va="center")
         ax.set_axis_off()
+        draw_message(fig, data.message or "No trial on the Pareto front yet: nothing to plot.")
         return save_figure(fig, path)
 
     scaled, lows, highs = _scale_columns(data.values)
@@ -226,25 +270,28 @@ def plot_parallel_coordinates(
     cmap = mpl.colormaps[_COLOUR_MAP]
     if data.objectives[0].direction != MAXIMIZE:
         cmap = cmap.reversed()  # the better end of the first objective stays yellow
-    for number, row, value in zip(data.numbers, scaled, colour_values, strict=True):
+    for row, value in zip(scaled, colour_values, strict=True):
         colour = cmap(norm(value))
         # NaN entries (layers this architecture lacks) break the solid line: plot() leaves a
         # gap. A faint dotted line across the gap keeps the trial traceable.
         known = ~np.isnan(row)
         ax.plot(x[known], row[known], linestyle=":", linewidth=0.8, color=colour, alpha=0.6)
         ax.plot(x, row, marker="o", markersize=3, linewidth=1.4, color=colour, alpha=0.85)
+    row_of = {int(number): i for i, number in enumerate(data.numbers)}
+    for label in data.end_labels:
         ax.annotate(
-            f"#{int(number)}",
-            (x[-1], row[-1]),
+            f"#{label.text}",
+            (x[-1], scaled[row_of[label.numbers[0]], -1]),
             xytext=(4, 0),
             textcoords="offset points",
             fontsize=7,
             va="center",
         )
-    # Alternate shaded bands group the three axes of each layer.
-    n_layers = data.fields.count("w_bits")
-    for i in range(0, n_layers, 2):
-        ax.axvspan(3 * i - 0.5, 3 * i + 2.5, color="0.93", zorder=0)
+    # Alternate shaded bands group the axes of each layer.
+    layer_order = list(dict.fromkeys(name for name in data.layers if name is not None))
+    for name in layer_order[::2]:
+        columns = [i for i, layer in enumerate(data.layers) if layer == name]
+        ax.axvspan(columns[0] - 0.5, columns[-1] + 0.5, color="0.93", zorder=0)
     for i in x:
         ax.axvline(i, color="0.5", linewidth=0.6, zorder=0)
         ax.text(i, -0.04, _format_tick(lows[i]), ha="center", va="top", fontsize=6)
@@ -259,6 +306,13 @@ def plot_parallel_coordinates(
     colourbar.set_label(axis_label(data.objectives[0]))
     if title:
         ax.set_title(f"{title} ({len(data.numbers)} trials; dotted: layer absent)", pad=16)
+    if data.constant:
+        shown = [f"{axis} = {_format_tick(value)}" for axis, value in data.constant]
+        if len(shown) > _MAX_CONSTANT_NAMED:
+            more = len(shown) - _MAX_CONSTANT_NAMED
+            shown = [*shown[:_MAX_CONSTANT_NAMED], f"and {more} more"]
+        text = "Not drawn, the same on every line: " + ", ".join(shown)
+        fig.supxlabel(textwrap.fill(text, int(fig.get_figwidth() * 14)), fontsize=7)
     return save_figure(fig, path)
 
 
@@ -335,23 +389,49 @@ def plot_layer_bars(
 REFIT_COLUMNS = ("trial", "refit_of", "search_accuracy", "accuracy", "state", "on_front")
 
 
+class RefitAccuracyData(NamedTuple):
+    """The completed trials of a refit: accuracy in the search (``x``) and after the refit
+    (``y``), ``on_front`` (the refit's front), ``sources`` (the search trial each one refits),
+    and ``front_labels``, one per distinct point of the front naming its source trials."""
+
+    x: np.ndarray
+    y: np.ndarray
+    on_front: np.ndarray
+    sources: np.ndarray
+    front_labels: list[PointLabel]
+
+
+def refit_accuracy_data(table: pd.DataFrame) -> RefitAccuracyData:
+    """Data of ``plot_refit_accuracy`` from a refit's ``refit.csv`` (``REFIT_COLUMNS``)."""
+    missing = [c for c in REFIT_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            "The 'table' parameter of refit_accuracy_data must have the columns "
+            f"{missing!r} (a refit.csv). Got columns {list(table.columns)!r} instead."
+        )
+    done = table[table["state"] == "COMPLETE"]
+    front = done["on_front"].astype(bool).to_numpy()
+    x, y = done["search_accuracy"].to_numpy(float), done["accuracy"].to_numpy(float)
+    sources = done["refit_of"].to_numpy()
+    return RefitAccuracyData(
+        x=x,
+        y=y,
+        on_front=front,
+        sources=sources,
+        front_labels=label_points(np.column_stack([x[front], y[front]]), sources[front]),
+    )
+
+
 def plot_refit_accuracy(
     table: pd.DataFrame, path: str | os.PathLike[str], *, title: str | None = None
 ) -> Path:
     """Scatter of a refit's ``refit.csv``: each trial's accuracy in the search (x) against its
     accuracy after the refit (y), the refit front filled and labelled by source trial."""
-    missing = [c for c in REFIT_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(
-            "The 'table' parameter of plot_refit_accuracy must have the columns "
-            f"{missing!r} (a refit.csv). Got columns {list(table.columns)!r} instead."
-        )
-    done = table[table["state"] == "COMPLETE"]
-    front = done["on_front"].astype(bool).to_numpy()
+    data = refit_accuracy_data(table)
+    x, y, front = data.x, data.y, data.on_front
     fig = new_figure(width=5.5, height=5.0)
     ax = fig.subplots()
-    x, y = done["search_accuracy"].to_numpy(float), done["accuracy"].to_numpy(float)
-    if len(done):
+    if len(x):
         low, high = min(x.min(), y.min()), max(x.max(), y.max())
         ax.plot([low, high], [low, high], color=DOMINATED_COLOUR, lw=1, ls="--", label="y = x")
     ax.scatter(
@@ -363,9 +443,9 @@ def plot_refit_accuracy(
         label="off the refit front",
     )
     ax.scatter(x[front], y[front], s=24, color=FRONT_COLOUR, label="on the refit front")
-    for xi, yi, source in zip(x[front], y[front], done["refit_of"][front], strict=True):
+    for label in data.front_labels:
         ax.annotate(
-            str(int(source)), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=7
+            label.text, label.position, xytext=(3, 3), textcoords="offset points", fontsize=7
         )
     ax.set_xlabel("accuracy in the search")
     ax.set_ylabel("accuracy after the refit")
@@ -373,6 +453,8 @@ def plot_refit_accuracy(
     ax.legend(loc="lower right", fontsize="small")
     if title:
         ax.set_title(title)
+    if not len(x):
+        draw_message(fig, "No refit trial completed: nothing to plot.")
     return save_figure(fig, path)
 
 

@@ -27,6 +27,14 @@ from autocompress.core.objectives import MAXIMIZE, Objective
 from autocompress.core.pareto import check_trials_frame, pareto_front
 from autocompress.core.rundir import MODEL_SPEC_FILE, RunDir
 from autocompress.core.trials import METRICS
+from autocompress.report.counts import (
+    STOPPED,
+    TrialCounts,
+    count_trials,
+    nothing_to_plot,
+    pruned_kind,
+    text_cell,
+)
 from autocompress.report.tables import format_metric
 
 REPORT_FILE = "report.html"
@@ -36,10 +44,11 @@ _SUMMARY_LIMIT = 120
 class ReportHeader(NamedTuple):
     """What the top of the page says about the run.
 
-    ``n_complete``: COMPLETE trials within budget (trained and scored); ``n_over_budget``:
-    COMPLETE trials over the hardware budget (priced, never trained); ``n_failed``: FAIL;
-    ``n_other``: any other state (RUNNING while a search is live, WAITING, PRUNED).
-    ``teacher_accuracy`` is ``None`` when ``teacher/spec.json`` is missing.
+    ``counts``: how many trials ended which way (complete, over budget, stopped early,
+    skipped, failed, running; see ``report.counts``). ``teacher_accuracy`` is ``None`` when
+    ``teacher/spec.json`` is missing. ``notice``: what the page says in words when there is no
+    front to plot, else ``None``. ``dashboard_command`` names the study by its absolute path,
+    so it runs from any folder.
     """
 
     run_name: str
@@ -47,13 +56,10 @@ class ReportHeader(NamedTuple):
     config_summary: list[tuple[str, str]]
     objectives: tuple[Objective, ...]
     teacher_accuracy: float | None
-    n_trials: int
-    n_complete: int
-    n_over_budget: int
-    n_failed: int
-    n_other: int
+    counts: TrialCounts
     n_front: int
     dashboard_command: str
+    notice: str | None
 
 
 class TableRow(NamedTuple):
@@ -145,14 +151,16 @@ def write_report(
                 "Pareto front: 3-D",
                 plot_pareto_3d(trials, objectives, out_dir / "pareto_3d.png"),
                 f"The first three objectives ({names}); trials on their front filled and "
-                "labelled by number, other trials of the full front hollow.",
+                "labelled by number (trials at one point share a label), other trials of the "
+                "full front hollow.",
             )
         )
     history = hypervolume_history(trials, objectives)
+    notice = nothing_to_plot(trials, objectives)
     images.append(
         ReportImage(
             "Hypervolume",
-            plot_hypervolume(history, out_dir / "hypervolume.png"),
+            plot_hypervolume(history, out_dir / "hypervolume.png", message=notice),
             "Hypervolume of the front after each trial, against one reference point derived "
             "from the whole run.",
         )
@@ -163,7 +171,8 @@ def write_report(
             plot_parallel_coordinates(trials, objectives, out_dir / "parallel_coordinates.png"),
             "One line per front trial: w_bits, a_bits and prune_ratio of each layer, then the "
             "objectives; each axis spans its own min..max (printed below/above it). Where a "
-            "trial's architecture has no such layer its line has a gap, bridged by dots.",
+            "trial's architecture has no such layer its line has a gap, bridged by dots. An axis "
+            "with the same value on every line is left out and named below the figure.",
         )
     )
     refit_file = run.refit_table
@@ -215,24 +224,20 @@ def report_header(
     """Header data from the run's config (as a plain dict), its trials and teacher metrics."""
     check_trials_frame(trials, objectives, func="report_header")
     run_dir = Path(run_dir)
-    state = trials["state"]
-    complete = state == "COMPLETE"
-    feasible = trials["feasible"].eq(True)
     accuracy = (teacher_metrics or {}).get("accuracy")
-    study_url = RunDir(run_dir).study_url
+    # The page is read away from the shell that wrote it: a relative path would name the
+    # study relative to wherever the reader happens to be.
+    study_url = RunDir(run_dir.resolve()).study_url
     return ReportHeader(
         run_name=str(config.get("name", run_dir.name)),
         run_dir=str(run_dir),
         config_summary=_config_summary(config),
         objectives=tuple(objectives),
         teacher_accuracy=None if accuracy is None else float(accuracy),
-        n_trials=len(trials),
-        n_complete=int((complete & feasible).sum()),
-        n_over_budget=int((complete & ~feasible).sum()),
-        n_failed=int((state == "FAIL").sum()),
-        n_other=int((~complete & (state != "FAIL")).sum()),
+        counts=count_trials(trials),
         n_front=len(pareto_front(trials, objectives)),
         dashboard_command=f"optuna-dashboard {shlex.quote(study_url)}",
+        notice=nothing_to_plot(trials, objectives),
     )
 
 
@@ -240,7 +245,9 @@ def trials_table_data(trials: pd.DataFrame, objectives: Sequence[Objective]) -> 
     """Every trial by number: status, objectives, the other metrics, summary.
 
     Status is "front" for Pareto-optimal trials, "failed: <reason>" for failed ones, "over
-    budget" for trials rejected before training, else the Optuna state in lower case.
+    budget" for trials rejected before training, the ``pruned_reason`` of a PRUNED trial
+    (led by "stopped early: " or "skipped: " unless it says so itself), else the Optuna state
+    in lower case.
     """
     check_trials_frame(trials, objectives, func="trials_table_data")
     objectives = list(objectives)
@@ -259,19 +266,31 @@ def trials_table_data(trials: pd.DataFrame, objectives: Sequence[Objective]) -> 
         if on_front:
             status, css = "front", "front"
         elif state == "FAIL":
-            reason = _text(row.get("fail_reason", ""))
+            reason = text_cell(row.get("fail_reason", ""))
             status, css = f"failed: {reason}" if reason else "failed", "failed"
         elif state == "COMPLETE" and not _true(row["feasible"]):
             status, css = "over budget (not trained)", "infeasible"
+        elif state == "PRUNED":
+            reason = text_cell(row.get("pruned_reason", ""))
+            kind = pruned_kind(reason)
+            css = "stopped" if kind == STOPPED else "skipped"
+            # The recorded reasons name their kind ("stopped at rung 1 ...", "skipped: ..."):
+            # the label leads only a reason that does not.
+            if not reason:
+                status = kind
+            elif reason.startswith(css):
+                status = reason
+            else:
+                status = f"{kind}: {reason}"
         else:
             status, css = state.lower(), ""
-        # An over-budget trial's accuracy is a placeholder 0 (it was never trained): shown as -.
-        trained = css != "infeasible"
+        # An untrained trial's accuracy is at best a placeholder 0: shown as -.
+        trained = css not in ("infeasible", "skipped")
         metric_cells = [
             format_metric(n, row[n]) if trained or n != "accuracy" else "-"
             for n in [*names, *others]
         ]
-        summary = _text(row.get("summary", ""))
+        summary = text_cell(row.get("summary", ""))
         if len(summary) > _SUMMARY_LIMIT:
             summary = summary[: _SUMMARY_LIMIT - 1] + "…"
         cells = [str(number), status, *metric_cells, summary]
@@ -285,11 +304,10 @@ def render_report(
     """The whole page as one string: header, figures (inlined PNG), front and trials tables."""
     e = html.escape
     counts = (
-        f"{header.n_trials} trials: {header.n_complete} complete, "
-        f"{header.n_over_budget} over budget (not trained), {header.n_failed} failed"
-        + (f", {header.n_other} running or other" if header.n_other else "")
-        + f"; {header.n_front} on the Pareto front"
+        f"{header.counts.total} trials: {header.counts.describe()}; "
+        f"{header.n_front} on the Pareto front"
     )
+    notice = f'<p class="notice">{e(header.notice)}</p>' if header.notice else ""
     teacher = (
         "not found (teacher/spec.json is missing)"
         if header.teacher_accuracy is None
@@ -322,6 +340,7 @@ def render_report(
         "<p>Browse the study interactively (<code>pip install optuna-dashboard</code>):</p>",
         f"<pre>{e(header.dashboard_command)}</pre>",
         "<h2>Figures</h2>",
+        notice,
         figures,
         f"<h2>Pareto front ({len(front.rows)} trials)</h2>",
         _render_table(front),
@@ -400,10 +419,6 @@ def _teacher_metrics(run_dir: Path) -> dict[str, Any] | None:
         return None  # a half-written or foreign spec: the header says "not found"
 
 
-def _text(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
-
-
 def _true(value: Any) -> bool:
     return not pd.isna(value) and bool(value)
 
@@ -430,5 +445,6 @@ table.trials th{background:#eef1f6;position:sticky;top:0}
 table.trials td:nth-child(n+3){text-align:right;white-space:nowrap}
 table.trials td:last-child{text-align:left;white-space:normal}
 tr.front{background:#e3efff;font-weight:600}tr.failed{background:#fde8e8;color:#8a1f1f}
-tr.infeasible{color:#999}
+tr.infeasible,tr.skipped{color:#999}tr.stopped{color:#7a5a00}
+.notice{background:#fff4d6;border:1px solid #e8c66a;border-radius:6px;padding:10px 14px}
 """

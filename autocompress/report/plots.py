@@ -24,11 +24,13 @@ from autocompress.core.pareto import (
     objective_values,
     pareto_front,
 )
+from autocompress.report.counts import nothing_to_plot
 from autocompress.report.style import (
     DOMINATED_COLOUR,
     FRONT_COLOUR,
     INFEASIBLE_COLOUR,
     axis_label,
+    draw_message,
     new_figure,
     save_figure,
 )
@@ -67,9 +69,13 @@ class ProjectionData(NamedTuple):
 
 
 class ParetoPlotData(NamedTuple):
+    """``message``: what the figure says in words when there is no front (``nothing_to_plot``),
+    else ``None``."""
+
     objectives: tuple[Objective, ...]
     projections: list[ProjectionData]
     front_numbers: list[int]  # trials on the full-dimensional front, as ordered by pareto_front
+    message: str | None = None
 
 
 def pareto_plot_data(df: pd.DataFrame, objectives: Sequence[Objective]) -> ParetoPlotData:
@@ -123,7 +129,7 @@ def pareto_plot_data(df: pd.DataFrame, objectives: Sequence[Objective]) -> Paret
                 step_where="post" if objectives[i].direction == MINIMIZE else "pre",
             )
         )
-    return ParetoPlotData(objectives, projections, front_numbers)
+    return ParetoPlotData(objectives, projections, front_numbers, nothing_to_plot(df, objectives))
 
 
 def plot_pareto(
@@ -147,13 +153,20 @@ def plot_pareto(
     axes[0].legend(loc="best", fontsize="small")
     if title:
         fig.suptitle(f"{title} ({len(data.front_numbers)} trials on the front)")
+    if data.message:
+        draw_message(fig, data.message)
     return save_figure(fig, path)
 
 
 def plot_hypervolume(
-    history_df: pd.DataFrame, path: str | os.PathLike[str], *, title: str | None = "Hypervolume"
+    history_df: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = "Hypervolume",
+    message: str | None = None,
 ) -> Path:
-    """Draw ``hypervolume_history`` output (hypervolume after each trial) and save it as PNG."""
+    """Draw ``hypervolume_history`` output (hypervolume after each trial) and save it as PNG;
+    ``message`` (e.g. ``nothing_to_plot``'s) is written across it in words."""
     missing = [c for c in ("number", "hypervolume") if c not in history_df.columns]
     if missing:
         raise ValueError(
@@ -169,6 +182,8 @@ def plot_hypervolume(
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
+    if message:
+        draw_message(fig, message)
     return save_figure(fig, path)
 
 

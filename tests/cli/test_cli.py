@@ -117,3 +117,49 @@ def test_a_bad_dataset_import_string_is_one_clear_line(
     assert result.exit_code == 2
     assert "data.dataset" in result.output and expected in result.output
     assert "Traceback" not in result.output
+
+
+def _flat(output: str) -> str:
+    # rich draws help in a box and wraps it at the terminal width: keep the words only.
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_export_help_shows_the_pick_grammar_brackets():
+    result = runner.invoke(app, ["export", "--help"])
+    assert result.exit_code == 0, result.output
+    # Unescaped, rich markup reads "[and ...]" as a style tag and drops it.
+    assert "RANKING [with METRIC OP NUMBER [and METRIC OP NUMBER ...]]" in _flat(result.output)
+
+
+def test_pareto_of_a_running_search_lists_only_files_that_exist(tmp_path, tiny_config_dict):
+    import optuna
+
+    from autocompress.config import dump_config, parse_config
+    from autocompress.core import RunDir
+
+    # A live search: config.yaml and study.db, no trials.csv or plots yet.
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.config_file.write_text(dump_config(parse_config(tiny_config_dict)))
+    study = optuna.create_study(
+        study_name="tiny", storage=run.study_url, directions=["maximize", "minimize", "minimize"]
+    )
+    metrics = {"accuracy": 0.9, "latency_ms": 1.0, "size_kb": 2.0, "energy_mj": 0.1}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE,
+            values=[0.9, 1.0, 2.0],
+            user_attrs={**metrics, "peak_mem_kb": 1.0, "feasible": True, "trained": True},
+        )
+    )
+    result = runner.invoke(app, ["pareto", str(run)])
+    assert result.exit_code == 0, result.output
+    output = _flat(result.output)
+    assert "1 Pareto-optimal of 1 completed trials" in output
+    assert "No result files yet" in output and "Files:" not in output
+
+    run.trials_table.write_text("")  # what the search writes when it stops, in part
+    run.front_plot.write_bytes(b"")
+    output = _flat(runner.invoke(app, ["pareto", str(run)]).output)
+    assert f"Files: {run}/trials.csv, pareto.png" in output
+    assert "pareto.csv" not in output and "hypervolume.png" not in output

@@ -107,7 +107,32 @@ def test_plot_pareto_without_feasible_trials(tmp_path: Path, make_trials) -> Non
     df = make_trials(
         [(0, "COMPLETE", False, 0.5, 1.0, 1.0), (1, "FAIL", True, math.nan, math.nan, math.nan)]
     )
+    df["fail_reason"] = ["", "loss is NaN"]
+    data = pareto_plot_data(df, [ACC, LAT])
+    assert data.front_numbers == []
+    assert data.message == (
+        "No completed trial within the hardware budget yet: nothing to plot. 2 trials: "
+        "0 complete, 1 over budget (not trained), 1 failed. Most common failure (1 of 1): "
+        "loss is NaN"
+    )
     _assert_png(plot_pareto(df, [ACC, LAT], tmp_path / "empty.png"))
+    history = hypervolume_history(df, [ACC, LAT])
+    _assert_png(plot_hypervolume(history, tmp_path / "hv.png", message=data.message))
+
+
+def test_pareto_plot_data_has_no_message_with_a_front(three_objective_trials) -> None:
+    assert pareto_plot_data(three_objective_trials, [ACC, LAT]).message is None
+
+
+def test_draw_message_writes_the_words_across_the_figure() -> None:
+    from autocompress.report.style import draw_message, new_figure
+
+    fig = new_figure(width=4.0, height=3.0)
+    text = "No completed trial within the hardware budget yet: nothing to plot. " * 2
+    draw_message(fig, text)
+    (drawn,) = fig.texts
+    assert drawn.get_text().replace("\n", " ") == text.strip()
+    assert max(len(line) for line in drawn.get_text().splitlines()) <= 44  # wrapped to 4 in
 
 
 def test_plot_hypervolume_writes_png(tmp_path: Path, three_objective_trials) -> None:

@@ -19,6 +19,7 @@ from autocompress.report.figures import (
     plot_parallel_coordinates,
     plot_pareto_3d,
     plot_refit_accuracy,
+    refit_accuracy_data,
 )
 
 ACC = Objective("accuracy", "maximize")
@@ -108,6 +109,36 @@ def test_pareto_3d_full_front_shows_trials_hidden_in_3d(make_trials) -> None:
     assert data.pareto_numbers.tolist() == [0, 1]
 
 
+def test_pareto_3d_labels_each_distinct_point_once(trials) -> None:
+    # Trial 8 repeats trial 0 exactly (the front keeps both): one label "0,8" at that point.
+    duplicate = trials[trials["number"] == 0].assign(number=8)
+    df = pd.concat([trials, duplicate], ignore_index=True)
+    data = pareto_3d_data(df, [ACC, LAT, SIZE])
+    assert data.front_numbers.tolist() == [0, 8, 6, 1, 2]
+    assert [label.text for label in data.front_labels] == ["0,8", "6", "1", "2"]
+    assert data.front_labels[0].numbers == (0, 8)
+    assert data.front_labels[0].position == (0.90, 5.0, 10.0)
+    assert data.message is None
+
+
+def test_pareto_3d_says_why_it_is_empty(make_trials) -> None:
+    df = make_trials(
+        [
+            (0, "FAIL", False, math.nan, math.nan, math.nan),
+            (1, "FAIL", False, math.nan, math.nan, math.nan),
+            (2, "COMPLETE", False, 0.0, 1.0, 1.0),
+        ]
+    )
+    df["fail_reason"] = ["CUDA out of memory", "CUDA out of memory", ""]
+    data = pareto_3d_data(df, [ACC, LAT, SIZE])
+    assert data.front_labels == [] and len(data.front_values) == 0
+    assert data.message == (
+        "No completed trial within the hardware budget yet: nothing to plot. 3 trials: "
+        "0 complete, 1 over budget (not trained), 2 failed. Most common failure (2 of 2): "
+        "CUDA out of memory"
+    )
+
+
 def test_pareto_3d_needs_three_objectives(trials) -> None:
     with pytest.raises(ValueError, match="'objectives' parameter of pareto_3d_data"):
         pareto_3d_data(trials, [ACC, LAT])
@@ -122,10 +153,12 @@ def test_parallel_coordinates_rows_are_the_front_candidates(trials) -> None:
     assert data.numbers.tolist() == [0, 6, 1, 2]
     # Layers merged in network order although the first front trial has no "c".
     layer_names = ["a", "b", "c", "fc"]
+    # fc.prune_ratio is 0 on every line (the classifier is never pruned): left out.
     assert data.axes == [
         f"{n}.{f}" for n in layer_names for f in ("w_bits", "a_bits", "prune_ratio")
-    ] + ["accuracy", "latency_ms", "size_kb"]
-    assert data.values.shape == (4, 15)
+    ][:-1] + ["accuracy", "latency_ms", "size_kb"]
+    assert data.constant == [("fc.prune_ratio", 0.0)]
+    assert data.values.shape == (4, 14)
     for row, number in zip(data.values, data.numbers, strict=True):
         layers = json.loads(CANDIDATES[int(number)])["layers"]
         for col, (layer, field) in enumerate(zip(data.layers, data.fields, strict=True)):
@@ -146,6 +179,58 @@ def test_parallel_coordinates_of_an_empty_front(make_trials) -> None:
     data = parallel_coordinates_data(df, [ACC, LAT])
     assert data.numbers.tolist() == [] and data.axes == ["accuracy", "latency_ms"]
     assert data.values.shape == (0, 2)
+    assert data.constant == [] and data.end_labels == []
+    assert data.message.startswith("No completed trial within the hardware budget yet")
+
+
+def test_parallel_coordinates_leave_out_only_axes_constant_on_every_line(make_trials) -> None:
+    # "c" is on one line only: absent on the other, so not the same everywhere. "fc" differs
+    # in nothing; "a" only in a_bits. Objectives stay even where constant (accuracy here).
+    df = make_trials([(0, "COMPLETE", True, 0.9, 1.0, 2.0), (1, "COMPLETE", True, 0.9, 2.0, 1.0)])
+    df["candidate"] = [
+        _candidate({"a": (4, 8, 0.5), "c": (4, 4, 0.0), "fc": (8, 8, 0.0)}, 2),
+        _candidate({"a": (4, 6, 0.5), "fc": (8, 8, 0.0)}, 1),
+    ]
+    data = parallel_coordinates_data(df, [ACC, LAT, SIZE])
+    assert data.axes == [
+        "a.a_bits",
+        "c.w_bits",
+        "c.a_bits",
+        "c.prune_ratio",
+        "accuracy",
+        "latency_ms",
+        "size_kb",
+    ]
+    assert data.layers == ["a", "c", "c", "c", None, None, None]
+    assert data.constant == [
+        ("a.w_bits", 4.0),
+        ("a.prune_ratio", 0.5),
+        ("fc.w_bits", 8.0),
+        ("fc.a_bits", 8.0),
+        ("fc.prune_ratio", 0.0),
+    ]
+    np.testing.assert_allclose(data.values[:, 0], [8, 6])
+    # A single line has nothing to compare: every axis stays.
+    one = parallel_coordinates_data(df[df["number"] == 0], [ACC, LAT, SIZE])
+    assert one.constant == [] and len(one.axes) == 3 * 3 + 3
+
+
+def test_parallel_coordinates_label_lines_ending_together_once(make_trials) -> None:
+    # 0 and 2 end at the same size (the last axis): one label "0,2", not two drawn as one.
+    df = make_trials(
+        [
+            (0, "COMPLETE", True, 0.9, 3.0, 5.0),
+            (1, "COMPLETE", True, 0.8, 2.0, 7.0),
+            (2, "COMPLETE", True, 0.7, 1.0, 5.0),
+        ]
+    )
+    df["candidate"] = [CANDIDATES[3], CANDIDATES[4], CANDIDATES[6]]
+    data = parallel_coordinates_data(df, [ACC, LAT, SIZE])
+    assert [(label.text, label.numbers) for label in data.end_labels] == [
+        ("0,2", (0, 2)),
+        ("1", (1,)),
+    ]
+    assert [label.position for label in data.end_labels] == [(5.0,), (7.0,)]
 
 
 def test_parallel_coordinates_needs_the_candidate_column(three_objective_trials) -> None:
@@ -218,6 +303,25 @@ def test_plots_write_pngs_and_leave_no_figure_open(tmp_path: Path, trials, make_
     _assert_png(plot_parallel_coordinates(empty, [ACC, LAT], tmp_path / "pc_empty.png"))
     _assert_png(plot_pareto_3d(empty, [ACC, LAT, SIZE], tmp_path / "p3d_empty.png"))
     assert plt.get_fignums() == before
+
+
+def test_refit_accuracy_labels_each_distinct_point_once() -> None:
+    table = pd.DataFrame(
+        {
+            "trial": [0, 1, 2, 3],
+            "refit_of": [5, 3, 9, 4],
+            "search_accuracy": [0.6, 0.6, 0.2, 0.7],
+            "accuracy": [0.9, 0.9, 0.5, 0.8],
+            "state": ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"],
+            "on_front": [True, True, False, True],
+        }
+    )
+    data = refit_accuracy_data(table)
+    assert data.sources.tolist() == [5, 3, 4]  # the failed refit is not plotted
+    assert [(label.text, label.position) for label in data.front_labels] == [
+        ("3,5", (0.6, 0.9)),
+        ("4", (0.7, 0.8)),
+    ]
 
 
 def test_refit_accuracy_plot_needs_a_refit_table(tmp_path) -> None:

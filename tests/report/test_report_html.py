@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from autocompress.core import Objective, pareto_front
@@ -71,11 +72,75 @@ def test_report_header_counts_and_dashboard(trials) -> None:
     assert header.run_name == "demo<run>"
     assert header.teacher_accuracy == pytest.approx(0.9712)
     # 0, 1, 2, 3, 6 trained; 4 over budget; 5 failed; 7 running.
-    assert (header.n_trials, header.n_complete, header.n_over_budget) == (8, 5, 1)
-    assert (header.n_failed, header.n_other, header.n_front) == (1, 1, 4)
-    assert header.dashboard_command == "optuna-dashboard sqlite:///runs/demo/study.db"
+    counts = header.counts
+    assert (counts.total, counts.complete, counts.over_budget) == (8, 5, 1)
+    assert (counts.failed, counts.running, counts.other, header.n_front) == (1, 1, 0, 4)
+    assert (counts.stopped, counts.skipped) == (0, 0)
+    assert header.notice is None
+    # Absolute: the page is read from anywhere, not from the folder the report was written in.
+    study = Path("runs/demo").resolve() / "study.db"
+    assert header.dashboard_command == f"optuna-dashboard sqlite:///{study}"
     assert ("search", "nsga2, n_trials 8, seed 0") in header.config_summary
     assert _header(trials, teacher_metrics=None).teacher_accuracy is None
+
+
+@pytest.fixture
+def pruned_trials(trials):
+    """``trials`` and three PRUNED ones: 8 stopped early (trained), 9 skipped by the prescreen,
+    10 a skipped duplicate; and 7, once running, now failed too."""
+    extra = trials.iloc[[3, 3, 3]].assign(
+        number=[8, 9, 10],
+        state="PRUNED",
+        accuracy=np.nan,
+        pruned_reason=[
+            "stopped at rung 0 after 1 epoch(s) with accuracy 0.4125",
+            "skipped: predicted dominated by the front",
+            "duplicate of trial 3",
+        ],
+    )
+    df = pd.concat([trials.assign(pruned_reason=""), extra], ignore_index=True)
+    df.loc[df["number"] == 7, ["state", "fail_reason"]] = ["FAIL", "loss is NaN"]
+    return df
+
+
+def test_report_header_counts_stopped_and_skipped_trials_by_name(pruned_trials) -> None:
+    header = _header(pruned_trials)
+    counts = header.counts
+    assert (counts.total, counts.complete, counts.over_budget) == (11, 5, 1)
+    assert (counts.stopped, counts.skipped, counts.failed) == (1, 2, 2)
+    assert (counts.running, counts.other) == (0, 0)  # a finished run: nothing "running or other"
+    page = render_report(header, images=[], table=trials_table_data(pruned_trials, OBJECTIVES))
+    assert (
+        "11 trials: 5 complete, 1 over budget (not trained), 1 stopped early, "
+        "2 skipped (not trained), 2 failed; 4 on the Pareto front"
+    ) in page
+    assert "running" not in page and "other" not in page
+
+
+def test_trials_table_shows_why_trials_stopped(pruned_trials) -> None:
+    rows = {r.number: r for r in trials_table_data(pruned_trials, OBJECTIVES).rows}
+    assert rows[8].status == "stopped at rung 0 after 1 epoch(s) with accuracy 0.4125"
+    assert rows[9].status == "skipped: predicted dominated by the front"
+    assert rows[10].status == "skipped: duplicate of trial 3"
+    assert [rows[n].css_class for n in (8, 9, 10)] == ["stopped", "skipped", "skipped"]
+    assert rows[7].status == "failed: loss is NaN"
+    assert rows[9].cells[2] == "-"  # never trained: no accuracy
+    bare = pruned_trials.assign(pruned_reason="")
+    rows = {r.number: r for r in trials_table_data(bare, OBJECTIVES).rows}
+    assert rows[8].status == "skipped" and rows[8].css_class == "skipped"
+
+
+def test_report_says_in_words_that_there_is_nothing_to_plot(trials) -> None:
+    failed = trials[trials["state"] == "FAIL"].copy()
+    failed = pd.concat([failed, failed.assign(number=6)], ignore_index=True)
+    failed["fail_reason"] = ["CUDA out of memory", "CUDA out of memory"]
+    header = _header(failed)
+    assert header.notice == (
+        "No completed trial within the hardware budget yet: nothing to plot. 2 trials: "
+        "0 complete, 2 failed. Most common failure (2 of 2): CUDA out of memory"
+    )
+    page = render_report(header, images=[], table=trials_table_data(failed, OBJECTIVES))
+    assert f'<p class="notice">{header.notice}</p>' in page
 
 
 def test_trials_table_marks_front_failed_and_over_budget(trials) -> None:
@@ -100,7 +165,7 @@ def test_rendered_page_escapes_text_from_the_run(trials) -> None:
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; friends" in page
     assert "small_cnn &lt;b&gt;w0&lt;/b&gt;" in page and "<b>w0</b>" not in page
     assert "demo&lt;run&gt;" in page
-    assert "optuna-dashboard sqlite:///runs/demo/study.db" in page
+    assert f"optuna-dashboard sqlite:///{Path('runs/demo').resolve()}/study.db" in page
     assert "97.1%" in page  # teacher accuracy
     assert page.count('<tr class="front">') == 2 * 4  # front table + all-trials table
 
@@ -175,6 +240,31 @@ def test_write_report_from_trials_csv_with_two_objectives(
     assert "<script" not in page.lower()
     assert "failed: &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; friends" in page
     assert "not found (teacher/spec.json is missing)" in page
+
+
+def test_write_report_of_a_run_whose_trials_all_failed(
+    tmp_path: Path, monkeypatch, trials, tiny_config_dict
+) -> None:
+    from autocompress.config import dump_config, parse_config
+
+    # Written from the run's parent with a relative path, as `autocompress report RUN` is.
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(parse_config(tiny_config_dict)))
+    failed = trials.assign(
+        state="FAIL", candidate="", fail_reason="CUDA out of memory", accuracy=np.nan
+    )
+    failed.to_csv(run / "trials.csv", index=False)
+    result = write_report(Path("run"))
+    assert result.trial is None
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in result.images)
+    page = result.html.read_text(encoding="utf-8")
+    assert (
+        '<p class="notice">No completed trial within the hardware budget yet: nothing to plot. '
+        "8 trials: 0 complete, 8 failed. Most common failure (8 of 8): CUDA out of memory</p>"
+    ) in page
+    assert f"optuna-dashboard sqlite:///{run.resolve()}/study.db" in page
 
 
 def test_write_report_refuses_an_unknown_trial(finished_run, tmp_path: Path) -> None:
