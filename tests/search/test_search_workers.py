@@ -229,7 +229,7 @@ def test_workers_and_a_single_search_refuse_each_other(tmp_path, fast_config):
     lock = tmp_path / "tiny" / "search.lock"
     with RunLock(lock):  # a single-process search holds the run
         with pytest.raises(RunLockedError, match=r"A search \(pid \d+ on .*before starting"):
-            run_worker(config, storage="journal:x.log", runs_dir=tmp_path)
+            run_worker(config, storage=f"journal:{tmp_path}/x.log", runs_dir=tmp_path)
     with RunLock(lock, shared=True), RunLock(lock, shared=True):  # workers share it
         with pytest.raises(RunLockedError, match="`autocompress worker` processes are running"):
             run_search(config, runs_dir=tmp_path)
