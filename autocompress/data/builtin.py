@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from .bundle import DataBundle
+from .bundle import DataBundle, Preprocessing
 from .registry import register_dataset
 from .sampling import STREAM_SPLIT, STREAM_SYNTHETIC, rng, stratified_split
 
@@ -24,6 +25,8 @@ __all__ = ["load_digits", "load_synthetic"]
 # 1.75 leaves the nearest-prototype (Bayes) classifier at roughly 75-80% on 10 classes in 64 dims:
 # learnable, yet with room for a compressed model to measurably lose accuracy.
 _SYNTHETIC_MARGIN = 1.75
+# What raw digits pixels (counts 0..16) are divided by: it maps them to [0, 1].
+_DIGITS_SCALE = 16.0
 
 
 @register_dataset("digits")
@@ -32,9 +35,16 @@ def load_digits(config: DataConfig, *, seed: int) -> DataBundle:
 
     digits = sklearn_datasets.load_digits()
     # Pixel values are counts 0..16 of an 8x8 downsampling grid.
-    images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)
+    images = torch.from_numpy(digits.images / _DIGITS_SCALE).float().unsqueeze(1)
     labels = torch.from_numpy(digits.target).long()
-    return _split_tensors(images, labels, config=config, seed=seed, name="digits")
+    raw = Preprocessing(
+        input_shape=tuple(images.shape[1:]),
+        color="grayscale",
+        raw_range=(0.0, _DIGITS_SCALE),
+        scale=_DIGITS_SCALE,
+        class_names=[str(n) for n in digits.target_names],
+    )
+    return _split_tensors(images, labels, config=config, seed=seed, name="digits", raw=raw)
 
 
 @register_dataset("synthetic")
@@ -53,12 +63,22 @@ def load_synthetic(config: DataConfig, *, seed: int) -> DataBundle:
         config=config,
         seed=seed,
         name="synthetic",
+        # Generated values, not an image: no source range, scale or class names.
+        raw=Preprocessing(input_shape=shape),
     )
 
 
 def _split_tensors(
-    images: torch.Tensor, labels: torch.Tensor, *, config: DataConfig, seed: int, name: str
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    config: DataConfig,
+    seed: int,
+    name: str,
+    raw: Preprocessing,
 ) -> DataBundle:
+    """Split, standardize with the train split's statistics, and complete ``raw`` (the steps
+    before standardization) with the statistics used."""
     train_idx, val_idx = stratified_split(
         labels.numpy(), val_fraction=config.val_fraction, rng=rng(seed, STREAM_SPLIT)
     )
@@ -68,10 +88,12 @@ def _split_tensors(
         mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
         std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
         train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+        raw = replace(raw, mean=mean.flatten().tolist(), std=std.flatten().tolist())
     return DataBundle(
         train=TensorDataset(train_x, labels[train_idx]),
         val=TensorDataset(val_x, labels[val_idx]),
         num_classes=int(labels.max()) + 1,
         input_shape=tuple(images.shape[1:]),
         name=name,
+        preprocessing=raw,
     )

@@ -13,7 +13,13 @@ import numpy as np
 from .bundle import DataBundle
 from .registry import register_dataset
 from .sampling import augment_seed
-from .vision import RandomCropFlip, existing_root, image_transforms, import_torchvision
+from .vision import (
+    RandomCropFlip,
+    existing_root,
+    image_preprocessing,
+    image_transforms,
+    import_torchvision,
+)
 
 if TYPE_CHECKING:
     from torchvision.datasets import CIFAR10
@@ -24,6 +30,7 @@ __all__ = ["load_cifar10"]
 
 # Per-channel statistics of the training split.
 _STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+_SHAPE = (3, 32, 32)
 _DIR = "cifar-10-batches-py"
 _FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 
@@ -51,7 +58,21 @@ def load_cifar10(config: DataConfig, *, seed: int) -> DataBundle:
     cls = __getattr__("_LocalCIFAR10")
     train = cls.read(root, train=True, transform=train_tf)
     val = cls.read(root, train=False, transform=val_tf)
-    return DataBundle(train=train, val=val, num_classes=10, input_shape=(3, 32, 32), name="cifar10")
+    preprocessing = image_preprocessing(
+        _STATS,
+        normalize=config.normalize,
+        input_shape=_SHAPE,
+        color="RGB",
+        class_names=list(train.classes),  # batches.meta's label_names
+    )
+    return DataBundle(
+        train=train,
+        val=val,
+        num_classes=10,
+        input_shape=_SHAPE,
+        name="cifar10",
+        preprocessing=preprocessing,
+    )
 
 
 def _make_local_cifar10() -> type:

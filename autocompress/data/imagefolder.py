@@ -14,7 +14,13 @@ from torch.utils.data import Subset
 from .bundle import DataBundle
 from .registry import register_dataset
 from .sampling import STREAM_SPLIT, augment_seed, rng, stratified_split
-from .vision import RandomCropFlip, existing_root, image_transforms, import_torchvision
+from .vision import (
+    RandomCropFlip,
+    existing_root,
+    image_preprocessing,
+    image_transforms,
+    import_torchvision,
+)
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -68,12 +74,23 @@ def load_imagefolder(config: DataConfig, *, seed: int) -> DataBundle:
         )
         train, val = Subset(full, train_idx.tolist()), Subset(eval_view, val_idx.tolist())
         classes = full.classes
+    # The evaluation transform's parameters: training augmentation is not part of deployment.
+    preprocessing = image_preprocessing(
+        _STATS,
+        normalize=config.normalize,
+        input_shape=(3, size, size),
+        color="RGB",  # ImageFolder's loader converts every image to RGB
+        class_names=list(classes),
+        resize=size,
+        center_crop=True,
+    )
     return DataBundle(
         train=train,
         val=val,
         num_classes=len(classes),
         input_shape=(3, size, size),
         name="imagefolder",
+        preprocessing=preprocessing,
     )
 
 

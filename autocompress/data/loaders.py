@@ -17,7 +17,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from .bundle import DataBundle
+from .bundle import DataBundle, Preprocessing
 from .registry import get_dataset
 from .sampling import STREAM_LIMIT_TRAIN, STREAM_LIMIT_VAL, rng
 
@@ -41,12 +41,14 @@ def load_data(config: DataConfig, *, seed: int) -> DataBundle:
             f"The loader of dataset {dataset.name!r} must return a DataBundle. "
             f"Got {type(bundle).__name__} instead."
         )
+    _check_preprocessing(bundle, where=f"The loader of dataset {dataset.name!r}")
     return DataBundle(
         train=_limit(bundle.train, config.limit_train, rng(seed, STREAM_LIMIT_TRAIN)),
         val=_limit(bundle.val, config.limit_val, rng(seed, STREAM_LIMIT_VAL)),
         num_classes=bundle.num_classes,
         input_shape=bundle.input_shape,
         name=bundle.name,
+        preprocessing=bundle.preprocessing,
     )
 
 
@@ -105,6 +107,29 @@ def _limit(dataset: Dataset, limit: int | None, rng: np.random.Generator) -> Dat
         # Stay a TensorDataset so make_loaders keeps its batched fast path.
         return TensorDataset(*(t[torch.from_numpy(indices)] for t in dataset.tensors))
     return Subset(dataset, indices.tolist())
+
+
+def _check_preprocessing(bundle: DataBundle, *, where: str) -> None:
+    """A recorded preprocessing the model's inputs do not match would mislead every deployer."""
+    record = bundle.preprocessing
+    if record is None:
+        return
+    if not isinstance(record, Preprocessing):
+        raise TypeError(
+            f"{where} must return a DataBundle whose preprocessing is a Preprocessing or None. "
+            f"Got {type(record).__name__} instead."
+        )
+    if record.input_shape != tuple(bundle.input_shape):
+        raise ValueError(
+            f"{where} must return a DataBundle whose preprocessing.input_shape equals its "
+            f"input_shape {tuple(bundle.input_shape)}. Got {record.input_shape} instead."
+        )
+    names = record.class_names
+    if names is not None and len(names) != bundle.num_classes:
+        raise ValueError(
+            f"{where} must return a DataBundle with one preprocessing.class_names entry per class "
+            f"({bundle.num_classes}). Got {len(names)} names instead."
+        )
 
 
 def _check_seed(seed: int, *, where: str) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .bundle import DataBundle
 from .registry import register_dataset
-from .vision import existing_root, image_transforms, import_torchvision
+from .vision import existing_root, image_preprocessing, image_transforms, import_torchvision
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -58,10 +58,20 @@ def load_mnist(config: DataConfig, *, seed: int) -> DataBundle:
             )
         splits.append(dataset)
     height, width = splits[0].data.shape[1:]
+    input_shape = (1, int(height), int(width))
+    preprocessing = image_preprocessing(
+        _STATS,
+        normalize=config.normalize,
+        input_shape=input_shape,
+        color="grayscale",
+        # torchvision's names ("0 - zero", ...) restate the digit; the digit alone is the name.
+        class_names=[str(digit) for digit in range(10)],
+    )
     return DataBundle(
         train=splits[0],
         val=splits[1],
         num_classes=10,
-        input_shape=(1, int(height), int(width)),
+        input_shape=input_shape,
         name="mnist",
+        preprocessing=preprocessing,
     )

@@ -14,10 +14,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import get_worker_info
 
+from .bundle import Preprocessing
+
 if TYPE_CHECKING:
     from .config import DataConfig
 
-__all__ = ["RandomCropFlip", "existing_root", "import_torchvision", "image_transforms"]
+__all__ = [
+    "RandomCropFlip",
+    "existing_root",
+    "image_preprocessing",
+    "import_torchvision",
+    "image_transforms",
+]
+
+# torchvision's ToTensor divides 8-bit pixels by this, mapping them to [0, 1].
+_PIXEL_SCALE = 255.0
 
 
 def import_torchvision() -> Any:
@@ -75,6 +86,34 @@ def image_transforms(
     if normalize:
         steps.append(tv.transforms.Normalize(*stats))
     return tv.transforms.Compose(steps)
+
+
+def image_preprocessing(
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    *,
+    normalize: bool,
+    input_shape: tuple[int, int, int],
+    color: str,
+    class_names: list[str],
+    resize: int | None = None,
+    center_crop: bool = False,
+) -> Preprocessing:
+    """The record of what :func:`image_transforms` does with the same arguments, when it is not
+    augmenting (the evaluation transform, which is what a deployed model gets)."""
+    mean, std = stats if normalize else (None, None)
+    return Preprocessing(
+        input_shape=input_shape,
+        color=color,
+        raw_range=(0.0, _PIXEL_SCALE),
+        scale=_PIXEL_SCALE,
+        mean=mean,
+        std=std,
+        resize=resize,
+        center_crop=resize if center_crop else None,
+        # torchvision's Resize default for PIL images.
+        interpolation="bilinear" if resize is not None else None,
+        class_names=class_names,
+    )
 
 
 class RandomCropFlip:

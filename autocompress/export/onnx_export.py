@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -231,12 +232,19 @@ def _plan(name: str, module: QuantConv2d | QuantLinear) -> _LayerPlan:
 
 
 def export_onnx(
-    model: nn.Module, path: Path, *, input_shape: tuple[int, ...], opset: int = ONNX_OPSET
+    model: nn.Module,
+    path: Path,
+    *,
+    input_shape: tuple[int, ...],
+    opset: int = ONNX_OPSET,
+    metadata: Mapping[str, str] | None = None,
 ) -> OnnxExport:
     """Write ``model`` (eval mode, fake-quant as trained) to ``path`` as QDQ ONNX.
 
     The input is named ``input`` with shape ``(batch, *input_shape)`` (dynamic batch), the
-    output ``logits``. ``model`` itself is not modified. Returns the per-layer storage report.
+    output ``logits``. ``metadata`` becomes the model's ``metadata_props`` (string keys and
+    values, e.g. :func:`autocompress.export.metadata.onnx_metadata`). ``model`` itself is not
+    modified. Returns the per-layer storage report.
     """
     import onnx  # optional dependency: only the ONNX export needs it
 
@@ -244,6 +252,12 @@ def export_onnx(
         raise ValueError(
             f"The 'opset' parameter of export_onnx must be >= {ONNX_OPSET} (INT4 and 16-bit "
             f"QuantizeLinear/DequantizeLinear). Got {opset!r} instead."
+        )
+    metadata = dict(metadata or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError(
+            "The 'metadata' parameter of export_onnx must map str keys to str values (ONNX "
+            f"metadata_props hold strings only). Got {metadata!r} instead."
         )
     work = copy.deepcopy(model).cpu().eval()
     plans: dict[str, _LayerPlan] = {}
@@ -280,6 +294,8 @@ def export_onnx(
     _shorten_names(proto)
     proto.ir_version = ONNX_IR_VERSION
     proto.producer_name = "autocompress"
+    if metadata:
+        onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))

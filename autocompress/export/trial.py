@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from ..evaluators.train import TrainEvaluator, evaluate_accuracy, resolve_device
 from ..hardware_profiles.graph import model_size_bytes
 from ..search.setup import evaluator_context
 from ..spaces import Candidate, JointSearchSpace
+from .metadata import onnx_metadata, preprocessing_record
 from .verify import (
     INTEGER_KERNELS,
     TIMING_THREADS,
@@ -59,7 +61,8 @@ class FinetuneResult:
 @dataclass(frozen=True)
 class ExportResult:
     """``recorded_accuracy``: the search's record of the trial; ``reproduced_accuracy``: the
-    exported artefact's accuracy on the validation split (after fine-tuning, if any)."""
+    exported artefact's accuracy on the validation split (after fine-tuning, if any);
+    ``preprocessing``: how to prepare an input (:func:`~.metadata.preprocessing_record`)."""
 
     out_dir: Path
     recorded_accuracy: float
@@ -68,6 +71,7 @@ class ExportResult:
     artefact: Path | None = None
     report: VerifyReport | None = None
     finetune: FinetuneResult | None = None
+    preprocessing: dict[str, Any] | None = None
 
 
 @dataclass
@@ -109,7 +113,8 @@ def export_trial(
     with :func:`load_model`) and ``export_report.json``. Per ``format``: ``onnx`` ->
     ``model.onnx`` (QDQ, integer weights), ``torchscript`` -> ``model.torchscript.pt`` (traced
     fake-quant model), ``state-dict`` -> ``weights.bin`` + ``weights.json`` (bit-packed weights,
-    see :mod:`autocompress.export.packing`).
+    see :mod:`autocompress.export.packing`). ``candidate.yaml``, ``export_report.json`` and the
+    ONNX model's metadata carry the input preprocessing (:mod:`autocompress.export.metadata`).
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(
@@ -136,6 +141,7 @@ def export_trial(
     _, val_loader = make_loaders(
         data, batch_size=config.data.batch_size, num_workers=0, seed=config.seed
     )
+    preprocessing = preprocessing_record(data)
 
     metrics = dict(spec["metrics"])
     finetune = None
@@ -162,6 +168,7 @@ def export_trial(
                 "trial": trial,
                 "metrics": metrics,
                 "data": config.data.model_dump(mode="json"),
+                "preprocessing": preprocessing,
                 "candidate": spec["candidate"],
             },
             sort_keys=False,
@@ -172,7 +179,11 @@ def export_trial(
     # export as it stands on disk, not an in-memory model.
     reference, _ = load_model(out_dir)
     reference.eval()
-    writer = {"onnx": _onnx, "torchscript": _torchscript, "state-dict": _state_dict}[format]
+    writer = {
+        "onnx": partial(_onnx, metadata=onnx_metadata(preprocessing)),
+        "torchscript": _torchscript,
+        "state-dict": _state_dict,
+    }[format]
     written = writer(out_dir, reference, candidate, spec, val_loader)
     report = build_report(
         format=format,
@@ -193,6 +204,7 @@ def export_trial(
         "run": config.name,
         "trial": trial,
         "finetune": None if finetune is None else asdict(finetune),
+        "preprocessing": preprocessing,
         **report.to_dict(),
     }
     (out_dir / REPORT_FILE).write_text(json.dumps(document, indent=2, allow_nan=True))
@@ -204,6 +216,7 @@ def export_trial(
         artefact=written.path,
         report=report,
         finetune=finetune,
+        preprocessing=preprocessing,
     )
 
 
@@ -253,12 +266,19 @@ def _example(spec: dict) -> torch.Tensor:
 
 
 def _onnx(
-    out_dir: Path, model: nn.Module, candidate: Candidate, spec: dict, val_loader
+    out_dir: Path,
+    model: nn.Module,
+    candidate: Candidate,
+    spec: dict,
+    val_loader,
+    *,
+    metadata: dict[str, str],
 ) -> _Written:
     from .onnx_export import dequantized_weights, export_onnx
 
     path = out_dir / ONNX_FILE
-    exported = export_onnx(model, path, input_shape=tuple(spec["input_shape"]))
+    shape = tuple(spec["input_shape"])
+    exported = export_onnx(model, path, input_shape=shape, metadata=metadata)
     # Without onnxruntime's graph optimisations the session runs the graph as written: this
     # isolates what the export does from what onnxruntime's fusions do.
     plain = compare_outputs(onnx_runner(path, optimize=False), model, val_loader)

@@ -82,6 +82,30 @@ def test_cifar10_reads_the_python_pickle_format(tmp_path: Path) -> None:
     assert torch.allclose(image, (expected_val[0] - CIFAR_MEAN) / CIFAR_STD, atol=1e-5)
 
 
+def test_cifar10_preprocessing_turns_raw_pixels_into_the_val_tensors(tmp_path: Path) -> None:
+    written = write_cifar10(tmp_path)
+    # Class names are read from batches.meta, not assumed.
+    renamed = [name.upper() for name in CIFAR_LABEL_NAMES]
+    with (tmp_path / "cifar-10-batches-py" / "batches.meta").open("wb") as f:
+        pickle.dump({"label_names": renamed}, f, protocol=2)
+    bundle = load_data(DataConfig(dataset="cifar10", root=tmp_path), seed=0)
+    record = bundle.preprocessing
+    assert (record.input_shape, record.channel_order, record.color) == ((3, 32, 32), "CHW", "RGB")
+    assert (record.raw_range, record.scale) == ((0.0, 255.0), 255.0)
+    assert record.class_names == tuple(renamed)
+    assert record.resize is None and record.center_crop is None
+    # uint8 R, G, B planes -> / scale -> per-channel (x - mean) / std
+    raw = written["test_batch"][0].reshape(-1, 3, 32, 32).astype(np.float32)
+    mean, std = (
+        np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in (record.mean, record.std)
+    )
+    prepared = torch.from_numpy((raw / np.float32(record.scale) - mean) / std)
+    assert torch.allclose(prepared, _images(bundle.val), atol=1e-5)
+
+    plain = load_data(DataConfig(dataset="cifar10", root=tmp_path, normalize=False), seed=0)
+    assert plain.preprocessing.mean is None and plain.preprocessing.std is None
+
+
 def test_cifar10_augment_is_seeded_and_train_only(tmp_path: Path) -> None:
     write_cifar10(tmp_path)
     config = DataConfig(dataset="cifar10", root=tmp_path, augment=True, normalize=False)

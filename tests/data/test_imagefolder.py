@@ -59,6 +59,47 @@ def test_imagefolder_with_train_and_val_subfolders(tmp_path: Path) -> None:
     assert torch.allclose(normalized, expected, atol=1e-5)
 
 
+def test_imagefolder_preprocessing_resizes_crops_and_normalizes_like_the_loader(
+    tmp_path: Path,
+) -> None:
+    # Noise images, so that resizing and cropping show in every pixel.
+    noise = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("ant", "bee"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(2):
+                pixels = noise.integers(0, 256, size=(12, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    config = DataConfig(dataset="imagefolder", root=tmp_path, image_size=8, augment=True)
+    bundle = load_data(config, seed=0)
+    record = bundle.preprocessing
+    assert (record.input_shape, record.color) == ((3, 8, 8), "RGB")
+    assert record.class_names == ("ant", "bee")  # the class folders, in label order
+    assert (record.resize, record.center_crop, record.interpolation) == (8, 8, "bilinear")
+    assert (record.scale, record.mean) == (255.0, (0.485, 0.456, 0.406))  # ImageNet's statistics
+    # A deployer's pipeline from the record alone (PIL + numpy): shorter side to `resize`, the
+    # longer one scaled alike and truncated (as torchvision does), central crop, / scale,
+    # standardize.
+    for index, (path, _) in enumerate(bundle.val.samples):
+        image = Image.open(path).convert("RGB")
+        width, height = image.size
+        short, long = sorted((width, height))
+        size = (record.resize, int(record.resize * long / short))
+        image = image.resize(size if width <= height else size[::-1], Image.Resampling.BILINEAR)
+        left = int(round((image.size[0] - record.center_crop) / 2))
+        top = int(round((image.size[1] - record.center_crop) / 2))
+        image = image.crop((left, top, left + record.center_crop, top + record.center_crop))
+        x = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(record.scale)
+        mean, std = (
+            np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in (record.mean, record.std)
+        )
+        assert torch.allclose(torch.from_numpy((x - mean) / std), bundle.val[index][0], atol=1e-5)
+    # Training augmentation is not part of deployment: the record is the same without it.
+    assert load_data(config.model_copy(update={"augment": False}), seed=0).preprocessing == record
+    plain = load_data(config.model_copy(update={"normalize": False}), seed=0).preprocessing
+    assert plain.mean is None and plain.std is None and plain.resize == 8
+
+
 def test_imagefolder_single_folder_is_split_by_val_fraction(tmp_path: Path) -> None:
     write_image_tree(tmp_path, per_class=5)
     config = DataConfig(dataset="imagefolder", root=tmp_path, image_size=8, val_fraction=0.4)

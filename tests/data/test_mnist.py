@@ -53,6 +53,22 @@ def test_mnist_reads_raw_idx_files(tmp_path: Path) -> None:
     assert torch.allclose(normalized.train[0][0][0], expected, atol=1e-5)
 
 
+def test_mnist_preprocessing_turns_raw_pixels_into_the_tensors(tmp_path: Path) -> None:
+    written = write_mnist(tmp_path)
+    bundle = load_data(DataConfig(dataset="mnist", root=tmp_path), seed=0)
+    record = bundle.preprocessing
+    assert record.input_shape == (1, 28, 28)
+    assert (record.channel_order, record.color) == ("CHW", "grayscale")
+    assert (record.raw_range, record.scale) == ((0.0, 255.0), 255.0)
+    assert record.class_names == tuple(str(d) for d in range(10))
+    raw = written["t10k"][0][:, None].astype(np.float32)
+    mean, std = (
+        np.asarray(v, dtype=np.float32).reshape(1, 1, 1) for v in (record.mean, record.std)
+    )
+    prepared = torch.from_numpy((raw / np.float32(record.scale) - mean) / std)
+    assert torch.allclose(prepared, _images(bundle.val), atol=1e-5)
+
+
 def test_mnist_missing_files_are_named_with_gzip_hint(tmp_path: Path) -> None:
     write_mnist(tmp_path)
     raw = tmp_path / "MNIST" / "raw"

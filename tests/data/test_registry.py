@@ -5,6 +5,8 @@ Registrations are process-wide, so each test registers under its own name.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -13,6 +15,7 @@ from torch.utils.data import TensorDataset
 from autocompress.data import (
     DataBundle,
     DataConfig,
+    Preprocessing,
     get_dataset,
     list_datasets,
     load_data,
@@ -61,6 +64,7 @@ def test_registered_dataset_loads_by_name() -> None:
     assert (bundle.name, bundle.num_classes) == ("test_registry_blobs", 3)
     assert bundle.input_shape == (1, 2, 2)
     assert (len(bundle.train), len(bundle.val)) == (10, 6)  # limits apply to every dataset
+    assert bundle.preprocessing is None  # a dataset need not say how its inputs were made
     again = load_data(config, seed=4)
     assert torch.equal(bundle.train.tensors[0], again.train.tensors[0])
 
@@ -126,3 +130,46 @@ def test_loader_must_return_a_bundle() -> None:
 
     with pytest.raises(TypeError, match="'test_registry_tuple' must return a DataBundle"):
         load_data(DataConfig(dataset="test_registry_tuple"), seed=0)
+
+
+_RECORD = Preprocessing(input_shape=(1, 2, 2), mean=[0.5], std=[2.0], class_names=["a", "b", "c"])
+
+
+def _recording(name: str, record: object) -> DataConfig:
+    """Register ``name`` as the 3-class blobs with ``record`` as their preprocessing."""
+
+    @register_dataset(name)
+    def loader(config: DataConfig, *, seed: int) -> DataBundle:
+        return replace(_blobs(config, seed=seed, name=name), preprocessing=record)
+
+    return DataConfig(dataset=name, limit_train=5)
+
+
+def test_a_registered_datasets_preprocessing_is_kept() -> None:
+    config = _recording("test_registry_recorded", _RECORD)
+    assert load_data(config, seed=0).preprocessing == _RECORD  # limits keep the record
+
+
+@pytest.mark.parametrize(
+    ("name", "record", "error", "match"),
+    [
+        (
+            "test_registry_other_shape",
+            replace(_RECORD, input_shape=(1, 3, 3)),
+            ValueError,
+            r"preprocessing\.input_shape equals its input_shape \(1, 2, 2\)",
+        ),
+        (
+            "test_registry_two_names",
+            replace(_RECORD, class_names=["a", "b"]),
+            ValueError,
+            r"one preprocessing\.class_names entry per class \(3\)",
+        ),
+        ("test_registry_dict_record", {"mean": [0.5]}, TypeError, "a Preprocessing or None"),
+    ],
+)
+def test_a_preprocessing_that_contradicts_the_bundle_is_refused(
+    name: str, record: object, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        load_data(_recording(name, record), seed=0)

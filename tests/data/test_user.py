@@ -41,6 +41,7 @@ def test_entry_point_is_called_with_root_and_seed(
     bundle = load_data(config, seed=11)
     assert (bundle.num_classes, bundle.input_shape, bundle.name) == (4, (2, 3, 3), config.dataset)
     assert (len(bundle.train), len(bundle.val)) == (5, 4)
+    assert bundle.preprocessing is None  # the import-string contract has no way to say
     assert sys.modules["acdata_good"].CALLS == [(tmp_path, 11)]
 
 
