@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,3 +233,17 @@ def test_a_failed_first_start_can_be_retried_after_the_fix(tmp_path, quick):
     assert failed.exit_code == 2 and "pixel9" in failed.output
     fixed = CliRunner().invoke(app, args)
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_a_damaged_teacher_cache_is_trained_again(finished_run, tmp_path, tiny_config_dict, caplog):
+    runs = tmp_path / "runs"
+    run = shutil.copytree(finished_run.run_dir, runs / "tiny")
+    teacher = run / "teacher" / "model.pt"
+    teacher.write_bytes(teacher.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="autocompress"):
+        result = run_search(parse_config(tiny_config_dict), runs_dir=runs)
+    assert (
+        f"{teacher} cannot be loaded" in caplog.text and "Training the teacher again" in caplog.text
+    )
+    assert result.teacher_metrics["accuracy"] > 0.5
+    assert len(_counted(result.trials)) == 6  # the finished run's trials, nothing redone
