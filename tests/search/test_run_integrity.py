@@ -240,10 +240,11 @@ def test_a_damaged_teacher_cache_is_trained_again(finished_run, tmp_path, tiny_c
     run = shutil.copytree(finished_run.run_dir, runs / "tiny")
     teacher = run / "teacher" / "model.pt"
     teacher.write_bytes(teacher.read_bytes()[:100])
+    before = len(_counted(load_trials(run)))  # other tests may have extended the shared run
     with caplog.at_level(logging.WARNING, logger="autocompress"):
         result = run_search(parse_config(tiny_config_dict), runs_dir=runs)
     assert (
         f"{teacher} cannot be loaded" in caplog.text and "Training the teacher again" in caplog.text
     )
     assert result.teacher_metrics["accuracy"] > 0.5
-    assert len(_counted(result.trials)) == 6  # the finished run's trials, nothing redone
+    assert len(_counted(result.trials)) == before  # the run's trials kept, nothing redone
