@@ -24,7 +24,7 @@ from .core.objectives import Objective, check_trial_metric, parse_objective
 from .core.samplers import list_samplers
 from .data import DataConfig
 from .evaluators import TrainConfig, list_evaluators
-from .spaces import SpaceConfig, get_family
+from .spaces import ModelConfig, SpaceConfig, get_family
 
 
 class _Section(BaseModel):
@@ -274,16 +274,36 @@ RESUMABLE_SEARCH_FIELDS = (
 )
 
 
+# Config fields that run folders made by autocompress 0.1 do not have (see RunConfig.fingerprint).
+FIELDS_ADDED_SINCE_0_1 = ("model", "evaluator", "space.exclude", "space.overrides")
+
+
 class RunConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig | None = None
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     teacher: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=20))
     train: TrainConfig = Field(default_factory=TrainConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @model_validator(mode="after")
+    def _model_is_the_space(self) -> RunConfig:
+        # A network of the user's own is searched as the "model" family, whose arch the model
+        # section fills in: space.family and space.arch would only say it twice.
+        if self.model is None:
+            return self
+        if "family" in self.space.model_fields_set and self.space.family != "model":
+            raise ValueError(
+                "The 'space.family' field must be left out (or be 'model') when a 'model' "
+                f"section names the network. Got {self.space.family!r}."
+            )
+        self.space.family = "model"
+        self.space.arch = self.model.space_arch()
+        return self
 
     @model_validator(mode="after")
     def _energy_needs_a_power_figure(self) -> RunConfig:
@@ -336,10 +356,16 @@ class RunConfig(_Section):
         """Hash of everything that changes what a trial means (not n_trials, n_jobs, timeout, nor
         where and how trials run: the same study may go on under another backend)."""
         relevant = self.model_dump(mode="json", exclude={"search": set(RESUMABLE_SEARCH_FIELDS)})
-        # The default evaluator is hashed as an absent section, so a run folder whose config has
-        # no evaluator section resumes under the same fingerprint.
-        if self.evaluator == EvaluatorConfig():
-            del relevant["evaluator"]
+        # Fields added since runs were first fingerprinted are hashed as absent while they hold
+        # their default, so a run folder whose config predates them resumes.
+        defaults = RunConfig.model_validate({"name": self.name}).model_dump(mode="json")
+        for path in FIELDS_ADDED_SINCE_0_1:
+            *sections, key = path.split(".")
+            section, default = relevant, defaults
+            for part in sections:
+                section, default = section[part], default[part]
+            if section[key] == default[key]:
+                del section[key]
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..spaces import Candidate, build_model, conv_linear_layers
+from ..spaces import Candidate, build_model
+from ..spaces.groups import output_layer
 from .inherit import inherit_weights_
 from .pruning import prune_
 from .quantization import quantize_
@@ -24,14 +25,14 @@ def compress_(
 
     Order matters: weights are inherited first so that pruning ranks channels by the teacher's
     trained weights, and pruning runs on plain float layers before they become quant layers.
-    The classifier (last Conv2d/Linear) is never pruned.
+    The output layer (the Conv2d/Linear that runs last: the classifier) is never pruned.
     """
     if teacher_state is not None:
         inherit_weights_(model, teacher_state)
     ratios = candidate.prune_ratios()
     if ratios:
         example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-        prune_(model, ratios, example, ignored=[conv_linear_layers(model)[-1]])
+        prune_(model, ratios, example, ignored=[output_layer(model, example)])
     quantize_(model, candidate.bits())
     return model
 

@@ -60,11 +60,15 @@ def candidate_summary(candidate: dict[str, Any] | None) -> str:
     if not candidate:
         return ""
     arch = candidate["arch"]
-    knobs = ",".join(
-        f"{k}={_short(v)}"
-        for k, v in arch.items()
-        if k not in {"strides", "stem", "stem_stride", "last"}
-    )
+    if "factory" in arch:  # a user's network: its name, and the blocks dropped
+        name = arch["factory"].rpartition(":")[2]
+        knobs = f"{name} dropped={len(arch.get('dropped', []))}"
+    else:
+        knobs = ",".join(
+            f"{k}={_short(v)}"
+            for k, v in arch.items()
+            if k not in {"strides", "stem", "stem_stride", "last"}
+        )
     layers = candidate["layers"].values()
     w = np.mean([c["w_bits"] for c in layers]) if layers else 32
     a = np.mean([c["a_bits"] for c in layers]) if layers else 32

@@ -34,7 +34,7 @@ OnTrial = Callable[[optuna.Study, FrozenTrial, int], None]
 def run_search(
     config: RunConfig,
     *,
-    runs_dir: Path = Path("runs"),
+    runs_dir: str | Path = Path("runs"),
     evaluator: EvaluatorSpec | None = None,
     sampler: optuna.samplers.BaseSampler | None = None,
     profile: HardwareProfile | None = None,
@@ -58,7 +58,7 @@ def run_search(
             "search.backend: ray: Ray workers build them from the config (register a custom "
             "one and name it in the config instead)."
         )
-    run = RunDir(runs_dir / config.name)
+    run = RunDir(Path(runs_dir) / config.name)
     run.path.mkdir(parents=True, exist_ok=True)
     with RunLock(run.search_lock):
         if config.search.backend == "ray":

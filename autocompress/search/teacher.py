@@ -1,4 +1,5 @@
-"""The uncompressed teacher: trained once per run folder, then reused (and distilled from)."""
+"""The uncompressed teacher: trained once per run folder (or loaded from the user's checkpoint),
+then reused and distilled from."""
 
 from __future__ import annotations
 
@@ -17,14 +18,21 @@ from ..data import DataBundle, make_loaders
 from ..evaluators import CandidateError
 from ..evaluators.train import evaluate_accuracy, train_epochs
 from ..spaces import JointSearchSpace, build_model
+from ..spaces.groups import output_layer
+from ..spaces.user_model import load_checkpoint_
 
 logger = logging.getLogger(__name__)
 
 
 def teacher_fingerprint(config: RunConfig) -> str:
-    """What the teacher depends on: changing the candidates' fine-tuning must not retrain it."""
+    """What the teacher depends on: changing the candidates' fine-tuning must not retrain it.
+    A checkpoint counts by its bytes, so a file replaced under the same name is seen."""
     relevant = config.model_dump(mode="json", include={"seed", "data", "space", "teacher"})
     relevant["space"] = {k: relevant["space"][k] for k in ("family", "arch")}
+    if config.model is not None and config.model.checkpoint is not None:
+        with config.model.checkpoint.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        relevant["checkpoint"] = {"sha256": digest, "key": config.model.checkpoint_key}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -62,7 +70,20 @@ def get_teacher(
         num_workers=config.data.num_workers,
         seed=config.seed,
     )
-    logger.info("Training the teacher (%d epoch(s)) into %s ...", cfg.epochs, directory)
+    checkpoint = config.model.checkpoint if config.model is not None else None
+    if checkpoint is not None:
+        # The checkpoint is the teacher; with a replaced head, that head still has to learn.
+        replaced = config.model.head == "replace"
+        head = config.model.classifier or output_layer(model, torch.zeros(1, *data.input_shape))
+        load_checkpoint_(
+            model, checkpoint, key=config.model.checkpoint_key, skip=head if replaced else None
+        )
+        logger.info("Teacher loaded from %s.", checkpoint)
+        if not replaced:
+            cfg = cfg.model_copy(update={"epochs": 0})
+    if cfg.epochs:
+        what = "the checkpoint with its new head" if checkpoint is not None else "the teacher"
+        logger.info("Training %s (%d epoch(s)) into %s ...", what, cfg.epochs, directory)
     try:
         train_epochs(
             model,

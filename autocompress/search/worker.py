@@ -57,7 +57,7 @@ def run_worker(
     *,
     storage: str | None = None,
     n_trials: int | None = None,
-    runs_dir: Path = Path("runs"),
+    runs_dir: str | Path = Path("runs"),
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
 ) -> WorkerResult:
     """Join the study at ``storage`` (default ``search.storage``) and evaluate trials.
@@ -74,7 +74,7 @@ def run_worker(
         )
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"The 'n_trials' parameter of run_worker must be >= 1. Got {n_trials}.")
-    run = RunDir(runs_dir / config.name)
+    run = RunDir(Path(runs_dir) / config.name)
     run.path.mkdir(parents=True, exist_ok=True)
     # Shared: any number of workers, but no single-process search beside them (it fails every
     # RUNNING trial it finds on start, taking them for its own, cut off by a crash).

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 import optuna
@@ -13,7 +15,18 @@ from torch import nn
 
 from ._registry import create_family
 from .candidate import FLOAT_BITS, MIN_BITS, Candidate, LayerChoice
-from .groups import prunable_layers
+from .groups import output_layer, prunable_layers
+
+
+class LayerOverride(BaseModel):
+    """Fixed choices for the layers a ``space.overrides`` pattern matches; what is left unset is
+    still searched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    w_bits: int | None = Field(default=None, ge=MIN_BITS, le=FLOAT_BITS)
+    a_bits: int | None = Field(default=None, ge=MIN_BITS, le=FLOAT_BITS)
+    prune_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
 
 
 class SpaceConfig(BaseModel):
@@ -26,6 +39,14 @@ class SpaceConfig(BaseModel):
     w_bits: list[int] = Field(default=[2, 3, 4, 5, 6, 8], min_length=1)
     a_bits: list[int] = Field(default=[4, 6, 8], min_length=1)
     prune_ratios: list[float] = Field(default=[0.0, 0.25, 0.5], min_length=1)
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="glob patterns of layer names kept in float and never pruned",
+    )
+    overrides: dict[str, LayerOverride] = Field(
+        default_factory=dict,
+        description="glob pattern of layer names -> fixed w_bits / a_bits / prune_ratio",
+    )
 
     @field_validator("family")
     @classmethod
@@ -72,6 +93,11 @@ def conv_linear_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
+def matching(patterns: Iterable[str], name: str) -> list[str]:
+    """The glob ``patterns`` (``fnmatch``, case-sensitive) that layer ``name`` matches."""
+    return [p for p in patterns if fnmatch.fnmatchcase(name, p)]
+
+
 def build_model(
     candidate: Candidate, *, num_classes: int, input_shape: tuple[int, ...]
 ) -> nn.Module:
@@ -97,6 +123,24 @@ class JointSearchSpace(SearchSpace):
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
         self._dimensions: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.family.prepare(num_classes=num_classes, input_shape=self.input_shape)
+        if config.exclude or config.overrides:
+            self._check_patterns()
+
+    def _check_patterns(self) -> None:
+        # Every architecture is a sub-network of the largest: its layers are all there.
+        layers, _ = self.layer_dimensions(self.family.largest_arch())
+        for field, patterns in (
+            ("exclude", self.config.exclude),
+            ("overrides", self.config.overrides),
+        ):
+            unmatched = [p for p in patterns if not any(matching([p], n) for n in layers)]
+            if unmatched:
+                raise ValueError(
+                    f"The 'space.{field}' field must hold patterns that match layers of the "
+                    f"model. Got {unmatched} instead, which match none of {layers[:8]}"
+                    + (" ..." if len(layers) > 8 else "")
+                )
 
     def layer_dimensions(self, arch: dict[str, Any]) -> tuple[list[str], list[str]]:
         """(layers that get bits, layers that lead a prunable channel group) of an architecture.
@@ -111,7 +155,11 @@ class JointSearchSpace(SearchSpace):
             )
             layers = conv_linear_layers(model)
             example = torch.zeros(1, *self.input_shape)
-            prunable = prunable_layers(model, example, ignored=[layers[-1]])
+            # The output layer keeps its channels; excluded layers keep theirs too, so every
+            # group that would change one is left out.
+            excluded = [n for n in layers if matching(self.config.exclude, n)]
+            ignored = [output_layer(model, example), *excluded]
+            prunable = prunable_layers(model, example, ignored=ignored)
             self._dimensions[key] = (tuple(layers), tuple(prunable))
         layers, prunable = self._dimensions[key]
         return list(layers), list(prunable)
@@ -123,15 +171,29 @@ class JointSearchSpace(SearchSpace):
         prunable_set = set(prunable)
         choices = {}
         for name in layers:
-            w_bits = trial.suggest_categorical(f"{name}.w_bits", cfg.w_bits)
-            a_bits = trial.suggest_categorical(f"{name}.a_bits", cfg.a_bits)
+            if matching(cfg.exclude, name):
+                choices[name] = LayerChoice()  # float, unpruned
+                continue
+            fixed = self._override(name)
+            w_bits = fixed.w_bits or trial.suggest_categorical(f"{name}.w_bits", cfg.w_bits)
+            a_bits = fixed.a_bits or trial.suggest_categorical(f"{name}.a_bits", cfg.a_bits)
             ratio = 0.0
-            if name in prunable_set and len(cfg.prune_ratios) > 1:
+            if name in prunable_set and fixed.prune_ratio is not None:
+                ratio = fixed.prune_ratio
+            elif name in prunable_set and len(cfg.prune_ratios) > 1:
                 ratio = trial.suggest_categorical(f"{name}.prune", cfg.prune_ratios)
             elif name in prunable_set:
                 ratio = cfg.prune_ratios[0]
             choices[name] = LayerChoice(w_bits=w_bits, a_bits=a_bits, prune_ratio=ratio)
         return Candidate(family=self.family.name, arch=arch, layers=choices)
+
+    def _override(self, name: str) -> LayerOverride:
+        """The fixed choices of layer ``name``: those of every matching pattern, later patterns
+        winning where they disagree."""
+        fixed: dict[str, Any] = {}
+        for pattern in matching(self.config.overrides, name):
+            fixed |= self.config.overrides[pattern].model_dump(exclude_none=True)
+        return LayerOverride(**fixed)
 
     def teacher(self) -> Candidate:
         return Candidate(family=self.family.name, arch=self.family.largest_arch(), layers={})

@@ -25,8 +25,11 @@ class ModelFamily(ABC):
     - ``largest_arch`` is the biggest point of the space; it becomes the teacher, and every other
       point is a sub-network of it (names match, shapes are smaller or equal), which is what lets
       a candidate inherit the teacher's weights.
-    - ``build`` returns a float, unpruned ``nn.Module`` whose last Conv2d/Linear in module order is
-      the classifier (never pruned).
+    - ``build`` returns a float, unpruned ``nn.Module``; the Conv2d/Linear that runs last is its
+      output layer (the classifier), which is never pruned.
+    - ``prepare(num_classes=..., input_shape=...)`` (optional) runs once before the space is
+      searched, with the data's shapes: a family checks there that it can serve them and
+      resolves what depends on them.
     """
 
     name: ClassVar[str]
@@ -46,6 +49,10 @@ class ModelFamily(ABC):
     def build(
         arch: Mapping[str, Any], *, num_classes: int, input_shape: tuple[int, ...]
     ) -> nn.Module: ...
+
+    def prepare(self, *, num_classes: int, input_shape: tuple[int, ...]) -> None:
+        """Check the family against the data's shapes before a search (default: nothing)."""
+        return None
 
 
 _FAMILIES: Registry[type[ModelFamily]] = Registry("model family")

@@ -141,3 +141,30 @@ def _has_grouped_conv(group: Any) -> bool:
         isinstance(m, nn.Conv2d) and m.groups > 1 and not is_depthwise(m)
         for m in (dep.target.module for dep, _ in group)
     )
+
+
+def output_layer(model: nn.Module, example_inputs: ExampleInputs) -> str:
+    """The name of the Conv/Linear layer that runs last when ``model`` runs on
+    ``example_inputs``: the layer producing the model's output (its classifier or head), found
+    by running it, not by where the layer is declared. The model's train/eval mode is kept."""
+    order: list[str] = []
+    hooks = [
+        module.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d | nn.Linear)
+    ]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(example_inputs) if isinstance(example_inputs, Tensor) else model(*example_inputs)
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    if not order:
+        raise ValueError(
+            "The 'model' parameter of output_layer must run at least one Conv2d or Linear layer. "
+            f"Got a {type(model).__name__} that ran none."
+        )
+    return order[-1]

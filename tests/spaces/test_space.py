@@ -12,7 +12,20 @@ from autocompress.spaces import (
     list_families,
 )
 
-SHAPES = {"mlp": (1, 8, 8), "small_cnn": (1, 8, 8), "mobilenetv2": (3, 16, 16)}
+SHAPES = {
+    "mlp": (1, 8, 8),
+    "small_cnn": (1, 8, 8),
+    "mobilenetv2": (3, 16, 16),
+    "model": (3, 32, 32),
+}
+# Families whose space.arch has no defaults: a user's network needs its factory.
+ARCHS = {
+    "model": {
+        "factory": "torchvision.models:mobilenet_v3_small",
+        "kwargs": {"num_classes": 10},
+        "droppable_blocks": "auto",
+    }
+}
 
 
 def suggest(space, seed):
@@ -24,7 +37,9 @@ def suggest(space, seed):
 def test_every_family_builds_suggests_and_compresses(family):
     shape = SHAPES[family]
     space = JointSearchSpace(
-        SpaceConfig(family=family, prune_ratios=[0.0, 0.5]), num_classes=10, input_shape=shape
+        SpaceConfig(family=family, arch=ARCHS.get(family, {}), prune_ratios=[0.0, 0.5]),
+        num_classes=10,
+        input_shape=shape,
     )
     teacher = build_model(space.teacher(), num_classes=10, input_shape=shape)
     teacher_params = sum(p.numel() for p in teacher.parameters())
