@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +17,8 @@ from torch import nn
 from ._registry import create_family
 from .candidate import FLOAT_BITS, MIN_BITS, Candidate, LayerChoice
 from .groups import output_layer, prunable_layers
+
+logger = logging.getLogger(__name__)
 
 
 class LayerOverride(BaseModel):
@@ -159,7 +162,17 @@ class JointSearchSpace(SearchSpace):
             # group that would change one is left out.
             excluded = [n for n in layers if matching(self.config.exclude, n)]
             ignored = [output_layer(model, example), *excluded]
-            prunable = prunable_layers(model, example, ignored=ignored)
+            try:
+                prunable = prunable_layers(model, example, ignored=ignored)
+            except Exception as err:  # an op Torch-Pruning cannot follow: search bits only
+                logger.warning(
+                    "Torch-Pruning cannot trace the channel groups of %s (%s: %s): its layers "
+                    "get bit-widths but are not pruned.",
+                    type(model).__name__,
+                    type(err).__name__,
+                    err,
+                )
+                prunable = []
             self._dimensions[key] = (tuple(layers), tuple(prunable))
         layers, prunable = self._dimensions[key]
         return list(layers), list(prunable)

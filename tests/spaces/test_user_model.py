@@ -224,3 +224,17 @@ def test_a_checkpoint_that_does_not_fit_lists_the_keys(tiny_net, saved, message)
     config = parse_config(_config(checkpoint=str(tiny_net / "bad.pt")))
     with pytest.raises(ValueError, match=message):
         run_search(config, runs_dir=tiny_net / "runs")
+
+
+def test_a_network_torch_pruning_cannot_trace_is_searched_for_bits_only(
+    tiny_net, monkeypatch, caplog
+):
+    def cannot_trace(*args, **kwargs):
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr("autocompress.spaces.groups.build_dependency_graph", cannot_trace)
+    with caplog.at_level("WARNING", logger="autocompress"):
+        space = _space(_config())
+        candidate = space.suggest(optuna.create_study().ask())
+    assert "cannot trace the channel groups of Net" in caplog.text
+    assert all(choice.prune_ratio == 0 for choice in candidate.layers.values())
