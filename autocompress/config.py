@@ -21,6 +21,7 @@ from pydantic import (
 
 from .core.errors import ConfigError
 from .core.objectives import Objective, check_trial_metric, parse_objective
+from .core.plugins import import_plugin, load_installed_plugins
 from .core.samplers import list_samplers
 from .data import DataConfig
 from .evaluators import TrainConfig, list_evaluators
@@ -280,6 +281,10 @@ FIELDS_ADDED_SINCE_0_1 = ("model", "evaluator", "space.exclude", "space.override
 
 class RunConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules or .py files imported before the rest of the config is read",
+    )
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig | None = None
@@ -355,7 +360,10 @@ class RunConfig(_Section):
     def fingerprint(self) -> str:
         """Hash of everything that changes what a trial means (not n_trials, n_jobs, timeout, nor
         where and how trials run: the same study may go on under another backend)."""
-        relevant = self.model_dump(mode="json", exclude={"search": set(RESUMABLE_SEARCH_FIELDS)})
+        # Where plugins live is not what a trial means: a moved file leaves the run resumable.
+        relevant = self.model_dump(
+            mode="json", exclude={"plugins": True, "search": set(RESUMABLE_SEARCH_FIELDS)}
+        )
         # Fields added since runs were first fingerprinted are hashed as absent while they hold
         # their default, so a run folder whose config predates them resumes.
         defaults = RunConfig.model_validate({"name": self.name}).model_dump(mode="json")
@@ -392,11 +400,15 @@ def format_validation_error(err: ValidationError, *, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, *, source: str = "<config>") -> RunConfig:
+def parse_config(data: Any, *, source: str = "<config>", base: Path | None = None) -> RunConfig:
+    """Validate a run config mapping; ``source`` names it in errors. Its ``plugins`` are imported
+    first (``.py`` files relative to ``base``), and the installed ones, since they register the
+    names the rest of the config may use."""
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: a run config must be a YAML mapping. Got {type(data).__name__}"
         )
+    data = {**data, "plugins": import_plugins(data.get("plugins", []), source=source, base=base)}
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as err:
@@ -447,7 +459,28 @@ def load_config(path: str | Path) -> RunConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_config(data, source=str(path))
+    return parse_config(data, source=str(path), base=path.parent)
+
+
+def import_plugins(specs: Any, *, source: str = "<config>", base: Path | None = None) -> list[str]:
+    """Import the plugins ``specs`` (modules or ``.py`` files) and the installed ones; the
+    specs as recorded in a run folder's config (files by absolute path)."""
+    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+        raise ConfigError(
+            f"{source}: the 'plugins' field must be a list of module names or .py files. "
+            f"Got {specs!r} instead."
+        )
+    load_installed_plugins()
+    imported = []
+    for spec in specs:
+        try:
+            imported.append(import_plugin(spec, base=base))
+        except ImportError as err:
+            raise ConfigError(
+                f"{source}: the 'plugins' field names {spec!r}, which cannot be imported "
+                f"({err}). Install it, fix the path, or pass it with --import."
+            ) from None
+    return imported
 
 
 def dump_config(config: RunConfig) -> str:

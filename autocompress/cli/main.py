@@ -29,9 +29,27 @@ def main(
             help="Show the traceback of an error, and Optuna's own log lines.",
         ),
     ] = False,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import",
+            metavar="MODULE_OR_FILE",
+            help="Import a plugin (a module, or a .py file) first: your model families, "
+            "datasets, evaluators, samplers or hardware profiles. Repeatable; a search records "
+            "it in the run's config, so later commands on the run import it too.",
+        ),
+    ] = None,
 ) -> None:
     """Joint architecture / mixed-precision / pruning search for edge devices."""
     setup_logging(debug=debug)
+    from ..config import import_plugins
+
+    with reported_errors():
+        PLUGINS[:] = import_plugins(imports or [], source="--import")
+
+
+# The plugins given with --import, recorded in the configs of the runs a command starts.
+PLUGINS: list[str] = []
 
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Folder that holds run folders.")]
@@ -111,6 +129,7 @@ def _config_with_overrides(
     with reported_errors():
         config = load_config(config_path)
         data = apply_overrides(config.model_dump(mode="json"), overrides or [])
+        data["plugins"] = list(dict.fromkeys([*data["plugins"], *PLUGINS]))
         for key, value in search.items():
             if isinstance(value, dict):
                 data["search"][key] = {**data["search"][key], **value}

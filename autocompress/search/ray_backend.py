@@ -45,7 +45,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ..config import RayConfig, RunConfig
+from ..config import RayConfig, RunConfig, import_plugins
 from ..core.files import write_text_atomic
 from ..core.rundir import RunDir
 from ..spaces import Candidate
@@ -83,6 +83,8 @@ def shared_objective(config: RunConfig, run_dir: Path) -> TrialObjective:
     key = (str(run_dir), config.fingerprint())
     with _OBJECTIVES_LOCK:
         if key not in _OBJECTIVES:
+            # A Ray worker receives the config, not the imports that made it valid.
+            import_plugins(config.plugins)
             # Early stopping keeps its rung records in the study, which every process on the
             # cluster reaches through the run's storage (the run folder is shared).
             url = config.search.storage or RunDir(run_dir).study_url

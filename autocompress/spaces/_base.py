@@ -57,7 +57,10 @@ class SpaceConfig(BaseModel):
         from ._registry import list_families
 
         if family not in list_families():
-            raise ValueError(f"must be one of {list_families()}. Got {family!r}")
+            raise ValueError(
+                f"must be one of {list_families()} (a family of your own: name its module in "
+                f"'plugins' or pass --import). Got {family!r}"
+            )
         return family
 
     @field_validator("w_bits", "a_bits")
