@@ -24,6 +24,7 @@ ROOMS = (
     "report",
     "search",
     "export",
+    "api",
     "cli",
 )
 
