@@ -96,7 +96,20 @@ class SearchSpace(ABC):
 
 
 def conv_linear_layers(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    """The Conv2d/Linear layers that get bits: all of them, except the projections inside
+    ``nn.MultiheadAttention``, which reads their weights directly instead of calling them (a
+    fake-quant layer in their place would be priced but never applied)."""
+    inside = {
+        f"{name}.{child}" if name else child
+        for name, module in model.named_modules()
+        if isinstance(module, nn.MultiheadAttention)
+        for child, _ in module.named_children()
+    }
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and n not in inside
+    ]
 
 
 def matching(patterns: Iterable[str], name: str) -> list[str]:

@@ -127,7 +127,9 @@ def test_families_samplers_profiles_and_parallel_jobs(
     cfg["hardware"] = hardware
     cfg["search"].update(n_trials=4, sampler=sampler, n_jobs=2, population_size=2)
     result = run_search(parse_config(cfg), runs_dir=tmp_path)
-    trials = result.trials
+    # A small space: the sampler may propose a candidate again, which is skipped untrained.
+    repeats = result.trials["pruned_reason"].str.startswith("duplicate of")
+    trials = result.trials[~repeats]
     assert len(trials) == 4 and (trials["state"] == "COMPLETE").all(), trials["fail_reason"]
     assert (trials["latency_ms"] > 0).all() and (trials["accuracy"] > 0.1).all()
     assert trials["summary"].str.startswith(family).all()

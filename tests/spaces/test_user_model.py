@@ -238,3 +238,18 @@ def test_a_network_torch_pruning_cannot_trace_is_searched_for_bits_only(
         candidate = space.suggest(optuna.create_study().ask())
     assert "cannot trace the channel groups of Net" in caplog.text
     assert all(choice.prune_ratio == 0 for choice in candidate.layers.values())
+
+
+def test_attention_projections_are_left_in_float():
+    # nn.MultiheadAttention reads its projections' weights without calling them: a fake-quant
+    # layer there would be priced but never applied, so they get no bits.
+    from torchvision.models import VisionTransformer
+
+    from autocompress.spaces import conv_linear_layers
+
+    vit = VisionTransformer(
+        image_size=32, patch_size=4, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64
+    )
+    layers = conv_linear_layers(vit)
+    assert "encoder.layers.encoder_layer_0.mlp.0" in layers and "heads.head" in layers
+    assert not any("self_attention" in name for name in layers)
