@@ -106,7 +106,7 @@ def compress(
     register_dataset(f"given-{name}")(lambda config, *, seed: bundle)
     run = RunDir(Path(runs_dir) / name)
     run.path.mkdir(parents=True, exist_ok=True)
-    checkpoint = run.path / "given_model.pt"
+    checkpoint = run.given_model
     with atomic_path(checkpoint) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     settings = dict(config or {})

@@ -10,6 +10,7 @@ A run lives in ``runs/<name>/``::
     pareto.png            the front, pairwise projections
     refit.csv             search vs refit accuracy (a folder written by ``autocompress refit``)
     teacher/              the uncompressed teacher (a saved-model folder)
+    given_model.pt        the weights of a network given to ``api.compress`` as an object
     supernet/             the trained supernet of the supernet evaluator (a saved-model folder)
     trials/<N>/           trial N's saved model, worker.json, and (Ray) result.json
     ray/                  Ray Tune experiments (``search.backend: ray``)
@@ -98,6 +99,11 @@ class RunDir:
     @property
     def teacher_dir(self) -> Path:
         return self.path / "teacher"
+
+    @property
+    def given_model(self) -> Path:
+        """The weights of the network ``api.compress`` was given: the run's checkpoint."""
+        return self.path / "given_model.pt"
 
     @property
     def supernet_dir(self) -> Path:
