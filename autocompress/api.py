@@ -101,14 +101,14 @@ def compress(
     ``search``; ``model`` settings such as ``droppable_blocks`` or ``head`` too), validated as a
     config file is. Re-running with the same ``name`` resumes the run."""
     train, val = _dataset(train_data, "train_data"), _dataset(val_data, "val_data")
-    bundle = _bundle(train, val, model=model, name=name)
     _GIVEN[name] = copy.deepcopy(model).cpu().eval()
+    bundle = _bundle(train, val, model=_GIVEN[name], name=name)
     register_dataset(f"given-{name}")(lambda config, *, seed: bundle)
     run = RunDir(Path(runs_dir) / name)
     run.path.mkdir(parents=True, exist_ok=True)
     checkpoint = run.given_model
     with atomic_path(checkpoint) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        torch.save(_GIVEN[name].state_dict(), tmp)
     settings = dict(config or {})
     settings["model"] = {
         **dict(settings.get("model", {})),
@@ -132,11 +132,11 @@ def _dataset(data: Dataset | DataLoader, parameter: str) -> Dataset:
 
 
 def _bundle(train: Dataset, val: Dataset, *, model: nn.Module, name: str) -> DataBundle:
+    """``model``: the given network's copy, on the CPU in eval mode."""
     inputs = torch.as_tensor(train[0][0])
     # The class count is the network's: one score per class (model.head: replace changes it).
-    example = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
-        scores = example(inputs.unsqueeze(0).float())
+        scores = model(inputs.unsqueeze(0).float())
     return DataBundle(
         train=train,
         val=val,

@@ -74,10 +74,11 @@ def get_teacher(
     if checkpoint is not None:
         # The checkpoint is the teacher; with a replaced head, that head still has to learn.
         replaced = config.model.head == "replace"
-        head = config.model.classifier or output_layer(model, torch.zeros(1, *data.input_shape))
-        load_checkpoint_(
-            model, checkpoint, key=config.model.checkpoint_key, skip=head if replaced else None
-        )
+        head = None
+        if replaced:  # the new head's weights are not in the checkpoint
+            example = torch.zeros(1, *data.input_shape)
+            head = config.model.classifier or output_layer(model, example)
+        load_checkpoint_(model, checkpoint, key=config.model.checkpoint_key, skip=head)
         logger.info("Teacher loaded from %s.", checkpoint)
         if not replaced:
             cfg = cfg.model_copy(update={"epochs": 0})
