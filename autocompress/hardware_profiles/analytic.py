@@ -48,8 +48,10 @@ class AnalyticProfile(HardwareProfile):
       overlap), summed over layers run one after another;
     * energy = MACs * pJ/MAC + off-chip bytes * DRAM pJ/byte + on-chip bytes * SRAM pJ/byte.
 
-    Layers other than Conv/Linear are free (fused); static power is not modelled.
-    ``details`` holds one row per layer call plus the totals.
+    Attention calls are costed the same way, in fp32, from their MACs and bytes (see
+    :mod:`.graph`), as rows of ``details["attention"]``; other layers than these are free
+    (fused); static power is not modelled. ``details`` holds one row per Conv/Linear call
+    (``"layers"``) and per attention call, plus the totals.
     """
 
     def __init__(self, *, device: str | os.PathLike[str] | DeviceSpec) -> None:
@@ -65,14 +67,17 @@ class AnalyticProfile(HardwareProfile):
 
     def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
         shape = check_input_shape(input_shape, caller="AnalyticProfile.profile")
-        costs = layer_costs(model, input_shape=shape)
+        costs = layer_costs(model, input_shape=shape, attention=True)
         # Dedupe by name: a layer called twice stores its weights once.
         total_weight_bytes = sum({c.name: c.weight_bytes for c in costs}.values())
         weights_on_chip = total_weight_bytes <= self.device.onchip_memory_bytes
         rows = [self._layer_row(c, weights_on_chip=weights_on_chip) for c in costs]
+        # Kept apart so that "layers" lists the Conv/Linear calls that every profile sees
+        # (LUTProfile's analytic fallback matches its rows to them one by one).
+        layers = [c for c in costs if c.kind != "attention"]
         return metrics_with_memory(
             model,
-            costs,
+            layers,
             latency_ms=sum(r["latency_ms"] for r in rows),
             energy_mj=sum(r["energy_mj"] for r in rows),
             details={
@@ -80,7 +85,8 @@ class AnalyticProfile(HardwareProfile):
                 "total_macs": sum(c.macs for c in costs),
                 "weight_bytes": total_weight_bytes,
                 "weights_on_chip": weights_on_chip,
-                "layers": rows,
+                "layers": [r for r in rows if r["kind"] != "attention"],
+                "attention": [r for r in rows if r["kind"] == "attention"],
             },
         )
 

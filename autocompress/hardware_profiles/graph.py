@@ -3,7 +3,10 @@
 Only ``nn.Conv1d/2d/3d`` (and transposed), ``nn.Linear`` and their subclasses are costed: they
 hold nearly all MACs and weights of the CNNs/MLPs searched here. Element-wise ops, pooling and
 normalisation are treated as fused into the neighbouring layer (free), which underestimates
-memory-bound element-wise-heavy nets.
+memory-bound element-wise-heavy nets. On request (``layer_costs(..., attention=True)``) each
+attention call is costed too, as a row of kind ``"attention"``: its two matmuls (scores and the
+weighted sum of values, all heads), in float, plus the projections of an ``nn.MultiheadAttention``,
+which never calls them as layers (a ``SplitAttention``'s projections are Linear rows of their own).
 
 Byte conventions (documented assumptions, shared by every profile):
 
@@ -14,6 +17,8 @@ Byte conventions (documented assumptions, shared by every profile):
 * outputs: the next consumer's bits are unknown inside a layer, so a quantized layer
   (``a_bits < 32``) is assumed to requantize its output to int8 (1 byte/element), and a float
   layer writes fp32 (4 bytes/element).
+* attention: reads q, k and v (for an ``nn.MultiheadAttention``: its query, key and value
+  inputs) and writes its result and the score matrix, all fp32.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from ..spaces.attention import SplitAttention
 from ..spaces.candidate import FLOAT_BITS
 from ._base import HardwareMetrics
 
@@ -46,10 +52,10 @@ _TRACE_LOCK = threading.RLock()
 
 @dataclass(frozen=True)
 class LayerCost:
-    """MACs and bytes of one call of one Conv/Linear layer at batch size 1."""
+    """MACs and bytes of one call of one Conv/Linear layer (or attention) at batch size 1."""
 
     name: str
-    kind: Literal["conv", "linear"]
+    kind: Literal["conv", "linear", "attention"]
     macs: int
     weight_params: int
     w_bits: int
@@ -105,8 +111,15 @@ def check_input_shape(input_shape: Any, *, caller: str) -> tuple[int, ...]:
     return tuple(int(d) for d in input_shape)
 
 
-def layer_costs(model: nn.Module, *, input_shape: tuple[int, ...]) -> list[LayerCost]:
-    """Trace one batch-1 forward pass and cost every Conv/Linear call, in execution order.
+def is_attention(module: nn.Module) -> bool:
+    return isinstance(module, SplitAttention | nn.MultiheadAttention)
+
+
+def layer_costs(
+    model: nn.Module, *, input_shape: tuple[int, ...], attention: bool = False
+) -> list[LayerCost]:
+    """Trace one batch-1 forward pass and cost every Conv/Linear call, in execution order, and
+    with ``attention`` every attention call too (kind ``"attention"``, after its projections).
 
     The dummy input is zeros of shape ``(1, *input_shape)`` on the model's device and float
     dtype, run in eval mode under ``torch.no_grad``. The training mode of every module and all
@@ -124,9 +137,13 @@ def layer_costs(model: nn.Module, *, input_shape: tuple[int, ...]) -> list[Layer
         # in MeasuredProfile) would carry them along, so only record our own forward pass.
         if threading.get_ident() != owner:
             return
+        name = names.get(module, "")
+        if is_attention(module):
+            records.append(_attention_cost(module, name, args, kwargs, output[0]))
+            return
         x = args[0] if args else next(iter(kwargs.values()))
         y = output[0] if isinstance(output, tuple | list) else output
-        records.append(_cost(module, names.get(module, ""), x, y))
+        records.append(_cost(module, name, x, y))
 
     with _TRACE_LOCK:
         modes = [(m, m.training) for m in model.modules()]
@@ -134,7 +151,7 @@ def layer_costs(model: nn.Module, *, input_shape: tuple[int, ...]) -> list[Layer
         handles = [
             m.register_forward_hook(hook, with_kwargs=True)
             for m in model.modules()
-            if is_costed_layer(m)
+            if is_costed_layer(m) or (attention and is_attention(m))
         ]
         try:
             model.eval()
@@ -241,6 +258,40 @@ def _cost(module: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> Lay
         ),
         input_bytes=math.ceil(in_elems * a_bits / 8),
         output_bytes=int(out_elems * out_bytes_per_elem),
+    )
+
+
+def _attention_cost(
+    module: nn.Module, name: str, args: tuple, kwargs: dict, output: torch.Tensor
+) -> LayerCost:
+    inputs = dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
+    query, key, value = inputs["query"], inputs["key"], inputs["value"]
+    batch = 1 if query.dim() == 2 else query.shape[0 if module.batch_first else 1]
+    length = query.numel() // query.shape[-1] // batch  # query tokens
+    source = key.numel() // key.shape[-1] // batch  # key and value tokens
+    inner = module.num_heads * module.head_dim  # the heads' width, less after pruning heads
+    macs = 2 * batch * length * source * inner  # scores q.k and the weighted sum of v
+    scores = batch * module.num_heads * length * source
+    weight_params = 0
+    if isinstance(module, SplitAttention):  # its projections are Linear rows of their own
+        input_elems, output_elems = batch * (length + 2 * source) * inner, batch * length * inner
+    else:  # nn.MultiheadAttention: its projections run inside this call
+        e, kdim, vdim = module.embed_dim, module.kdim, module.vdim
+        macs += batch * (length * e * e + source * (kdim + vdim) * e + length * e * e)
+        weight_params = (2 * e + kdim + vdim) * e
+        input_elems, output_elems = query.numel() + key.numel() + value.numel(), output.numel()
+    return LayerCost(
+        name=name,
+        kind="attention",
+        macs=int(macs),
+        weight_params=int(weight_params),
+        w_bits=FLOAT_BITS,
+        a_bits=FLOAT_BITS,
+        input_elems=int(input_elems),
+        output_elems=int(output_elems + scores),
+        weight_bytes=weight_params * _FLOAT_BYTES,
+        input_bytes=int(input_elems * _FLOAT_BYTES),
+        output_bytes=int((output_elems + scores) * _FLOAT_BYTES),
     )
 
 

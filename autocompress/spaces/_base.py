@@ -98,7 +98,9 @@ class SearchSpace(ABC):
 def conv_linear_layers(model: nn.Module) -> list[str]:
     """The Conv2d/Linear layers that get bits: all of them, except the projections inside
     ``nn.MultiheadAttention``, which reads their weights directly instead of calling them (a
-    fake-quant layer in their place would be priced but never applied)."""
+    fake-quant layer in their place would be priced but never applied). The ``model`` family
+    builds such attention as a ``SplitAttention``, whose projections are called and so get bits.
+    """
     inside = {
         f"{name}.{child}" if name else child
         for name, module in model.named_modules()

@@ -18,7 +18,9 @@ class LayerChoice:
 
     ``w_bits``/``a_bits``: bit-width of the layer's weights and of its *input* activations.
     ``prune_ratio``: fraction of the layer's output channels removed; only layers that lead a
-    pruning group (see ``compression.pruning.prunable_layers``) ever get a non-zero ratio.
+    pruning group (see ``compression.pruning.prunable_layers``) ever get a non-zero ratio. On the
+    q projection of an attention layer (``SplitAttention``) it is the fraction of its heads
+    removed, rounded down to whole heads.
     """
 
     w_bits: int = FLOAT_BITS

@@ -7,11 +7,18 @@ A group is addressed by its *leader*, its first Conv2d/Linear in ``model.named_m
 so a per-layer pruning ratio keyed by layer name means the same thing for every model built from
 the same architecture. The space offers one pruning ratio per leader; ``compression.pruning``
 removes the channels.
+
+Attention goes by whole heads: the q projection of a :class:`SplitAttention` leads the group of
+its q/k/v output channels and its out projection's input channels, and its ratio removes heads.
+Groups that change an attention's embed width, or a parameter of one vector per token outside
+any layer (shape ``(1, tokens, width)``: a class token, a position embedding), are never offered:
+that width is a transformer's residual stream, which its code also sizes outside any layer (a
+ViT reshapes its patches to a stored ``hidden_dim``), so pruning it breaks the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,13 +26,17 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from .attention import SplitAttention, query_projections
+
 ExampleInputs = Tensor | Sequence[Tensor]
 
 
 def prunable_layers(
     model: nn.Module, example_inputs: ExampleInputs, *, ignored: Iterable[str] = ()
 ) -> list[str]:
-    """Names of the group leaders whose output channels can be pruned, in module order.
+    """Names of the group leaders whose output channels can be pruned, in module order: channel
+    group leaders, and the q projections of SplitAttention layers with more than one head (their
+    channels go by whole heads).
 
     ``example_inputs`` (a tensor, or a sequence of positional tensors) is run once through the
     model to trace it. ``ignored`` names layers that must keep their output channels (pass the
@@ -110,6 +121,8 @@ def leader_groups(
     """``{leader name: leader module}`` of every prunable group, in module order."""
     names = {m: name for name, m in model.named_modules()}
     ignored_modules = {m for m, name in names.items() if name in ignored}
+    queries = {a.q_proj: a for a in query_projections(model).values()}
+    attention_parts = _attention_modules(model)
     claimed: set[nn.Module] = set()
     leaders: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
@@ -130,8 +143,46 @@ def leader_groups(
         claimed.update(members)
         if any(m in ignored_modules for m in members) or _has_grouped_conv(group):
             continue
-        leaders[name] = module
+        if module in queries:
+            heads = queries[module]
+            if heads.num_heads > 1 and _is_head_group(graph, group, heads, names):
+                leaders[name] = module
+        elif not any(_residual_stream(dep.target.module, attention_parts) for dep, _ in group):
+            leaders[name] = module
     return leaders
+
+
+def _residual_stream(target: Any, attention_parts: set[nn.Module]) -> bool:
+    """Whether a group member is part of a transformer's residual width (see the module doc)."""
+    if isinstance(target, nn.Parameter):  # Torch-Pruning's node for a parameter outside a layer
+        return target.dim() == 3 and target.shape[0] == 1
+    return target in attention_parts
+
+
+def _attention_modules(model: nn.Module) -> set[nn.Module]:
+    """What a channel group must not reach: the projections of every SplitAttention (their
+    channels go by heads, or are the embed width) and every unsplit nn.MultiheadAttention."""
+    found: set[nn.Module] = set()
+    for module in model.modules():
+        if isinstance(module, SplitAttention):
+            found.update((module.q_proj, module.k_proj, module.v_proj, module.out_proj))
+        elif isinstance(module, nn.MultiheadAttention):
+            found.add(module)
+    return found
+
+
+def _is_head_group(
+    graph: tp.DependencyGraph, group: Any, attention: SplitAttention, layers: Mapping[Any, str]
+) -> bool:
+    # DepGraph follows the q projection's channels through the attention's matmuls to k, v and
+    # out; removing whole heads there is right only if those are all the layers it reaches.
+    reached = {
+        (dep.target.module, graph.is_out_channel_pruning_fn(dep.handler))
+        for dep, _ in group
+        if dep.target.module in layers
+    }
+    expected = {(attention.q_proj, True), (attention.k_proj, True), (attention.v_proj, True)}
+    return reached == expected | {(attention.out_proj, False)}
 
 
 def _has_grouped_conv(group: Any) -> bool:

@@ -4,7 +4,9 @@
 that returns the ``nn.Module``, called with ``model.kwargs``. The search then chooses, on that
 architecture, per-layer bits and pruning ratios (see ``space.exclude`` / ``space.overrides``)
 and, with ``model.droppable_blocks``, which residual blocks to drop (a dropped block becomes an
-identity). The checkpoint, when given, is the teacher: see ``search.teacher``.
+identity). The checkpoint, when given, is the teacher: see ``search.teacher``. Its
+``nn.MultiheadAttention`` layers are built as ``SplitAttention`` (see ``spaces.attention``), the
+same function with projections that get bits and lose whole heads.
 
 Inside the search the section is the model family ``"model"``, whose ``arch`` holds the factory,
 its keyword arguments, the head rule and the blocks dropped: everything needed to rebuild a
@@ -25,6 +27,7 @@ from torch import nn
 
 from ..core.plugins import import_object, is_import_string
 from ._registry import ModelFamily, register_family
+from .attention import split_attention_, split_attention_keys
 from .groups import output_layer
 
 __all__ = [
@@ -120,10 +123,12 @@ class UserModelFamily(ModelFamily):
         example = torch.zeros(1, *input_shape)
         shapes = _block_shapes(model, example, factory=self.space.factory)
         output = shapes[""][1]
-        if output is None or output[-1] != num_classes or len(output) != 2:
+        # (batch, classes) for a classifier; dense tasks add dimensions: (batch, classes, H, W).
+        if output is None or len(output) < 2 or output[1] != num_classes:
             raise ValueError(
                 f"The 'model.factory' network ({self.space.factory}) must output "
-                f"(batch, {num_classes}) for the data's {num_classes} classes. Got an output of "
+                f"(batch, {num_classes}, ...) for the data's {num_classes} classes (outputs). "
+                "Got an output of "
                 f"shape {output} instead: build it for {num_classes} classes (model.kwargs) or "
                 "set model.head: replace."
             )
@@ -168,6 +173,7 @@ class UserModelFamily(ModelFamily):
             )
         for block in arch.get("dropped", ()):
             _replace_layer(model, block, nn.Identity())
+        split_attention_(model)
         return model
 
 
@@ -208,6 +214,7 @@ def load_checkpoint_(
         ) from None
     state = _state_dict(loaded, key=key, path=path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = split_attention_keys(model, state)  # a checkpoint of the unsplit network
     if skip is not None:
         state = {k: v for k, v in state.items() if not k.startswith(f"{skip}.")}
     expected = model.state_dict()
@@ -269,26 +276,28 @@ def droppable_blocks(
 ) -> list[str]:
     """Names of the blocks the search may drop, in module order. ``"auto"``: the residual
     blocks of torchvision's ResNets (without a downsample), MobileNets (with a residual
-    connection) and vision transformers (encoder blocks). Otherwise glob patterns; each must
-    match a block whose output has its input's shape (``shapes``: input and output shape of
-    every module, from one forward pass)."""
+    connection) and vision transformers (encoder blocks), and ``nn.TransformerEncoderLayer``s,
+    each where its output has its input's shape. Otherwise glob patterns; each must match a
+    block whose output has its input's shape (``shapes``: input and output shape of every
+    module, from one forward pass)."""
     import fnmatch
 
     names = [name for name, _ in model.named_modules() if name]
     if patterns == "auto":
         modules = dict(model.named_modules())
-        chosen = [n for n in names if _residual(modules[n])]
-    else:
-        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-        if unmatched:
-            raise ValueError(
-                "The 'model.droppable_blocks' field must hold patterns that match modules of "
-                f"the network. Got {unmatched} instead, which match none."
-            )
-        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        # A block that changes shape (or was called with more than its input) cannot become an
+        # identity, so "auto" passes it over rather than failing.
+        return [n for n in names if _residual(modules[n]) and _keeps_shape(shapes.get(n))]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(
+            "The 'model.droppable_blocks' field must hold patterns that match modules of "
+            f"the network. Got {unmatched} instead, which match none."
+        )
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     for name in chosen:
-        given, produced = shapes.get(name, (None, None))
-        if given is None or given != produced:
+        if not _keeps_shape(shapes.get(name)):
+            given, produced = shapes.get(name, (None, None))
             raise ValueError(
                 "The 'model.droppable_blocks' field must name blocks whose output has the shape "
                 f"of their input, so that dropping one leaves an identity. Got {name!r}, which "
@@ -297,11 +306,20 @@ def droppable_blocks(
     return chosen
 
 
+def _keeps_shape(shape: tuple[tuple[int, ...] | None, tuple[int, ...] | None] | None) -> bool:
+    return shape is not None and shape[0] is not None and shape[0] == shape[1]
+
+
 def _residual(module: nn.Module) -> bool:
+    """A block known to add its input to its output: torchvision's ResNet blocks without a
+    downsample, its MobileNet blocks with a residual connection, its ViT encoder blocks, and
+    PyTorch's transformer encoder layers."""
     kind = type(module).__name__
     if kind in ("BasicBlock", "Bottleneck"):
         return getattr(module, "downsample", True) is None
-    return bool(getattr(module, "use_res_connect", False)) or kind == "EncoderBlock"
+    if bool(getattr(module, "use_res_connect", False)) or kind == "EncoderBlock":
+        return True
+    return isinstance(module, nn.TransformerEncoderLayer)
 
 
 def _block_shapes(
