@@ -23,13 +23,14 @@ from optuna.trial import FrozenTrial
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .config import RunConfig, parse_config
+from .config import RunConfig, load_config, parse_config
 from .core.files import atomic_path
 from .core.rundir import RunDir
 from .core.trials import load_trials
 from .data import DataBundle, register_dataset
 from .export import ExportResult, export_trial, pick_trial
 from .search import SearchResult, run_search
+from .tasks import Task, create_task, register_task
 
 __all__ = ["CompressResult", "compress", "given_model"]
 
@@ -77,9 +78,12 @@ class CompressResult:
         out_dir: Path | None = None,
     ) -> ExportResult:
         """Export ``trial``, or the one ``pick`` chooses (e.g. ``"fastest with accuracy >=
-        0.9"``; default: the most accurate), verified against PyTorch (see ``export_trial``)."""
+        0.9"``; default: the best by the task's primary metric, e.g. the most accurate),
+        verified against PyTorch (see ``export_trial``)."""
         if trial is None:
-            trial = pick_trial(load_trials(self.run_dir), pick or "most accurate").trial
+            score = load_config(RunDir(self.run_dir).config_file).make_task().score
+            best = f"{score.direction.removesuffix('imize')} {score.name}"  # e.g. max accuracy
+            trial = pick_trial(load_trials(self.run_dir), pick or best).trial
         return export_trial(self.run_dir, trial=trial, format=format, out_dir=out_dir)
 
 
@@ -89,20 +93,28 @@ def compress(
     train_data: Dataset | DataLoader,
     val_data: Dataset | DataLoader,
     config: Mapping[str, Any] | None = None,
+    task: str | Task = "classification",
     name: str = "compress",
     runs_dir: str | Path = "runs",
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None = None,
 ) -> CompressResult:
-    """Search compressed versions of ``model`` (a trained classifier: its weights are the
-    teacher) on ``train_data`` / ``val_data`` (map-style datasets of ``(input, label)`` pairs,
-    or DataLoaders over them), and return the run.
+    """Search compressed versions of ``model`` (a trained network: its weights are the teacher)
+    on ``train_data`` / ``val_data`` (map-style datasets of ``(input, target)`` pairs or of
+    dicts with an input and a target key, or DataLoaders over them), and return the run.
 
-    ``config``: the rest of a run config as a mapping (``space``, ``train``, ``hardware``,
-    ``search``; ``model`` settings such as ``droppable_blocks`` or ``head`` too), validated as a
-    config file is. Re-running with the same ``name`` resumes the run."""
+    ``task``: what the network does, a :class:`~autocompress.tasks.Task` or a task name
+    (``classification``, ``regression``, ``segmentation``, ``"module:TaskClass"``); objectives
+    name its metrics (e.g. ``miou``). ``config``: the rest of a run config as a mapping
+    (``space``, ``train``, ``hardware``, ``search``; ``model`` settings such as
+    ``droppable_blocks`` or ``head`` too), validated as a config file is. Re-running with the
+    same ``name`` resumes the run."""
     train, val = _dataset(train_data, "train_data"), _dataset(val_data, "val_data")
+    task_spec = task
+    if isinstance(task, Task):  # an object of this process, named for the run's config
+        task_spec = f"given-{name}"
+        register_task(task_spec)(lambda: task)
     _GIVEN[name] = copy.deepcopy(model).cpu().eval()
-    bundle = _bundle(train, val, model=_GIVEN[name], name=name)
+    bundle = _bundle(train, val, model=_GIVEN[name], name=name, task=create_task(task_spec))
     register_dataset(f"given-{name}")(lambda config, *, seed: bundle)
     run = RunDir(Path(runs_dir) / name)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -117,6 +129,7 @@ def compress(
         "checkpoint": str(checkpoint),
     }
     settings["data"] = {**dict(settings.get("data", {})), "dataset": f"given-{name}"}
+    settings["task"] = task_spec
     run_config: RunConfig = parse_config({**settings, "name": name}, source="compress(config=...)")
     return CompressResult(run_search(run_config, runs_dir=Path(runs_dir), on_trial=on_trial))
 
@@ -131,16 +144,17 @@ def _dataset(data: Dataset | DataLoader, parameter: str) -> Dataset:
     return dataset
 
 
-def _bundle(train: Dataset, val: Dataset, *, model: nn.Module, name: str) -> DataBundle:
+def _bundle(train: Dataset, val: Dataset, *, model: nn.Module, name: str, task: Task) -> DataBundle:
     """``model``: the given network's copy, on the CPU in eval mode."""
-    inputs = torch.as_tensor(train[0][0])
-    # The class count is the network's: one score per class (model.head: replace changes it).
+    inputs = torch.as_tensor(task.split(train[0])[0])
+    # The class count is the network's: one score (map) per class, dimension 1 of its output
+    # (model.head: replace changes it).
     with torch.no_grad():
         scores = model(inputs.unsqueeze(0).float())
     return DataBundle(
         train=train,
         val=val,
-        num_classes=int(scores.shape[-1]),
+        num_classes=int(scores.shape[1]) if scores.ndim > 1 else 1,
         input_shape=tuple(int(d) for d in inputs.shape),
         name=f"given-{name}",
     )

@@ -20,12 +20,18 @@ from pydantic import (
 )
 
 from .core.errors import ConfigError
-from .core.objectives import Objective, check_trial_metric, parse_objective
+from .core.objectives import (
+    Objective,
+    check_trial_metric,
+    parse_objective,
+    trial_metric_directions,
+)
 from .core.plugins import import_plugin, load_installed_plugins
 from .core.samplers import list_samplers
 from .data import DataConfig
 from .evaluators import TrainConfig, list_evaluators
 from .spaces import ModelConfig, SpaceConfig, get_family
+from .tasks import Task, create_task
 
 
 class _Section(BaseModel):
@@ -255,8 +261,8 @@ class SearchConfig(_Section):
     @field_validator("objectives")
     @classmethod
     def _known_objectives(cls, objectives: list[str]) -> list[str]:
-        parsed = [check_trial_metric(parse_objective(o)) for o in objectives]
-        names = [o.name for o in parsed]
+        # Which names a trial records depends on the task: RunConfig checks them.
+        names = [o.partition(":")[0].strip() for o in objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objectives must be distinct. Got {names}")
         return objectives
@@ -276,7 +282,7 @@ RESUMABLE_SEARCH_FIELDS = (
 
 
 # Config fields that run folders made by autocompress 0.1 do not have (see RunConfig.fingerprint).
-FIELDS_ADDED_SINCE_0_1 = ("model", "evaluator", "space.exclude", "space.overrides")
+FIELDS_ADDED_SINCE_0_1 = ("model", "task", "evaluator", "space.exclude", "space.overrides")
 
 
 class RunConfig(_Section):
@@ -288,12 +294,44 @@ class RunConfig(_Section):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig | None = None
+    task: str = Field(
+        default="classification",
+        description="classification | regression | segmentation, a name registered with "
+        "tasks.register_task, or 'package.module:TaskClass'",
+    )
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     teacher: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=20))
     train: TrainConfig = Field(default_factory=TrainConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        create_task(task)
+        return task
+
+    @model_validator(mode="after")
+    def _objectives_are_trial_metrics(self) -> RunConfig:
+        task = self.make_task()
+        # The default objectives name classification's metric: another task's primary metric
+        # stands in for it unless the objectives were written out.
+        if "objectives" not in self.search.model_fields_set and "accuracy" not in task.metrics:
+            self.search.objectives = [
+                task.primary if o == "accuracy" else o for o in self.search.objectives
+            ]
+        metrics = trial_metric_directions(task.metrics)
+        for text in self.search.objectives:
+            name = text.partition(":")[0].strip()
+            if name not in metrics:
+                raise ValueError(
+                    f"The 'search.objectives' field must name metrics that a trial of task "
+                    f"{self.task!r} records: {list(metrics)} (optionally as 'name:max' / "
+                    f"'name:min'). Got {name!r}."
+                )
+            check_trial_metric(parse_objective(text, metrics), metrics)
+        return self
 
     @model_validator(mode="after")
     def _model_is_the_space(self) -> RunConfig:
@@ -328,17 +366,19 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _efficiency_needs_accuracy(self) -> RunConfig:
-        # Both compare candidates' accuracies at no higher hardware cost.
-        if "accuracy" in {o.name for o in self.objectives()}:
+    def _efficiency_needs_the_primary_metric(self) -> RunConfig:
+        # They compare candidates' primary metric (accuracy) at no higher hardware cost.
+        primary = self.make_task().primary
+        if primary in {o.name for o in self.objectives()}:
             return self
         for section in ("early_stopping", "prescreen", "surrogate"):
             settings = getattr(self.search, section)
             # Early stopping is on by default where it applies: only an explicit request fails.
             if settings.enabled and "enabled" in settings.model_fields_set:
                 raise ValueError(
-                    f"The 'search.{section}.enabled' field needs 'accuracy' among "
-                    f"search.objectives (got {self.search.objectives}); set it to false."
+                    f"The 'search.{section}.enabled' field needs {primary!r} (the task's primary "
+                    f"metric) among search.objectives (got {self.search.objectives}); set it to "
+                    "false."
                 )
         return self
 
@@ -354,8 +394,19 @@ class RunConfig(_Section):
             )
         return self
 
+    def make_task(self) -> Task:
+        """The task the ``task`` field names."""
+        return create_task(self.task)
+
     def objectives(self) -> list[Objective]:
-        return [parse_objective(o) for o in self.search.objectives]
+        metrics = trial_metric_directions(self.make_task().metrics)
+        return [parse_objective(o, metrics) for o in self.search.objectives]
+
+    def score_objective(self) -> Objective | None:
+        """The task's primary metric (what early stopping, prescreen, the surrogate and refit
+        compare), when it is an objective of the search."""
+        score = self.make_task().score
+        return score if score.name in {o.name for o in self.objectives()} else None
 
     def fingerprint(self) -> str:
         """Hash of everything that changes what a trial means (not n_trials, n_jobs, timeout, nor

@@ -98,7 +98,7 @@ def main() -> None:
         speed_ratios.append(speed_ratio)
         bits = " ".join(f"{layer['w_bits']}/{layer['a_bits']}" for layer in report.layers)
         print(
-            f"{number:>5} {report.exported_accuracy:>7.2%} {path.stat().st_size / 1024:>8.1f} "
+            f"{number:>5} {report.exported_score:>7.2%} {path.stat().st_size / 1024:>8.1f} "
             f"{size_ratio:>8.2f} {report.predicted_bytes / 1024:>8.1f} "
             f"{latency_ms[number]:>8.4f} {speed_ratio:>8.2f} {report.max_abs_diff:>11.2e} "
             f"{'yes' if report.passed else 'NO':>8}  {bits}"

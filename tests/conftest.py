@@ -115,3 +115,27 @@ def three_objective_trials() -> pd.DataFrame:
             (7, "RUNNING", True, math.nan, math.nan, math.nan),
         ]
     )
+
+
+def _run_process(*command: str, cwd) -> str:
+    import subprocess
+
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.fixture
+def run_process() -> Callable[..., str]:
+    """``run_process(*command, cwd=...)``: run a command to completion, fail the test with its
+    output's tail if it fails, return stdout + stderr."""
+    return _run_process
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., str]:
+    """``run_cli(*args, cwd=...)``: ``autocompress ARGS`` in a fresh interpreter, as
+    :func:`run_process`."""
+    import sys
+
+    return lambda *args, cwd: _run_process(sys.executable, "-m", "autocompress.cli", *args, cwd=cwd)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,20 +15,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.slow
 
 
-def _run(*command: str, cwd: Path) -> str:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
-
-
-def _cli(*args: str, cwd: Path) -> str:
-    return _run(sys.executable, "-m", "autocompress.cli", *args, cwd=cwd)
-
-
-def test_resnet18_from_a_checkpoint_and_a_config_only(tmp_path):
+def test_resnet18_from_a_checkpoint_and_a_config_only(run_process, run_cli, tmp_path):
     folder = shutil.copytree(EXAMPLES / "resnet18_checkpoint", tmp_path / "example")
-    assert "saved resnet18.pt" in _run(sys.executable, "train_checkpoint.py", cwd=folder)
-    output = _cli("search", "resnet18.yaml", cwd=folder)
+    assert "saved resnet18.pt" in run_process(sys.executable, "train_checkpoint.py", cwd=folder)
+    output = run_cli("search", "resnet18.yaml", cwd=folder)
     assert "Teacher loaded from resnet18.pt" in output and "Training the teacher" not in output
     run = folder / "runs" / "resnet18"
     trials = pd.read_csv(run / "trials.csv")
@@ -38,9 +27,23 @@ def test_resnet18_from_a_checkpoint_and_a_config_only(tmp_path):
     # The stem was excluded: float and unpruned in every candidate.
     stems = [json.loads(c)["layers"]["conv1"] for c in trials["candidate"]]
     assert all(s == {"w_bits": 32, "a_bits": 32, "prune_ratio": 0.0} for s in stems)
-    assert "Pareto-optimal" in _cli("pareto", str(run), cwd=folder)
-    _cli("report", str(run), cwd=folder)
-    exported = _cli("export", str(run), "--pick", "most accurate", "--format", "onnx", cwd=folder)
+    assert "Pareto-optimal" in run_cli("pareto", str(run), cwd=folder)
+    run_cli("report", str(run), cwd=folder)
+    exported = run_cli(
+        "export", str(run), "--pick", "most accurate", "--format", "onnx", cwd=folder
+    )
     assert "verification PASSED" in exported
-    refit = _cli("refit", str(run), "--epochs", "1", "--budget", "1", cwd=folder)
+    refit = run_cli("refit", str(run), "--epochs", "1", "--budget", "1", cwd=folder)
     assert "refit of" in refit
+
+
+def test_a_segmentation_network_through_the_python_api(run_process, run_cli, tmp_path):
+    folder = shutil.copytree(EXAMPLES / "segmentation_api", tmp_path / "example")
+    output = run_process(
+        sys.executable, "compress_segmenter.py", "--trials", "5", "--epochs", "1", cwd=folder
+    )
+    assert "trained TinySegNet: miou" in output
+    trials = pd.read_csv(folder / "runs" / "segmenter" / "trials.csv")
+    assert {"miou", "pixel_accuracy"} <= set(trials.columns)
+    assert trials["miou"].max() > 0.5
+    assert "verification PASSED" in output and "miou: exported" in output

@@ -161,12 +161,12 @@ def test_early_stopping_end_to_end_records_prunes_and_counts(
 ):
     # Every rung accuracy is the same, so a trial is stopped exactly when enough earlier trials
     # were no bigger (weak dominance): decided by the seeded sampler's sizes, not by training.
-    real = early_stopping.evaluate_accuracy
+    real = early_stopping.EarlyStoppingTrainEvaluator.rung_metrics
 
-    def pinned(model, loader, *, device):
-        return PINNED_ACCURACY, real(model, loader, device=device)[1]
+    def pinned(self, model, loader):
+        return {**real(self, model, loader), "accuracy": PINNED_ACCURACY}
 
-    monkeypatch.setattr(early_stopping, "evaluate_accuracy", pinned)
+    monkeypatch.setattr(early_stopping.EarlyStoppingTrainEvaluator, "rung_metrics", pinned)
     tiny_config_dict["train"]["epochs"] = 3  # eta 3: one rung, after epoch 1
     early = {"eta": 3, "min_dominators": 1, "min_records": 0}
     first = run_search(
@@ -357,11 +357,11 @@ def test_ray_backend_records_skipped_and_stopped_trials_as_pruned(
     from autocompress.search.samplers import make_sampler
     from autocompress.search.study import open_study
 
-    real = early_stopping.evaluate_accuracy
+    real = early_stopping.EarlyStoppingTrainEvaluator.rung_metrics
     monkeypatch.setattr(
-        early_stopping,
-        "evaluate_accuracy",
-        lambda model, loader, *, device: (PINNED_ACCURACY, real(model, loader, device=device)[1]),
+        early_stopping.EarlyStoppingTrainEvaluator,
+        "rung_metrics",
+        lambda self, model, loader: {**real(self, model, loader), "accuracy": PINNED_ACCURACY},
     )
     # Early stopping judges from the second trial on; the prescreen only once 3 trials
     # completed, so the trials in between can be stopped rather than skipped.

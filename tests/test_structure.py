@@ -18,6 +18,7 @@ ROOMS = (
     "data",
     "spaces",
     "compression",
+    "tasks",
     "hardware_profiles",
     "evaluators",
     "config",

@@ -114,8 +114,11 @@ def search(
     console.print(f"[bold]autocompress[/] run [cyan]{config.name}[/] -> {runs_dir / config.name}")
     with reported_errors(), TrialPrinter(config.objectives(), console) as printer:
         result = run_search(config, runs_dir=runs_dir, on_trial=printer)
-    teacher = result.teacher_metrics
-    console.print(f"teacher (fp32) accuracy {teacher['accuracy']:.2%}, {teacher['params']} params")
+    from ..report.tables import format_metric
+
+    teacher, primary = result.teacher_metrics, config.make_task().primary
+    score = format_metric(primary, teacher.get(primary))
+    console.print(f"teacher (fp32) {primary} {score}, {teacher['params']} params")
     _print_front(result.run_dir)
 
 
@@ -336,6 +339,7 @@ def export(
     from ..core import load_trials
     from ..export.pick import pick_trial
     from ..export.trial import EXPORT_FORMATS, REPORT_FILE, export_trial
+    from ..report.tables import format_metric
 
     if (trial is None) == (pick is None):
         fail("Give exactly one of --trial N and --pick RULE.")
@@ -346,10 +350,13 @@ def export(
             chosen = pick_trial(load_trials(run), pick)
             trial = chosen.trial
             row = chosen.row
+            shown = [chosen.rule.metric, "latency_ms", "size_kb"]
+            values = ", ".join(
+                f"{name} {format_metric(name, row.get(name))}" for name in dict.fromkeys(shown)
+            )
             console.print(
                 f"picked trial {trial} by '{chosen.rule}' (of {chosen.eligible} eligible): "
-                f"accuracy {row['accuracy']:.2%}, latency {row['latency_ms']:.4g} ms, "
-                f"size {row['size_kb']:.3g} kB",
+                f"{values}",
                 highlight=False,
             )
         result = export_trial(
@@ -359,12 +366,13 @@ def export(
     if result.finetune is not None:
         tune = result.finetune
         console.print(
-            f"fine-tuned {tune.epochs} epoch(s): accuracy {tune.accuracy_before:.2%} -> "
-            f"{tune.accuracy_after:.2%}"
+            f"fine-tuned {tune.epochs} epoch(s): {tune.metric} "
+            f"{format_metric(tune.metric, tune.score_before)} -> "
+            f"{format_metric(tune.metric, tune.score_after)}"
         )
     console.print(
-        f"accuracy recorded {result.recorded_accuracy:.2%}, "
-        f"reproduced from the export {result.reproduced_accuracy:.2%}"
+        f"{result.metric} recorded {format_metric(result.metric, result.recorded_score)}, "
+        f"reproduced from the export {format_metric(result.metric, result.reproduced_score)}"
     )
     report = result.report
     for line in report.summary_lines():

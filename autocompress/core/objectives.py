@@ -11,12 +11,10 @@ MINIMIZE = "minimize"
 DIRECTIONS = (MAXIMIZE, MINIMIZE)
 _DIRECTION_ALIASES = {"max": MAXIMIZE, "maximize": MAXIMIZE, "min": MINIMIZE, "minimize": MINIMIZE}
 
-# Every metric a trial records, with the direction in which it improves: the only names a search
-# can optimise ("accuracy" alone means Objective("accuracy", "maximize")). ``params`` is the
-# compressed model's parameter count.
-METRIC_DIRECTIONS: Mapping[str, str] = MappingProxyType(
+# The hardware metrics every trial records, with the direction in which each improves; ``params``
+# is the compressed model's parameter count.
+HARDWARE_METRIC_DIRECTIONS: Mapping[str, str] = MappingProxyType(
     {
-        "accuracy": MAXIMIZE,
         "latency_ms": MINIMIZE,
         "energy_mj": MINIMIZE,
         "size_kb": MINIMIZE,
@@ -24,6 +22,19 @@ METRIC_DIRECTIONS: Mapping[str, str] = MappingProxyType(
         "params": MINIMIZE,
     }
 )
+# Every metric a classification trial records ("accuracy" alone means Objective("accuracy",
+# "maximize")); other tasks record their own metrics in place of accuracy.
+METRIC_DIRECTIONS: Mapping[str, str] = MappingProxyType(
+    {"accuracy": MAXIMIZE, **HARDWARE_METRIC_DIRECTIONS}
+)
+
+
+def trial_metric_directions(task_metrics: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The metrics a trial records: the task's (default: classification's accuracy) and the
+    hardware metrics, with their directions."""
+    if task_metrics is None:
+        return dict(METRIC_DIRECTIONS)
+    return {**task_metrics, **HARDWARE_METRIC_DIRECTIONS}
 
 
 @dataclass(frozen=True)
@@ -46,13 +57,15 @@ class Objective:
             )
 
 
-def parse_objective(text: str) -> Objective:
-    """Parse "accuracy" (direction from ``METRIC_DIRECTIONS``) or "name:max" / "name:min".
+def parse_objective(text: str, metrics: Mapping[str, str] | None = None) -> Objective:
+    """Parse "accuracy" (direction from ``metrics``, default ``METRIC_DIRECTIONS``) or
+    "name:max" / "name:min".
 
     The explicit form accepts any column name, so the report and ``export --pick`` can rank by
     any column; a search checks its objectives with :func:`check_trial_metric`.
     """
-    valid = ", ".join(METRIC_DIRECTIONS)
+    known = METRIC_DIRECTIONS if metrics is None else metrics
+    valid = ", ".join(known)
     constraint = f"a metric name ({valid}) or 'name:max' / 'name:min'"
     if not isinstance(text, str):
         raise ValueError(
@@ -60,8 +73,8 @@ def parse_objective(text: str) -> Objective:
         )
     name, sep, direction = text.strip().partition(":")
     name, direction = name.strip(), direction.strip().lower()
-    if not sep and name in METRIC_DIRECTIONS:
-        return Objective(name, METRIC_DIRECTIONS[name])
+    if not sep and name in known:
+        return Objective(name, known[name])
     if sep and name and direction in _DIRECTION_ALIASES:
         return Objective(name, _DIRECTION_ALIASES[direction])
     raise ValueError(
@@ -69,12 +82,13 @@ def parse_objective(text: str) -> Objective:
     )
 
 
-def check_trial_metric(objective: Objective) -> Objective:
-    """``objective`` if a trial records its metric (a key of ``METRIC_DIRECTIONS``), else a
-    ValueError naming the metrics a trial records."""
-    if objective.name not in METRIC_DIRECTIONS:
+def check_trial_metric(objective: Objective, metrics: Mapping[str, str] | None = None) -> Objective:
+    """``objective`` if a trial records its metric (a key of ``metrics``, default
+    ``METRIC_DIRECTIONS``), else a ValueError naming the metrics a trial records."""
+    known = METRIC_DIRECTIONS if metrics is None else metrics
+    if objective.name not in known:
         raise ValueError(
             f"{objective.name!r} is not a metric that a trial records; objectives must be among "
-            f"{list(METRIC_DIRECTIONS)} (optionally as 'name:max' / 'name:min')"
+            f"{list(known)} (optionally as 'name:max' / 'name:min')"
         )
     return objective

@@ -1,10 +1,11 @@
 """The trials table: one row per trial of a study, as ``trials.csv`` stores it and as the
 Pareto functions (``core.pareto``) and the report read it; and the bookkeeping of retried trials.
 
-Columns: ``number``, ``state`` (Optuna's state name), the metrics (``METRICS``; NaN when
-unknown), ``feasible`` (within the hardware budget), ``trained``, ``params``,
-``train_seconds``, ``duration_s``, ``fail_reason``, ``pruned_reason``, ``summary`` (one line
-describing the candidate) and ``candidate`` (its JSON).
+Columns: ``number``, ``state`` (Optuna's state name), the metrics (the task's, ``accuracy`` for
+classification, then ``HARDWARE_METRICS``; NaN when unknown), ``feasible`` (within the hardware
+budget), ``trained``, ``params``, ``train_seconds``, ``duration_s``, ``fail_reason``,
+``pruned_reason``, ``summary`` (one line describing the candidate) and ``candidate`` (its
+JSON).
 """
 
 from __future__ import annotations
@@ -26,9 +27,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "latency_ms", "energy_mj", "size_kb", "peak_mem_kb")
+HARDWARE_METRICS = ("latency_ms", "energy_mj", "size_kb", "peak_mem_kb")
+METRICS = ("accuracy", *HARDWARE_METRICS)  # the metric columns of a classification run
+# User attribute of a trial of a task other than classification: the names of its task metrics.
+TASK_METRICS_ATTR = "task_metrics"
 RETRY_ATTR = "retry_of"  # user attribute of a retry: the number of the attempt it repeats
 _TEXT_COLUMNS = ("state", "fail_reason", "pruned_reason", "summary", "candidate")
+_BOOKKEEPING_COLUMNS = (
+    "number",
+    "feasible",
+    "trained",
+    "params",
+    "train_seconds",
+    "duration_s",
+    *_TEXT_COLUMNS,
+)
 
 
 def unreadable_storage_message(url: str, err: Exception) -> str:
@@ -89,11 +102,12 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     """The trials table of ``study`` (see the module docstring)."""
     rows = []
     trials = study.get_trials(deepcopy=False)
+    metrics = [*task_metric_names(trials), *HARDWARE_METRICS]
     retried_as = {t.user_attrs[RETRY_ATTR]: t.number for t in trials if RETRY_ATTR in t.user_attrs}
     for t in trials:
         attrs = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
-        for metric in METRICS:
+        for metric in metrics:
             row[metric] = attrs.get(metric, np.nan)
         row["feasible"] = bool(attrs.get("feasible", False))
         row["trained"] = bool(attrs.get("trained", False))
@@ -110,7 +124,7 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     columns = [
         "number",
         "state",
-        *METRICS,
+        *metrics,
         "feasible",
         "trained",
         "params",
@@ -122,6 +136,20 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
         "candidate",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The metric columns of a trials table (the task's and the hardware metrics), in order."""
+    return [c for c in frame.columns if c not in _BOOKKEEPING_COLUMNS]
+
+
+def task_metric_names(trials: Iterable[optuna.trial.FrozenTrial]) -> list[str]:
+    """The task metrics the trials recorded, in order: ``["accuracy"]`` for classification (and
+    runs that predate tasks)."""
+    names: dict[str, None] = {}
+    for t in trials:
+        names.update(dict.fromkeys(t.user_attrs.get(TASK_METRICS_ATTR, ())))
+    return list(names) or ["accuracy"]
 
 
 def _silent_failure(number: int, retried_as: dict[int, int]) -> str:
@@ -162,9 +190,10 @@ def load_trials(run_dir: str | Path | RunDir) -> pd.DataFrame:
             f"{str(run_dir)!r} is not a finished run folder: trials.csv is missing "
             "(run `autocompress search CONFIG` first)."
         )
+    numeric = [c for c in pd.read_csv(path, nrows=0).columns if c not in _TEXT_COLUMNS]
     return pd.read_csv(
         path,
         dtype=dict.fromkeys(_TEXT_COLUMNS, str),
         keep_default_na=False,
-        na_values={metric: ["", "nan", "NaN"] for metric in METRICS},
+        na_values={column: ["", "nan", "NaN"] for column in numeric},
     )

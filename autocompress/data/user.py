@@ -7,6 +7,7 @@ registered loader's (no DataConfig, no DataBundle) so that a plain script can pr
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,15 @@ def load_import_string(config: DataConfig, *, seed: int) -> DataBundle:
             f"'package.module:function'. Got {spec!r} instead (module {module_name!r} has no "
             f"callable {function_name!r})."
         )
+    try:
+        inspect.signature(function).bind(root=config.root, seed=seed)
+    except TypeError as err:
+        raise ValueError(
+            f"The 'data.dataset' entry point {spec!r} must accept the keyword arguments root and "
+            f"seed, as in def {spec.split(':')[1]}(root, seed). Got {err}."
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): the call will tell
+        pass
     return _check_result(spec, function(root=config.root, seed=seed))
 
 
@@ -49,8 +59,9 @@ def _check_result(spec: str, result: object) -> DataBundle:
     for label, dataset in (("train_dataset", train), ("val_dataset", val)):
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
             raise fail(f"{label} has no __getitem__/__len__")
-    if not _is_int(num_classes) or num_classes < 2:
-        raise fail("num_classes must be an int >= 2")
+    # A regression's outputs count as its classes: one target is one output.
+    if not _is_int(num_classes) or num_classes < 1:
+        raise fail("num_classes must be an int >= 1")
     shape = tuple(input_shape) if isinstance(input_shape, tuple | list) else ()
     if len(shape) != 3 or not all(_is_int(d) and d > 0 for d in shape):
         raise fail("input_shape must be three positive ints (channels, height, width)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from ..core.errors import AutocompressError
 from ..core.registry import Registry
 from ..data import DataBundle
 from ..spaces import Candidate, JointSearchSpace
+from ..tasks import Classification, Task
 
 if TYPE_CHECKING:
     from ..core.rundir import RunDir
@@ -31,25 +33,38 @@ class CandidateStopped(Exception):
     """An evaluation ended early by a stopping rule: the candidate is not worth its full budget.
 
     Not a failure (hence not a :class:`CandidateError`): the search records the trial as stopped
-    (e.g. Optuna's PRUNED state) with ``accuracy`` measured after ``epochs`` epochs, the budget of
-    rung ``rung`` (0-based).
+    (e.g. Optuna's PRUNED state) with ``value``, the task's primary metric ``metric``, measured
+    after ``epochs`` epochs, the budget of rung ``rung`` (0-based).
     """
 
-    def __init__(self, *, rung: int, epochs: int, accuracy: float) -> None:
+    def __init__(self, *, rung: int, epochs: int, value: float, metric: str = "accuracy") -> None:
         super().__init__(
-            f"stopped at rung {rung} after {epochs} epoch(s) with accuracy {accuracy:.4f}"
+            f"stopped at rung {rung} after {epochs} epoch(s) with {metric} {value:.4f}"
         )
         self.rung = rung
         self.epochs = epochs
-        self.accuracy = accuracy
+        self.value = value
+        self.metric = metric
 
 
 @dataclass(frozen=True)
 class TaskMetrics:
-    accuracy: float  # top-1 on the validation split, in [0, 1]
-    loss: float  # mean cross-entropy on the validation split
-    epochs: int  # epochs actually trained
-    train_seconds: float
+    """What an evaluation measured on the validation split: ``metrics``, the task's metrics by
+    name (e.g. ``{"accuracy": 0.93}`` or ``{"miou": 0.61, "pixel_accuracy": 0.9}``), ``loss``
+    (the task's mean loss), the ``epochs`` actually trained and the seconds they took.
+    ``accuracy=`` is shorthand for a classification's ``metrics={"accuracy": accuracy}``."""
+
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    loss: float = math.nan
+    epochs: int = 0
+    train_seconds: float = 0.0
+    accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.accuracy is not None and not self.metrics:
+            object.__setattr__(self, "metrics", {"accuracy": float(self.accuracy)})
+        elif self.accuracy is None and "accuracy" in self.metrics:
+            object.__setattr__(self, "accuracy", float(self.metrics["accuracy"]))
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,8 @@ class EvaluatorContext:
     ``train``: the run's ``train:`` section, with ``batch_size`` resolved (it defaults to
     ``data.batch_size``); ``num_workers``: DataLoader workers; ``teacher``: the uncompressed
     network to distil from (eval mode), if any; ``run_dir``: the run folder, where an evaluator may
-    cache what it trains once (e.g. the supernet), or None for no cache.
+    cache what it trains once (e.g. the supernet), or None for no cache; ``task``: what the
+    network is trained and scored for (loss, distillation loss, metrics).
     """
 
     data: DataBundle
@@ -111,6 +127,7 @@ class EvaluatorContext:
     num_workers: int = 0
     seed: int = 0
     run_dir: RunDir | None = None
+    task: Task = field(default_factory=Classification)
 
     def __post_init__(self) -> None:
         if self.train.batch_size is None:

@@ -90,7 +90,8 @@ class AccuracyPredictor:
     """Random-forest regression of validation accuracy on :func:`candidate_features`.
 
     ``fit(candidates, accuracies)`` (re)trains on completed trials; ``predict`` returns the
-    mean prediction (and the trees' std with ``return_std=True``), clipped to [0, 1];
+    mean prediction (and the trees' std with ``return_std=True``), clipped to ``value_range``
+    (default [0, 1], an accuracy's; another task's score, higher is better, has its own);
     ``prescreen`` decides which sampled candidates are worth training. Deterministic for a
     given ``random_state``. Not thread-safe while fitting; predictions only read the forest.
     """
@@ -103,6 +104,7 @@ class AccuracyPredictor:
         n_estimators: int = 200,
         min_samples_leaf: int = 1,
         random_state: int = 0,
+        value_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         for name, value in (
             ("num_classes", num_classes),
@@ -124,6 +126,13 @@ class AccuracyPredictor:
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
         self.random_state = random_state
+        low, high = (float(v) for v in value_range)
+        if not low < high:
+            raise ValueError(
+                "The 'value_range' parameter of AccuracyPredictor must be (low, high) with low < "
+                f"high. Got {value_range!r} instead."
+            )
+        self.value_range = (low, high)
         self.feature_names: list[str] = []
         self._forest: Any = None
 
@@ -156,10 +165,11 @@ class AccuracyPredictor:
                 f"have the same length, at least 2. Got {len(candidates)} candidates and "
                 f"{len(accuracies)} accuracies instead."
             )
-        if not np.all(np.isfinite(accuracies)) or np.any((accuracies < 0) | (accuracies > 1)):
+        low, high = self.value_range
+        if not np.all(np.isfinite(accuracies)) or np.any((accuracies < low) | (accuracies > high)):
             raise ValueError(
-                "The 'accuracies' parameter of AccuracyPredictor.fit must hold numbers in "
-                f"[0, 1]. Got {accuracies.tolist()!r} instead."
+                "The 'accuracies' parameter of AccuracyPredictor.fit must hold finite numbers in "
+                f"[{low}, {high}]. Got {accuracies.tolist()!r} instead."
             )
         named = self._rows(candidates, extra)
         self.feature_names = sorted({key for row in named for key in row})
@@ -248,7 +258,8 @@ class AccuracyPredictor:
         x = self.features(candidates, extra)
         per_tree = np.stack([tree.predict(x) for tree in self._forest.estimators_])
         # The trees' spread is the uncertainty; the mean is what the forest itself predicts.
-        return Prediction(mean=np.clip(per_tree.mean(axis=0), 0.0, 1.0), std=per_tree.std(axis=0))
+        mean = np.clip(per_tree.mean(axis=0), *self.value_range)
+        return Prediction(mean=mean, std=per_tree.std(axis=0))
 
     def _rows(
         self, candidates: Sequence[Candidate], extra: Sequence[Mapping[str, float]] | None

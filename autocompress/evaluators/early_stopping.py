@@ -2,7 +2,8 @@
 
 Optuna cannot prune multi-objective trials, so the stopping rule lives in the evaluator. A trial
 trains epoch by epoch; at each *rung* (an epoch budget ``min_epochs * eta**k``, see
-:func:`rung_schedule`) it measures its validation accuracy and reports it to a shared
+:func:`rung_schedule`) it measures its validation score (the task's primary metric,
+accuracy for classification) and reports it to a shared
 :class:`RungTable` together with its hardware costs (known before training). The table answers
 with a :class:`StopDecision`; a stopped trial raises :class:`CandidateStopped`.
 
@@ -40,7 +41,7 @@ from ..core.trials import retried_trials
 from ..core.validation import check_int
 from ..spaces import Candidate
 from ._base import CandidateError, CandidateStopped, TaskMetrics, TrialContext
-from .train import TrainEvaluator, evaluate_accuracy
+from .train import TrainEvaluator
 
 __all__ = [
     "CandidateStopped",
@@ -78,37 +79,37 @@ def rung_schedule(*, max_epochs: int, min_epochs: int = 1, eta: int = 3) -> tupl
 
 @dataclass(frozen=True)
 class RungRecord:
-    """One trial's result at one rung: its accuracy after the rung's epochs and its hardware
-    costs (every one minimised, in the table's fixed order)."""
+    """One trial's result at one rung: its score after the rung's epochs (the task's primary
+    metric, negated when that is minimised: higher is better) and its hardware costs (every one
+    minimised, in the table's fixed order)."""
 
     trial: int
-    accuracy: float
+    score: float
     costs: tuple[float, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trial": self.trial, "accuracy": self.accuracy, "costs": list(self.costs)}
+        return {"trial": self.trial, "score": self.score, "costs": list(self.costs)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RungRecord:
         try:
             return cls(
                 trial=int(data["trial"]),
-                accuracy=float(data["accuracy"]),
+                # Records of runs made before tasks hold the accuracy under its own name.
+                score=float(data["score"] if "score" in data else data["accuracy"]),
                 costs=tuple(float(c) for c in data["costs"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(
-                "A stored rung record must hold an int 'trial', a float 'accuracy' and a list "
+                "A stored rung record must hold an int 'trial', a float 'score' and a list "
                 f"of float 'costs'. Got {data!r} instead."
             ) from err
 
 
 def dominates(a: RungRecord, b: RungRecord) -> bool:
-    """Whether ``a`` is at least as accurate as ``b`` at no higher cost (weak dominance: equal
+    """Whether ``a`` scores at least as well as ``b`` at no higher cost (weak dominance: equal
     records dominate each other)."""
-    return a.accuracy >= b.accuracy and all(
-        ca <= cb for ca, cb in zip(a.costs, b.costs, strict=True)
-    )
+    return a.score >= b.score and all(ca <= cb for ca, cb in zip(a.costs, b.costs, strict=True))
 
 
 @runtime_checkable
@@ -257,11 +258,17 @@ class RungTable:
             required=required,
         )
 
-    def judge(self, rung: int, record: RungRecord) -> None:
-        """:meth:`report`, raising :class:`CandidateStopped` when the table says stop."""
+    def judge(
+        self, rung: int, record: RungRecord, *, metric: str = "accuracy", value: float | None = None
+    ) -> None:
+        """:meth:`report`, raising :class:`CandidateStopped` when the table says stop; the
+        exception reports ``value`` of ``metric`` (default: the record's score)."""
         if self.report(rung, record).stop:
             raise CandidateStopped(
-                rung=self.rungs.index(rung), epochs=rung, accuracy=record.accuracy
+                rung=self.rungs.index(rung),
+                epochs=rung,
+                value=record.score if value is None else value,
+                metric=metric,
             )
 
 
@@ -304,15 +311,19 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
         def judge_at_rungs(epoch: int, val_loader: Any) -> None:
             if epoch not in rungs:
                 return
-            accuracy, loss = evaluate_accuracy(model, val_loader, device=self.device)
-            if not math.isfinite(loss):
+            metrics = self.rung_metrics(model, val_loader)
+            if not math.isfinite(metrics["loss"]):
                 raise CandidateError(f"non-finite validation loss after epoch {epoch}")
-            self.table.judge(
-                epoch, RungRecord(trial=context.number, accuracy=accuracy, costs=costs)
-            )
-            model.train()  # evaluate_accuracy left it in eval mode
+            value = metrics[self.task.primary]
+            record = RungRecord(trial=context.number, score=self.task.ordered(value), costs=costs)
+            self.table.judge(epoch, record, metric=self.task.primary, value=value)
+            model.train()  # evaluate left it in eval mode
 
         return self.fine_tune(model, after_epoch=judge_at_rungs)
+
+    def rung_metrics(self, model: nn.Module, val_loader: Any) -> dict[str, float]:
+        """The task's metrics (and ``loss``) on the validation split at a rung."""
+        return self.task.evaluate(model, val_loader, device=self.device)
 
     def cost_tuple(self, costs: Mapping[str, float]) -> tuple[float, ...]:
         """The record's cost tuple from a trial's named costs (see ``cost_names``)."""
@@ -332,10 +343,10 @@ def _check_record(record: RungRecord) -> None:
             "The 'record' parameter of RungTable.report must be a RungRecord. "
             f"Got {type(record).__name__} instead."
         )
-    if not (math.isfinite(record.accuracy) and 0.0 <= record.accuracy <= 1.0):
+    if not math.isfinite(record.score):
         raise ValueError(
-            "The 'record.accuracy' parameter of RungTable.report must be a number in [0, 1]. "
-            f"Got {record.accuracy!r} instead."
+            "The 'record.score' parameter of RungTable.report must be a finite number. "
+            f"Got {record.score!r} instead."
         )
     if not all(math.isfinite(c) for c in record.costs):
         raise ValueError(

@@ -37,18 +37,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..compression.apply import build_compressed
-from ..compression.distillation import kd_loss
 from ..compression.inherit import inherit_weights_, scatter_grads_
 from ..compression.serialization import SPEC_FILE, load_model, read_spec, save_model
 from ..data import DataBundle, make_loaders
 from ..spaces import Candidate, JointSearchSpace, build_model
 from ..spaces.sampling import sample_arch, smallest_arch
+from ..tasks import Classification, Task, to_device
 from ._base import CandidateError, Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
-from .train import candidate_failures, evaluate_accuracy, train_step_, validation_score
+from .train import candidate_failures, train_step_, validation_metrics
 
 __all__ = [
     "SUPERNET_CONFIG_VERSION",
@@ -132,14 +131,18 @@ def train_supernet(
     config: SupernetConfig,
     device: torch.device,
     num_workers: int = 0,
+    task: Task | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train the weight-sharing supernet of ``space`` with the sandwich rule (module docstring).
+    """Train the weight-sharing supernet of ``space`` with the sandwich rule (module docstring)
+    for ``task`` (default: classification).
 
     Returns the supernet (the float largest network, BatchNorm recalibrated on the final weights,
-    in eval mode) and its metrics: validation accuracy of the largest network and of the
-    smallest sub-network (also recalibrated), training time, parameter count.
+    in eval mode) and its metrics: the task's primary metric on the validation split for the
+    largest network and the smallest sub-network (also recalibrated; ``largest_<metric>``,
+    ``smallest_<metric>``), training time, parameter count.
     The caller's global RNG is left untouched; the result depends only on the arguments.
     """
+    task = task or Classification()
     family = space.family
     shapes = {"num_classes": data.num_classes, "input_shape": tuple(data.input_shape)}
     bottom = smallest_arch(family)
@@ -159,11 +162,12 @@ def train_supernet(
         steps = max(1, config.epochs * len(train_loader))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         for epoch in range(config.epochs):
-            for step, (x, y) in enumerate(train_loader):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for step, batch in enumerate(train_loader):
+                x, y = task.split(batch)
+                x, y = to_device(x, device), to_device(y, device)
                 optimizer.zero_grad(set_to_none=True)
                 logits = supernet(x)
-                _backward(F.cross_entropy(logits, y), where=f"epoch {epoch}, step {step}")
+                _backward(task.loss(logits, y), where=f"epoch {epoch}, step {step}")
                 state = supernet.state_dict()  # detached views: the current shared weights
                 archs = [bottom] + [sample_arch(family, rng=rng) for _ in range(config.n_random)]
                 for arch in archs:
@@ -171,7 +175,7 @@ def train_supernet(
                     inherit_weights_(sub, state)
                     sub_logits = sub(x)
                     if config.kd_alpha > 0:
-                        loss = kd_loss(
+                        loss = task.distillation_loss(
                             sub_logits,
                             logits.detach(),
                             y,
@@ -179,22 +183,23 @@ def train_supernet(
                             temperature=config.kd_temperature,
                         )
                     else:
-                        loss = F.cross_entropy(sub_logits, y)
+                        loss = task.loss(sub_logits, y)
                     _backward(loss, where=f"epoch {epoch}, step {step}, sub-network {arch}")
                     scatter_grads_(supernet, sub)
                 optimizer.step()
                 schedule.step()
         # The running stats were tracked while the weights moved fast; re-estimate them on the
         # final weights, as for every sub-network (the supernet is also the KD teacher).
-        recalibrate_bn_(supernet, train_loader, batches=_FINAL_CALIB_BATCHES, device=device)
-        largest_acc, _ = evaluate_accuracy(supernet, val_loader, device=device)
+        calib = {"batches": _FINAL_CALIB_BATCHES, "device": device, "task": task}
+        recalibrate_bn_(supernet, train_loader, **calib)
+        largest = task.evaluate(supernet, val_loader, device=device)[task.primary]
         smallest = family.build(bottom, **shapes).to(device)
         inherit_weights_(smallest, supernet.state_dict())
-        recalibrate_bn_(smallest, train_loader, batches=_FINAL_CALIB_BATCHES, device=device)
-        smallest_acc, _ = evaluate_accuracy(smallest, val_loader, device=device)
+        recalibrate_bn_(smallest, train_loader, **calib)
+        smallest_score = task.evaluate(smallest, val_loader, device=device)[task.primary]
     metrics = {
-        "largest_accuracy": largest_acc,
-        "smallest_accuracy": smallest_acc,
+        f"largest_{task.primary}": largest,
+        f"smallest_{task.primary}": smallest_score,
         "train_seconds": time.perf_counter() - start,
         "params": sum(p.numel() for p in supernet.parameters()),
     }
@@ -243,14 +248,19 @@ def get_supernet(
     device: torch.device,
     num_workers: int = 0,
     extra: Mapping[str, Any] | None = None,
+    task: Task | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the supernet cached in ``directory`` or train and save it there.
+    """Load the supernet cached in ``directory`` or train and save it there (for ``task``,
+    default classification).
 
     The cache is a JSON spec + state_dict (``compression.serialization``; loaded with
     ``weights_only=True``, never a pickled module). A cache whose fingerprint (see
     :func:`supernet_fingerprint`) differs is retrained and overwritten. Returns (supernet in
     eval mode, its metrics).
     """
+    task = task or Classification()
+    if not isinstance(task, Classification):  # classification caches predate tasks
+        extra = {**(extra or {}), "task": type(task).__qualname__}
     fingerprint = supernet_fingerprint(space, data=data, config=config, extra=extra)
     if (directory / SPEC_FILE).is_file():
         if read_spec(directory)["metrics"].get("fingerprint") == fingerprint:
@@ -258,7 +268,7 @@ def get_supernet(
             return model.to(device).eval(), spec["metrics"]
         logger.warning("Cached supernet in %s does not match this setup: retraining.", directory)
     supernet, metrics = train_supernet(
-        space, data=data, config=config, device=device, num_workers=num_workers
+        space, data=data, config=config, device=device, num_workers=num_workers, task=task
     )
     metrics = {**metrics, "fingerprint": fingerprint, "config": asdict(config)}
     save_model(
@@ -277,7 +287,12 @@ def get_supernet(
 
 @torch.no_grad()
 def recalibrate_bn_(
-    model: nn.Module, loader: Iterable, *, batches: int, device: torch.device
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    batches: int,
+    device: torch.device,
+    task: Task | None = None,
 ) -> int:
     """Re-estimate every BatchNorm's running statistics on ``batches`` training batches.
 
@@ -285,8 +300,10 @@ def recalibrate_bn_(
     sub-network, pruned and quantized, has its own. The stats are reset and replaced by the
     exact average over the batches (``momentum=None``), in train mode without gradients; fake-
     quant layers observe their input ranges on the same batches. Ends in eval mode. Returns the
-    number of batches used (fewer if the loader is shorter).
+    number of batches used (fewer if the loader is shorter). ``task`` reads the batches
+    (default: classification's ``(x, y)`` or a dict batch).
     """
+    task = task or Classification()
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise ValueError(
             "The 'batches' parameter of recalibrate_bn_ must be an int >= 1. "
@@ -300,10 +317,10 @@ def recalibrate_bn_(
     model.to(device).train()
     used = 0
     try:
-        for x, _ in loader:
+        for batch in loader:
             if used == batches:
                 break
-            model(x.to(device, non_blocking=True))
+            model(to_device(task.split(batch)[0], device))
             used += 1
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
@@ -340,6 +357,7 @@ class SupernetEvaluator(Evaluator):
         kd_alpha: float = 0.5,
         kd_temperature: float = 4.0,
         seed: int = 0,
+        task: Task | None = None,
     ) -> None:
         for name, value, minimum in (
             ("calib_batches", calib_batches, 1),
@@ -360,6 +378,7 @@ class SupernetEvaluator(Evaluator):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.kd_alpha, self.kd_temperature = kd_alpha, kd_temperature
         self.seed = seed
+        self.task = task or Classification()
 
     def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
         train_loader, val_loader = make_loaders(
@@ -379,10 +398,12 @@ class SupernetEvaluator(Evaluator):
             except ValueError as err:
                 raise CandidateError(f"invalid compression plan: {err}") from err
         with candidate_failures():
-            recalibrate_bn_(scored, train_loader, batches=self.calib_batches, device=self.device)
+            recalibrate_bn_(
+                scored, train_loader, batches=self.calib_batches, device=self.device, task=self.task
+            )
             if self.qat_steps > 0:
                 self._fine_tune(scored, train_loader)
-            accuracy, loss = validation_score(scored, val_loader, device=self.device)
+            metrics = validation_metrics(scored, val_loader, device=self.device, task=self.task)
         try:
             model.load_state_dict(scored.state_dict())
         except RuntimeError as err:
@@ -390,8 +411,9 @@ class SupernetEvaluator(Evaluator):
                 "The 'model' parameter of SupernetEvaluator.evaluate must be the candidate's "
                 f"compressed network (build_compressed of the same candidate). Got {err}"
             ) from err
+        loss = metrics.pop("loss")
         return TaskMetrics(
-            accuracy=accuracy,
+            metrics=metrics,
             loss=loss,
             # partial epochs count as started ones
             epochs=math.ceil(self.qat_steps / max(1, len(train_loader))),
@@ -406,14 +428,16 @@ class SupernetEvaluator(Evaluator):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.qat_steps)
         step = 0
         while step < self.qat_steps:
-            for x, y in loader:
+            for batch in loader:
                 if step == self.qat_steps:
                     break
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                x, y = self.task.split(batch)
+                x, y = to_device(x, self.device), to_device(y, self.device)
                 train_step_(
                     model,
                     x,
                     y,
+                    task=self.task,
                     teacher=self.supernet,
                     kd_alpha=self.kd_alpha,
                     kd_temperature=self.kd_temperature,
@@ -500,6 +524,7 @@ def supernet_evaluator(
         directory=context.run_dir.supernet_dir,
         device=context.device,
         num_workers=context.num_workers,
+        task=context.task,
     )
     settings = {
         "batch_size": context.train.batch_size,
@@ -513,5 +538,6 @@ def supernet_evaluator(
         device=context.device,
         num_workers=context.num_workers,
         seed=context.seed,
+        task=context.task,
         **settings,
     )

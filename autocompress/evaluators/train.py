@@ -10,14 +10,13 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..compression.distillation import kd_loss
 from ..data import DataBundle, make_loaders
 from ..spaces import Candidate
+from ..tasks import Classification, Task, to_device
 from ._base import CandidateError, Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
 
 
@@ -63,13 +62,16 @@ def train_epochwise(
     teacher: nn.Module | None = None,
     kd_alpha: float = 0.0,
     kd_temperature: float = 4.0,
+    task: Task | None = None,
 ) -> Iterator[int]:
     """AdamW + one cosine schedule over all ``epochs``, with KD from ``teacher`` when given;
     yields the number of epochs done after each epoch (so a caller can evaluate between epochs,
-    e.g. early stopping, without restarting the schedule or the AdamW moments).
+    e.g. early stopping, without restarting the schedule or the AdamW moments). ``task``: the
+    losses (default: classification).
 
     Raises CandidateError on a non-finite loss.
     """
+    task = task or Classification()
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
@@ -78,10 +80,12 @@ def train_epochwise(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     distil = {"teacher": teacher, "kd_alpha": kd_alpha, "kd_temperature": kd_temperature}
     for epoch in range(epochs):
-        for step, (x, y) in enumerate(loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for step, batch in enumerate(loader):
+            x, y = task.split(batch)
+            x, y = to_device(x, device), to_device(y, device)
             where = f"training loss at epoch {epoch}, step {step}"
-            train_step_(model, x, y, optimizer=optimizer, schedule=schedule, where=where, **distil)
+            step_settings = {"optimizer": optimizer, "schedule": schedule, "where": where}
+            train_step_(model, x, y, task=task, **step_settings, **distil)
         yield epoch + 1
 
 
@@ -96,17 +100,22 @@ def train_step_(
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     where: str,
+    task: Task | None = None,
 ) -> None:
-    """One optimizer step on a batch: distillation from ``teacher`` when it is given and
-    ``kd_alpha > 0``, plain cross-entropy otherwise. Raises CandidateError on a non-finite loss
-    (``where`` says which, e.g. "training loss at epoch 0, step 3")."""
-    logits = model(x)
+    """One optimizer step on a batch: the task's distillation loss against ``teacher`` when it
+    is given and ``kd_alpha > 0``, its plain loss otherwise (``task`` default: classification).
+    Raises CandidateError on a non-finite loss (``where`` says which, e.g. "training loss at
+    epoch 0, step 3")."""
+    task = task or Classification()
+    outputs = model(x)
     if teacher is not None and kd_alpha > 0:
         with torch.no_grad():
-            teacher_logits = teacher(x)
-        loss = kd_loss(logits, teacher_logits, y, alpha=kd_alpha, temperature=kd_temperature)
+            teacher_outputs = teacher(x)
+        loss = task.distillation_loss(
+            outputs, teacher_outputs, y, alpha=kd_alpha, temperature=kd_temperature
+        )
     else:
-        loss = F.cross_entropy(logits, y)
+        loss = task.loss(outputs, y)
     if not torch.isfinite(loss):
         raise CandidateError(f"non-finite {where}")
     optimizer.zero_grad(set_to_none=True)
@@ -133,34 +142,23 @@ def candidate_failures() -> Iterator[None]:
         raise CandidateError(f"out of GPU memory: {err}") from err
 
 
-def validation_score(
-    model: nn.Module, loader: Iterable, *, device: torch.device
-) -> tuple[float, float]:
-    """:func:`evaluate_accuracy`, with a non-finite validation loss a CandidateError."""
-    accuracy, loss = evaluate_accuracy(model, loader, device=device)
-    if not math.isfinite(loss):
+def validation_metrics(
+    model: nn.Module, loader: Iterable, *, device: torch.device, task: Task | None = None
+) -> dict[str, float]:
+    """``task.evaluate`` (default: classification), with a non-finite validation loss a
+    CandidateError."""
+    metrics = (task or Classification()).evaluate(model, loader, device=device)
+    if not math.isfinite(metrics["loss"]):
         raise CandidateError("non-finite validation loss")
-    return accuracy, loss
+    return metrics
 
 
-@torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module, loader: Iterable, *, device: torch.device
 ) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy) of ``model`` on ``loader``."""
-    model.to(device).eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        total += y.numel()
-    if total == 0:
-        raise ValueError(
-            "The validation split is empty: check 'data.val_fraction' / 'data.limit_val'."
-        )
-    return correct / total, loss_sum / total
+    """(top-1 accuracy, mean cross-entropy) of a classifier ``model`` on ``loader``."""
+    metrics = Classification().evaluate(model, loader, device=device)
+    return metrics["accuracy"], metrics["loss"]
 
 
 class TrainEvaluator(Evaluator):
@@ -180,8 +178,10 @@ class TrainEvaluator(Evaluator):
         device: torch.device,
         teacher: nn.Module | None = None,
         seed: int = 0,
+        task: Task | None = None,
     ) -> None:
         self.data = data
+        self.task = task or Classification()
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.batch_size, self.num_workers = batch_size, num_workers
         self.kd_alpha, self.kd_temperature = kd_alpha, kd_temperature
@@ -208,6 +208,7 @@ class TrainEvaluator(Evaluator):
             device=context.device,
             teacher=context.teacher,
             seed=context.seed,
+            task=context.task,
             **settings,
             **extra,
         )
@@ -242,12 +243,14 @@ class TrainEvaluator(Evaluator):
                 teacher=self.teacher,
                 kd_alpha=self.kd_alpha,
                 kd_temperature=self.kd_temperature,
+                task=self.task,
             ):
                 if after_epoch is not None:
                     after_epoch(epoch, val_loader)
-            accuracy, loss = validation_score(model, val_loader, device=self.device)
+            metrics = validation_metrics(model, val_loader, device=self.device, task=self.task)
+        loss = metrics.pop("loss")
         return TaskMetrics(
-            accuracy=accuracy,
+            metrics=metrics,
             loss=loss,
             epochs=self.epochs,
             train_seconds=time.perf_counter() - start,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 PICK_METRICS = ("accuracy", "latency_ms", "energy_mj", "size_kb", "peak_mem_kb", "params")
+_WORDS = {"with", "and", "min", "max"}
 _SUPERLATIVES = {
     "fastest": ("latency_ms", "min"),
     "smallest": ("size_kb", "min"),
@@ -45,7 +46,8 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 GRAMMAR = (
     "RANKING [with METRIC OP NUMBER [and METRIC OP NUMBER ...]], where RANKING is fastest, "
     "smallest, most accurate, lowest energy, 'min METRIC' or 'max METRIC', OP is <=, >=, < or >, "
-    f"and METRIC is one of {', '.join(PICK_METRICS)}"
+    f"and METRIC is a metric column of the trials table ({', '.join(PICK_METRICS)}, or the "
+    "task's metrics, e.g. miou)"
 )
 
 
@@ -148,9 +150,10 @@ class _Parser:
 
     def _metric(self) -> str:
         token = self._next("a metric name")
-        if token not in PICK_METRICS:
+        # Other tasks add their own metric columns (miou, mse, ...): the table checks the name.
+        if not token.isidentifier() or token in _WORDS:
             self.pos -= 1
-            self._fail(f"a metric name ({', '.join(PICK_METRICS)})")
+            self._fail(f"a metric name ({', '.join(PICK_METRICS)}, or a task metric)")
         return token
 
     def rule(self) -> PickRule:

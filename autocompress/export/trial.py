@@ -25,7 +25,7 @@ from ..compression.serialization import SPEC_FILE, WEIGHTS_FILE, load_model, sav
 from ..config import RunConfig, load_config
 from ..core.rundir import RunDir
 from ..data import DataBundle, load_data, make_loaders
-from ..evaluators.train import TrainEvaluator, evaluate_accuracy, resolve_device
+from ..evaluators.train import TrainEvaluator, resolve_device
 from ..hardware_profiles.graph import model_size_bytes
 from ..search.setup import evaluator_context
 from ..spaces import Candidate, JointSearchSpace
@@ -52,21 +52,26 @@ REPORT_FILE = "export_report.json"
 
 @dataclass(frozen=True)
 class FinetuneResult:
+    """The task's primary metric ``metric`` before and after ``epochs`` more epochs."""
+
     epochs: int
-    accuracy_before: float
-    accuracy_after: float
+    score_before: float
+    score_after: float
     train_seconds: float
+    metric: str = "accuracy"
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    """``recorded_accuracy``: the search's record of the trial; ``reproduced_accuracy``: the
-    exported artefact's accuracy on the validation split (after fine-tuning, if any);
+    """``metric``: the task's primary metric (accuracy for classification);
+    ``recorded_score``: its value in the search's record of the trial; ``reproduced_score``:
+    the exported artefact's on the validation split (after fine-tuning, if any);
     ``preprocessing``: how to prepare an input (:func:`~.metadata.preprocessing_record`)."""
 
     out_dir: Path
-    recorded_accuracy: float
-    reproduced_accuracy: float
+    recorded_score: float
+    reproduced_score: float
+    metric: str = "accuracy"
     format: str = "state-dict"
     artefact: Path | None = None
     report: VerifyReport | None = None
@@ -136,7 +141,8 @@ def export_trial(
     model, spec = load_model(source)
     candidate = Candidate.from_dict(spec["candidate"])
     input_shape = tuple(spec["input_shape"])
-    recorded = float(spec["metrics"]["accuracy"])
+    task = config.make_task()
+    recorded = float(spec["metrics"][task.primary])
     data = load_data(config.data, seed=config.seed)
     _, val_loader = make_loaders(
         data, batch_size=config.data.batch_size, num_workers=0, seed=config.seed
@@ -148,8 +154,8 @@ def export_trial(
     if finetune_epochs > 0:
         finetune = _finetune(run_dir, config, model, candidate, data, epochs=finetune_epochs)
         metrics |= {
-            "accuracy": finetune.accuracy_after,
-            "search_accuracy": recorded,
+            task.primary: finetune.score_after,
+            f"search_{task.primary}": recorded,
             "finetune_epochs": finetune_epochs,
         }
     model = model.cpu().eval()
@@ -189,9 +195,9 @@ def export_trial(
         format=format,
         artefact=written.path,
         files=written.files,
-        comparison=compare_outputs(written.runner, reference, val_loader),
+        comparison=compare_outputs(written.runner, reference, val_loader, task=task),
         predicted_bytes=model_size_bytes(reference),
-        recorded_accuracy=float(metrics["accuracy"]),
+        recorded_score=float(metrics[task.primary]),
         measured_latency_ms=written.latency_ms,
         latency_runtime=written.latency_runtime,
         predicted_latency_ms=float(metrics.get("latency_ms", float("nan"))),
@@ -210,8 +216,9 @@ def export_trial(
     (out_dir / REPORT_FILE).write_text(json.dumps(document, indent=2, allow_nan=True))
     return ExportResult(
         out_dir=out_dir,
-        recorded_accuracy=recorded,
-        reproduced_accuracy=report.exported_accuracy,
+        recorded_score=recorded,
+        reproduced_score=report.exported_score,
+        metric=task.primary,
         format=format,
         artefact=written.path,
         report=report,
@@ -241,7 +248,8 @@ def _finetune(
     _, val_loader = make_loaders(
         data, batch_size=config.data.batch_size, num_workers=0, seed=config.seed
     )
-    before, _ = evaluate_accuracy(model, val_loader, device=device)
+    task = config.make_task()
+    before = task.evaluate(model, val_loader, device=device)[task.primary]
     space = JointSearchSpace(
         config.space, num_classes=data.num_classes, input_shape=data.input_shape
     )
@@ -249,8 +257,10 @@ def _finetune(
         config, data=data, space=space, device=device, teacher=teacher, run_dir=None
     )
     evaluator = TrainEvaluator.from_context(context, epochs=epochs)
-    task = evaluator.evaluate(model, candidate)
-    return FinetuneResult(epochs, before, task.accuracy, task.train_seconds)
+    tuned = evaluator.evaluate(model, candidate)
+    return FinetuneResult(
+        epochs, before, tuned.metrics[task.primary], tuned.train_seconds, metric=task.primary
+    )
 
 
 def _prediction_target(config: RunConfig) -> str:

@@ -39,6 +39,7 @@ from autocompress.report.style import (
     new_figure,
     save_figure,
 )
+from autocompress.report.tables import refit_metric
 
 LAYER_FIELDS = ("w_bits", "a_bits", "prune_ratio")
 _A_BITS_COLOUR = "tab:orange"
@@ -386,19 +387,22 @@ def plot_layer_bars(
 
 
 # --- refit: search accuracy vs refit accuracy ----------------------------------------------------
-REFIT_COLUMNS = ("trial", "refit_of", "search_accuracy", "accuracy", "state", "on_front")
+# With ``search_<metric>`` and ``<metric>``, the task's primary metric (e.g. accuracy).
+REFIT_COLUMNS = ("trial", "refit_of", "state", "on_front")
 
 
 class RefitAccuracyData(NamedTuple):
-    """The completed trials of a refit: accuracy in the search (``x``) and after the refit
-    (``y``), ``on_front`` (the refit's front), ``sources`` (the search trial each one refits),
-    and ``front_labels``, one per distinct point of the front naming its source trials."""
+    """The completed trials of a refit: the score (``metric``, e.g. accuracy) in the search
+    (``x``) and after the refit (``y``), ``on_front`` (the refit's front), ``sources`` (the
+    search trial each one refits), and ``front_labels``, one per distinct point of the front
+    naming its source trials."""
 
     x: np.ndarray
     y: np.ndarray
     on_front: np.ndarray
     sources: np.ndarray
     front_labels: list[PointLabel]
+    metric: str = "accuracy"
 
 
 def refit_accuracy_data(table: pd.DataFrame) -> RefitAccuracyData:
@@ -409,9 +413,10 @@ def refit_accuracy_data(table: pd.DataFrame) -> RefitAccuracyData:
             "The 'table' parameter of refit_accuracy_data must have the columns "
             f"{missing!r} (a refit.csv). Got columns {list(table.columns)!r} instead."
         )
+    metric = refit_metric(table)
     done = table[table["state"] == "COMPLETE"]
     front = done["on_front"].astype(bool).to_numpy()
-    x, y = done["search_accuracy"].to_numpy(float), done["accuracy"].to_numpy(float)
+    x, y = done[f"search_{metric}"].to_numpy(float), done[metric].to_numpy(float)
     sources = done["refit_of"].to_numpy()
     return RefitAccuracyData(
         x=x,
@@ -419,6 +424,7 @@ def refit_accuracy_data(table: pd.DataFrame) -> RefitAccuracyData:
         on_front=front,
         sources=sources,
         front_labels=label_points(np.column_stack([x[front], y[front]]), sources[front]),
+        metric=metric,
     )
 
 
@@ -447,8 +453,8 @@ def plot_refit_accuracy(
         ax.annotate(
             label.text, label.position, xytext=(3, 3), textcoords="offset points", fontsize=7
         )
-    ax.set_xlabel("accuracy in the search")
-    ax.set_ylabel("accuracy after the refit")
+    ax.set_xlabel(f"{data.metric} in the search")
+    ax.set_ylabel(f"{data.metric} after the refit")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     if title:
@@ -458,16 +464,21 @@ def plot_refit_accuracy(
     return save_figure(fig, path)
 
 
-def default_trial(df: pd.DataFrame, objectives: Sequence[Objective]) -> int | None:
-    """The most accurate trial of the Pareto front (lowest number on ties), or ``None`` when the
-    front is empty. Without an accuracy column, the first trial of ``pareto_front``."""
+def default_trial(
+    df: pd.DataFrame, objectives: Sequence[Objective], *, score: Objective | None = None
+) -> int | None:
+    """The best trial of the Pareto front by ``score`` (the task's primary metric; default:
+    highest accuracy; lowest number on ties), or ``None`` when the front is empty. Without that
+    column, the first trial of ``pareto_front``."""
+    score = score or Objective("accuracy", MAXIMIZE)
     front = pareto_front(df, objectives)
     front = front[_candidate_mask(front)] if "candidate" in front.columns else front
     if front.empty:
         return None
-    if "accuracy" not in front.columns or front["accuracy"].isna().all():
+    if score.name not in front.columns or front[score.name].isna().all():
         return int(front["number"].iloc[0])
-    best = front[front["accuracy"] == front["accuracy"].max()]
+    column = front[score.name]
+    best = front[column == (column.max() if score.direction == MAXIMIZE else column.min())]
     return int(best["number"].min())
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 from autocompress.core.objectives import MAXIMIZE, Objective
 from autocompress.core.pareto import check_trials_frame, pareto_front
 from autocompress.core.rundir import MODEL_SPEC_FILE, RunDir
-from autocompress.core.trials import METRICS
+from autocompress.core.trials import HARDWARE_METRICS, metric_columns
 from autocompress.report.counts import (
     STOPPED,
     TrialCounts,
@@ -45,8 +45,9 @@ class ReportHeader(NamedTuple):
     """What the top of the page says about the run.
 
     ``counts``: how many trials ended which way (complete, over budget, stopped early,
-    skipped, failed, running; see ``report.counts``). ``teacher_accuracy`` is ``None`` when
-    ``teacher/spec.json`` is missing. ``notice``: what the page says in words when there is no
+    skipped, failed, running; see ``report.counts``). ``teacher_score``: the teacher's
+    ``teacher_metric`` (the task's primary metric), ``None`` when ``teacher/spec.json`` is
+    missing. ``notice``: what the page says in words when there is no
     front to plot, else ``None``. ``dashboard_command`` names the study by its absolute path,
     so it runs from any folder.
     """
@@ -55,7 +56,8 @@ class ReportHeader(NamedTuple):
     run_dir: str
     config_summary: list[tuple[str, str]]
     objectives: tuple[Objective, ...]
-    teacher_accuracy: float | None
+    teacher_metric: str
+    teacher_score: float | None
     counts: TrialCounts
     n_front: int
     dashboard_command: str
@@ -133,7 +135,7 @@ def write_report(
     if trial is not None:
         layer_bars_data(trials, trial=trial)  # fail on a bad --trial before drawing anything
     else:
-        trial = default_trial(trials, objectives)
+        trial = default_trial(trials, objectives, score=config.make_task().score)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     images = [
@@ -224,7 +226,8 @@ def report_header(
     """Header data from the run's config (as a plain dict), its trials and teacher metrics."""
     check_trials_frame(trials, objectives, func="report_header")
     run_dir = Path(run_dir)
-    accuracy = (teacher_metrics or {}).get("accuracy")
+    metric = _primary_metric(config)
+    score = (teacher_metrics or {}).get(metric)
     # The page is read away from the shell that wrote it: a relative path would name the
     # study relative to wherever the reader happens to be.
     study_url = RunDir(run_dir.resolve()).study_url
@@ -233,12 +236,19 @@ def report_header(
         run_dir=str(run_dir),
         config_summary=_config_summary(config),
         objectives=tuple(objectives),
-        teacher_accuracy=None if accuracy is None else float(accuracy),
+        teacher_metric=metric,
+        teacher_score=None if score is None else float(score),
         counts=count_trials(trials),
         n_front=len(pareto_front(trials, objectives)),
         dashboard_command=f"optuna-dashboard {shlex.quote(study_url)}",
         notice=nothing_to_plot(trials, objectives),
     )
+
+
+def _primary_metric(config: Mapping[str, Any]) -> str:
+    from autocompress.tasks import create_task  # torch: not on ``import autocompress.report``
+
+    return create_task(config.get("task", "classification")).primary
 
 
 def trials_table_data(trials: pd.DataFrame, objectives: Sequence[Objective]) -> TrialsTableData:
@@ -252,7 +262,7 @@ def trials_table_data(trials: pd.DataFrame, objectives: Sequence[Objective]) -> 
     check_trials_frame(trials, objectives, func="trials_table_data")
     objectives = list(objectives)
     names = [o.name for o in objectives]
-    others = [m for m in METRICS if m in trials.columns and m not in names]
+    others = [m for m in metric_columns(trials) if m not in names]
     arrows = {o.name: "↑" if o.direction == MAXIMIZE else "↓" for o in objectives}
     columns = ["trial", "status", *(f"{n} {arrows[n]}" for n in names), *others, "summary"]
     front_numbers = [int(n) for n in pareto_front(trials, objectives)["number"]]
@@ -284,10 +294,10 @@ def trials_table_data(trials: pd.DataFrame, objectives: Sequence[Objective]) -> 
                 status = f"{kind}: {reason}"
         else:
             status, css = state.lower(), ""
-        # An untrained trial's accuracy is at best a placeholder 0: shown as -.
+        # An untrained trial's task metrics are placeholders (accuracy 0): shown as -.
         trained = css not in ("infeasible", "skipped")
         metric_cells = [
-            format_metric(n, row[n]) if trained or n != "accuracy" else "-"
+            format_metric(n, row[n]) if trained or n in HARDWARE_METRICS else "-"
             for n in [*names, *others]
         ]
         summary = text_cell(row.get("summary", ""))
@@ -310,8 +320,8 @@ def render_report(
     notice = f'<p class="notice">{e(header.notice)}</p>' if header.notice else ""
     teacher = (
         "not found (teacher/spec.json is missing)"
-        if header.teacher_accuracy is None
-        else format_metric("accuracy", header.teacher_accuracy)
+        if header.teacher_score is None
+        else format_metric(header.teacher_metric, header.teacher_score)
     )
     objectives = ", ".join(
         f"{o.name} {'↑' if o.direction == MAXIMIZE else '↓'}" for o in header.objectives
@@ -332,7 +342,7 @@ def render_report(
         f"<h1>autocompress run <code>{e(header.run_name)}</code></h1>",
         f'<p class="meta">{e(header.run_dir)}</p>',
         '<div class="cards">',
-        f'<div class="card"><b>Teacher (fp32) accuracy</b>{e(teacher)}</div>',
+        f'<div class="card"><b>Teacher (fp32) {e(header.teacher_metric)}</b>{e(teacher)}</div>',
         f'<div class="card"><b>Trials</b>{e(counts)}</div>',
         f'<div class="card"><b>Objectives</b>{e(objectives)}</div>',
         "</div>",

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 # How each built-in metric is shown: (scale, unit suffix). accuracy is stored as a fraction.
 _DISPLAY = {
     "accuracy": (100.0, "%"),
+    "miou": (100.0, "%"),
+    "pixel_accuracy": (100.0, "%"),
     "latency_ms": (1.0, " ms"),
     "energy_mj": (1.0, " mJ"),
     "size_kb": (1.0, " kB"),
@@ -89,25 +91,42 @@ def _significant(value: float, digits: int = _SIGNIFICANT_DIGITS) -> str:
     return f"{rounded:.{max(decimals, 0)}f}"
 
 
+def refit_metric(table: pd.DataFrame) -> str:
+    """The metric a refit table compares (the task's primary metric): ``accuracy`` when it has
+    the columns ``search_accuracy`` and ``accuracy``."""
+    for column in table.columns:
+        metric = str(column).removeprefix("search_")
+        if metric != column and metric in table.columns:
+            return metric
+    raise ValueError(
+        "A refit table must have a 'search_<metric>' column beside its '<metric>' column (a "
+        f"refit.csv). Got columns {list(table.columns)!r} instead."
+    )
+
+
 def rank_agreement(table: pd.DataFrame) -> float:
-    """Kendall tau of the search accuracies against the refit ones over the completed refits of
-    ``table`` (``search.refit.refit_table`` or ``refit.csv``); NaN below 3 of them."""
+    """Kendall tau of the search scores (primary metric) against the refit ones over the
+    completed refits of ``table`` (``search.refit.refit_table`` or ``refit.csv``); NaN below 3
+    of them."""
     from scipy.stats import kendalltau
 
+    metric = refit_metric(table)
     done = table[table["state"] == "COMPLETE"]
     if len(done) < 3:
         return math.nan
-    return float(kendalltau(done["search_accuracy"], done["accuracy"]).statistic)
+    return float(kendalltau(done[f"search_{metric}"], done[metric]).statistic)
 
 
 def format_refit_lines(table: pd.DataFrame) -> list[str]:
-    """``refit.csv`` as plain lines: source trial, accuracy before and after, on the front."""
+    """``refit.csv`` as plain lines: source trial, the score before and after, on the front."""
+    metric = refit_metric(table)
     lines = []
-    for row in table.itertuples(index=False):
-        after = "failed" if row.state != "COMPLETE" else f"{row.accuracy:.2%}"
-        mark = "  (front)" if row.on_front else ""
+    for row in table.to_dict("records"):
+        after = "failed" if row["state"] != "COMPLETE" else format_metric(metric, row[metric])
+        mark = "  (front)" if row["on_front"] else ""
+        before = format_metric(metric, row[f"search_{metric}"])
         lines.append(
-            f"  search trial {row.refit_of} -> refit trial {row.trial}: accuracy "
-            f"{row.search_accuracy:.2%} -> {after}{mark}"
+            f"  search trial {row['refit_of']} -> refit trial {row['trial']}: {metric} "
+            f"{before} -> {after}{mark}"
         )
     return lines

@@ -23,11 +23,10 @@ from torch import nn
 
 from ..compression import build_compressed, count_parameters, save_model
 from ..core.files import write_text_atomic
-from ..core.trials import RETRY_ATTR, retried_trials
+from ..core.trials import RETRY_ATTR, TASK_METRICS_ATTR, retried_trials
 from ..data import make_loaders
 from ..evaluators import CandidateError, CandidateStopped, TrialContext
 from ..evaluators.supernet import recalibrate_bn_
-from ..evaluators.train import evaluate_accuracy
 from ..hardware_profiles import HardwareMetrics
 from ..spaces import Candidate
 from .prescreen import SKIPPED_ATTR, Prescreener, cost_vector
@@ -70,7 +69,8 @@ class TrialOutcome:
     stopped: bool = False  # stopped early by search.early_stopping: recorded as PRUNED
 
     def check_finite(self) -> None:
-        if not all(math.isfinite(v) for v in self.values):
+        # An untrained trial's placeholder score may be infinite (a minimised primary metric).
+        if self.attrs.get("trained") and not all(math.isfinite(v) for v in self.values):
             raise CandidateError(f"non-finite objective values {self.values}")
 
 
@@ -87,6 +87,8 @@ class TrialObjective:
         self.setup = setup
         self.config = setup.config
         self.objectives = setup.config.objectives()
+        self.task = setup.config.make_task()
+        self.score = self.task.score  # the primary metric: what an untrained trial lacks
         self.limits = setup.config.hardware.budget.limits()
         self._keys: dict[int, str] = {}  # trial number -> its candidate's JSON
         self.prescreener: Prescreener | None = None
@@ -97,6 +99,8 @@ class TrialObjective:
                 num_classes=setup.data.num_classes,
                 input_shape=setup.data.input_shape,
                 seed=self.config.seed,
+                score=self.score,
+                score_range=self.task.ranges.get(self.score.name, (-math.inf, math.inf)),
             )
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -164,9 +168,7 @@ class TrialObjective:
         trial.set_user_attr("feasible", feasible)
         skipped = None
         if feasible and self.prescreener is not None:
-            skipped = self.prescreener.skip_reason(
-                trial.study, candidate, cost_vector(metrics, self.objectives)
-            )
+            skipped = self.prescreener.skip_reason(trial.study, candidate, self.costs(metrics))
             if skipped is not None:
                 trial.set_user_attr(SKIPPED_ATTR, skipped)
                 trial.set_user_attr("pruned_reason", f"skipped: {skipped}")
@@ -215,13 +217,18 @@ class TrialObjective:
         metrics, violations = self._costs(self.build(candidate))
         return metrics, all(v <= 0 for v in violations.values())
 
-    def proxy_accuracy(
+    def costs(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The hardware objectives of a priced trial as costs to minimise, by name."""
+        return cost_vector(metrics, self.objectives, score=self.score.name)
+
+    def proxy_score(
         self, candidate: Candidate, *, calib_batches: int = 4, val_batches: int = 16
     ) -> float:
-        """Zero-shot validation accuracy of ``candidate``: built from the teacher's weights,
-        compressed, BatchNorm statistics recalibrated on a few training batches, not trained,
-        scored on the first ``val_batches`` validation batches (the surrogate scores whole
-        pools: a full pass over a large validation split each would rival the trials' cost)."""
+        """Zero-shot validation score (primary metric) of ``candidate``: built from the
+        teacher's weights, compressed, BatchNorm statistics recalibrated on a few training
+        batches, not trained, scored on the first ``val_batches`` validation batches (the
+        surrogate scores whole pools: a full pass over a large validation split each would rival
+        the trials' cost)."""
         model = self.build(candidate)
         evaluator = self.setup.evaluator
         train_loader, val_loader = make_loaders(
@@ -231,13 +238,14 @@ class TrialObjective:
             seed=self.config.seed,
         )
         device = getattr(evaluator, "device", torch.device("cpu"))
-        recalibrate_bn_(model, train_loader, batches=calib_batches, device=device)
-        return evaluate_accuracy(model, islice(val_loader, val_batches), device=device)[0]
+        recalibrate_bn_(model, train_loader, batches=calib_batches, device=device, task=self.task)
+        scored = self.task.evaluate(model, islice(val_loader, val_batches), device=device)
+        return scored[self.task.primary]
 
     def callbacks(self) -> list[Callable[[optuna.Study, FrozenTrial], None]]:
         """``study.optimize`` callbacks the run's config asks for (``search.surrogate``)."""
-        judged = "accuracy" in {o.name for o in self.objectives}  # what the predictor learns
-        if not self.config.search.surrogate.enabled or not judged:
+        score = self.config.score_objective()  # what the predictor learns
+        if not self.config.search.surrogate.enabled or score is None:
             return []
         return [
             Proposer(
@@ -246,8 +254,10 @@ class TrialObjective:
                 objectives=self.objectives,
                 price=self.price_candidate,
                 budget_left=lambda trials: count_done(trials) < self.config.search.n_trials,
-                proxy=self.proxy_accuracy if self.config.search.surrogate.proxy else None,
+                proxy=self.proxy_score if self.config.search.surrogate.proxy else None,
                 seed=self.config.seed,
+                score=score,
+                score_range=self.task.ranges.get(score.name, (-math.inf, math.inf)),
             )
         ]
 
@@ -259,7 +269,7 @@ class TrialObjective:
         if priced.feasible:
             trial_dir = self.setup.run_dir.trial_dir(number)
             _write_worker_file(self.setup.run_dir.worker_file(number))
-            context = TrialContext(number=number, costs=cost_vector(metrics, self.objectives))
+            context = TrialContext(number=number, costs=self.costs(metrics))
             try:
                 task = self.setup.evaluator.evaluate_trial(
                     priced.model, priced.candidate, context=context
@@ -269,12 +279,20 @@ class TrialObjective:
                     "trained": True,
                     STOPPED_ATTR: stop.epochs,
                     "stopped_rung": stop.rung,
-                    "rung_accuracy": stop.accuracy,
+                    f"rung_{stop.metric}": stop.value,
                     "pruned_reason": str(stop),
                 }
                 return TrialOutcome(values=[], attrs=attrs, stopped=True)
-            metrics["accuracy"] = task.accuracy
-            attrs.update(accuracy=task.accuracy, val_loss=task.loss)
+            measured = dict(task.metrics)
+            if self.score.name not in measured:
+                raise CandidateError(
+                    f"the evaluator returned {sorted(measured)}, not the task's primary metric "
+                    f"{self.score.name!r}"
+                )
+            metrics.update(measured)
+            attrs.update(measured, val_loss=task.loss)
+            if set(measured) != {"accuracy"}:  # other tasks name their metrics for the table
+                attrs[TASK_METRICS_ATTR] = list(measured)
             attrs["train_seconds"] = task.train_seconds
             if self.config.search.save_models:
                 save_model(
@@ -286,9 +304,9 @@ class TrialObjective:
                     metrics={**metrics, "trial": number},
                 )
         else:
-            # Untrained: accuracy is reported as 0 so that the objective vector is complete;
-            # the trial is marked infeasible and never enters the Pareto front.
-            metrics["accuracy"] = 0.0
+            # Untrained: a placeholder score (accuracy 0) completes the objective vector; the
+            # trial is marked infeasible and never enters the Pareto front.
+            metrics[self.score.name] = self.task.worst()
         attrs["trained"] = priced.feasible
         return TrialOutcome(values=[metrics[o.name] for o in self.objectives], attrs=attrs)
 

@@ -30,14 +30,30 @@ from ..spaces import Candidate
 SKIPPED_ATTR = "skipped"  # user attribute of a skipped trial: the reason, as text
 
 
-def cost_vector(values: dict[str, float], objectives: Sequence[ObjectiveSpec]) -> dict[str, float]:
+ACCURACY = ObjectiveSpec("accuracy", MAXIMIZE)
+
+
+def cost_vector(
+    values: dict[str, float], objectives: Sequence[ObjectiveSpec], *, score: str = "accuracy"
+) -> dict[str, float]:
     """The hardware objectives of a trial as costs to minimise (a maximised one is negated),
-    by name; accuracy is not a cost."""
+    by name; ``score``, the task's primary metric, is not a cost."""
     return {
         o.name: (-values[o.name] if o.direction == MAXIMIZE else values[o.name])
         for o in objectives
-        if o.name != "accuracy"
+        if o.name != score
     }
+
+
+def signed(value: float, score: ObjectiveSpec) -> float:
+    """``value`` of the ``score`` metric as a number to maximise (negated when minimised)."""
+    return value if score.direction == MAXIMIZE else -value
+
+
+def signed_range(bounds: tuple[float, float], score: ObjectiveSpec) -> tuple[float, float]:
+    """The ``bounds`` of the ``score`` metric as bounds of :func:`signed` values."""
+    low, high = bounds
+    return (low, high) if score.direction == MAXIMIZE else (-high, -low)
 
 
 def trained_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -60,13 +76,20 @@ class Prescreener:
         num_classes: int,
         input_shape: tuple[int, ...],
         seed: int = 0,
+        score: ObjectiveSpec = ACCURACY,
+        score_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.config = config
         self.objectives = list(objectives)
-        self.cost_names = [o.name for o in self.objectives if o.name != "accuracy"]
-        self._accuracy_index = [o.name for o in self.objectives].index("accuracy")
+        self.score = score  # the task's primary metric: what the predictor learns
+        self.cost_names = [o.name for o in self.objectives if o.name != score.name]
+        self._score_index = [o.name for o in self.objectives].index(score.name)
         self.predictor = AccuracyPredictor(
-            num_classes=num_classes, input_shape=input_shape, n_estimators=100, random_state=seed
+            num_classes=num_classes,
+            input_shape=input_shape,
+            n_estimators=100,
+            random_state=seed,
+            value_range=signed_range(score_range, score),
         )
         self._fitted_on = 0
         self._lock = threading.Lock()
@@ -88,7 +111,7 @@ class Prescreener:
             ):
                 self.predictor.fit(
                     [Candidate.from_dict(t.user_attrs["candidate"]) for t in completed],
-                    [t.values[self._accuracy_index] for t in completed],
+                    [signed(t.values[self._score_index], self.score) for t in completed],
                 )
                 self._fitted_on = len(completed)
             prediction = self.predictor.predict([candidate], return_std=True)
@@ -96,17 +119,19 @@ class Prescreener:
         optimistic = mean + self.config.kappa * std
         mine = [costs[name] for name in self.cost_names]
         for t in completed:
-            accuracy = t.values[self._accuracy_index]
+            value = t.values[self._score_index]
             theirs = cost_vector(
                 dict(zip([o.name for o in self.objectives], t.values, strict=True)),
                 self.objectives,
+                score=self.score.name,
             )
-            if accuracy >= optimistic and all(
+            if signed(value, self.score) >= optimistic and all(
                 theirs[name] <= own for name, own in zip(self.cost_names, mine, strict=True)
             ):
                 return (
-                    f"predicted accuracy {mean:.4f} +- {std:.4f}; trial {t.number} reached "
-                    f"{accuracy:.4f} at no higher {'/'.join(self.cost_names)}"
+                    f"predicted {self.score.name} {signed(mean, self.score):.4f} +- {std:.4f}; "
+                    f"trial {t.number} reached {value:.4f} at no higher "
+                    f"{'/'.join(self.cost_names)}"
                 )
         return None
 

@@ -25,7 +25,8 @@ from rich.progress import (
 
 from ..core.objectives import Objective
 from ..core.pareto import hypervolume, pareto_front, reference_point
-from ..core.trials import trials_dataframe
+from ..core.trials import TASK_METRICS_ATTR, trials_dataframe
+from ..report.tables import format_metric
 from .study import count_done
 
 
@@ -175,8 +176,12 @@ def describe_trial(trial: FrozenTrial) -> str:
             f"[yellow]over budget[/] (not trained) lat {a['latency_ms']:.3g} ms "
             f"size {a['size_kb']:.3g} kB"
         )
+    names = a.get(TASK_METRICS_ATTR, ["accuracy"])
+    scores = " ".join(
+        f"acc {a[n]:.2%}" if n == "accuracy" else f"{n} {format_metric(n, a.get(n))}" for n in names
+    )
     return (
-        f"acc {a['accuracy']:.2%} lat {a['latency_ms']:.3g} ms "
+        f"{scores} lat {a['latency_ms']:.3g} ms "
         f"energy {a['energy_mj']:.3g} mJ size {a['size_kb']:.3g} kB"
     )
 

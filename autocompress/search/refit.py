@@ -105,13 +105,14 @@ def _select(
     budget: int | None = None,
 ) -> list[FrozenTrial]:
     """The source trials to refit: ``numbers`` (in that order), or the run's front and the trials
-    within ``slack`` accuracy of it in :func:`refit_order` of their search values (the first
-    ``budget`` of them when given)."""
+    within ``slack`` (of the primary metric, e.g. accuracy) of it in :func:`refit_order` of their
+    search values (the first ``budget`` of them when given)."""
     frame = trials_dataframe(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     explicit = numbers is not None
     if numbers is None:
-        near = pareto_front(frame, config.objectives(), slack={"accuracy": slack})
+        primary = config.make_task().primary
+        near = pareto_front(frame, config.objectives(), slack={primary: slack})
         numbers = [int(n) for n in near["number"]]
         if not numbers:
             raise ValueError(f"Run {str(run_dir)!r} has no Pareto front yet: nothing to refit.")
@@ -151,7 +152,7 @@ def refit_order(values: np.ndarray, directions: Sequence[str]) -> list[int]:
 
 
 def _queue(
-    study: optuna.Study, chosen: list[FrozenTrial], *, accuracy_at: int, source: Path
+    study: optuna.Study, chosen: list[FrozenTrial], *, score: str, score_at: int, source: Path
 ) -> None:
     """Queue the chosen trials on a new refit study; on an existing one, check it refits the
     same trials (it then resumes)."""
@@ -170,7 +171,7 @@ def _queue(
         return
     study.set_user_attr(SOURCE_ATTR, wanted)
     for trial in chosen:
-        attrs = {REFIT_ATTR: trial.number, "search_accuracy": trial.values[accuracy_at]}
+        attrs = {REFIT_ATTR: trial.number, f"search_{score}": trial.values[score_at]}
         study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
@@ -183,7 +184,9 @@ def _origin(trial: FrozenTrial, by_number: dict[int, FrozenTrial]) -> FrozenTria
 
 def refit_table(study: optuna.Study, config: RunConfig) -> pd.DataFrame:
     """One row per refit trial that is not superseded by its retry: ``trial``, ``refit_of``,
-    ``search_accuracy``, the objectives after the refit, ``state`` and ``on_front``."""
+    ``search_<primary metric>`` (e.g. ``search_accuracy``), the objectives after the refit,
+    ``state`` and ``on_front``."""
+    searched = f"search_{config.make_task().primary}"
     frame = trials_dataframe(study).set_index("number", drop=False)
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
@@ -200,13 +203,13 @@ def refit_table(study: optuna.Study, config: RunConfig) -> pd.DataFrame:
             {
                 "trial": trial.number,
                 "refit_of": origin.user_attrs[REFIT_ATTR],
-                "search_accuracy": origin.user_attrs.get("search_accuracy", math.nan),
+                searched: origin.user_attrs.get(searched, math.nan),
                 **{name: row[name] for name in names},
                 "state": trial.state.name,
                 "on_front": trial.number in front,
             }
         )
-    columns = ["trial", "refit_of", "search_accuracy", *names, "state", "on_front"]
+    columns = ["trial", "refit_of", searched, *names, "state", "on_front"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -245,8 +248,10 @@ def refit_run(
         raise ValueError("Give the trials to refit or a budget, not both.")
     source, refit = RunDir(run_dir), RunDir(out) if out is not None else None
     source_config = load_config(source.config_file)
-    if "accuracy" not in {o.name for o in source_config.objectives()}:
-        raise ValueError(f"Run {str(run_dir)!r} has no accuracy objective: nothing to refit.")
+    score = source_config.score_objective()
+    if score is None:
+        primary = source_config.make_task().primary
+        raise ValueError(f"Run {str(run_dir)!r} has no {primary} objective: nothing to refit.")
     refit = refit or RunDir(run_dir.parent / f"{run_dir.name}-refit")
     out = refit.path
     if out.resolve() == run_dir.resolve():
@@ -268,8 +273,8 @@ def refit_run(
         shutil.copytree(source.teacher_dir, refit.teacher_dir)
     out.mkdir(parents=True, exist_ok=True)
     study, _ = open_study(config, out, where=f"The refit folder {out}")
-    accuracy_at = [o.name for o in source_config.objectives()].index("accuracy")
-    _queue(study, chosen, accuracy_at=accuracy_at, source=run_dir)
+    score_at = [o.name for o in source_config.objectives()].index(score.name)
+    _queue(study, chosen, score=score.name, score_at=score_at, source=run_dir)
 
     result = run_search(config, runs_dir=out.parent, on_trial=on_trial)
     table = refit_table(result.study, config)

@@ -85,6 +85,7 @@ def evaluator_context(
         num_workers=config.data.num_workers,
         seed=config.seed,
         run_dir=run_dir,
+        task=config.make_task(),
     )
 
 
@@ -93,9 +94,9 @@ def make_evaluator(
 ) -> Evaluator:
     """The evaluator of ``config.evaluator`` (a :class:`ConfigError` for bad options). The
     ``train`` evaluator gets multi-objective early stopping when ``search.early_stopping`` is on,
-    ``accuracy`` is an objective and ``train.epochs`` leaves room for a rung; its rung records
-    live in ``study`` (shared by every process on its storage, kept across resumes), else in
-    this process's memory."""
+    the task's primary metric (accuracy) is an objective and ``train.epochs`` leaves room for a
+    rung; its rung records live in ``study`` (shared by every process on its storage, kept across
+    resumes), else in this process's memory."""
     try:
         evaluator = create_evaluator(
             config.evaluator.name, context=context, **config.evaluator.options
@@ -106,9 +107,8 @@ def make_evaluator(
     rungs = rung_schedule(
         max_epochs=max(config.train.epochs, 1), min_epochs=stopping.min_epochs, eta=stopping.eta
     )
-    objectives = config.objectives()
-    judged = "accuracy" in {o.name for o in objectives}  # what rungs compare
-    if type(evaluator) is not TrainEvaluator or not (stopping.enabled and rungs and judged):
+    score = config.score_objective()  # what rungs compare
+    if type(evaluator) is not TrainEvaluator or not (stopping.enabled and rungs and score):
         return evaluator
     table = RungTable(
         rungs=rungs,
@@ -117,7 +117,7 @@ def make_evaluator(
         min_records=stopping.min_records,
         store=InMemoryRungStore() if study is None else OptunaRungStore(study),
     )
-    cost_names = [o.name for o in objectives if o.name != "accuracy"]
+    cost_names = [o.name for o in config.objectives() if o.name != score.name]
     return EarlyStoppingTrainEvaluator.from_context(context, table=table, cost_names=cost_names)
 
 

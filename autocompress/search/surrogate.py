@@ -34,7 +34,7 @@ from ..core.objectives import Objective as ObjectiveSpec
 from ..core.pareto import hypervolume, non_dominated_mask, reference_from_values
 from ..evaluators.accuracy_predictor import AccuracyPredictor
 from ..spaces import Candidate, JointSearchSpace
-from .prescreen import trained_trials
+from .prescreen import ACCURACY, signed, signed_range, trained_trials
 
 PROPOSED_ATTR = "proposed"  # user attribute of a queued trial: its optimistic accuracy and gain
 
@@ -48,7 +48,7 @@ class Proposer:
 
     ``price(candidate) -> (metrics, feasible)``: the run's hardware pricing (the Objective's).
     ``budget_left(trials)``: whether another trial will run (a queued trial that never runs
-    would sit in the study as WAITING). ``proxy(candidate)``: a cheap accuracy estimate measured
+    would sit in the study as WAITING). ``proxy(candidate)``: a cheap estimate of the score measured
     without training (e.g. the teacher's inherited weights after BatchNorm recalibration), fed to
     the predictor as one more feature; cached per candidate.
     """
@@ -63,8 +63,12 @@ class Proposer:
         budget_left: Callable[[Sequence[FrozenTrial]], bool] = lambda trials: True,
         proxy: Callable[[Candidate], float] | None = None,
         seed: int = 0,
+        score: ObjectiveSpec = ACCURACY,
+        score_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.config = config
+        self.score = score  # the task's primary metric: what the predictor learns
+        self.score_range = score_range  # the values it can take: predictions are clipped to it
         self.space = space
         self.objectives = list(objectives)
         self.directions = [o.direction for o in self.objectives]
@@ -78,6 +82,7 @@ class Proposer:
             input_shape=space.input_shape,
             n_estimators=100,
             random_state=seed,
+            value_range=signed_range(score_range, score),
         )
         self._pool_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
         self._prices: dict[str, tuple[dict[str, float], bool]] = {}
@@ -100,11 +105,10 @@ class Proposer:
     def _propose(
         self, completed: list[FrozenTrial], *, tried: set[str]
     ) -> tuple[dict[str, Any], dict[str, float]] | None:
-        accuracy_at = self.names.index("accuracy")
+        score_at = self.names.index(self.score.name)
         done = [Candidate.from_dict(t.user_attrs["candidate"]) for t in completed]
-        self.predictor.fit(
-            done, [t.values[accuracy_at] for t in completed], extra=self._extra(done)
-        )
+        scores = [signed(t.values[score_at], self.score) for t in completed]
+        self.predictor.fit(done, scores, extra=self._extra(done))
         pool = self._pool(tried)
         if not pool:
             return None
@@ -112,11 +116,12 @@ class Proposer:
         prediction = self.predictor.predict(
             candidates, return_std=True, extra=self._extra(candidates)
         )
-        optimistic = np.clip(prediction.mean + self.config.kappa * prediction.std, 0.0, 1.0)
+        optimistic = signed(prediction.mean + self.config.kappa * prediction.std, self.score)
+        optimistic = np.clip(optimistic, *self.score_range)
         values = np.array([list(t.values) for t in completed], dtype=float)
         rows = np.array(
             [
-                [optimistic[i] if name == "accuracy" else metrics[name] for name in self.names]
+                [optimistic[i] if name == self.score.name else metrics[name] for name in self.names]
                 for i, (_, _, metrics) in enumerate(pool)
             ],
             dtype=float,
@@ -132,7 +137,7 @@ class Proposer:
             return None
         _, params, _ = pool[best]
         attrs = {
-            "predicted_accuracy": float(prediction.mean[best]),
+            f"predicted_{self.score.name}": float(signed(prediction.mean[best], self.score)),
             "predicted_std": float(prediction.std[best]),
             "hypervolume_gain": float(gains[best] / base) if base > 0 else float("inf"),
         }
@@ -145,7 +150,7 @@ class Proposer:
             key = _key(candidate)
             if key not in self._proxies:
                 self._proxies[key] = float(self.proxy(candidate))
-        return [{"proxy_accuracy": self._proxies[_key(c)]} for c in candidates]
+        return [{"proxy_score": self._proxies[_key(c)]} for c in candidates]
 
     def _pool(self, tried: set[str]) -> list[tuple[Candidate, dict[str, Any], dict[str, float]]]:
         """Up to ``pool_size`` distinct, untried, within-budget candidates: the last pool's

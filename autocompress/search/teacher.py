@@ -16,7 +16,7 @@ from ..config import RunConfig
 from ..core.errors import AutocompressError, DamagedFileError
 from ..data import DataBundle, make_loaders
 from ..evaluators import CandidateError
-from ..evaluators.train import evaluate_accuracy, train_epochs
+from ..evaluators.train import train_epochs
 from ..spaces import JointSearchSpace, build_model
 from ..spaces.groups import output_layer
 from ..spaces.user_model import load_checkpoint_
@@ -29,6 +29,8 @@ def teacher_fingerprint(config: RunConfig) -> str:
     A checkpoint counts by its bytes, so a file replaced under the same name is seen."""
     relevant = config.model_dump(mode="json", include={"seed", "data", "space", "teacher"})
     relevant["space"] = {k: relevant["space"][k] for k in ("family", "arch")}
+    if config.task != "classification":  # classification teachers predate tasks
+        relevant["task"] = config.task
     if config.model is not None and config.model.checkpoint is not None:
         with config.model.checkpoint.open("rb") as file:
             digest = hashlib.file_digest(file, "sha256").hexdigest()
@@ -60,6 +62,7 @@ def get_teacher(
             logger.warning("%s Training the teacher again.", err)
 
     cfg = config.teacher
+    task = config.make_task()
     # Initialisation is seeded without touching the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -93,16 +96,18 @@ def get_teacher(
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             device=device,
+            task=task,
         )
     except CandidateError as err:
         raise AutocompressError(
             f"The teacher (the space's largest architecture, in fp32) could not be trained: "
             f"{err}. Lower teacher.lr (now {cfg.lr}) or check that the data are finite."
         ) from None
-    accuracy, loss = evaluate_accuracy(model, val_loader, device=device)
-    logger.info("Teacher accuracy %.2f%%.", 100 * accuracy)
+    scores = task.evaluate(model, val_loader, device=device)
+    loss = scores.pop("loss")
+    logger.info("Teacher %s %.4g.", task.primary, scores[task.primary])
     metrics = {
-        "accuracy": accuracy,
+        **scores,
         "val_loss": loss,
         "params": sum(p.numel() for p in model.parameters()),
         "fingerprint": teacher_fingerprint(config),

@@ -7,10 +7,10 @@ from autocompress.export.trial import export_trial
 from autocompress.spaces import Candidate
 
 
-def test_export_reloads_and_reproduces_the_recorded_accuracy(finished_run, tmp_path):
+def test_export_reloads_and_reproduces_the_recorded_score(finished_run, tmp_path):
     best = int(finished_run.front.iloc[0]["number"])
     result = export_trial(finished_run.run_dir, trial=best, out_dir=tmp_path / "exp")
-    assert result.reproduced_accuracy == pytest.approx(result.recorded_accuracy, abs=1e-9)
+    assert result.reproduced_score == pytest.approx(result.recorded_score, abs=1e-9)
     exported = yaml.safe_load((tmp_path / "exp" / "candidate.yaml").read_text())
     assert exported["trial"] == best
     assert Candidate.from_dict(exported["candidate"]).family == "small_cnn"

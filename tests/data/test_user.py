@@ -51,7 +51,7 @@ def test_entry_point_is_called_with_root_and_seed(
         ("None", "not a 4-tuple"),
         ("(ds, ds, 3)", "not a 4-tuple"),
         ("(ds, 5, 3, (1, 2, 2))", "val_dataset has no"),
-        ("(ds, ds, 1, (1, 2, 2))", "num_classes must be"),
+        ("(ds, ds, 0, (1, 2, 2))", "num_classes must be"),
         ("(ds, ds, 3, (1, 2))", "input_shape must be"),
         ("(ds, ds, 3, (1, 0, 2))", "input_shape must be"),
     ],

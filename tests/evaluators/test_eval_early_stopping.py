@@ -24,8 +24,8 @@ from autocompress.spaces import Candidate, LayerChoice
 CPU = torch.device("cpu")
 
 
-def rec(trial: int, accuracy: float, *costs: float) -> RungRecord:
-    return RungRecord(trial=trial, accuracy=accuracy, costs=tuple(costs))
+def rec(trial: int, score: float, *costs: float) -> RungRecord:
+    return RungRecord(trial=trial, score=score, costs=tuple(costs))
 
 
 # --- rung schedule -----------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_report_validates_its_input():
     table = RungTable(rungs=(1, 3))
     with pytest.raises(ValueError, match=r"'rung' parameter of RungTable.report must be one of"):
         table.report(2, rec(0, 0.5, 1.0))
-    with pytest.raises(ValueError, match="'record.accuracy'"):
+    with pytest.raises(ValueError, match="'record.score'"):
         table.report(1, rec(0, float("nan"), 1.0))
     table.report(1, rec(0, 0.5, 1.0))
     with pytest.raises(ValueError, match="'record.costs' parameter .* as many costs"):
@@ -147,7 +147,10 @@ def test_records_persist_in_optuna_trial_user_attrs():
     # a fresh table over the same study (a resumed run) sees the stored records
     resumed = RungTable(rungs=(1, 3), min_records=0, min_dominators=1, store=OptunaRungStore(study))
     assert resumed.store.records(1) == [rec(0, 0.9, 1.0), rec(1, 0.8, 1.0)]
-    assert study.trials[0].user_attrs["rung.3"] == {"trial": 0, "accuracy": 0.95, "costs": [1.0]}
+    assert study.trials[0].user_attrs["rung.3"] == {"trial": 0, "score": 0.95, "costs": [1.0]}
+    # records stored by runs that predate tasks name the score "accuracy"
+    old = {"trial": 0, "accuracy": 0.95, "costs": [1.0]}
+    assert RungRecord.from_dict(old) == rec(0, 0.95, 1.0)
     assert resumed.report(1, rec(trials[2].number, 0.85, 1.0)).dominators == 1
 
 
@@ -209,10 +212,10 @@ def test_stops_at_the_rung_where_dominators_appear(digits):
     with pytest.raises(CandidateStopped) as info:
         ev.evaluate_trial(model, candidate, context=context)
     stopped = info.value
-    assert (stopped.rung, stopped.epochs) == (1, 3) and 0.0 <= stopped.accuracy <= 1.0
+    assert (stopped.rung, stopped.epochs) == (1, 3) and 0.0 <= stopped.value <= 1.0
     assert not isinstance(stopped, CandidateError)  # a result, not a failure
     # the trial's own records: one per rung reached, costs in cost_names order
-    assert table.store.records(1)[-1] == rec(7, table.store.records(1)[-1].accuracy, 1.0, 5.0)
+    assert table.store.records(1)[-1] == rec(7, table.store.records(1)[-1].score, 1.0, 5.0)
     assert table.store.records(3)[-1].trial == 7 and len(table.store.records(3)) == 3
 
 

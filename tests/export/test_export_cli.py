@@ -26,7 +26,7 @@ def test_cli_export_with_pick_to_onnx_verifies_and_writes_the_report(finished_ru
     best = front.sort_values(["accuracy", "number"], ascending=[False, True]).iloc[0]
     assert report["trial"] == int(best["number"])
     assert report["passed"] and report["checks"]["weights_exact"]
-    assert report["exported_accuracy"] == pytest.approx(best["accuracy"], abs=0.01)
+    assert report["exported_score"] == pytest.approx(best["accuracy"], abs=0.01)
     assert report["file_bytes"] == (out / "model.onnx").stat().st_size
     assert {layer["weight_format"] for layer in report["layers"]} <= {"int4", "int8"}
 
@@ -49,7 +49,7 @@ def test_state_dict_export_writes_packed_weights_near_the_predicted_size(finishe
     assert result.format == "state-dict" and report.artefact == "weights.bin"
     assert report.passed and report.checks["packed_weights_exact"]
     assert report.predicted_bytes <= report.file_bytes <= report.predicted_bytes + 64
-    assert result.reproduced_accuracy == pytest.approx(result.recorded_accuracy, abs=1e-9)
+    assert result.reproduced_score == pytest.approx(result.recorded_score, abs=1e-9)
 
 
 def test_finetune_epochs_trains_before_exporting(finished_run, tmp_path):
@@ -64,8 +64,8 @@ def test_finetune_epochs_trains_before_exporting(finished_run, tmp_path):
     report = json.loads((tmp_path / "export_report.json").read_text())
     tune = report["finetune"]
     assert tune["epochs"] == 1
-    assert tune["accuracy_before"] == pytest.approx(finished_run.front.iloc[0]["accuracy"])
-    assert report["recorded_accuracy"] == pytest.approx(tune["accuracy_after"])
+    assert tune["score_before"] == pytest.approx(finished_run.front.iloc[0]["accuracy"])
+    assert report["recorded_score"] == pytest.approx(tune["score_after"])
     spec = json.loads((tmp_path / "spec.json").read_text())
     assert spec["metrics"]["finetune_epochs"] == 1
 

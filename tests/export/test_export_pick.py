@@ -53,7 +53,7 @@ def test_parse_rule(text: str, expected: PickRule) -> None:
         ("quickest", r"expected fastest, smallest.*got 'quickest'.*Understood so far: nothing"),
         ("most", r"got 'most'"),
         ("fastest with", r"expected a metric name, got the end.*Understood so far: min latency_ms"),
-        ("fastest with acc >= 0.9", r"got 'acc'"),
+        ("fastest with 9 >= 0.9", r"got '9'"),
         ("fastest with accuracy = 0.9", r"at '= 0.9'"),
         ("fastest with accuracy >= high", r"expected a number after 'accuracy >='"),
         (

@@ -337,5 +337,5 @@ def test_refit_accuracy_plot_needs_a_refit_table(tmp_path) -> None:
     )
     path = plot_refit_accuracy(table, tmp_path / "refit.png")
     assert path.stat().st_size > 0
-    with pytest.raises(ValueError, match="search_accuracy"):
+    with pytest.raises(ValueError, match="search_<metric>"):
         plot_refit_accuracy(table.drop(columns="search_accuracy"), tmp_path / "x.png")

@@ -70,7 +70,7 @@ def _header(trials, **kwargs):
 def test_report_header_counts_and_dashboard(trials) -> None:
     header = _header(trials)
     assert header.run_name == "demo<run>"
-    assert header.teacher_accuracy == pytest.approx(0.9712)
+    assert header.teacher_score == pytest.approx(0.9712)
     # 0, 1, 2, 3, 6 trained; 4 over budget; 5 failed; 7 running.
     counts = header.counts
     assert (counts.total, counts.complete, counts.over_budget) == (8, 5, 1)
@@ -81,7 +81,7 @@ def test_report_header_counts_and_dashboard(trials) -> None:
     study = Path("runs/demo").resolve() / "study.db"
     assert header.dashboard_command == f"optuna-dashboard sqlite:///{study}"
     assert ("search", "nsga2, n_trials 8, seed 0") in header.config_summary
-    assert _header(trials, teacher_metrics=None).teacher_accuracy is None
+    assert _header(trials, teacher_metrics=None).teacher_score is None
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from autocompress.search.study import count_done
 from autocompress.search.surrogate import PROPOSED_ATTR, Proposer
 from autocompress.spaces import JointSearchSpace
 from autocompress.spaces.sampling import enumerate_candidates
+from autocompress.tasks import Classification
 
 
 def _key(candidate_dict) -> str:
@@ -132,7 +133,7 @@ def test_zero_shot_proxy_is_a_predictor_feature_measured_once_per_candidate(smal
         surrogate, space=space, objectives=config.objectives(), price=_price, proxy=proxy
     )
     proposer(study, study.trials[-1])
-    assert "extra.proxy_accuracy" in proposer.predictor.feature_names
+    assert "extra.proxy_score" in proposer.predictor.feature_names
     assert len(measured) == len(set(measured))  # cached: one measurement per candidate
     tried = {_key(c.to_dict()) for c in candidates[:5]}
     assert tried <= set(measured)  # the completed trials' candidates get it too, to fit on
@@ -143,7 +144,6 @@ def _price(candidate):
 
 
 def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, small, monkeypatch):
-    from autocompress.search import objective as objective_module
     from autocompress.search.objective import TrialObjective
     from autocompress.search.setup import prepare_setup
 
@@ -152,18 +152,18 @@ def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, sm
     eight_bit = next(c for c in candidates if all(x.w_bits == 8 for x in c.layers.values()))
     two_bit = next(c for c in candidates if all(x.w_bits == 2 for x in c.layers.values()))
     # 8-bit weights keep the (1-epoch) teacher's behaviour far better than 2-bit ones.
-    assert objective.proxy_accuracy(eight_bit) > objective.proxy_accuracy(two_bit)
+    assert objective.proxy_score(eight_bit) > objective.proxy_score(two_bit)
     # Scored on the first val_batches batches only (a pool scan must not cost full passes).
     seen = []
-    original = objective_module.evaluate_accuracy
+    original = Classification.evaluate
 
-    def counting(model, loader, *, device):
+    def counting(self, model, loader, *, device):
         batches = list(loader)
         seen.append(len(batches))
-        return original(model, batches, device=device)
+        return original(self, model, batches, device=device)
 
-    monkeypatch.setattr(objective_module, "evaluate_accuracy", counting)
-    objective.proxy_accuracy(eight_bit, val_batches=2)
+    monkeypatch.setattr(Classification, "evaluate", counting)
+    objective.proxy_score(eight_bit, val_batches=2)
     assert seen == [2]
 
 

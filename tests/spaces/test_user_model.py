@@ -156,7 +156,11 @@ def test_torchvision_residual_blocks_are_found_automatically():
         ({"factory": "tiny_net:CONSTANT"}, {}, "'model.factory' field must name a callable"),
         ({"factory": "tiny_net:not_a_network"}, {}, "returning an nn.Module"),
         ({"kwargs": {"depth": 3}}, {}, "'model.kwargs' field does not fit"),
-        ({"kwargs": {"num_classes": 5}}, {}, "must output \\(batch, 10\\).*head: replace"),
+        (
+            {"kwargs": {"num_classes": 5}},
+            {},
+            "must output \\(batch, 10, \\.\\.\\.\\).*head: replace",
+        ),
         ({"classifier": "pool"}, {}, "'model.classifier' field must name a Conv2d or Linear"),
         ({"droppable_blocks": ["nothing.*"]}, {}, "'model.droppable_blocks'.*match none"),
         ({"droppable_blocks": ["stem"]}, {}, "maps \\(1, 1, 8, 8\\) to \\(1, 8, 8, 8\\)"),
