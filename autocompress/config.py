@@ -30,6 +30,7 @@ from .core.plugins import import_plugin, load_installed_plugins
 from .core.samplers import list_samplers
 from .data import DataConfig
 from .evaluators import TrainConfig, list_evaluators
+from .evaluators.ptq import ptq_options
 from .spaces import ModelConfig, SpaceConfig, get_family
 from .tasks import Task, create_task
 
@@ -217,6 +218,13 @@ class EvaluatorConfig(_Section):
             raise ValueError(f"must be one of {list_evaluators()}. Got {name!r}")
         return name
 
+    @model_validator(mode="after")
+    def _ptq_options(self) -> EvaluatorConfig:
+        # Checked on load too, not only when the evaluator is built (after the teacher trained).
+        if self.name == "ptq":
+            ptq_options(self.options)
+        return self
+
 
 class SearchConfig(_Section):
     n_trials: int = Field(default=40, gt=0)
@@ -282,7 +290,14 @@ RESUMABLE_SEARCH_FIELDS = (
 
 
 # Config fields that run folders made by autocompress 0.1 do not have (see RunConfig.fingerprint).
-FIELDS_ADDED_SINCE_0_1 = ("model", "task", "evaluator", "space.exclude", "space.overrides")
+FIELDS_ADDED_SINCE_0_1 = (
+    "model",
+    "task",
+    "evaluator",
+    "space.exclude",
+    "space.overrides",
+    "space.rank_ratios",
+)
 
 
 class RunConfig(_Section):
@@ -366,31 +381,26 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _efficiency_needs_the_primary_metric(self) -> RunConfig:
-        # They compare candidates' primary metric (accuracy) at no higher hardware cost.
+    def _prescreen_needs_the_primary_metric(self) -> RunConfig:
+        # It compares candidates' primary metric (accuracy) at no higher hardware cost. Early
+        # stopping and the surrogate do too, but they are on by default and simply stay out of
+        # the way where they do not apply (a run's config.yaml spells every default out, so an
+        # explicit request cannot be told from a default there).
         primary = self.make_task().primary
-        if primary in {o.name for o in self.objectives()}:
-            return self
-        for section in ("early_stopping", "prescreen", "surrogate"):
-            settings = getattr(self.search, section)
-            # Early stopping is on by default where it applies: only an explicit request fails.
-            if settings.enabled and "enabled" in settings.model_fields_set:
-                raise ValueError(
-                    f"The 'search.{section}.enabled' field needs {primary!r} (the task's primary "
-                    f"metric) among search.objectives (got {self.search.objectives}); set it to "
-                    "false."
-                )
+        if self.search.prescreen.enabled and primary not in {o.name for o in self.objectives()}:
+            raise ValueError(
+                f"The 'search.prescreen.enabled' field needs {primary!r} (the task's primary "
+                f"metric) among search.objectives (got {self.search.objectives}); set it to false."
+            )
         return self
 
     @model_validator(mode="after")
-    def _early_stopping_needs_training(self) -> RunConfig:
-        # Rungs are epochs of the train evaluator's fine-tune; other evaluators have none.
-        stopping = self.search.early_stopping
-        explicit = stopping.enabled and "enabled" in stopping.model_fields_set
-        if explicit and self.evaluator.name != "train":
+    def _teacher_has_no_feature_kd(self) -> RunConfig:
+        # The teacher trains from scratch: there is no network whose features it could match.
+        if self.teacher.feature_kd is not None:
             raise ValueError(
-                "The 'search.early_stopping.enabled' field applies to the 'train' evaluator "
-                f"only (evaluator.name is {self.evaluator.name!r}); set it to false."
+                "The 'teacher.feature_kd' field must be left out: the teacher is trained from "
+                "scratch, with no teacher of its own (set train.feature_kd instead)."
             )
         return self
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+import yaml
 from optuna import create_study
 from optuna.trial import TrialState, create_trial
 
@@ -74,13 +75,24 @@ def test_stopped_trials_count_towards_n_trials_and_skipped_ones_do_not():
 # --- config checks ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("section", ["early_stopping", "prescreen"])
-def test_efficiency_features_need_an_accuracy_objective(tiny_config_dict, section):
+def test_the_prescreen_needs_an_accuracy_objective(tiny_config_dict):
     tiny_config_dict["search"]["objectives"] = ["latency_ms", "size_kb"]
-    tiny_config_dict["search"]["early_stopping"] = {"enabled": False}
-    tiny_config_dict["search"][section] = {"enabled": True}
-    with pytest.raises(ConfigError, match=rf"search\.{section}\.enabled"):
+    tiny_config_dict["search"]["prescreen"] = {"enabled": True}
+    with pytest.raises(ConfigError, match=r"search\.prescreen\.enabled"):
         parse_config(tiny_config_dict)
+
+
+def test_a_written_config_reloads_where_early_stopping_does_not_apply(tiny_config_dict):
+    # config.yaml spells out early_stopping/surrogate enabled: true: a run without accuracy, or
+    # with another evaluator, must load again (export, report, resume), the features unused.
+    from autocompress.config import dump_config
+
+    tiny_config_dict["search"]["objectives"] = ["latency_ms", "size_kb"]
+    tiny_config_dict["evaluator"] = {"name": "supernet"}
+    config = parse_config(tiny_config_dict)
+    again = parse_config(yaml.safe_load(dump_config(config)))
+    assert again.fingerprint() == config.fingerprint()
+    assert again.search.early_stopping.enabled and again.score_objective() is None
 
 
 def test_without_accuracy_both_features_can_be_turned_off(tiny_config_dict):

@@ -10,6 +10,7 @@ from torch import nn
 from ..spaces import Candidate, build_model
 from ..spaces.groups import output_layer
 from .inherit import inherit_weights_
+from .lowrank import factor_names, factorize_
 from .pruning import prune_
 from .quantization import quantize_
 
@@ -21,11 +22,14 @@ def compress_(
     input_shape: tuple[int, ...],
     teacher_state: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
-    """In place: inherit teacher weights, physically prune, then insert fake-quant.
+    """In place: inherit teacher weights, physically prune, factorize, then insert fake-quant.
 
     Order matters: weights are inherited first so that pruning ranks channels by the teacher's
-    trained weights, and pruning runs on plain float layers before they become quant layers.
-    The output layer (the Conv2d/Linear that runs last: the classifier) is never pruned.
+    trained weights; pruning runs on the unfactorized layers (the pruning groups are those of
+    the architecture's own layers), and factorization then starts from the SVD of the pruned
+    weights; both run on plain float layers before they become quant layers, and a factorized
+    layer's two factors both get its bits. The output layer (the Conv2d/Linear that runs last:
+    the classifier) is never pruned.
     """
     if teacher_state is not None:
         inherit_weights_(model, teacher_state)
@@ -33,7 +37,10 @@ def compress_(
     if ratios:
         example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
         prune_(model, ratios, example, ignored=[output_layer(model, example)])
-    quantize_(model, candidate.bits())
+    ranks = candidate.rank_ratios()
+    if ranks:
+        factorize_(model, ranks)
+    quantize_(model, factor_names(candidate.bits(), ranks))
     return model
 
 

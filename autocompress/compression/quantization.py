@@ -167,6 +167,63 @@ class _QuantMixin:
         return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"  # type: ignore[misc]
 
 
+@torch.no_grad()
+def set_activation_range_(module: nn.Module, lo: Tensor | float, hi: Tensor | float) -> None:
+    """Fix the input range ``[lo, hi]`` that fake-quant layer ``module`` quantizes with, as
+    post-training calibration chooses it. Eval-mode forwards and the export read exactly this
+    range (widened to include 0, see :func:`activation_qparams`); training mode would go on
+    moving it by the EMA of the observed batches."""
+    if not isinstance(module, _QuantMixin):
+        raise ValueError(
+            "The 'module' parameter of set_activation_range_ must be a QuantConv2d or "
+            f"QuantLinear. Got {type(module).__name__} instead."
+        )
+    lo, hi = torch.as_tensor(lo, dtype=torch.float64), torch.as_tensor(hi, dtype=torch.float64)
+    if lo.numel() != 1 or hi.numel() != 1 or not bool(torch.isfinite(lo) & (lo <= hi)):
+        raise ValueError(
+            "The 'lo' and 'hi' parameters of set_activation_range_ must be finite scalars with "
+            f"lo <= hi. Got lo={lo.tolist()!r}, hi={hi.tolist()!r} instead."
+        )
+    module.act_min.copy_(lo.reshape(()))
+    module.act_max.copy_(hi.reshape(()))
+    module.act_initialized.fill_(True)
+
+
+@torch.no_grad()
+def clip_weight_(module: nn.Module, max_abs: Tensor) -> None:
+    """Clip the weights of fake-quant layer ``module`` to ``[-max_abs[c], max_abs[c]]`` per
+    output channel ``c``, in place.
+
+    The weight quantizer takes each channel's scale from its largest ``|w|``
+    (:func:`quantize_weight`), so clipping the stored weight is clipping its quantization
+    range: the layer, its state_dict and the export all use the same, narrower grid.
+    """
+    if not isinstance(module, _QuantMixin):
+        raise ValueError(
+            "The 'module' parameter of clip_weight_ must be a QuantConv2d or QuantLinear. "
+            f"Got {type(module).__name__} instead."
+        )
+    channels = module.weight.shape[0]
+    if max_abs.shape != (channels,) or not bool(torch.all(max_abs >= 0)):
+        raise ValueError(
+            f"The 'max_abs' parameter of clip_weight_ must hold {channels} values >= 0, one per "
+            f"output channel. Got {max_abs!r} instead."
+        )
+    bound = max_abs.to(module.weight).view(-1, *([1] * (module.weight.dim() - 1)))
+    module.weight.copy_(torch.minimum(torch.maximum(module.weight, -bound), bound))
+
+
+def float_output(module: nn.Module, x: Tensor, weight: Tensor | None = None) -> Tensor:
+    """What fake-quant layer ``module`` computes on ``x`` in float: neither ``x`` nor the
+    weight quantized, ``weight`` (default: its own) in place of its weight, its bias kept."""
+    if not isinstance(module, _QuantMixin):
+        raise ValueError(
+            "The 'module' parameter of float_output must be a QuantConv2d or QuantLinear. "
+            f"Got {type(module).__name__} instead."
+        )
+    return module._layer(x, module.weight if weight is None else weight)
+
+
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     """``nn.Conv2d`` with fake-quantized weights (``w_bits``) and input activations (``a_bits``).
 

@@ -69,7 +69,8 @@ def retried_trials(trials: Iterable[Any]) -> set[int]:
 
 
 def candidate_summary(candidate: dict[str, Any] | None) -> str:
-    """One short line: family, arch knobs, mean bits and mean pruning ratio."""
+    """One short line: family, arch knobs, mean bits, mean pruning ratio and mean rank ratio of
+    the pruned and of the factorized layers (with their counts)."""
     if not candidate:
         return ""
     arch = candidate["arch"]
@@ -87,7 +88,10 @@ def candidate_summary(candidate: dict[str, Any] | None) -> str:
     a = np.mean([c["a_bits"] for c in layers]) if layers else 32
     pruned = [c["prune_ratio"] for c in layers if c["prune_ratio"] > 0]
     prune = f" prune~{np.mean(pruned):.0%}x{len(pruned)}" if pruned else ""
-    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}"
+    # Absent in candidates that do not factorize (and in those written before the field).
+    ranked = [c["rank_ratio"] for c in layers if c.get("rank_ratio", 1.0) < 1.0]
+    rank = f" rank~{np.mean(ranked):.0%}x{len(ranked)}" if ranked else ""
+    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}{rank}"
 
 
 def _short(value: Any) -> str:

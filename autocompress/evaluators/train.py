@@ -6,7 +6,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Self
 
 import torch
@@ -14,10 +14,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..compression.feature_distillation import (
+    FeatureDistiller,
+    feature_distiller,
+    match_layers,
+)
 from ..data import DataBundle, make_loaders
 from ..spaces import Candidate
 from ..tasks import Classification, Task, to_device
 from ._base import CandidateError, Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
+
+
+class FeatureKDConfig(BaseModel):
+    """``train.feature_kd``: feature distillation (FitNets) of the candidate's fine-tune."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: list[str] = Field(
+        min_length=1, description="globs of module names, matched in the teacher"
+    )
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
 class TrainConfig(BaseModel):
@@ -33,6 +49,9 @@ class TrainConfig(BaseModel):
     kd_alpha: float = Field(default=0.7, ge=0, le=1, description="weight of the distillation term")
     kd_temperature: float = Field(default=4.0, gt=0)
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    # Left out of every dump while unset, so configs, run fingerprints and the teacher's cache
+    # key stay those of runs made before it existed.
+    feature_kd: FeatureKDConfig | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @field_validator("device")
     @classmethod
@@ -63,22 +82,33 @@ def train_epochwise(
     kd_alpha: float = 0.0,
     kd_temperature: float = 4.0,
     task: Task | None = None,
+    features: FeatureDistiller | None = None,
 ) -> Iterator[int]:
     """AdamW + one cosine schedule over all ``epochs``, with KD from ``teacher`` when given;
     yields the number of epochs done after each epoch (so a caller can evaluate between epochs,
     e.g. early stopping, without restarting the schedule or the AdamW moments). ``task``: the
-    losses (default: classification).
+    losses (default: classification). ``features``: feature distillation from ``teacher`` (its
+    adapters train with ``model``), its hooks active while this runs.
 
     Raises CandidateError on a non-finite loss.
     """
     task = task or Classification()
+    if features is not None and teacher is None:
+        raise ValueError(
+            "The 'features' parameter of train_epochwise needs a 'teacher' to distil from."
+        )
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = list(model.parameters())
+    if features is not None:
+        params += features.parameters()
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps = max(1, epochs * len(loader))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     distil = {"teacher": teacher, "kd_alpha": kd_alpha, "kd_temperature": kd_temperature}
+    if features is not None:
+        distil["features"] = features
     for epoch in range(epochs):
         for step, batch in enumerate(loader):
             x, y = task.split(batch)
@@ -101,21 +131,26 @@ def train_step_(
     schedule: torch.optim.lr_scheduler.LRScheduler,
     where: str,
     task: Task | None = None,
+    features: FeatureDistiller | None = None,
 ) -> None:
     """One optimizer step on a batch: the task's distillation loss against ``teacher`` when it
-    is given and ``kd_alpha > 0``, its plain loss otherwise (``task`` default: classification).
+    is given and ``kd_alpha > 0``, its plain loss otherwise (``task`` default: classification),
+    plus the feature distillation loss of ``features`` (whose hooks must be active) when given.
     Raises CandidateError on a non-finite loss (``where`` says which, e.g. "training loss at
     epoch 0, step 3")."""
     task = task or Classification()
     outputs = model(x)
-    if teacher is not None and kd_alpha > 0:
+    if teacher is not None and (kd_alpha > 0 or features is not None):
         with torch.no_grad():
             teacher_outputs = teacher(x)
+    if teacher is not None and kd_alpha > 0:
         loss = task.distillation_loss(
             outputs, teacher_outputs, y, alpha=kd_alpha, temperature=kd_temperature
         )
     else:
         loss = task.loss(outputs, y)
+    if features is not None:
+        loss = loss + features.loss()
     if not torch.isfinite(loss):
         raise CandidateError(f"non-finite {where}")
     optimizer.zero_grad(set_to_none=True)
@@ -179,6 +214,7 @@ class TrainEvaluator(Evaluator):
         teacher: nn.Module | None = None,
         seed: int = 0,
         task: Task | None = None,
+        feature_kd: FeatureKDConfig | None = None,
     ) -> None:
         self.data = data
         self.task = task or Classification()
@@ -190,6 +226,14 @@ class TrainEvaluator(Evaluator):
         self.seed = seed
         if teacher is not None:
             teacher.to(device).eval()
+        self.feature_kd = feature_kd
+        if feature_kd is not None:
+            if teacher is None:
+                raise ValueError(
+                    "The 'train.feature_kd' field needs a teacher to distil from; this "
+                    "evaluator has none."
+                )
+            match_layers(teacher, feature_kd.layers)  # a bad glob fails here, not per trial
 
     @classmethod
     def from_context(
@@ -209,6 +253,7 @@ class TrainEvaluator(Evaluator):
             teacher=context.teacher,
             seed=context.seed,
             task=context.task,
+            feature_kd=train.feature_kd,
             **settings,
             **extra,
         )
@@ -232,7 +277,7 @@ class TrainEvaluator(Evaluator):
             self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
         )
         start = time.perf_counter()
-        with candidate_failures():
+        with candidate_failures(), self._feature_distiller(model) as features:
             for epoch in train_epochwise(
                 model,
                 train_loader,
@@ -244,6 +289,7 @@ class TrainEvaluator(Evaluator):
                 kd_alpha=self.kd_alpha,
                 kd_temperature=self.kd_temperature,
                 task=self.task,
+                features=features,
             ):
                 if after_epoch is not None:
                     after_epoch(epoch, val_loader)
@@ -255,6 +301,23 @@ class TrainEvaluator(Evaluator):
             epochs=self.epochs,
             train_seconds=time.perf_counter() - start,
         )
+
+    def _feature_distiller(self, model: nn.Module) -> AbstractContextManager:
+        """The fine-tune's feature distillation (``train.feature_kd``), fresh adapters and
+        all; a context that does nothing when it is off."""
+        if self.feature_kd is None or self.teacher is None:
+            return nullcontext()
+        example = torch.zeros(1, *self.data.input_shape, device=self.device)
+        try:
+            return feature_distiller(
+                model.to(self.device),
+                self.teacher,
+                self.feature_kd.layers,
+                weight=self.feature_kd.weight,
+                example=example,
+            )
+        except ValueError as err:
+            raise CandidateError(f"feature distillation: {err}") from err
 
 
 @register_evaluator("train")

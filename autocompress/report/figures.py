@@ -4,7 +4,8 @@ the per-layer bars of one trial, and a refit's accuracies against the search's.
 As in ``plots.py``, each ``*_data`` function computes everything its figure shows (tests check
 that) and the matching ``plot_*`` function only draws it. Per-layer settings come from the
 ``candidate`` column of the trials DataFrame: the JSON of a ``Candidate``,
-``{"family", "arch", "layers": {layer_name: {"w_bits", "a_bits", "prune_ratio"}}}``.
+``{"family", "arch", "layers": {layer_name: {"w_bits", "a_bits", "prune_ratio"}}}``, plus
+``"rank_ratio"`` on the layers a low-rank factorization split (1.0 where it is absent).
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ from autocompress.report.style import (
 from autocompress.report.tables import refit_metric
 
 LAYER_FIELDS = ("w_bits", "a_bits", "prune_ratio")
+RANK_FIELD = "rank_ratio"  # a per-layer field of runs that factorize, drawn only where it occurs
+FULL_RANK = 1.0
 _A_BITS_COLOUR = "tab:orange"
 _PRUNE_COLOUR = "tab:green"
+_RANK_COLOUR = "tab:purple"
 _COLOUR_MAP = "viridis"
 _MAX_CONSTANT_NAMED = 12
 
@@ -165,9 +169,10 @@ def plot_pareto_3d(
 class ParallelCoordinatesData(NamedTuple):
     """One polyline per front trial across per-layer compression axes, then the objectives.
 
-    ``axes``: labels, ``"<layer>.w_bits"``, ``"<layer>.a_bits"``, ``"<layer>.prune_ratio"`` for
-    each layer (in network order, merged over the front's architectures), then the objective
-    names. ``layers``/``fields``: the layer (``None`` for an objective) and field of each axis.
+    ``axes``: labels, ``"<layer>.w_bits"``, ``"<layer>.a_bits"``, ``"<layer>.prune_ratio"`` (and
+    ``"<layer>.rank_ratio"`` when a front trial factorizes a layer) for each layer (in network
+    order, merged over the front's architectures), then the objective names.
+    ``layers``/``fields``: the layer (``None`` for an objective) and field of each axis.
     ``values``: ``len(numbers) x len(axes)``; NaN where a trial's architecture has no such layer
     (e.g. a depth-2 network at the third block's axes), which the plot draws as a gap.
     ``numbers``: the front trials, in ``pareto_front`` order (best first objective first).
@@ -193,19 +198,24 @@ class ParallelCoordinatesData(NamedTuple):
 def parallel_coordinates_data(
     df: pd.DataFrame, objectives: Sequence[Objective]
 ) -> ParallelCoordinatesData:
-    """Per-layer w_bits / a_bits / prune_ratio and the objectives of every front trial."""
+    """Per-layer w_bits / a_bits / prune_ratio (/ rank_ratio) and the objectives of every front
+    trial."""
     check_trials_frame(df, objectives, func="parallel_coordinates_data")
     _check_candidate_column(df, func="parallel_coordinates_data")
     objectives = tuple(objectives)
     front = pareto_front(df, objectives)
     per_trial = [candidate_layers(text) for text in front["candidate"]]
     layer_names = _merge_layer_orders([list(layers) for layers in per_trial])
+    # Rank axes only where the front factorizes: a single-line front of a run without
+    # factorization would otherwise show a 1.0 axis per layer.
+    factorized = any(c[RANK_FIELD] < FULL_RANK for t in per_trial for c in t.values())
+    layer_fields = (*LAYER_FIELDS, RANK_FIELD) if factorized else LAYER_FIELDS
 
-    axes = [f"{name}.{field}" for name in layer_names for field in LAYER_FIELDS]
+    axes = [f"{name}.{field}" for name in layer_names for field in layer_fields]
     axes += [o.name for o in objectives]
-    layers: list[str | None] = [name for name in layer_names for _ in LAYER_FIELDS]
+    layers: list[str | None] = [name for name in layer_names for _ in layer_fields]
     layers += [None] * len(objectives)
-    fields = [field for _ in layer_names for field in LAYER_FIELDS]
+    fields = [field for _ in layer_names for field in layer_fields]
     fields += ["objective"] * len(objectives)
 
     values = np.full((len(front), len(axes)), np.nan)
@@ -213,7 +223,7 @@ def parallel_coordinates_data(
         for col, (name, field) in enumerate(zip(layers, fields, strict=True)):
             if name is not None and name in layer_settings:
                 values[row, col] = float(layer_settings[name][field])
-    values[:, len(layer_names) * len(LAYER_FIELDS) :] = objective_values(front, objectives)
+    values[:, len(layer_names) * len(layer_fields) :] = objective_values(front, objectives)
 
     # A constant axis carries no information and its label crowds out the axes that vary.
     constant = np.array(
@@ -321,7 +331,8 @@ def plot_parallel_coordinates(
 
 
 class LayerBarsData(NamedTuple):
-    """The per-layer compression of trial ``number``, layers in the candidate's order."""
+    """The per-layer compression of trial ``number``, layers in the candidate's order.
+    ``rank_ratio`` is 1.0 on the layers that are not factorized."""
 
     number: int
     summary: str
@@ -329,6 +340,7 @@ class LayerBarsData(NamedTuple):
     w_bits: np.ndarray
     a_bits: np.ndarray
     prune_ratio: np.ndarray
+    rank_ratio: np.ndarray
 
 
 def layer_bars_data(df: pd.DataFrame, *, trial: int) -> LayerBarsData:
@@ -351,13 +363,15 @@ def layer_bars_data(df: pd.DataFrame, *, trial: int) -> LayerBarsData:
         w_bits=np.array([layers[n]["w_bits"] for n in layers], dtype=float),
         a_bits=np.array([layers[n]["a_bits"] for n in layers], dtype=float),
         prune_ratio=np.array([layers[n]["prune_ratio"] for n in layers], dtype=float),
+        rank_ratio=np.array([layers[n][RANK_FIELD] for n in layers], dtype=float),
     )
 
 
 def plot_layer_bars(
     df: pd.DataFrame, path: str | os.PathLike[str], *, trial: int, title: str | None = None
 ) -> Path:
-    """Bars of w_bits and a_bits (top) and prune_ratio (bottom) per layer of ``trial``."""
+    """Bars of w_bits and a_bits (top) and prune_ratio (bottom; beside it rank_ratio when a
+    layer is factorized) per layer of ``trial``."""
     data = layer_bars_data(df, trial=trial)
     n = len(data.layers)
     fig = new_figure(width=min(max(6.0, 0.55 * n + 2.0), 40.0), height=5.5)
@@ -370,15 +384,28 @@ def plot_layer_bars(
     bits_ax.set_ylim(0, top * 1.15)
     bits_ax.legend(loc="upper right", fontsize="small", ncols=2)
     bits_ax.grid(axis="y", alpha=0.3)
-    prune_ax.bar(x, data.prune_ratio, width=0.6, color=_PRUNE_COLOUR)
+    factorized = bool((data.rank_ratio < FULL_RANK).any())
+    # With factorized layers the bottom panel pairs each prune bar with a rank bar.
+    prune_x = x - 0.2 if factorized else x
+    width = 0.4 if factorized else 0.6
+    prune_ax.bar(prune_x, data.prune_ratio, width=width, color=_PRUNE_COLOUR, label="prune_ratio")
     prune_ax.set_ylim(0, 1)
-    prune_ax.set_ylabel("prune ratio")
+    prune_ax.set_ylabel("prune / rank ratio" if factorized else "prune ratio")
     prune_ax.grid(axis="y", alpha=0.3)
     prune_ax.set_xticks(x, data.layers, rotation=45, ha="right", fontsize=8)
+    if factorized:
+        prune_ax.bar(x + 0.2, data.rank_ratio, width=0.4, color=_RANK_COLOUR, label="rank_ratio")
+        # Head room above 100% for the legend of the two kinds of bars.
+        prune_ax.set_ylim(0, 1.5)
+        prune_ax.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
+        prune_ax.legend(loc="upper right", fontsize="small", ncols=2)
+        for i, r in enumerate(data.rank_ratio):
+            if r < FULL_RANK:  # a full bar is a whole layer: no number needed
+                prune_ax.text(i + 0.2, r, f"{r:.0%}", ha="center", va="bottom", fontsize=7)
     for i, (w, a, p) in enumerate(zip(data.w_bits, data.a_bits, data.prune_ratio, strict=True)):
         bits_ax.text(i - 0.2, w, f"{w:g}", ha="center", va="bottom", fontsize=7)
         bits_ax.text(i + 0.2, a, f"{a:g}", ha="center", va="bottom", fontsize=7)
-        prune_ax.text(i, p, f"{p:.0%}", ha="center", va="bottom", fontsize=7)
+        prune_ax.text(prune_x[i], p, f"{p:.0%}", ha="center", va="bottom", fontsize=7)
     heading = title if title is not None else f"Trial {data.number}"
     if data.summary:
         heading = f"{heading}: {data.summary}"
@@ -486,8 +513,9 @@ def default_trial(
 
 
 def candidate_layers(text: Any) -> dict[str, dict[str, float]]:
-    """``{layer: {"w_bits", "a_bits", "prune_ratio"}}`` from a ``candidate`` cell, in the
-    candidate's layer order; ``{}`` for an empty cell (a trial that failed before sampling)."""
+    """``{layer: {"w_bits", "a_bits", "prune_ratio", "rank_ratio"}}`` from a ``candidate`` cell,
+    in the candidate's layer order (``rank_ratio`` 1.0 where the JSON has none); ``{}`` for an
+    empty cell (a trial that failed before sampling)."""
     if not _has_candidate(text):
         return {}
     try:
@@ -497,6 +525,7 @@ def candidate_layers(text: Any) -> dict[str, dict[str, float]]:
                 "w_bits": float(choice["w_bits"]),
                 "a_bits": float(choice["a_bits"]),
                 "prune_ratio": float(choice.get("prune_ratio", 0.0)),
+                RANK_FIELD: float(choice.get(RANK_FIELD, FULL_RANK)),
             }
             for name, choice in layers.items()
         }

@@ -171,7 +171,8 @@ def write_report(
         ReportImage(
             "Per-layer compression of the front",
             plot_parallel_coordinates(trials, objectives, out_dir / "parallel_coordinates.png"),
-            "One line per front trial: w_bits, a_bits and prune_ratio of each layer, then the "
+            "One line per front trial: w_bits, a_bits, prune_ratio (and rank_ratio where a "
+            "trial factorizes) of each layer, then the "
             "objectives; each axis spans its own min..max (printed below/above it). Where a "
             "trial's architecture has no such layer its line has a gap, bridged by dots. An axis "
             "with the same value on every line is left out and named below the figure.",
@@ -404,6 +405,7 @@ def _config_summary(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("arch space", json.dumps(get("space", "arch"), separators=(", ", ": "))),
         ("w_bits / a_bits", f"{get('space', 'w_bits')} / {get('space', 'a_bits')}"),
         ("prune ratios", str(get("space", "prune_ratios"))),
+        ("rank ratios", str(get("space", "rank_ratios") or [1.0])),
         ("hardware", hardware),
         ("budget", ", ".join(f"{k} {v:g}" for k, v in budget.items()) or "none"),
         (

@@ -92,7 +92,7 @@ class TrialObjective:
         self.limits = setup.config.hardware.budget.limits()
         self._keys: dict[int, str] = {}  # trial number -> its candidate's JSON
         self.prescreener: Prescreener | None = None
-        if self.config.search.prescreen.enabled:
+        if self.config.search.prescreen.enabled and self.config.score_objective() is not None:
             self.prescreener = Prescreener(
                 self.config.search.prescreen,
                 objectives=self.objectives,

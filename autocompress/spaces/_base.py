@@ -1,4 +1,5 @@
-"""The joint search space: architecture knobs x per-layer bits x per-layer pruning ratios."""
+"""The joint search space: architecture knobs x per-layer bits x per-layer pruning ratios x
+per-layer low-rank factorization."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from typing import Any
 
 import optuna
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 from torch import nn
 
 from ._registry import create_family
-from .candidate import FLOAT_BITS, MIN_BITS, Candidate, LayerChoice
+from .candidate import (
+    FLOAT_BITS,
+    FULL_RANK,
+    MIN_BITS,
+    Candidate,
+    LayerChoice,
+    factorizable_shape,
+    low_rank_pays,
+)
 from .groups import output_layer, prunable_layers
 
 logger = logging.getLogger(__name__)
@@ -30,6 +39,16 @@ class LayerOverride(BaseModel):
     w_bits: int | None = Field(default=None, ge=MIN_BITS, le=FLOAT_BITS)
     a_bits: int | None = Field(default=None, ge=MIN_BITS, le=FLOAT_BITS)
     prune_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    rank_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_rank(self, handler: Any) -> Any:
+        # rank_ratio came later: left out while unset, a run's config (and fingerprint) with
+        # overrides is what it was before the field existed, so the run still resumes.
+        data = handler(self)
+        if self.rank_ratio is None and isinstance(data, dict):
+            data.pop("rank_ratio", None)
+        return data
 
 
 class SpaceConfig(BaseModel):
@@ -42,13 +61,19 @@ class SpaceConfig(BaseModel):
     w_bits: list[int] = Field(default=[2, 3, 4, 5, 6, 8], min_length=1)
     a_bits: list[int] = Field(default=[4, 6, 8], min_length=1)
     prune_ratios: list[float] = Field(default=[0.0, 0.25, 0.5], min_length=1)
+    rank_ratios: list[float] = Field(
+        default=[FULL_RANK],
+        min_length=1,
+        description="low-rank factorization: kept fraction of each layer's rank (1.0 = whole)",
+    )
     exclude: list[str] = Field(
         default_factory=list,
-        description="glob patterns of layer names kept in float and never pruned",
+        description="glob patterns of layer names kept in float, never pruned nor factorized",
     )
     overrides: dict[str, LayerOverride] = Field(
         default_factory=dict,
-        description="glob pattern of layer names -> fixed w_bits / a_bits / prune_ratio",
+        description="glob pattern of layer names -> fixed w_bits / a_bits / prune_ratio / "
+        "rank_ratio",
     )
 
     @field_validator("family")
@@ -80,6 +105,14 @@ class SpaceConfig(BaseModel):
         bad = [r for r in ratios if not 0.0 <= r < 1.0]
         if bad:
             raise ValueError(f"pruning ratios must lie in [0, 1). Got {bad}")
+        return sorted(set(ratios))
+
+    @field_validator("rank_ratios")
+    @classmethod
+    def _ranks_in_range(cls, ratios: list[float]) -> list[float]:
+        bad = [r for r in ratios if not 0.0 < r <= FULL_RANK]
+        if bad:
+            raise ValueError(f"rank ratios must lie in (0, 1] (1 = not factorized). Got {bad}")
         return sorted(set(ratios))
 
 
@@ -132,10 +165,15 @@ def build_model(
 
 class JointSearchSpace(SearchSpace):
     """Architecture from a registered family, then, for the layers that architecture has, one
-    ``w_bits``/``a_bits`` choice per Conv2d/Linear and one pruning ratio per pruning group.
+    ``w_bits``/``a_bits`` choice per Conv2d/Linear, one pruning ratio per pruning group and,
+    with several ``rank_ratios``, one rank ratio per layer that a factorization can shrink.
 
     Layer dimensions are conditional: a layer that the sampled architecture does not have gets
-    no parameters (Optuna samplers handle such dynamic spaces).
+    no parameters (Optuna samplers handle such dynamic spaces). A dimension keeps the same
+    choices in every trial (Optuna requires it of a parameter name), so a layer's rank
+    dimension offers all ``rank_ratios``; a ratio whose factors would not have fewer weights
+    and MACs than the layer as the architecture builds it (``low_rank_pays``) is recorded as
+    1.0, and a layer where no ratio pays gets no rank dimension.
     """
 
     def __init__(self, config: SpaceConfig, *, num_classes: int, input_shape: tuple[int, ...]):
@@ -144,6 +182,7 @@ class JointSearchSpace(SearchSpace):
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
         self._dimensions: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._shapes: dict[str, dict[str, tuple[int, int]]] = {}
         self.family.prepare(num_classes=num_classes, input_shape=self.input_shape)
         if config.exclude or config.overrides:
             self._check_patterns()
@@ -192,18 +231,28 @@ class JointSearchSpace(SearchSpace):
                 )
                 prunable = []
             self._dimensions[key] = (tuple(layers), tuple(prunable))
+            modules = dict(model.named_modules())
+            shapes = {n: factorizable_shape(modules[n]) for n in layers}
+            self._shapes[key] = {n: shape for n, shape in shapes.items() if shape is not None}
         layers, prunable = self._dimensions[key]
         return list(layers), list(prunable)
+
+    def factorizable_shapes(self, arch: dict[str, Any]) -> dict[str, tuple[int, int]]:
+        """``{layer: (rows, cols)}`` of the layers of an architecture that a low-rank
+        factorization could split (see :func:`factorizable_shape`), unpruned."""
+        self.layer_dimensions(arch)
+        return dict(self._shapes[json.dumps(arch, sort_keys=True, default=str)])
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
         cfg = self.config
         arch = self.family.suggest_arch(trial)
         layers, prunable = self.layer_dimensions(arch)
+        shapes = self.factorizable_shapes(arch)
         prunable_set = set(prunable)
         choices = {}
         for name in layers:
             if matching(cfg.exclude, name):
-                choices[name] = LayerChoice()  # float, unpruned
+                choices[name] = LayerChoice()  # float, unpruned, whole
                 continue
             fixed = self._override(name)
             w_bits = fixed.w_bits or trial.suggest_categorical(f"{name}.w_bits", cfg.w_bits)
@@ -215,8 +264,34 @@ class JointSearchSpace(SearchSpace):
                 ratio = trial.suggest_categorical(f"{name}.prune", cfg.prune_ratios)
             elif name in prunable_set:
                 ratio = cfg.prune_ratios[0]
-            choices[name] = LayerChoice(w_bits=w_bits, a_bits=a_bits, prune_ratio=ratio)
+            rank = self._rank_ratio(trial, name, shapes.get(name), fixed.rank_ratio)
+            choices[name] = LayerChoice(
+                w_bits=w_bits, a_bits=a_bits, prune_ratio=ratio, rank_ratio=rank
+            )
         return Candidate(family=self.family.name, arch=arch, layers=choices)
+
+    def _rank_ratio(
+        self,
+        trial: optuna.Trial,
+        name: str,
+        shape: tuple[int, int] | None,
+        fixed: float | None,
+    ) -> float:
+        """The rank ratio of layer ``name`` (``shape``: its factorizable weight matrix), 1.0 when
+        the chosen ratio would not shrink it. No Optuna dimension unless a choice can matter,
+        so spaces without factorization keep exactly their former dimensions."""
+        ratios = self.config.rank_ratios
+        if shape is None:
+            return FULL_RANK
+        if fixed is not None:
+            chosen = fixed
+        elif not any(low_rank_pays(r, *shape) for r in ratios):
+            return FULL_RANK
+        elif len(ratios) > 1:
+            chosen = trial.suggest_categorical(f"{name}.rank", ratios)
+        else:
+            chosen = ratios[0]
+        return chosen if low_rank_pays(chosen, *shape) else FULL_RANK
 
     def _override(self, name: str) -> LayerOverride:
         """The fixed choices of layer ``name``: those of every matching pattern, later patterns

@@ -1,15 +1,20 @@
-"""The unit the search produces: one point in the joint architecture x bits x pruning space."""
+"""The unit the search produces: one point in the joint architecture x bits x pruning x rank
+space."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 CANDIDATE_FORMAT_VERSION = 1
 FLOAT_BITS = 32  # at this many bits (or more) a tensor is left in floating point (no fake-quant)
 MIN_BITS = 2  # symmetric weights need at least one level on each side of zero
+FULL_RANK = 1.0  # a rank_ratio of 1.0 leaves the layer unfactorized
 
 
 @dataclass(frozen=True)
@@ -21,11 +26,16 @@ class LayerChoice:
     pruning group (see ``compression.pruning.prunable_layers``) ever get a non-zero ratio. On the
     q projection of an attention layer (``SplitAttention``) it is the fraction of its heads
     removed, rounded down to whole heads.
+    ``rank_ratio``: low-rank factorization of the (pruned) layer into two layers through
+    ``low_rank(rank_ratio, rows, cols)`` channels (see there); 1.0 leaves the layer whole. The
+    space records a ratio < 1 only where the two factors have fewer weights and MACs than the
+    unpruned layer (``low_rank_pays``).
     """
 
     w_bits: int = FLOAT_BITS
     a_bits: int = FLOAT_BITS
     prune_ratio: float = 0.0
+    rank_ratio: float = FULL_RANK
 
 
 @dataclass(frozen=True)
@@ -47,15 +57,16 @@ class Candidate:
     def prune_ratios(self) -> dict[str, float]:
         return {name: c.prune_ratio for name, c in self.layers.items() if c.prune_ratio > 0}
 
+    def rank_ratios(self) -> dict[str, float]:
+        """The factorized layers: ``{name: rank_ratio}`` where the ratio is below 1."""
+        return {name: c.rank_ratio for name, c in self.layers.items() if c.rank_ratio < FULL_RANK}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "family": self.family,
             "arch": _plain(self.arch),
-            "layers": {
-                name: {"w_bits": c.w_bits, "a_bits": c.a_bits, "prune_ratio": c.prune_ratio}
-                for name, c in self.layers.items()
-            },
+            "layers": {name: _layer_dict(c) for name, c in self.layers.items()},
         }
 
     @classmethod
@@ -76,12 +87,20 @@ class Candidate:
                     w_bits=int(choice["w_bits"]),
                     a_bits=int(choice["a_bits"]),
                     prune_ratio=float(choice.get("prune_ratio", 0.0)),
+                    # Candidates written before low-rank factorization have no rank_ratio.
+                    rank_ratio=float(choice.get("rank_ratio", FULL_RANK)),
                 )
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(
                     f"The 'layers.{name}' field of a candidate must hold integer 'w_bits' and "
-                    f"'a_bits' and a float 'prune_ratio'. Got {choice!r} instead."
+                    f"'a_bits', a float 'prune_ratio' and optionally a float 'rank_ratio'. "
+                    f"Got {choice!r} instead."
                 ) from err
+            if not 0.0 < layers[name].rank_ratio <= FULL_RANK:
+                raise ValueError(
+                    f"The 'layers.{name}.rank_ratio' field of a candidate must lie in (0, 1]. "
+                    f"Got {layers[name].rank_ratio!r} instead."
+                )
         return cls(family=str(data["family"]), arch=dict(data["arch"]), layers=layers)
 
     def to_json(self) -> str:
@@ -90,6 +109,44 @@ class Candidate:
     @classmethod
     def from_json(cls, text: str) -> Candidate:
         return cls.from_dict(json.loads(text))
+
+
+def factorizable_shape(module: nn.Module) -> tuple[int, int] | None:
+    """``(rows, cols)`` of the weight matrix a low-rank factorization of ``module`` splits, or
+    ``None`` when it is not factorized: a Linear is ``out x in``; a Conv2d with one group is
+    ``out x (in * kh * kw)`` (channel SVD: a kh x kw conv to ``r`` channels, then a 1 x 1
+    conv). Depthwise and grouped convs are left whole: each group is already a thin matrix."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, nn.Conv2d) and module.groups == 1:
+        kh, kw = module.kernel_size
+        return module.out_channels, module.in_channels * kh * kw
+    return None
+
+
+def low_rank(ratio: float, rows: int, cols: int) -> int:
+    """The inner width ``r`` of a ``rows x cols`` weight matrix factorized at ``ratio``:
+    ``max(1, round(ratio * min(rows, cols)))``, rounded half up (``min(rows, cols)`` is the
+    matrix's full rank)."""
+    return max(1, math.floor(ratio * min(rows, cols) + 0.5))
+
+
+def low_rank_pays(ratio: float, rows: int, cols: int) -> bool:
+    """Whether factorizing a ``rows x cols`` weight matrix at ``ratio`` shrinks it: the two
+    factors hold ``r * (rows + cols)`` weights against ``rows * cols`` (a Conv2d's MACs scale
+    the same way, both of its factors running at the output resolution)."""
+    if ratio >= FULL_RANK:
+        return False
+    return low_rank(ratio, rows, cols) * (rows + cols) < rows * cols
+
+
+def _layer_dict(choice: LayerChoice) -> dict[str, Any]:
+    layer = {"w_bits": choice.w_bits, "a_bits": choice.a_bits, "prune_ratio": choice.prune_ratio}
+    # Left out at full rank: candidates (and their JSON in trials.csv) of runs that do not
+    # factorize stay exactly as they were before the field existed.
+    if choice.rank_ratio != FULL_RANK:
+        layer["rank_ratio"] = choice.rank_ratio
+    return layer
 
 
 def _plain(value: Any) -> Any:

@@ -278,8 +278,8 @@ def test_default_trial_is_the_most_accurate_front_point(trials, make_trials) -> 
 def test_candidate_layers_parses_and_rejects() -> None:
     assert candidate_layers("") == {} and candidate_layers(math.nan) == {}
     assert candidate_layers(CANDIDATES[6]) == {
-        "a": {"w_bits": 4.0, "a_bits": 6.0, "prune_ratio": 0.0},
-        "fc": {"w_bits": 6.0, "a_bits": 8.0, "prune_ratio": 0.0},
+        "a": {"w_bits": 4.0, "a_bits": 6.0, "prune_ratio": 0.0, "rank_ratio": 1.0},
+        "fc": {"w_bits": 6.0, "a_bits": 8.0, "prune_ratio": 0.0, "rank_ratio": 1.0},
     }
     with pytest.raises(ValueError, match="'candidate' cell must hold the JSON"):
         candidate_layers('{"layers": {"a": {"w_bits": 4}}}')

@@ -1,0 +1,120 @@
+"""Post-training quantization evaluator: calibrate the candidate as the search built it (teacher
+weights inherited, pruned, fake-quant layers) on a few training batches, then score it. No
+training: seconds per candidate."""
+
+from __future__ import annotations
+
+import time
+from itertools import islice
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from ..compression.calibration import CALIBRATIONS, post_training_quantize_
+from ..data import DataBundle, make_loaders
+from ..spaces import Candidate
+from ..tasks import Classification, Task, to_device
+from ._base import Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
+from .train import candidate_failures, validation_metrics
+
+
+class PTQOptions(BaseModel):
+    """``evaluator.options`` of ``evaluator: {name: ptq}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calib_batches: int = Field(default=8, ge=1, description="training batches calibrated on")
+    calibration: Literal["minmax", "percentile", "mse"] = "mse"
+    percentile: float = Field(default=99.99, gt=50, le=100)
+    bias_correction: bool = True
+    batch_size: int | None = Field(default=None, gt=0, description="default: train.batch_size")
+
+
+def ptq_options(options: dict[str, Any]) -> PTQOptions:
+    """``options`` validated, with errors that name the config field (``evaluator.options.X``)."""
+    try:
+        return PTQOptions.model_validate(options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in ("evaluator", "options", *first["loc"]))
+        if first["type"] == "extra_forbidden":
+            raise ValueError(
+                f"The {field!r} field is not an option of the ptq evaluator, whose options are "
+                f"{', '.join(PTQOptions.model_fields)}."
+            ) from None
+        if first["loc"] == ("calibration",):
+            rule = f"must be one of {', '.join(CALIBRATIONS)}"
+        else:
+            rule = f"is invalid ({first['msg']})"
+        raise ValueError(
+            f"The {field!r} field {rule}. Got {first.get('input')!r} instead."
+        ) from None
+
+
+class PTQEvaluator(Evaluator):
+    """Scores a candidate after post-training quantization
+    (:func:`~autocompress.compression.calibration.post_training_quantize_` on ``calib_batches``
+    training batches, seeded like the train evaluator's loader) with the task's metrics on the
+    validation split. The calibrated model is what the search saves and exports."""
+
+    def __init__(
+        self,
+        *,
+        data: DataBundle,
+        batch_size: int,
+        device: torch.device,
+        options: PTQOptions | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        task: Task | None = None,
+    ) -> None:
+        self.data = data
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.options = options or PTQOptions()
+        self.device = device
+        self.seed = seed
+        self.task = task or Classification()
+
+    def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
+        options = self.options
+        # Loaders are made per call: a shared iterator would not survive --n-jobs threads.
+        train_loader, val_loader = make_loaders(
+            self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
+        )
+        start = time.perf_counter()
+        with candidate_failures():
+            inputs = [
+                to_device(self.task.split(batch)[0], self.device)
+                for batch in islice(train_loader, options.calib_batches)
+            ]
+            post_training_quantize_(
+                model.to(self.device),
+                inputs,
+                method=options.calibration,
+                percentile=options.percentile,
+                bias_correction=options.bias_correction,
+                seed=self.seed,
+            )
+            metrics = validation_metrics(model, val_loader, device=self.device, task=self.task)
+        loss = metrics.pop("loss")
+        return TaskMetrics(
+            metrics=metrics, loss=loss, epochs=0, train_seconds=time.perf_counter() - start
+        )
+
+
+@register_evaluator("ptq")
+def ptq_evaluator(context: EvaluatorContext, **options: Any) -> PTQEvaluator:
+    """``evaluator: {name: ptq, options: {...}}``: post-training quantization, no training
+    (``options``: :class:`PTQOptions`)."""
+    checked = ptq_options(options)
+    return PTQEvaluator(
+        data=context.data,
+        batch_size=checked.batch_size or context.train.batch_size,
+        device=context.device,
+        options=checked,
+        num_workers=context.num_workers,
+        seed=context.seed,
+        task=context.task,
+    )

@@ -1,0 +1,128 @@
+"""How well post-training quantization ranks candidates like QAT fine-tuning, and how much faster.
+
+    python benchmarks/ptq_fidelity.py [--config configs/quickstart.yaml] [--candidates 12]
+                                      [--set FIELD=VALUE ...] [--runs-dir DIR] [--seed 0]
+                                      [--calibration mse] [--no-bias-correction] [--threads 1]
+
+Draws ``--candidates`` random candidates of the config's space that fit its hardware budget,
+and scores each twice, each time freshly built from the teacher as the search builds it: with
+the ``ptq`` evaluator (``--calibration``, bias correction unless turned off) and with the
+``train`` evaluator (QAT + distillation for ``train.epochs``, no early stopping). Prints both
+scores per candidate, the seconds per candidate of each evaluator and the Kendall tau between
+their rankings (:func:`autocompress.evaluators.supernet.rank_correlation`). ``--set`` overrides
+config fields as the CLI's ``--set`` does, e.g. ``--set space.arch.widths=[48]``. The teacher is
+trained once into ``--runs-dir`` (default: a temporary folder) and reused from there. Torch
+runs on ``--threads`` threads (tiny models train fastest on one, and shared CPUs time steadier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.config import apply_overrides, load_config, parse_config
+from autocompress.core.trials import candidate_summary
+from autocompress.evaluators import (
+    Evaluator,
+    EvaluatorContext,
+    TaskMetrics,
+    TrainEvaluator,
+    create_evaluator,
+)
+from autocompress.evaluators.supernet import rank_correlation
+from autocompress.search import prepare_setup
+from autocompress.search.objective import TrialObjective
+from autocompress.spaces import Candidate
+from autocompress.spaces.sampling import sample_candidates
+
+
+class Timed(Evaluator):
+    """``evaluator`` that records the seconds of each ``evaluate`` call."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+        self.seconds: list[float] = []
+
+    def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
+        start = time.perf_counter()
+        metrics = self.evaluator.evaluate(model, candidate)
+        self.seconds.append(time.perf_counter() - start)
+        return metrics
+
+
+def within_budget(objective: TrialObjective, n: int, *, seed: int) -> list[Candidate]:
+    """``n`` distinct random candidates that fit the budget (the ones a search trains)."""
+    chosen: dict[str, Candidate] = {}
+    for draw in range(50):
+        for candidate in sample_candidates(objective.setup.space, n=4 * n, seed=seed + draw):
+            if candidate.to_json() not in chosen and objective.price_candidate(candidate)[1]:
+                chosen[candidate.to_json()] = candidate
+            if len(chosen) == n:
+                return list(chosen.values())
+    raise SystemExit(f"Fewer than {n} distinct candidates of the space fit its budget.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/quickstart.yaml"))
+    parser.add_argument("--candidates", type=int, default=12)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--runs-dir", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibration", default="mse")
+    parser.add_argument("--no-bias-correction", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    data = apply_overrides(load_config(args.config).model_dump(mode="json"), args.overrides)
+    config = parse_config(data, source=f"{args.config} (with --set)")
+    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="autocompress-ptq-"))
+    contexts: list[EvaluatorContext] = []
+
+    def train_evaluator(context: EvaluatorContext) -> TrainEvaluator:
+        contexts.append(context)
+        return TrainEvaluator.from_context(context)  # the full budget: no early stopping
+
+    setup = prepare_setup(config, runs_dir / config.name, evaluator=train_evaluator)
+    options = {"calibration": args.calibration, "bias_correction": not args.no_bias_correction}
+    ptq = Timed(create_evaluator("ptq", context=contexts[0], **options))
+    train = Timed(setup.evaluator)
+    candidates = within_budget(TrialObjective(setup), args.candidates, seed=args.seed)
+    result = rank_correlation(
+        ptq,
+        train,
+        candidates,
+        num_classes=setup.data.num_classes,
+        input_shape=setup.data.input_shape,
+        teacher_state=setup.teacher_state,
+        seed=args.seed,
+    )
+
+    teacher = setup.teacher_metrics.get("accuracy", float("nan"))
+    print(f"config          {args.config} {' '.join(args.overrides)}")
+    print(f"teacher         accuracy {teacher:.3f} ({runs_dir / config.name})")
+    print(f"ptq options     {options}")
+    print(f"{'candidate':<60} {'ptq':>6} {'train':>6}")
+    for candidate, (ptq_score, train_score) in zip(candidates, result.accuracies, strict=True):
+        summary = candidate_summary(candidate.to_dict())[:60]
+        print(f"{summary:<60} {ptq_score:6.3f} {train_score:6.3f}")
+    means = np.mean(result.accuracies, axis=0)
+    ptq_s, train_s = statistics.median(ptq.seconds), statistics.median(train.seconds)
+    print(f"mean accuracy   ptq {means[0]:.3f}, train {means[1]:.3f}")
+    print(
+        f"s / candidate   ptq {ptq_s:.2f}, train {train_s:.2f} (median; "
+        f"train: {config.train.epochs} epochs): {train_s / ptq_s:.0f}x"
+    )
+    print(f"kendall tau     {result.kendall_tau:.2f} (p = {result.p_value:.3f})")
+
+
+if __name__ == "__main__":
+    main()
