@@ -65,6 +65,12 @@ def candidate_features(
         features.update(_aggregate(f"layers.{label}", values))
         features.update(_by_depth(f"layers.{label}", values))
     features["layers.prune.fraction_pruned"] = float(np.mean(prune > 0)) if len(prune) else 0.0
+    # As the cut (1 - rank ratio), and only for factorizing candidates: the 0 that a candidate
+    # without the features gets is then exact, and spaces without ranks keep their features.
+    rank_cut = np.array([0.0 if c is None else 1.0 - c.rank_ratio for c in choices])
+    if rank_cut.any():
+        features.update(_aggregate("layers.rank_cut", rank_cut))
+        features.update(_by_depth("layers.rank_cut", rank_cut))
 
     params_arr, macs_arr = np.asarray(params, dtype=float), np.asarray(macs, dtype=float)
     keep = 1.0 - prune

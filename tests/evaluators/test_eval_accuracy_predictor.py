@@ -146,3 +146,20 @@ def test_an_informative_extra_feature_is_used(candidates):
     assert abs(kendalltau(blind.predict(candidates[test]), hidden[test]).statistic) < 0.4
     with pytest.raises(ValueError, match="'extra' parameter"):
         with_extra.predict(candidates[test], extra=extra[:3])
+
+
+def test_rank_cuts_are_features_only_of_factorizing_candidates(candidates):
+    import dataclasses
+
+    plain = candidates[0]
+    assert not any(key.startswith("layers.rank_cut") for key in candidate_features(plain, **SHAPES))
+    name = next(iter(plain.layers))
+    layers = {**plain.layers, name: dataclasses.replace(plain.layers[name], rank_ratio=0.25)}
+    factorized = dataclasses.replace(plain, layers=layers)
+    features = candidate_features(factorized, **SHAPES)
+    # A candidate without the features reads 0 for them: exactly its cut.
+    assert features["layers.rank_cut.max"] == pytest.approx(0.75)
+    predictor = AccuracyPredictor(**SHAPES, n_estimators=10, random_state=0)
+    predictor.fit([plain, factorized, *candidates[1:4]], [0.9, 0.5, 0.8, 0.7, 0.6])
+    assert "layers.rank_cut.max" in predictor.feature_names
+    assert predictor.features([plain])[0][predictor.feature_names.index("layers.rank_cut.max")] == 0
