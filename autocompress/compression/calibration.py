@@ -128,14 +128,18 @@ def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm_(model: nn.Module, inputs: Iterable[Tensor]) -> int:
+def recalibrate_batchnorm_(
+    model: nn.Module, inputs: Iterable[Tensor], *, observe_ranges: bool = False
+) -> int:
     """Re-estimate every BatchNorm's running statistics as the exact average over the batches
     ``inputs``, every other module in eval mode (fake-quant layers keep their ranges, dropout is
-    off). Pruned or quantized networks need it: the inherited statistics describe the teacher's
-    activations. Ends in eval mode; returns the number of batches."""
+    off), or, with ``observe_ranges``, the whole model in train mode (fake-quant layers observe
+    their input ranges on the same batches). Pruned or quantized networks need it: the inherited
+    statistics describe the teacher's activations. Ends in eval mode; returns the number of
+    batches."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
-    model.eval()
+    model.train(observe_ranges)
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average instead of an EMA

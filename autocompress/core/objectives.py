@@ -56,6 +56,16 @@ class Objective:
                 f"Got {self.direction!r} instead."
             )
 
+    def maximised(self, value):
+        """``value`` (a number or an array) of this metric as a score to maximise: negated when
+        the metric is minimised. Its own inverse."""
+        return value if self.direction == MAXIMIZE else -value
+
+    def maximised_bounds(self, bounds: tuple[float, float]) -> tuple[float, float]:
+        """The ``(low, high)`` bounds of this metric as bounds of :meth:`maximised` values."""
+        low, high = bounds
+        return (low, high) if self.direction == MAXIMIZE else (-high, -low)
+
 
 def parse_objective(text: str, metrics: Mapping[str, str] | None = None) -> Objective:
     """Parse "accuracy" (direction from ``metrics``, default ``METRIC_DIRECTIONS``) or

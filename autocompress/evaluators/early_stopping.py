@@ -315,7 +315,9 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
             if not math.isfinite(metrics["loss"]):
                 raise CandidateError(f"non-finite validation loss after epoch {epoch}")
             value = metrics[self.task.primary]
-            record = RungRecord(trial=context.number, score=self.task.ordered(value), costs=costs)
+            record = RungRecord(
+                trial=context.number, score=self.task.score.maximised(value), costs=costs
+            )
             self.table.judge(epoch, record, metric=self.task.primary, value=value)
             model.train()  # evaluate left it in eval mode
 

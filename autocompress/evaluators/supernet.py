@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from ..compression.apply import build_compressed
+from ..compression.calibration import recalibrate_batchnorm_
 from ..compression.inherit import inherit_weights_, scatter_grads_
 from ..compression.serialization import SPEC_FILE, load_model, read_spec, save_model
 from ..data import DataBundle, make_loaders
@@ -309,24 +311,8 @@ def recalibrate_bn_(
             "The 'batches' parameter of recalibrate_bn_ must be an int >= 1. "
             f"Got {batches!r} instead."
         )
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average instead of an EMA
-    model.to(device).train()
-    used = 0
-    try:
-        for batch in loader:
-            if used == batches:
-                break
-            model(to_device(task.split(batch)[0], device))
-            used += 1
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        model.eval()
-    return used
+    inputs = (to_device(task.split(batch)[0], device) for batch in islice(loader, batches))
+    return recalibrate_batchnorm_(model.to(device), inputs, observe_ranges=True)
 
 
 class SupernetEvaluator(Evaluator):

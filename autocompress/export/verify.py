@@ -182,10 +182,7 @@ def compare_outputs(
         # Per sample (per pixel for dense outputs): the top class or channel agrees.
         agree += float((got.argmax(1) == expected.argmax(1)).mean()) * len(y)
         for side, outputs in (("exported", got), ("reference", expected)):
-            stats = task.statistics(torch.from_numpy(outputs), y)
-            for key, value in stats.items():
-                held = totals[side]
-                held[key] = held[key] + value if key in held else value
+            task.accumulate(totals[side], torch.from_numpy(outputs), y)
         n += len(y)
     if n == 0:
         raise ValueError(

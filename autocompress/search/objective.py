@@ -100,7 +100,7 @@ class TrialObjective:
                 input_shape=setup.data.input_shape,
                 seed=self.config.seed,
                 score=self.score,
-                score_range=self.task.ranges.get(self.score.name, (-math.inf, math.inf)),
+                score_range=self.task.range_of(self.score.name),
             )
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -257,7 +257,7 @@ class TrialObjective:
                 proxy=self.proxy_score if self.config.search.surrogate.proxy else None,
                 seed=self.config.seed,
                 score=score,
-                score_range=self.task.ranges.get(score.name, (-math.inf, math.inf)),
+                score_range=self.task.range_of(score.name),
             )
         ]
 

@@ -45,17 +45,6 @@ def cost_vector(
     }
 
 
-def signed(value: float, score: ObjectiveSpec) -> float:
-    """``value`` of the ``score`` metric as a number to maximise (negated when minimised)."""
-    return value if score.direction == MAXIMIZE else -value
-
-
-def signed_range(bounds: tuple[float, float], score: ObjectiveSpec) -> tuple[float, float]:
-    """The ``bounds`` of the ``score`` metric as bounds of :func:`signed` values."""
-    low, high = bounds
-    return (low, high) if score.direction == MAXIMIZE else (-high, -low)
-
-
 def trained_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The completed trials that were trained: what an accuracy predictor learns from."""
     return [
@@ -89,7 +78,7 @@ class Prescreener:
             input_shape=input_shape,
             n_estimators=100,
             random_state=seed,
-            value_range=signed_range(score_range, score),
+            value_range=score.maximised_bounds(score_range),
         )
         self._fitted_on = 0
         self._lock = threading.Lock()
@@ -111,7 +100,7 @@ class Prescreener:
             ):
                 self.predictor.fit(
                     [Candidate.from_dict(t.user_attrs["candidate"]) for t in completed],
-                    [signed(t.values[self._score_index], self.score) for t in completed],
+                    [self.score.maximised(t.values[self._score_index]) for t in completed],
                 )
                 self._fitted_on = len(completed)
             prediction = self.predictor.predict([candidate], return_std=True)
@@ -125,11 +114,11 @@ class Prescreener:
                 self.objectives,
                 score=self.score.name,
             )
-            if signed(value, self.score) >= optimistic and all(
+            if self.score.maximised(value) >= optimistic and all(
                 theirs[name] <= own for name, own in zip(self.cost_names, mine, strict=True)
             ):
                 return (
-                    f"predicted {self.score.name} {signed(mean, self.score):.4f} +- {std:.4f}; "
+                    f"predicted {self.score.name} {self.score.maximised(mean):.4f} +- {std:.4f}; "
                     f"trial {t.number} reached {value:.4f} at no higher "
                     f"{'/'.join(self.cost_names)}"
                 )

@@ -34,7 +34,7 @@ from ..core.objectives import Objective as ObjectiveSpec
 from ..core.pareto import hypervolume, non_dominated_mask, reference_from_values
 from ..evaluators.accuracy_predictor import AccuracyPredictor
 from ..spaces import Candidate, JointSearchSpace
-from .prescreen import ACCURACY, signed, signed_range, trained_trials
+from .prescreen import ACCURACY, trained_trials
 
 PROPOSED_ATTR = "proposed"  # user attribute of a queued trial: its optimistic accuracy and gain
 
@@ -82,7 +82,7 @@ class Proposer:
             input_shape=space.input_shape,
             n_estimators=100,
             random_state=seed,
-            value_range=signed_range(score_range, score),
+            value_range=score.maximised_bounds(score_range),
         )
         self._pool_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
         self._prices: dict[str, tuple[dict[str, float], bool]] = {}
@@ -107,7 +107,7 @@ class Proposer:
     ) -> tuple[dict[str, Any], dict[str, float]] | None:
         score_at = self.names.index(self.score.name)
         done = [Candidate.from_dict(t.user_attrs["candidate"]) for t in completed]
-        scores = [signed(t.values[score_at], self.score) for t in completed]
+        scores = [self.score.maximised(t.values[score_at]) for t in completed]
         self.predictor.fit(done, scores, extra=self._extra(done))
         pool = self._pool(tried)
         if not pool:
@@ -116,7 +116,7 @@ class Proposer:
         prediction = self.predictor.predict(
             candidates, return_std=True, extra=self._extra(candidates)
         )
-        optimistic = signed(prediction.mean + self.config.kappa * prediction.std, self.score)
+        optimistic = self.score.maximised(prediction.mean + self.config.kappa * prediction.std)
         optimistic = np.clip(optimistic, *self.score_range)
         values = np.array([list(t.values) for t in completed], dtype=float)
         rows = np.array(
@@ -137,7 +137,7 @@ class Proposer:
             return None
         _, params, _ = pool[best]
         attrs = {
-            f"predicted_{self.score.name}": float(signed(prediction.mean[best], self.score)),
+            f"predicted_{self.score.name}": float(self.score.maximised(prediction.mean[best])),
             "predicted_std": float(prediction.std[best]),
             "hypervolume_gain": float(gains[best] / base) if base > 0 else float("inf"),
         }

@@ -120,8 +120,7 @@ class Task(ABC):
             size = len(y)
             loss_sum += float(self.loss(outputs, y)) * size
             n += size
-            for key, value in self.statistics(outputs, y).items():
-                totals[key] = totals[key] + value if key in totals else value
+            self.accumulate(totals, outputs, y)
         if n == 0:
             raise ValueError(
                 "The validation split is empty: check 'data.val_fraction' / 'data.limit_val'."
@@ -135,10 +134,14 @@ class Task(ABC):
             )
         return {**metrics, "loss": loss_sum / n}
 
-    def ordered(self, value: float) -> float:
-        """``value`` of the primary metric as a score to maximise (negated when it is
-        minimised): what comparisons across candidates use."""
-        return value if self.score.direction == MAXIMIZE else -value
+    def accumulate(self, totals: dict[str, Any], outputs: Tensor, targets: Tensor) -> None:
+        """Add the :meth:`statistics` of one batch into ``totals``, in place."""
+        for key, value in self.statistics(outputs, targets).items():
+            totals[key] = totals[key] + value if key in totals else value
+
+    def range_of(self, metric: str) -> tuple[float, float]:
+        """The bounds of ``metric`` (``ranges``), unbounded when it declares none."""
+        return self.ranges.get(metric, (-math.inf, math.inf))
 
     def worst(self) -> float:
         """The primary metric's value for a candidate that was not trained (it never enters
