@@ -199,6 +199,24 @@ class SurrogateConfig(_Section):
     )
 
 
+class WarmStartConfig(_Section):
+    """``search.warm_start``: candidates queued before the sampler draws any. ``sensitivity``
+    measures, on ``batches`` training batches, how far the checkpoint's output moves when each
+    layer alone is quantized, pruned or (for droppable blocks) dropped, then gives each layer
+    the choices that minimise the summed distortion at ``candidates`` cost levels (from 0.8 down
+    to 0.25 of uniform int8, counting weight bits and bit-operations; see
+    ``search/warm_start.py``). A random first generation compresses many layers of a compact
+    network too hard for the search to find its mild points in a few trials. ``auto``:
+    ``sensitivity`` when a ``model`` section names a trained checkpoint, else none (a built-in
+    family's teacher is only one of its architectures)."""
+
+    method: Literal["auto", "sensitivity", "none"] = "auto"
+    candidates: int = Field(default=4, ge=1, description="candidates queued, mildest first")
+    batches: int = Field(
+        default=1, ge=1, description="training batches the distortions are measured on"
+    )
+
+
 class EvaluatorConfig(_Section):
     """``evaluator:``: how a candidate that fits the budget is scored. ``train`` (default):
     QAT + distillation as the ``train:`` section says; ``supernet``: a weight-sharing supernet
@@ -248,6 +266,7 @@ class SearchConfig(_Section):
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
 
     @field_validator("sampler")
     @classmethod
@@ -286,6 +305,7 @@ RESUMABLE_SEARCH_FIELDS = (
     "storage",
     "ray",
     "worker",
+    "warm_start",  # acts only on a study without trials
 )
 
 
@@ -362,6 +382,26 @@ class RunConfig(_Section):
         self.space.family = "model"
         self.space.arch = self.model.space_arch()
         return self
+
+    @model_validator(mode="after")
+    def _warm_start_needs_a_checkpoint(self) -> RunConfig:
+        if self.search.warm_start.method == "sensitivity" and (
+            self.model is None or self.model.checkpoint is None
+        ):
+            raise ValueError(
+                "The 'search.warm_start.method' field can be 'sensitivity' only when a 'model' "
+                "section names a trained checkpoint (model.checkpoint): the sensitivities are "
+                "those of its weights. Got no checkpoint."
+            )
+        return self
+
+    def warm_start_method(self) -> str:
+        """``search.warm_start.method`` with ``auto`` resolved."""
+        method = self.search.warm_start.method
+        if method == "auto":
+            has_checkpoint = self.model is not None and self.model.checkpoint is not None
+            return "sensitivity" if has_checkpoint else "none"
+        return method
 
     @model_validator(mode="after")
     def _energy_needs_a_power_figure(self) -> RunConfig:

@@ -25,6 +25,7 @@ from .objective import TrialObjective
 from .results import SearchResult, write_run_results
 from .setup import EvaluatorSpec, prepare_setup
 from .study import RepeatGuard, count_done, open_study, retry_interrupted, write_config
+from .warm_start import warm_start_
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def run_search(
         if retried:
             logger.info("Retrying %d trial(s) interrupted in an earlier run.", retried)
         setup = prepare_setup(config, run, study=study, evaluator=evaluator, profile=profile)
+        warm_start_(study, setup)
         objective = TrialObjective(setup)
         callbacks = objective.callbacks()
         if on_trial:

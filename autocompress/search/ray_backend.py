@@ -54,6 +54,7 @@ from .results import SearchResult, write_run_results
 from .setup import prepare_setup
 from .storage import make_storage
 from .study import DUPLICATE_ATTR, count_done, open_study, write_config
+from .warm_start import warm_start_
 
 logger = logging.getLogger(__name__)
 
@@ -340,6 +341,7 @@ def run_ray_search(
     sampler = study.sampler
     # Trains (or loads) the teacher here, before any worker needs it.
     objective = shared_objective(config, run_dir)
+    warm_start_(study, objective.setup)
     experiments = RunDir(run_dir).ray_dir
     owned = connect(config.search.ray)
     _ON_TRIAL[str(run_dir)] = on_trial

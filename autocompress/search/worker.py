@@ -40,6 +40,7 @@ from .samplers import make_sampler
 from .setup import prepare_setup
 from .storage import make_storage, redact
 from .study import RepeatGuard, count_done, open_study, retry_interrupted, write_config
+from .warm_start import warm_start_
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ def _work(
     on_trial: Callable[[optuna.Study, FrozenTrial, int], None] | None,
 ) -> WorkerResult:
     setup = prepare_setup(config, run, study=study)
+    with file_lock(run.study_lock):  # one worker queues them
+        warm_start_(study, setup)
     objective = TrialObjective(setup)
     target = config.search.n_trials
     ran: list[int] = []

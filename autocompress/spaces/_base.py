@@ -254,7 +254,7 @@ class JointSearchSpace(SearchSpace):
             if matching(cfg.exclude, name):
                 choices[name] = LayerChoice()  # float, unpruned, whole
                 continue
-            fixed = self._override(name)
+            fixed = self.fixed_choices(name)
             w_bits = fixed.w_bits or trial.suggest_categorical(f"{name}.w_bits", cfg.w_bits)
             a_bits = fixed.a_bits or trial.suggest_categorical(f"{name}.a_bits", cfg.a_bits)
             ratio = 0.0
@@ -293,7 +293,7 @@ class JointSearchSpace(SearchSpace):
             chosen = ratios[0]
         return chosen if low_rank_pays(chosen, *shape) else FULL_RANK
 
-    def _override(self, name: str) -> LayerOverride:
+    def fixed_choices(self, name: str) -> LayerOverride:
         """The fixed choices of layer ``name``: those of every matching pattern, later patterns
         winning where they disagree."""
         fixed: dict[str, Any] = {}

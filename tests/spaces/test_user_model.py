@@ -3,8 +3,6 @@ head rule, excluded and overridden layers, droppable blocks, and the errors of e
 
 from __future__ import annotations
 
-import textwrap
-
 import optuna
 import pytest
 import torch
@@ -16,55 +14,6 @@ from autocompress.search import run_search
 from autocompress.search.teacher import teacher_fingerprint
 from autocompress.spaces import Candidate, JointSearchSpace
 from autocompress.spaces.groups import output_layer
-
-TINY_NET = '''
-import torch
-from torch import nn
-
-
-class Block(nn.Module):
-    """A residual block that keeps its input's shape."""
-
-    def __init__(self, width):
-        super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
-
-    def forward(self, x):
-        return x + self.conv2(torch.relu(self.conv1(x)))
-
-
-class Net(nn.Module):
-    def __init__(self, num_classes=10, width=8):
-        super().__init__()
-        self.fc = nn.Linear(width, num_classes)  # declared before the layers that feed it
-        self.stem = nn.Conv2d(1, width, 3, padding=1)
-        self.block = Block(width)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.block(torch.relu(self.stem(x)))).flatten(1))
-
-
-def build(**kwargs):
-    return Net(**kwargs)
-
-
-def not_a_network():
-    return 3
-
-
-CONSTANT = 3
-'''
-
-
-@pytest.fixture
-def tiny_net(tmp_path, monkeypatch):
-    """``tiny_net.py`` in the current directory, where import strings find it."""
-    (tmp_path / "tiny_net.py").write_text(textwrap.dedent(TINY_NET))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
 
 
 def _config(**model) -> dict:

@@ -1,0 +1,199 @@
+"""How much a trained network's output moves when one layer is compressed.
+
+Each choice is measured on its own, on a few input batches, as the relative output distortion
+``sum ||f'(x) - f(x)||^2 / sum ||f(x) - mean f(x)||^2`` (0: unchanged; 1: as far off as the
+outputs vary). It is the measured counterpart of HAWQ's Hessian-weighted perturbation and
+ZeroQ's per-layer sensitivity, and needs no labels, so it holds for any task.
+
+To keep it to a few forward passes per layer, bit-widths are measured once per layer and
+extrapolated: output distortion grows in proportion to the perturbation's energy while the
+perturbation is small (second-order model of the output), so
+
+- weights: one probe at ``probe_bits`` gives the layer's distortion per unit of weight error
+  energy, and each offered width is priced by its exact error energy
+  ``||Q_b(W) - W||^2``;
+- activations: uniform rounding noise has variance ``step^2 / 12`` with
+  ``step = range / (2^b - 1)``, so the probe's distortion scales by
+  ``((2^p - 1) / (2^b - 1))^2``.
+
+Pruning ratios and dropped blocks are measured one by one (a pruned copy per group and ratio).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..spaces.candidate import FLOAT_BITS
+from .pruning import prune_
+from .quantization import activation_qparams, fake_quantize, quantize_weight
+
+__all__ = ["Sensitivity", "flat_output", "measure_sensitivity", "output_distortion"]
+
+
+@dataclass
+class Sensitivity:
+    """Relative output distortion of each single compression choice, and each layer's size."""
+
+    w_bits: dict[str, dict[int, float]] = field(default_factory=dict)
+    a_bits: dict[str, dict[int, float]] = field(default_factory=dict)
+    prune: dict[str, dict[float, float]] = field(default_factory=dict)
+    drop: dict[str, float] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)  # weights of each layer
+    macs: dict[str, int] = field(default_factory=dict)  # multiply-accumulates per sample
+
+
+def flat_output(output: Any) -> Tensor:
+    """All tensors of a (possibly nested) model output as one float vector per sample."""
+    if isinstance(output, Tensor):
+        return output.float().flatten(1) if output.dim() > 1 else output.float()[:, None]
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, list | tuple):
+        parts = [flat_output(o) for o in output if isinstance(o, Tensor | Mapping | list | tuple)]
+        if parts:
+            return torch.cat(parts, dim=1)
+    raise TypeError(f"cannot measure a model output of type {type(output).__name__}")
+
+
+@torch.no_grad()
+def output_distortion(
+    model: nn.Module, inputs: Sequence[Any], reference: Sequence[Tensor]
+) -> float:
+    """``sum ||model(x) - ref||^2 / sum ||ref - mean(ref)||^2`` over the batches ``inputs``
+    (``reference``: the flattened outputs of the unchanged model on them)."""
+    error = spread = 0.0
+    for x, ref in zip(inputs, reference, strict=True):
+        out = flat_output(model(x))
+        error += float((out - ref).pow(2).sum())
+        spread += float((ref - ref.mean(dim=0, keepdim=True)).pow(2).sum())
+    return error / spread if spread > 0 else error
+
+
+def _probe(bits: Iterable[int]) -> int | None:
+    """The width a layer's quantization is measured at: the narrowest offered of at least 4
+    bits (narrower ones leave the small-perturbation regime the extrapolation assumes)."""
+    quantized = sorted(b for b in bits if b < FLOAT_BITS)
+    if not quantized:
+        return None
+    return next((b for b in quantized if b >= 4), quantized[-1])
+
+
+@torch.no_grad()
+def measure_sensitivity(
+    model: nn.Module,
+    inputs: Sequence[Any],
+    *,
+    layers: Sequence[str],
+    w_bits: Sequence[int],
+    a_bits: Sequence[int],
+    prune_leaders: Sequence[str] = (),
+    prune_ratios: Sequence[float] = (),
+    blocks: Sequence[str] = (),
+    ignored: Sequence[str] = (),
+    frozen: Sequence[str] = (),
+) -> Sensitivity:
+    """Sensitivity of the eval-mode ``model`` to each choice, on the batches ``inputs``.
+
+    ``layers``: Conv2d/Linear names that get ``w_bits``/``a_bits``; ``prune_leaders``: group
+    leaders pruned at each of ``prune_ratios`` (``ignored``: layers whose channels stay, as in
+    ``prune_``); ``blocks``: modules replaced by the identity one at a time. ``model`` is left
+    as it was. ``frozen``: layers that keep their precision, whose size (``params``, ``macs``)
+    is recorded all the same."""
+    model.eval()
+    modules = dict(model.named_modules())
+    result = Sensitivity()
+    ranges: dict[str, list[float]] = {}
+
+    def observe(name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            x = args[0].detach()
+            lo, hi = float(x.min()), float(x.max())
+            seen = ranges.setdefault(name, [lo, hi])
+            seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+            per_sample = output.numel() // max(x.shape[0], 1)
+            result.macs[name] = per_sample * module.weight[0].numel()
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(observe(n)) for n in [*layers, *frozen]]
+    try:
+        reference = [flat_output(model(x)) for x in inputs]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    result.params = {n: modules[n].weight.numel() for n in [*layers, *frozen]}
+    w_probe, a_probe = _probe(w_bits), _probe(a_bits)
+    for name in layers:
+        weight = modules[name].weight
+        result.w_bits[name] = _weight_sensitivity(model, weight, w_bits, w_probe, inputs, reference)
+        result.a_bits[name] = _activation_sensitivity(
+            model, modules[name], ranges[name], a_bits, a_probe, inputs, reference
+        )
+    if prune_leaders:
+        example = inputs[0][:1]
+        for name in prune_leaders:
+            result.prune[name] = {0.0: 0.0}
+            for ratio in prune_ratios:
+                if ratio > 0:
+                    pruned = prune_(copy.deepcopy(model), {name: ratio}, example, ignored=ignored)
+                    result.prune[name][ratio] = output_distortion(pruned, inputs, reference)
+    for name in blocks:
+        handle = modules[name].register_forward_hook(lambda module, args, output: args[0])
+        try:
+            result.drop[name] = output_distortion(model, inputs, reference)
+        finally:
+            handle.remove()
+    return result
+
+
+def _weight_sensitivity(
+    model: nn.Module,
+    weight: Tensor,
+    bits: Sequence[int],
+    probe: int | None,
+    inputs: Sequence[Any],
+    reference: Sequence[Tensor],
+) -> dict[int, float]:
+    errors = {b: float((quantize_weight(weight, b) - weight).pow(2).sum()) for b in bits}
+    if probe is None or errors[probe] == 0:
+        return {b: 0.0 for b in bits}
+    original = weight.detach().clone()
+    weight.copy_(quantize_weight(weight, probe))
+    try:
+        per_energy = output_distortion(model, inputs, reference) / errors[probe]
+    finally:
+        weight.copy_(original)
+    return {b: per_energy * errors[b] for b in bits}
+
+
+def _activation_sensitivity(
+    model: nn.Module,
+    module: nn.Module,
+    observed: list[float],
+    bits: Sequence[int],
+    probe: int | None,
+    inputs: Sequence[Any],
+    reference: Sequence[Tensor],
+) -> dict[int, float]:
+    if probe is None:
+        return {b: 0.0 for b in bits}
+    lo, hi = torch.tensor(observed[0]), torch.tensor(observed[1])
+    scale, zero_point = activation_qparams(lo, hi, probe)
+
+    def quantize_input(module: nn.Module, args: tuple) -> tuple:
+        return (fake_quantize(args[0], scale, zero_point, 0, 2**probe - 1), *args[1:])
+
+    handle = module.register_forward_pre_hook(quantize_input)
+    try:
+        distortion = output_distortion(model, inputs, reference)
+    finally:
+        handle.remove()
+    levels = 2**probe - 1
+    return {b: 0.0 if b >= FLOAT_BITS else distortion * (levels / (2**b - 1)) ** 2 for b in bits}

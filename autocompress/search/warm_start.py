@@ -1,0 +1,329 @@
+"""``search.warm_start``: candidates queued before the sampler draws any.
+
+A random first generation of a joint space gives about one layer in six 2-bit weights and drops
+half the droppable blocks. A large network shrugs that off; a compact one (MobileNetV3) loses
+several points of accuracy in every such candidate, and a search of a few dozen trials may never
+see the mild, accurate corner of its front. ``sensitivity`` starts from the checkpoint instead:
+
+1. measure, on a few training batches, how far the checkpoint's output moves when one layer
+   alone is quantized at each width, pruned at each ratio, or one block dropped
+   (:func:`compression.sensitivity.measure_sensitivity`);
+2. price each layer's choices by two hardware-agnostic proxies, weight bits (size) and
+   bit-operations (MACs x w_bits x a_bits, compute), each relative to the network at uniform
+   int8;
+3. for each cost level (from 0.8 down to 0.25 of uniform int8), give every layer the choice
+   that minimises ``distortion + lambda x cost`` (distortions add up for small perturbations),
+   with ``lambda`` found by bisection so the network meets the level: HAWQ-style bit
+   allocation, extended to pruning and depth.
+
+The candidates are queued (``study.enqueue_trial``) and then trained, priced on the real
+hardware profile and kept or not like any other trial: they seed the sampler's first
+generation; they are not results of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import optuna
+
+from ..compression import build_compressed
+from ..compression.sensitivity import Sensitivity, measure_sensitivity
+from ..data import make_loaders
+from ..spaces import Candidate, JointSearchSpace, LayerChoice, matching
+from ..spaces.candidate import FLOAT_BITS
+from ..spaces.groups import output_layer
+from .objective import trial_metrics
+from .setup import SearchSetup
+
+logger = logging.getLogger(__name__)
+
+WARM_START_ATTR = "warm_start"  # on a queued trial: the cost level it was allocated for
+_DONE_ATTR = "warm_start_done"  # on the study: queued once per run, never again on resume
+_REFERENCE_BITS = 8  # costs are relative to the network at uniform int8
+_HIGHEST_LEVEL, _LOWEST_LEVEL = 0.8, 0.25
+
+
+def cost_levels(n: int) -> list[float]:
+    """``n`` cost levels, geometrically spaced from the mildest to the hardest."""
+    return [float(c) for c in np.geomspace(_HIGHEST_LEVEL, _LOWEST_LEVEL, n)]
+
+
+@dataclass(frozen=True)
+class _Options:
+    """One layer's allowed (w_bits, a_bits, prune_ratio) choices, their summed distortion and
+    their cost (a fraction of the whole network at uniform int8)."""
+
+    choices: list[tuple[int, int, float]]
+    distortion: np.ndarray
+    cost: np.ndarray
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """How one layer's choices scale each hardware cost the search minimises.
+
+    Per metric: ``share``, what a layer's part of the whole follows (``"params"``: weight
+    size; ``"macs"``: compute time and energy); ``bits[(w, a)]`` and ``prune[ratio]``, the whole
+    network's cost at uniform bits or a uniform pruning ratio relative to uniform int8. A layer's
+    cost is ``share x bits[(w, a)] x prune[ratio]``, averaged over the metrics: 1.0 for the
+    network at uniform int8. :func:`device_cost_model` measures the ratios on the run's
+    hardware profile (a device that runs 4-bit layers as int8 gains nothing from them there);
+    :meth:`proxies` are the hardware-agnostic weight bits and bit-operations."""
+
+    share: dict[str, str]
+    bits: dict[str, dict[tuple[int, int], float]]
+    prune: dict[str, dict[float, float]]
+
+    @classmethod
+    def proxies(cls, w_bits: Sequence[int], a_bits: Sequence[int], ratios: Sequence[float]):
+        ref = _REFERENCE_BITS
+        pairs = [(w, a) for w in [*w_bits, FLOAT_BITS] for a in [*a_bits, FLOAT_BITS]]
+        prune = {r: 1.0 - r for r in [0.0, *ratios]}
+        return cls(
+            share={"size": "params", "bops": "macs"},
+            bits={
+                "size": {(w, a): w / ref for w, a in pairs},
+                "bops": {(w, a): w * a / ref**2 for w, a in pairs},
+            },
+            prune={"size": prune, "bops": prune},
+        )
+
+    def layer_cost(self, s: Sensitivity, name: str, w: int, a: int, ratio: float) -> float:
+        total = 0.0
+        for metric, share in self.share.items():
+            sizes = s.params if share == "params" else s.macs
+            part = sizes[name] / max(sum(sizes.values()), 1)
+            bits = self.bits[metric].get((w, a))
+            if bits is None:  # a width the profile was not asked about (a layer kept in float)
+                bits = w / _REFERENCE_BITS if share == "params" else w * a / _REFERENCE_BITS**2
+            total += part * bits * self.prune[metric].get(ratio, 1.0 - ratio)
+        return total / len(self.share)
+
+
+class Allocator:
+    """Chooses every layer's compression (and which blocks to drop) for a cost level."""
+
+    def __init__(
+        self,
+        space: JointSearchSpace,
+        sensitivity: Sensitivity,
+        *,
+        arch: dict[str, Any],
+        costs: CostModel | None = None,
+    ) -> None:
+        cfg = space.config
+        self.sensitivity = sensitivity
+        self.costs = costs or CostModel.proxies(cfg.w_bits, cfg.a_bits, cfg.prune_ratios)
+        layers, prunable = space.layer_dimensions(arch)
+        self.blocks = {b: [n for n in layers if n.startswith(b + ".")] for b in sensitivity.drop}
+        self.fixed: dict[str, float] = {}  # layers kept in float: not chosen, still costed
+        self.options: dict[str, _Options] = {}
+        for name in layers:
+            if matching(cfg.exclude, name):
+                self.fixed[name] = self._cost(name, FLOAT_BITS, FLOAT_BITS, 0.0)
+                continue
+            fixed = space.fixed_choices(name)
+            ratios = [0.0]
+            if name in prunable:
+                ratios = [fixed.prune_ratio] if fixed.prune_ratio is not None else cfg.prune_ratios
+            choices = [
+                (w, a, r)
+                for w in ([fixed.w_bits] if fixed.w_bits else cfg.w_bits)
+                for a in ([fixed.a_bits] if fixed.a_bits else cfg.a_bits)
+                for r in ratios
+            ]
+            self.options[name] = _Options(
+                choices=choices,
+                distortion=np.array([self._distortion(name, *c) for c in choices]),
+                cost=np.array([self._cost(name, *c) for c in choices]),
+            )
+
+    def _cost(self, name: str, w: int, a: int, ratio: float) -> float:
+        return self.costs.layer_cost(self.sensitivity, name, w, a, ratio)
+
+    def _distortion(self, name: str, w: int, a: int, ratio: float) -> float:
+        s = self.sensitivity
+        return s.w_bits[name][w] + s.a_bits[name][a] + s.prune.get(name, {}).get(ratio, 0.0)
+
+    def allocate(self, lam: float) -> tuple[dict[str, tuple[int, int, float]], set[str], float]:
+        """(choice per layer, dropped blocks, total cost) minimising distortion + lam x cost."""
+        chosen, cost = {}, {}
+        for name, opt in self.options.items():
+            i = int(np.argmin(opt.distortion + lam * opt.cost))
+            chosen[name], cost[name] = opt.choices[i], float(opt.cost[i])
+        cost |= self.fixed
+        dropped = {
+            block
+            for block, members in self.blocks.items()
+            if self.sensitivity.drop[block] < lam * sum(cost[n] for n in members)
+        }
+        gone = {n for b in dropped for n in self.blocks[b]}
+        return chosen, dropped, sum(c for n, c in cost.items() if n not in gone)
+
+    def for_level(self, level: float) -> tuple[dict[str, tuple[int, int, float]], set[str], float]:
+        """The allocation of the smallest lambda whose cost is at most ``level`` (the cheapest
+        one when no lambda gets there)."""
+        lo, hi = -12.0, 12.0  # log10 lambda
+        if self.allocate(10**lo)[2] <= level:
+            return self.allocate(10**lo)
+        for _ in range(48):
+            mid = (lo + hi) / 2
+            if self.allocate(10**mid)[2] <= level:
+                hi = mid
+            else:
+                lo = mid
+        return self.allocate(10**hi)
+
+
+# The hardware metrics a search may minimise, and what a layer's share of each follows.
+_SHARE = {"latency_ms": "macs", "energy_mj": "macs", "peak_mem_kb": "macs", "size_kb": "params"}
+
+
+def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | None:
+    """:class:`CostModel` of the run's hardware objectives, measured by pricing the network on
+    the run's profile at each uniform (w_bits, a_bits) of the space and at each uniform pruning
+    ratio (None when the profile gives none of them)."""
+    config, space, data = setup.config, setup.space, setup.data
+    layers, prunable = space.layer_dimensions(arch)
+
+    def price(w: int, a: int, ratio: float) -> dict[str, float]:
+        choices = {
+            name: LayerChoice()
+            if matching(space.config.exclude, name)
+            else LayerChoice(w_bits=w, a_bits=a, prune_ratio=ratio if name in prunable else 0.0)
+            for name in layers
+        }
+        candidate = Candidate(family=space.family.name, arch=arch, layers=choices)
+        model = build_compressed(
+            candidate,
+            num_classes=data.num_classes,
+            input_shape=data.input_shape,
+            teacher_state=setup.teacher_state,
+        )
+        return trial_metrics(setup.profile.profile(model, input_shape=data.input_shape))
+
+    base = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0)
+    wanted = [o.name for o in config.objectives() if o.name in _SHARE]
+    metrics = [m for m in wanted or ["latency_ms", "size_kb"] if 0 < base[m] < math.inf]
+    if not metrics:
+        return None
+    bits: dict[str, dict[tuple[int, int], float]] = {m: {} for m in metrics}
+    for w in space.config.w_bits:
+        for a in space.config.a_bits:
+            priced = price(w, a, 0.0)
+            for m in metrics:
+                bits[m][(w, a)] = priced[m] / base[m]
+    prune: dict[str, dict[float, float]] = {m: {0.0: 1.0} for m in metrics}
+    for ratio in space.config.prune_ratios if prunable else []:
+        if ratio > 0:
+            priced = price(_REFERENCE_BITS, _REFERENCE_BITS, ratio)
+            for m in metrics:
+                prune[m][ratio] = priced[m] / base[m]
+    return CostModel(share={m: _SHARE[m] for m in metrics}, bits=bits, prune=prune)
+
+
+class _Replay:
+    """A stand-in for an Optuna trial that answers ``space.suggest`` with chosen values and
+    records what was asked: the parameters to queue are exactly the space's dimensions."""
+
+    def __init__(self, wanted: dict[str, Any]) -> None:
+        self.wanted = wanted
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        value = self.wanted.get(name)
+        if value not in choices:
+            value = _mildest(name, choices)
+        self.params[name] = value
+        return value
+
+
+def _mildest(name: str, choices: Sequence[Any]) -> Any:
+    # Dimensions the allocation did not decide (a group that only a smaller architecture has, a
+    # rank): the choice that compresses least.
+    if all(isinstance(c, bool) for c in choices):
+        return False
+    return min(choices) if name.endswith(".prune") else max(choices)
+
+
+def warm_start_candidates(setup: SearchSetup) -> list[tuple[dict[str, Any], dict[str, float]]]:
+    """(Optuna parameters, attributes) of each warm-start candidate, mildest first, without
+    repeats."""
+    config = setup.config
+    space = setup.space
+    options = config.search.warm_start
+    arch = space.family.largest_arch()
+    model = space.family.build(
+        arch, num_classes=setup.data.num_classes, input_shape=setup.data.input_shape
+    )
+    model.load_state_dict(setup.teacher_state)
+    model.eval()
+    task = config.make_task()
+    train_loader, _ = make_loaders(
+        setup.data,
+        batch_size=config.train.batch_size or config.data.batch_size,
+        num_workers=0,
+        seed=config.seed,
+    )
+    inputs = [task.split(batch)[0] for batch in islice(train_loader, options.batches)]
+    layers, prunable = space.layer_dimensions(arch)
+    example = inputs[0][:1]
+    excluded = [n for n in layers if matching(space.config.exclude, n)]
+    blocks = list(getattr(space.family, "blocks", []))  # the droppable blocks of a user model
+    start = time.perf_counter()
+    sensitivity = measure_sensitivity(
+        model,
+        inputs,
+        layers=[n for n in layers if n not in excluded],
+        w_bits=space.config.w_bits,
+        a_bits=space.config.a_bits,
+        prune_leaders=prunable if len(space.config.prune_ratios) > 1 else [],
+        prune_ratios=space.config.prune_ratios,
+        blocks=blocks,
+        ignored=[output_layer(model, example), *excluded],
+        frozen=excluded,
+    )
+    costs = device_cost_model(setup, arch)
+    logger.info(
+        "Warm start: sensitivities and costs measured in %.1f s.", time.perf_counter() - start
+    )
+    allocator = Allocator(space, sensitivity, arch=arch, costs=costs)
+    queued: list[tuple[dict[str, Any], dict[str, float]]] = []
+    for level in cost_levels(options.candidates):
+        chosen, dropped, cost = allocator.for_level(level)
+        wanted: dict[str, Any] = {f"arch.drop.{b}": b in dropped for b in blocks}
+        for name, (w, a, r) in chosen.items():
+            wanted |= {f"{name}.w_bits": w, f"{name}.a_bits": a, f"{name}.prune": r}
+        replay = _Replay(wanted)
+        space.suggest(replay)
+        if all(replay.params != params for params, _ in queued):
+            queued.append((replay.params, {"level": level, "cost": cost}))
+    return queued
+
+
+def warm_start_(study: optuna.Study, setup: SearchSetup) -> int:
+    """Queue the warm-start candidates of ``setup.config`` once per run: only into a study
+    that has no trials yet (not on resume, nor by a worker joining a running study). Returns
+    how many were queued."""
+    if setup.config.warm_start_method() == "none" or study.user_attrs.get(_DONE_ATTR):
+        return 0
+    if study.get_trials(deepcopy=False):
+        return 0
+    candidates = warm_start_candidates(setup)
+    for params, attrs in candidates:
+        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: attrs})
+    study.set_user_attr(_DONE_ATTR, True)
+    logger.info(
+        "Warm start: %d candidate(s) queued at cost levels %s of uniform int8.",
+        len(candidates),
+        ", ".join(f"{a['cost']:.2f}" for _, a in candidates),
+    )
+    return len(candidates)
