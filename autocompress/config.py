@@ -297,6 +297,7 @@ FIELDS_ADDED_SINCE_0_1 = (
     "space.exclude",
     "space.overrides",
     "space.rank_ratios",
+    "space.quantizers",
 )
 
 
