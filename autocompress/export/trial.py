@@ -351,10 +351,10 @@ def _onnx_payload_bytes(path: Path) -> int:
 
 
 def _fake_quant_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    from ..compression.quantization import FLOAT_BITS, QuantConv2d, QuantLinear, quantize_weight
+    from ..compression.quantization import FLOAT_BITS, QuantConv2d, QuantLinear
 
     return {
-        name: quantize_weight(m.weight.detach(), m.w_bits)
+        name: m.quantized_weight().detach()
         for name, m in model.named_modules()
         if isinstance(m, QuantConv2d | QuantLinear) and m.quant_enabled and m.w_bits < FLOAT_BITS
     }
