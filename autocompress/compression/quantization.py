@@ -22,11 +22,17 @@ table (ties to the lower level), as a ``b``-bit index into it, with an STE gradi
   ``CODEBOOK_ITERATIONS`` iterations from 2^b values spaced linearly between the smallest and
   largest weight: deterministic) when the layer is made and at every training-mode forward, on
   the detached weights; evaluation, export and packing use the buffer as it is.
+
+LSQ (learned step size, Esser et al., ICLR 2020; ``train.lsq``): :func:`enable_lsq_` gives each
+uniform quantized weight a learnable per-channel step ``w_step`` (a parameter, initialised to
+the ``max |w| / qmax`` scale it replaces), trained with LSQ's gradient, scaled by
+``1 / sqrt(weights per channel x qmax)``. Weights only: activation ranges keep their EMA.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -190,6 +196,36 @@ def quantize_weight_nonuniform(
     return quantized.detach() + (weight - weight.detach())
 
 
+def lsq_scale(step: Tensor) -> Tensor:
+    """The per-channel scale a learned step stands for (kept positive)."""
+    return step.abs().clamp(min=_MIN_SCALE)
+
+
+def quantize_weight_lsq(weight: Tensor, bits: int, step: Tensor) -> Tensor:
+    """Symmetric per-channel fake-quant on the learned step ``step`` ``[C]`` (LSQ): the value is
+    ``clamp(round(w / s), -qmax, qmax) * s``; ``w`` gets the straight-through gradient inside
+    the range, ``step`` LSQ's gradient times ``1 / sqrt(weights per channel * qmax)``."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = lsq_scale(step)
+    grad_scale = 1.0 / math.sqrt(weight[0].numel() * qmax)
+    # Exactly ``scale`` in value (0 * g + s), gradient g: the sums below stay bit-exact.
+    scale = scale.detach() + (scale - scale.detach()) * grad_scale
+    x = torch.clamp(weight / _channel_view(scale, weight.dim()), -qmax, qmax)
+    q = torch.round(x).detach() + (x - x.detach())
+    return q * _channel_view(scale, weight.dim())
+
+
+def lsq_grid(weight: Tensor, bits: int, step: Tensor) -> tuple[Tensor, Tensor]:
+    """``(integers, scale)`` of :func:`quantize_weight_lsq`: ``integers * scale`` is its value
+    bit for bit (int32 integers, float32 scale)."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = lsq_scale(step.detach()).to(weight.dtype)
+    integers = torch.clamp(
+        torch.round(weight.detach() / _channel_view(scale, weight.dim())), -qmax, qmax
+    )
+    return integers.to(torch.int32), scale.float()
+
+
 def activation_qparams(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """Scale and integer zero point of the unsigned range ``[0, 2^bits - 1]`` covering [lo, hi].
 
@@ -238,6 +274,9 @@ class _QuantMixin:
     def quantized_weight(self) -> Tensor:
         """The fake-quant weight this layer computes with (the weight itself at 32 bits)."""
         if self.w_quantizer == UNIFORM:
+            step = getattr(self, "w_step", None)
+            if step is not None and self.w_bits < FLOAT_BITS:
+                return quantize_weight_lsq(self.weight, self.w_bits, step)
             return quantize_weight(self.weight, self.w_bits)
         return quantize_weight_nonuniform(
             self.weight, self.w_bits, self.w_quantizer, getattr(self, "codebook", None)
@@ -528,6 +567,34 @@ def quantize_(
         )
         parent_name, _, child_name = name.rpartition(".")
         setattr(modules[parent_name], child_name, quant)
+    return model
+
+
+def enable_lsq_(model: nn.Module, names: list[str] | None = None) -> list[str]:
+    """Give the uniform quantized weights of ``model``'s fake-quant layers (those in ``names``
+    when given) a learnable per-channel step ``w_step``, initialised to their current scale
+    (LSQ, see the module doc); layers that have one keep it. Returns the layers that have one."""
+    done = []
+    for name, module in model.named_modules():
+        if not isinstance(module, _QuantMixin) or (names is not None and name not in names):
+            continue
+        if module.w_quantizer != UNIFORM or module.w_bits >= FLOAT_BITS:
+            continue
+        if getattr(module, "w_step", None) is None:
+            qmax = 2 ** (module.w_bits - 1) - 1
+            max_abs = module.weight.detach().abs().flatten(1).amax(dim=1)
+            scale = torch.where(max_abs > 0, max_abs / qmax, torch.ones_like(max_abs))
+            module.w_step = nn.Parameter(scale.clone())
+        done.append(name)
+    return done
+
+
+def prepare_for_state_(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
+    """Give the layers of ``model`` whose learned steps ``state`` holds (``<layer>.w_step``) a
+    step, so that ``model.load_state_dict(state)`` finds every key. Returns ``model``."""
+    names = [k.removesuffix(".w_step") for k in state if k.endswith(".w_step")]
+    if names:
+        enable_lsq_(model, names)
     return model
 
 

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,6 +52,7 @@ from ..compression.quantization import (
     QuantLinear,
     activation_qparams,
     fake_quantize,
+    lsq_grid,
     weight_code,
 )
 from .packing import integer_weight, pack_bits
@@ -238,6 +240,9 @@ def _plan(name: str, module: QuantConv2d | QuantLinear) -> _LayerPlan:
         layout += f"{levels.numel()}-entry float32 level table"
         layout += "" if scale is None else " x per-channel scale"
         note = "; ".join(n for n in (layout, _note(FLOAT_BITS, a_bits, "float32", a_fmt)) if n)
+    elif w_fmt != "float32" and getattr(module, "w_step", None) is not None:
+        integers, scale = lsq_grid(module.weight, w_bits, module.w_step)
+        integers, scale = integers.cpu(), scale.cpu()
     elif w_fmt != "float32":
         integers, scale = integer_weight(module.weight, bits=w_bits)
     storage = LayerStorage(
@@ -421,11 +426,19 @@ def _lookup_nodes(graph: Any, layer: str, plan: _LayerPlan, out: str) -> list:
     shape = list(indices.shape)
     graph.initializer.append(helper.make_tensor(i_name, TensorProto.UINT8, shape, data, raw=True))
     graph.initializer.append(numpy_helper.from_array(levels.numpy(), l_name))
+    one = f"{layer}.weight_index_step"
+    graph.initializer.append(numpy_helper.from_array(np.ones((), dtype=np.float32), one))
+    as_float = f"{layer}/weight_indices_float"
     wide, gathered = f"{layer}/weight_indices_int32", f"{layer}/weight_levels_gathered"
     last = out if plan.weight_scale is None else gathered
     nodes = [
+        # DequantizeLinear with step 1 (exact for 0..255) instead of a bare Cast: onnxruntime
+        # does not constant-fold DequantizeLinear, so the weights are not folded into a float
+        # initializer, which its optimiser would then rewrite (fold batch norm into them, fuse
+        # the conv) with different float rounding than the fake-quant.
+        helper.make_node("DequantizeLinear", [i_name, one], [as_float], name=f"{layer}/weight_dq"),
         helper.make_node(
-            "Cast", [i_name], [wide], name=f"{layer}/weight_cast", to=TensorProto.INT32
+            "Cast", [as_float], [wide], name=f"{layer}/weight_cast", to=TensorProto.INT32
         ),
         helper.make_node("Gather", [l_name, wide], [last], name=f"{layer}/weight_gather", axis=0),
     ]

@@ -48,6 +48,7 @@ from ..compression.quantization import (
     MIN_BITS,
     UNIFORM,
     decode_weight,
+    lsq_grid,
     weight_code,
 )
 
@@ -184,6 +185,13 @@ class PackedWeight:
     def from_layer(cls, module: nn.Module) -> PackedWeight:
         """The packed weight of fake-quant layer ``module``, with its own quantizer."""
         bits, quantizer = module.w_bits, getattr(module, "w_quantizer", UNIFORM)
+        step = getattr(module, "w_step", None)
+        if quantizer == UNIFORM and step is not None:  # a learned (LSQ) step is the scale
+            bits = _check_bits(bits, where="PackedWeight.from_layer")
+            integers, scale = lsq_grid(module.weight, bits, step)
+            return cls(
+                bits, tuple(module.weight.shape), pack_bits(integers, bits=bits), scale.cpu()
+            )
         if quantizer == UNIFORM:
             return cls.from_weight(module.weight, bits=bits)
         bits = _check_bits(bits, where="PackedWeight.from_layer")

@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from ..compression.apply import build_compressed
+from ..compression.quantization import prepare_for_state_
 from ..compression.serialization import SPEC_FILE, WEIGHTS_FILE, load_model, save_model
 from ..config import RunConfig, load_config
 from ..core.rundir import RunDir
@@ -398,6 +399,7 @@ def _state_dict(
     rebuilt = build_compressed(
         candidate, num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"])
     )
+    prepare_for_state_(rebuilt, state)
     rebuilt.load_state_dict(state)
     rebuilt.eval()
     profile = MeasuredProfile(backend="onnxruntime", threads=TIMING_THREADS)

@@ -119,9 +119,12 @@ def test_onnx_gathers_non_uniform_weights_that_equal_the_fake_quant_exactly(tmp_
     expected = model(x).detach().numpy()
     plain = onnx_runner(path, optimize=False)(x.numpy())
     assert np.abs(plain - expected).max() <= 1e-5 * (expected.max() - expected.min())
+    # onnxruntime's optimiser must not fold the weights into float constants and rewrite them
+    # (batch norm folded into them, other float rounding): the graph keeps a DequantizeLinear
+    # before the Gather, which it does not constant-fold.
     optimized = onnx_runner(path)(x.numpy())
-    rel = TOLERANCES["onnx"].rel
-    assert np.abs(optimized - expected).max() <= rel * (expected.max() - expected.min())
+    assert np.abs(optimized - expected).max() <= 1e-4 * (expected.max() - expected.min())
+    assert TOLERANCES["onnx"].rel > 1e-4
 
 
 def test_uniform_layers_export_exactly_as_before(tmp_path):
