@@ -28,8 +28,8 @@ def compress_(
     trained weights; pruning runs on the unfactorized layers (the pruning groups are those of
     the architecture's own layers), and factorization then starts from the SVD of the pruned
     weights; both run on plain float layers before they become quant layers, and a factorized
-    layer's two factors both get its bits. The output layer (the Conv2d/Linear that runs last:
-    the classifier) is never pruned.
+    layer's two factors both get its bits and weight quantizer. The output layer (the
+    Conv2d/Linear that runs last: the classifier) is never pruned.
     """
     if teacher_state is not None:
         inherit_weights_(model, teacher_state)
@@ -40,7 +40,11 @@ def compress_(
     ranks = candidate.rank_ratios()
     if ranks:
         factorize_(model, ranks)
-    quantize_(model, factor_names(candidate.bits(), ranks))
+    quantize_(
+        model,
+        factor_names(candidate.bits(), ranks),
+        factor_names(candidate.quantizers(), ranks),
+    )
     return model
 
 

@@ -22,12 +22,13 @@ from torch import Tensor, nn
 
 from ..spaces.candidate import FLOAT_BITS
 from .quantization import (
+    CODEBOOK,
     QuantConv2d,
     QuantLinear,
     activation_qparams,
     clip_weight_,
     float_output,
-    quantize_weight,
+    quantize_weight_nonuniform,
     set_activation_range_,
 )
 
@@ -81,11 +82,17 @@ def activation_error(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
 
 
 def weight_clip(
-    weight: Tensor, *, bits: int, method: str = "minmax", percentile: float = 99.99
+    weight: Tensor,
+    *,
+    bits: int,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    quantizer: str = "uniform",
 ) -> Tensor:
     """The per-output-channel clipping threshold (``max |w|`` of the symmetric quantizer, shape
     ``[C]``) for ``weight`` at ``bits`` bits, chosen by ``method``; ``minmax`` keeps every
-    channel's largest ``|w|``."""
+    channel's largest ``|w|``. ``mse`` measures the error of ``quantizer`` (uniform, pot or apot:
+    those scale each channel by its largest ``|w|``)."""
     _check_method(method, where="weight_clip")
     w = weight.detach().float()
     magnitudes = w.abs().flatten(1)
@@ -100,7 +107,8 @@ def weight_clip(
     for fraction in MSE_FRACTIONS:
         bound = (fraction * max_abs).view(shape)
         clipped = torch.minimum(torch.maximum(w, -bound), bound)
-        error = (quantize_weight(clipped, bits) - w).square().flatten(1).mean(dim=1)
+        error = (quantize_weight_nonuniform(clipped, bits, quantizer) - w).square()
+        error = error.flatten(1).mean(dim=1)
         better = error < best_error
         best_error = torch.where(better, error, best_error)
         best = torch.where(better, fraction * max_abs, best)
@@ -168,8 +176,10 @@ def clip_weights_(
     for name, m in _quant_layers(model).items():
         if m.w_bits >= FLOAT_BITS or method == "minmax":
             continue  # min/max is the quantizer's own range: nothing to clip
+        if m.w_quantizer == CODEBOOK:
+            continue  # a codebook has no range to clip: k-means places its values
         thresholds[name] = weight_clip(
-            m.weight, bits=m.w_bits, method=method, percentile=percentile
+            m.weight, bits=m.w_bits, method=method, percentile=percentile, quantizer=m.w_quantizer
         )
         clip_weight_(m, thresholds[name])
     return thresholds

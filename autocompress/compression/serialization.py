@@ -21,6 +21,7 @@ from ..core.rundir import MODEL_SPEC_FILE as SPEC_FILE
 from ..core.rundir import MODEL_WEIGHTS_FILE as WEIGHTS_FILE
 from ..spaces import Candidate
 from .apply import build_compressed
+from .quantization import prepare_for_state_
 
 __all__ = ["SPEC_FILE", "WEIGHTS_FILE", "load_model", "read_spec", "save_model"]
 
@@ -77,6 +78,7 @@ def load_model(
     path = directory / WEIGHTS_FILE
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+        prepare_for_state_(model, state)
         model.load_state_dict(state)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -70,7 +70,8 @@ def retried_trials(trials: Iterable[Any]) -> set[int]:
 
 def candidate_summary(candidate: dict[str, Any] | None) -> str:
     """One short line: family, arch knobs, mean bits, mean pruning ratio and mean rank ratio of
-    the pruned and of the factorized layers (with their counts)."""
+    the pruned and of the factorized layers (with their counts), and each layer's weight
+    quantizer when some are non-uniform."""
     if not candidate:
         return ""
     arch = candidate["arch"]
@@ -91,7 +92,14 @@ def candidate_summary(candidate: dict[str, Any] | None) -> str:
     # Absent in candidates that do not factorize (and in those written before the field).
     ranked = [c["rank_ratio"] for c in layers if c.get("rank_ratio", 1.0) < 1.0]
     rank = f" rank~{np.mean(ranked):.0%}x{len(ranked)}" if ranked else ""
-    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}{rank}"
+    # Each layer's weight quantizer, one letter a layer in network order (u uniform, p pot,
+    # a apot, c codebook, - float), only where some layer is non-uniform.
+    kinds = [c.get("quantizer", "uniform") for c in layers]
+    quant = ""
+    if any(k != "uniform" for k in kinds):
+        letters = [k[0] if c["w_bits"] < 32 else "-" for k, c in zip(kinds, layers, strict=True)]
+        quant = " Q=" + "".join(letters)
+    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}{rank}{quant}"
 
 
 def _short(value: Any) -> str:

@@ -19,6 +19,7 @@ from ..compression.feature_distillation import (
     feature_distiller,
     match_layers,
 )
+from ..compression.quantization import enable_lsq_
 from ..data import DataBundle, make_loaders
 from ..spaces import Candidate
 from ..tasks import Classification, Task, to_device
@@ -52,6 +53,12 @@ class TrainConfig(BaseModel):
     # Left out of every dump while unset, so configs, run fingerprints and the teacher's cache
     # key stay those of runs made before it existed.
     feature_kd: FeatureKDConfig | None = Field(default=None, exclude_if=lambda v: v is None)
+    # Left out of dumps while false, for the same reason.
+    lsq: bool = Field(
+        default=False,
+        exclude_if=lambda v: not v,
+        description="train only: learned step size (LSQ) for uniform weight scales",
+    )
 
     @field_validator("device")
     @classmethod
@@ -215,8 +222,10 @@ class TrainEvaluator(Evaluator):
         seed: int = 0,
         task: Task | None = None,
         feature_kd: FeatureKDConfig | None = None,
+        lsq: bool = False,
     ) -> None:
         self.data = data
+        self.lsq = lsq
         self.task = task or Classification()
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -243,7 +252,7 @@ class TrainEvaluator(Evaluator):
         ``extra``: the keyword arguments a subclass adds, e.g. early stopping's ``table``)."""
         train = context.train
         settings = train.model_dump(
-            include={"lr", "weight_decay", "batch_size", "kd_alpha", "kd_temperature"}
+            include={"lr", "weight_decay", "batch_size", "kd_alpha", "kd_temperature", "lsq"}
         )
         return cls(
             data=context.data,
@@ -276,6 +285,8 @@ class TrainEvaluator(Evaluator):
         train_loader, val_loader = make_loaders(
             self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
         )
+        if self.lsq:  # before the optimizer is made: the steps are among its parameters
+            enable_lsq_(model)
         start = time.perf_counter()
         with candidate_failures(), self._feature_distiller(model) as features:
             for epoch in train_epochwise(

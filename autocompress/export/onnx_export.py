@@ -8,6 +8,10 @@ fake-quant computes:
   dequantizes: INT4 for 2..4 bits, INT8 for 5..8, INT16 for 9..16, INT32 for 17..31 (ONNX has
   no 3-, 5-, 6- or 7-bit type; the integers stay inside the layer's own range, so the
   dequantized weights equal the fake-quant weights bit for bit). 32-bit weights stay float.
+  Non-uniform weights (pot, apot, codebook) are their level indices in a UINT8 initializer,
+  ``Cast`` to INT32 and ``Gather``-ed from the layer's float32 level table, then (pot, apot)
+  ``Mul``-tiplied by the per-channel scales: the same float32 lookups and products as the
+  fake-quant, so again bit for bit.
 * input activations: ``QuantizeLinear -> DequantizeLinear`` with the layer's scale and zero
   point (from ``act_min``/``act_max``, as :func:`activation_qparams` computes them), in UINT8 for
   up to 8 bits and UINT16 for 9..16 bits. Below the container width a ``Clip`` to the layer's
@@ -36,17 +40,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..compression.quantization import (
     FLOAT_BITS,
+    UNIFORM,
     QuantConv2d,
     QuantLinear,
     activation_qparams,
     fake_quantize,
-    quantize_weight,
+    lsq_grid,
+    weight_code,
 )
 from .packing import integer_weight, pack_bits
 
@@ -57,6 +64,7 @@ OUTPUT_NAME = "logits"
 _DOMAIN = "autocompress"
 _INPUT_MARKER = "QuantizeInput"
 _WEIGHT_MARKER = "QuantizeWeight"
+NONUNIFORM_INDEX_FORMAT = "uint8"  # non-uniform weights have at most 8 bits: one index a byte
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class LayerStorage:
     a_bits: int
     activation_format: str
     note: str = ""
+    quantizer: str = UNIFORM  # the weights' quantizer; non-uniform: weight_format holds indices
 
     @property
     def fallback(self) -> bool:
@@ -83,7 +92,10 @@ class LayerStorage:
         return _container_bits(self.weight_format) != self.w_bits
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fallback": self.fallback}
+        data = {**asdict(self), "fallback": self.fallback}
+        if self.quantizer == UNIFORM:  # reports of uniform runs stay as they were
+            del data["quantizer"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,7 @@ class _LayerPlan:
     weight_scale: Tensor | None
     act_scale: Tensor | None  # float32 scalar
     act_zero_point: Tensor | None  # float32 scalar holding an integer
+    levels: Tensor | None = None  # float32 level table of a non-uniform weight (integers index it)
 
 
 class _ExportLayer(nn.Module):
@@ -188,7 +201,7 @@ class _ExportLayer(nn.Module):
         self.quant_input = plan.act_scale is not None
         weight = layer.weight.detach()
         if self.quant_weight:
-            weight = quantize_weight(weight, plan.storage.w_bits)
+            weight = layer.quantized_weight().detach()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach())
         if self.quant_input:
@@ -214,10 +227,27 @@ def _plan(name: str, module: QuantConv2d | QuantLinear) -> _LayerPlan:
     note = _note(w_bits, a_bits, w_fmt, a_fmt)
     if not enabled:
         note = "quantization disabled on this layer: exported in float"
-    storage = LayerStorage(name, kind, module.w_bits, w_fmt, module.a_bits, a_fmt, note)
-    integers = scale = act_scale = act_zero_point = None
-    if w_fmt != "float32":
+    quantizer = module.w_quantizer if w_bits < FLOAT_BITS else UNIFORM
+    integers = scale = levels = act_scale = act_zero_point = None
+    if quantizer != UNIFORM:
+        w_fmt = NONUNIFORM_INDEX_FORMAT
+        indices, levels, scale = weight_code(
+            module.weight, w_bits, quantizer, getattr(module, "codebook", None)
+        )
+        integers, levels = indices.to(torch.int32).cpu(), levels.float().cpu()
+        scale = None if scale is None else scale.float().cpu()
+        layout = f"{quantizer}: {w_bits}-bit indices stored in {w_fmt}, Gather from a "
+        layout += f"{levels.numel()}-entry float32 level table"
+        layout += "" if scale is None else " x per-channel scale"
+        note = "; ".join(n for n in (layout, _note(FLOAT_BITS, a_bits, "float32", a_fmt)) if n)
+    elif w_fmt != "float32" and getattr(module, "w_step", None) is not None:
+        integers, scale = lsq_grid(module.weight, w_bits, module.w_step)
+        integers, scale = integers.cpu(), scale.cpu()
+    elif w_fmt != "float32":
         integers, scale = integer_weight(module.weight, bits=w_bits)
+    storage = LayerStorage(
+        name, kind, module.w_bits, w_fmt, module.a_bits, a_fmt, note, quantizer=quantizer
+    )
     if a_fmt != "float32":
         if not bool(module.act_initialized):
             raise ValueError(
@@ -228,7 +258,7 @@ def _plan(name: str, module: QuantConv2d | QuantLinear) -> _LayerPlan:
         act_scale, act_zero_point = activation_qparams(
             module.act_min.detach().float(), module.act_max.detach().float(), a_bits
         )
-    return _LayerPlan(storage, integers, scale, act_scale, act_zero_point)
+    return _LayerPlan(storage, integers, scale, act_scale, act_zero_point, levels)
 
 
 def export_onnx(
@@ -319,6 +349,9 @@ def _rewrite_markers(proto: Any, plans: dict[str, _LayerPlan]) -> None:
         # Readable tensor names: "<layer>/input_dequantized" instead of the tracer's scope path.
         role = "weight" if node.op_type == _WEIGHT_MARKER else "input"
         out = renamed[node.output[0]] = f"{layer}/{role}_dequantized"
+        if node.op_type == _WEIGHT_MARKER and plan.levels is not None:
+            nodes.extend(_lookup_nodes(graph, layer, plan, out))
+            continue
         if node.op_type == _WEIGHT_MARKER:
             q_name, s_name = f"{layer}.weight_quantized", f"{layer}.weight_scale"
             graph.initializer.append(_integer_tensor(q_name, plan))
@@ -381,6 +414,40 @@ def _integer_tensor(name: str, plan: _LayerPlan) -> Any:
         data = ints.numpy().astype(f"<i{_container_bits(fmt) // 8}").tobytes()
     dtype = getattr(TensorProto, fmt.upper())
     return helper.make_tensor(name, dtype, list(ints.shape), data, raw=True)
+
+
+def _lookup_nodes(graph: Any, layer: str, plan: _LayerPlan, out: str) -> list:
+    """A non-uniform weight: Cast(indices) -> Gather(levels) [-> Mul(per-channel scale)]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    indices, levels = plan.integers, plan.levels
+    i_name, l_name = f"{layer}.weight_indices", f"{layer}.weight_levels"
+    data = indices.numpy().astype("<u1").tobytes()
+    shape = list(indices.shape)
+    graph.initializer.append(helper.make_tensor(i_name, TensorProto.UINT8, shape, data, raw=True))
+    graph.initializer.append(numpy_helper.from_array(levels.numpy(), l_name))
+    one = f"{layer}.weight_index_step"
+    graph.initializer.append(numpy_helper.from_array(np.ones((), dtype=np.float32), one))
+    as_float = f"{layer}/weight_indices_float"
+    wide, gathered = f"{layer}/weight_indices_int32", f"{layer}/weight_levels_gathered"
+    last = out if plan.weight_scale is None else gathered
+    nodes = [
+        # DequantizeLinear with step 1 (exact for 0..255) instead of a bare Cast: onnxruntime
+        # does not constant-fold DequantizeLinear, so the weights are not folded into a float
+        # initializer, which its optimiser would then rewrite (fold batch norm into them, fuse
+        # the conv) with different float rounding than the fake-quant.
+        helper.make_node("DequantizeLinear", [i_name, one], [as_float], name=f"{layer}/weight_dq"),
+        helper.make_node(
+            "Cast", [as_float], [wide], name=f"{layer}/weight_cast", to=TensorProto.INT32
+        ),
+        helper.make_node("Gather", [l_name, wide], [last], name=f"{layer}/weight_gather", axis=0),
+    ]
+    if plan.weight_scale is not None:
+        s_name = f"{layer}.weight_scale"
+        scale = plan.weight_scale.reshape(-1, *([1] * (indices.dim() - 1)))
+        graph.initializer.append(numpy_helper.from_array(scale.numpy(), s_name))
+        nodes.append(helper.make_node("Mul", [gathered, s_name], [out], name=f"{layer}/weight_mul"))
+    return nodes
 
 
 def _input_nodes(graph: Any, layer: str, plan: _LayerPlan, x: str, out: str) -> list:

@@ -14,11 +14,19 @@ output channel (symmetric per-channel quantization, zero point 0, integers in
 :func:`autocompress.compression.quantization.quantize_weight`: ``integers * scale`` reproduces
 the fake-quant weight bit for bit.
 
+A weight with a non-uniform quantizer (``pot``, ``apot``, ``codebook``; see
+:mod:`autocompress.compression.quantization`) is stored as ``b``-bit indices into its level
+table, packed the same way as ``index - 2^(b-1)`` (so the fields stay two's complement), plus
+the table itself (float32, at most ``2^b`` values: the normalised levels of pot/apot, the
+codebook's values) and, for pot/apot, the float32 per-channel scales: ``table[index] * scale``
+(``table[index]`` for a codebook) reproduces the fake-quant weight bit for bit.
+
 A whole model is written by :func:`write_packed` as two files: ``weights.bin`` (every tensor's
 bytes back to back, no padding, little-endian) and ``weights.json`` (the index: for each
 state_dict key its ``offset``/``nbytes`` in the blob, shape and either ``"encoding": "raw"`` with a
-dtype or ``"encoding": "packed"`` with ``bits`` and the offset of its float32 scales). Nothing is
-pickled; :func:`read_packed` rebuilds the state_dict.
+dtype or ``"encoding": "packed"`` with ``bits`` and the offset of its float32 scales; a
+non-uniform weight adds ``quantizer`` and the offset of its table, ``levels_offset``, and a
+codebook has no scales). Nothing is pickled; :func:`read_packed` rebuilds the state_dict.
 """
 
 from __future__ import annotations
@@ -35,7 +43,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..compression.quantization import FLOAT_BITS, MIN_BITS
+from ..compression.quantization import (
+    FLOAT_BITS,
+    MIN_BITS,
+    UNIFORM,
+    decode_weight,
+    lsq_grid,
+    weight_code,
+)
 
 MAX_PACKED_BITS = 16  # wider weights are stored raw (float32), as the fake-quant keeps them
 PACKED_FILE = "weights.bin"
@@ -149,12 +164,16 @@ def dequantize(integers: Tensor, scale: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """One layer's weight: ``bits``-bit integers packed into ``data`` and per-channel scales."""
+    """One layer's weight: ``bits``-bit integers packed into ``data`` and per-channel scales;
+    for a non-uniform ``quantizer`` the integers are indices into ``levels`` (see the module
+    doc), and a codebook has no scales."""
 
     bits: int
     shape: tuple[int, ...]
     data: Tensor  # uint8, ceil(prod(shape) * bits / 8) bytes
-    scale: Tensor  # float32 [shape[0]]
+    scale: Tensor | None  # float32 [shape[0]]; None for a codebook
+    quantizer: str = UNIFORM
+    levels: Tensor | None = None  # float32 level table of a non-uniform quantizer
 
     @classmethod
     def from_weight(cls, weight: Tensor, *, bits: int) -> PackedWeight:
@@ -162,13 +181,42 @@ class PackedWeight:
         integers, scale = integer_weight(weight, bits=bits)
         return cls(bits, tuple(weight.shape), pack_bits(integers, bits=bits), scale)
 
+    @classmethod
+    def from_layer(cls, module: nn.Module) -> PackedWeight:
+        """The packed weight of fake-quant layer ``module``, with its own quantizer."""
+        bits, quantizer = module.w_bits, getattr(module, "w_quantizer", UNIFORM)
+        step = getattr(module, "w_step", None)
+        if quantizer == UNIFORM and step is not None:  # a learned (LSQ) step is the scale
+            bits = _check_bits(bits, where="PackedWeight.from_layer")
+            integers, scale = lsq_grid(module.weight, bits, step)
+            return cls(
+                bits, tuple(module.weight.shape), pack_bits(integers, bits=bits), scale.cpu()
+            )
+        if quantizer == UNIFORM:
+            return cls.from_weight(module.weight, bits=bits)
+        bits = _check_bits(bits, where="PackedWeight.from_layer")
+        codebook = getattr(module, "codebook", None)
+        indices, table, scale = weight_code(module.weight, bits, quantizer, codebook)
+        fields = pack_bits(indices.cpu() - 2 ** (bits - 1), bits=bits)
+        scale = None if scale is None else scale.detach().cpu().float()
+        levels = table.detach().cpu().float()
+        return cls(bits, tuple(module.weight.shape), fields, scale, quantizer, levels)
+
     def integers(self) -> Tensor:
+        """The stored integers: uniform weights' grid points, or non-uniform weights' indices
+        into ``levels`` (see :meth:`indices`) minus ``2^(bits-1)``."""
         return unpack_bits(self.data, bits=self.bits, count=math.prod(self.shape)).reshape(
             self.shape
         )
 
+    def indices(self) -> Tensor:
+        """A non-uniform weight's indices into ``levels``, ``0 .. len(levels) - 1``."""
+        return self.integers() + 2 ** (self.bits - 1)
+
     def dequantized(self) -> Tensor:
-        return dequantize(self.integers(), self.scale)
+        if self.quantizer == UNIFORM:
+            return dequantize(self.integers(), self.scale)
+        return decode_weight(self.indices(), self.levels, self.scale)
 
 
 def packed_weights(model: nn.Module) -> dict[str, PackedWeight]:
@@ -183,7 +231,7 @@ def packed_weights(model: nn.Module) -> dict[str, PackedWeight]:
         if not getattr(module, "quant_enabled", False) or not MIN_BITS <= bits <= MAX_PACKED_BITS:
             continue
         key = f"{name}.weight" if name else "weight"
-        packed[key] = PackedWeight.from_weight(module.weight, bits=bits)
+        packed[key] = PackedWeight.from_layer(module)
     return packed
 
 
@@ -212,8 +260,13 @@ def write_packed(directory: Path, model: nn.Module) -> Path:
             data = p.data.numpy().tobytes()
             entry = {"encoding": "packed", "bits": p.bits, "shape": list(p.shape)}
             entry |= {"offset": add(data), "nbytes": len(data)}
-            scale = p.scale.numpy().astype("<f4").tobytes()
-            entry |= {"scale_offset": add(scale), "scale_nbytes": len(scale)}
+            if p.scale is not None:
+                scale = p.scale.numpy().astype("<f4").tobytes()
+                entry |= {"scale_offset": add(scale), "scale_nbytes": len(scale)}
+            if p.quantizer != UNIFORM:
+                levels = p.levels.numpy().astype("<f4").tobytes()
+                entry |= {"quantizer": p.quantizer}
+                entry |= {"levels_offset": add(levels), "levels_nbytes": len(levels)}
         else:
             if tensor.dtype not in _RAW_DTYPES:
                 raise ValueError(
@@ -252,19 +305,28 @@ def read_packed(directory: Path) -> dict[str, Tensor]:
         data = blob[entry["offset"] : entry["offset"] + entry["nbytes"]]
         shape = tuple(entry["shape"])
         if entry["encoding"] == "packed":
-            start = entry["scale_offset"]
-            scale = np.frombuffer(blob[start : start + entry["scale_nbytes"]], dtype="<f4")
             weight = PackedWeight(
                 bits=entry["bits"],
                 shape=shape,
                 data=torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()),
-                scale=torch.from_numpy(scale.copy()),
+                scale=_floats(blob, entry, "scale"),
+                quantizer=entry.get("quantizer", UNIFORM),
+                levels=_floats(blob, entry, "levels"),
             )
             state[key] = weight.dequantized()
         else:
             array = np.frombuffer(data, dtype=_NUMPY_DTYPES[entry["dtype"]]).reshape(shape)
             state[key] = torch.from_numpy(array.copy())
     return state
+
+
+def _floats(blob: bytes, entry: Mapping[str, Any], name: str) -> Tensor | None:
+    """The float32 array ``name`` (``scale`` or ``levels``) of an index entry, if it has one."""
+    if f"{name}_offset" not in entry:
+        return None
+    start = entry[f"{name}_offset"]
+    values = np.frombuffer(blob[start : start + entry[f"{name}_nbytes"]], dtype="<f4")
+    return torch.from_numpy(values.copy())
 
 
 def packed_state_equal(model: nn.Module, state: Mapping[str, Tensor]) -> bool:

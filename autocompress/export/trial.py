@@ -21,6 +21,7 @@ import yaml
 from torch import nn
 
 from ..compression.apply import build_compressed
+from ..compression.quantization import prepare_for_state_
 from ..compression.serialization import SPEC_FILE, WEIGHTS_FILE, load_model, save_model
 from ..config import RunConfig, load_config
 from ..core.rundir import RunDir
@@ -351,10 +352,10 @@ def _onnx_payload_bytes(path: Path) -> int:
 
 
 def _fake_quant_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    from ..compression.quantization import FLOAT_BITS, QuantConv2d, QuantLinear, quantize_weight
+    from ..compression.quantization import FLOAT_BITS, QuantConv2d, QuantLinear
 
     return {
-        name: quantize_weight(m.weight.detach(), m.w_bits)
+        name: m.quantized_weight().detach()
         for name, m in model.named_modules()
         if isinstance(m, QuantConv2d | QuantLinear) and m.quant_enabled and m.w_bits < FLOAT_BITS
     }
@@ -398,6 +399,7 @@ def _state_dict(
     rebuilt = build_compressed(
         candidate, num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"])
     )
+    prepare_for_state_(rebuilt, state)
     rebuilt.load_state_dict(state)
     rebuilt.eval()
     profile = MeasuredProfile(backend="onnxruntime", threads=TIMING_THREADS)

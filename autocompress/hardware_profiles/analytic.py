@@ -38,7 +38,8 @@ class AnalyticProfile(HardwareProfile):
     Per Conv/Linear layer (see :mod:`.graph` for how MACs and bytes are counted):
 
     * precision and peak rate from :meth:`DeviceSpec.mac_cost` (fallback to the next supported
-      precision, or BitFusion-style scaling on bit-flexible devices);
+      precision, or BitFusion-style scaling on bit-flexible devices), with non-uniform weights
+      at :meth:`DeviceSpec.weight_compute_bits` (int8 unless the spec declares shifts);
     * compute time = MACs / (peak * compute_efficiency);
     * memory time = off-chip bytes / memory bandwidth. When the whole model's weights fit in
       ``onchip_memory_bytes`` they are assumed resident on chip (loaded once, reused across
@@ -92,7 +93,8 @@ class AnalyticProfile(HardwareProfile):
 
     def _layer_row(self, cost: LayerCost, *, weights_on_chip: bool) -> dict[str, Any]:
         spec = self.device
-        mac: MacCost = spec.mac_cost(w_bits=cost.w_bits, a_bits=cost.a_bits)
+        w_bits = spec.weight_compute_bits(cost.w_bits, cost.quantizer)
+        mac: MacCost = spec.mac_cost(w_bits=w_bits, a_bits=cost.a_bits)
         onchip_bytes = cost.weight_bytes if weights_on_chip else 0
         offchip_bytes = cost.total_bytes - onchip_bytes
         compute_s = cost.macs / (mac.peak_macs_per_s * spec.compute_efficiency)
@@ -103,7 +105,7 @@ class AnalyticProfile(HardwareProfile):
             + offchip_bytes * spec.energy_per_dram_byte_pj
             + onchip_bytes * spec.energy_per_sram_byte_pj
         )
-        return {
+        row = {
             "name": cost.name,
             "kind": cost.kind,
             "macs": cost.macs,
@@ -118,3 +120,6 @@ class AnalyticProfile(HardwareProfile):
             "latency_ms": latency_s * _S_TO_MS,
             "energy_mj": energy_pj * _PJ_TO_MJ,
         }
+        if cost.quantizer != "uniform":  # rows of uniform layers stay as they were
+            row["quantizer"] = cost.quantizer
+        return row

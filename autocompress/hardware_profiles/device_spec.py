@@ -19,6 +19,7 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Bits = Annotated[int, Field(ge=1, le=32)]
 
+DECODED_BITS = 8  # non-uniform weights a device cannot run natively are decoded to int8
 _DEVICES_PACKAGE = "autocompress.hardware_profiles"
 _DEVICES_DIR = "devices"
 
@@ -29,6 +30,22 @@ class MacCost(NamedTuple):
     precision: str
     peak_macs_per_s: float
     energy_pj: float
+
+
+class QuantizerCost(BaseModel):
+    """How a device runs the weights of one non-uniform quantizer (``quantizers:`` of a spec).
+
+    ``executes_as: shift``: the device multiplies by powers of two with shifts (``pot``, and
+    ``apot`` as two shifts and an add), so such a layer is priced like ``w_bits``-bit integer
+    compute. ``executes_as: int8``: the weights are decoded to int8 before the MACs (a table
+    lookup), priced as 8-bit weights. ``source`` cites where the figure comes from, as every
+    other field of a shipped spec does.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    executes_as: Literal["shift", "int8"]
+    source: str = Field(min_length=1)
 
 
 class DeviceSpec(BaseModel):
@@ -52,6 +69,9 @@ class DeviceSpec(BaseModel):
       ``"<bits>-fallback"``. The memory roof, on-chip memory, layer overhead and compute
       efficiency stay the device's, and the hand-over itself is not costed, so a fallback layer
       is an optimistic estimate.
+    * non-uniform weights (``pot``, ``apot``, ``codebook``; see :meth:`weight_compute_bits`)
+      compute as int8 (``DECODED_BITS``) unless ``quantizers`` declares ``executes_as: shift``
+      for that quantizer; their memory traffic is at their own bits either way (``graph``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -72,6 +92,22 @@ class DeviceSpec(BaseModel):
     layer_overhead_s: PositiveFloat
     compute_efficiency: Annotated[float, Field(gt=0, le=1)]
     sources: list[str] = Field(min_length=1)
+    # Left out of dumps while empty, so calibrated specs written from it stay as they were.
+    quantizers: dict[Literal["pot", "apot", "codebook"], QuantizerCost] = Field(
+        default_factory=dict, exclude_if=lambda v: not v
+    )
+
+    @field_validator("quantizers")
+    @classmethod
+    def _codebook_does_not_shift(
+        cls, quantizers: dict[str, QuantizerCost]
+    ) -> dict[str, QuantizerCost]:
+        if "codebook" in quantizers and quantizers["codebook"].executes_as == "shift":
+            raise ValueError(
+                "a codebook's values are not powers of two: it cannot execute as shift; "
+                "use int8. Got codebook: shift"
+            )
+        return quantizers
 
     @field_validator("supported_bits", "fallback_bits")
     @classmethod
@@ -128,6 +164,17 @@ class DeviceSpec(BaseModel):
             top = self.supported_bits[-1]
             return math.ceil(bits / top) * top
         return self.supported_bits[-1]
+
+    def weight_compute_bits(self, w_bits: int, quantizer: str = "uniform") -> int:
+        """The weight bit-width a layer's MACs are priced at: ``w_bits``, except non-uniform
+        weights, which are decoded to ``DECODED_BITS`` (int8) unless ``quantizers`` says the
+        device runs them as shifts."""
+        if quantizer == "uniform" or w_bits >= 32:
+            return w_bits
+        cost = self.quantizers.get(quantizer)  # type: ignore[call-overload]
+        if cost is not None and cost.executes_as == "shift":
+            return w_bits
+        return max(w_bits, DECODED_BITS)
 
     def mac_cost(self, *, w_bits: int, a_bits: int) -> MacCost:
         """Peak throughput and energy of one MAC with ``w_bits`` weights and ``a_bits`` inputs."""

@@ -13,6 +13,9 @@ Byte conventions (documented assumptions, shared by every profile):
 * weights at ``w_bits``, packed (``ceil(numel * w_bits / 8)``), plus one fp32 scale per output
   channel when ``w_bits < 32`` (symmetric per-channel quantization; zero-points not counted).
   Biases are not part of ``weight_bytes`` (they are in :func:`model_size_bytes`).
+  Non-uniform weights (``w_quantizer``) are ``w_bits``-bit indices, plus per channel the same
+  fp32 scale for ``pot``/``apot`` (their level tables follow from the bits: nothing to store),
+  and for ``codebook`` one table of ``2^w_bits`` fp32 values per layer instead of the scales.
 * inputs at the layer's ``a_bits``.
 * outputs: the next consumer's bits are unknown inside a layer, so a quantized layer
   (``a_bits < 32``) is assumed to requantize its output to int8 (1 byte/element), and a float
@@ -35,10 +38,11 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ..spaces.attention import SplitAttention
-from ..spaces.candidate import FLOAT_BITS
+from ..spaces.candidate import FLOAT_BITS, UNIFORM
 from ._base import HardwareMetrics
 
 SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized weight
+CODEBOOK_VALUE_BYTES = 4  # one fp32 value per codebook entry
 _QUANT_OUTPUT_BYTES = 1  # a quantized layer requantizes its output to int8 (see module doc)
 _FLOAT_BYTES = 4
 # Buffers that ship with a deployed model; everything else (observer act_min/act_max,
@@ -65,6 +69,7 @@ class LayerCost:
     weight_bytes: int
     input_bytes: int
     output_bytes: int
+    quantizer: str = UNIFORM  # the weights' quantizer (see compression.quantization)
 
     @property
     def total_bytes(self) -> int:
@@ -89,10 +94,20 @@ def layer_bits(module: nn.Module, *, name: str = "") -> tuple[int, int]:
     return bits[0], bits[1]
 
 
-def weight_bytes(*, numel: int, w_bits: int, out_channels: int) -> int:
-    """Packed weight bytes plus per-channel fp32 scales when quantized."""
+def layer_quantizer(module: nn.Module) -> str:
+    """The weight quantizer of a layer (``w_quantizer``); uniform when it has none."""
+    return getattr(module, "w_quantizer", UNIFORM)
+
+
+def weight_bytes(*, numel: int, w_bits: int, out_channels: int, quantizer: str = UNIFORM) -> int:
+    """Packed weight bytes plus per-channel fp32 scales when quantized (a codebook layer: its
+    table of ``2^w_bits`` fp32 values instead of the scales)."""
     packed = math.ceil(numel * w_bits / 8)
-    return packed + (SCALE_BYTES * out_channels if w_bits < FLOAT_BITS else 0)
+    if w_bits >= FLOAT_BITS:
+        return packed
+    if quantizer == "codebook":
+        return packed + CODEBOOK_VALUE_BYTES * 2**w_bits
+    return packed + SCALE_BYTES * out_channels
 
 
 def check_input_shape(input_shape: Any, *, caller: str) -> tuple[int, ...]:
@@ -191,7 +206,10 @@ def model_size_bytes(model: nn.Module) -> int:
         counted.add(id(weight))
         w_bits, _ = layer_bits(module, name=name)
         total += weight_bytes(
-            numel=weight.numel(), w_bits=w_bits, out_channels=_out_channels(module)
+            numel=weight.numel(),
+            w_bits=w_bits,
+            out_channels=_out_channels(module),
+            quantizer=layer_quantizer(module),
         )
     for param in model.parameters():
         if id(param) not in counted:
@@ -254,10 +272,14 @@ def _cost(module: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> Lay
         input_elems=int(in_elems),
         output_elems=int(out_elems),
         weight_bytes=weight_bytes(
-            numel=weight_numel, w_bits=w_bits, out_channels=_out_channels(module)
+            numel=weight_numel,
+            w_bits=w_bits,
+            out_channels=_out_channels(module),
+            quantizer=layer_quantizer(module),
         ),
         input_bytes=math.ceil(in_elems * a_bits / 8),
         output_bytes=int(out_elems * out_bytes_per_elem),
+        quantizer=layer_quantizer(module) if w_bits < FLOAT_BITS else UNIFORM,
     )
 
 

@@ -26,7 +26,12 @@ from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
 from autocompress.hardware_profiles.device_spec import DeviceSpec
-from autocompress.hardware_profiles.graph import check_input_shape, is_costed_layer, layer_bits
+from autocompress.hardware_profiles.graph import (
+    check_input_shape,
+    is_costed_layer,
+    layer_bits,
+    layer_quantizer,
+)
 from autocompress.hardware_profiles.lut_table import (
     FUSED_ACTIVATIONS,
     HOST_PRECISION,
@@ -172,6 +177,7 @@ def _key(
 ) -> LayerKey | None:
     if isinstance(precision, DeviceSpec):
         w_bits, a_bits = layer_bits(module, name=name)
+        w_bits = precision.weight_compute_bits(w_bits, layer_quantizer(module))
         label = precision.mac_cost(w_bits=w_bits, a_bits=a_bits).precision
     else:
         label = precision

@@ -5,7 +5,8 @@ As in ``plots.py``, each ``*_data`` function computes everything its figure show
 that) and the matching ``plot_*`` function only draws it. Per-layer settings come from the
 ``candidate`` column of the trials DataFrame: the JSON of a ``Candidate``,
 ``{"family", "arch", "layers": {layer_name: {"w_bits", "a_bits", "prune_ratio"}}}``, plus
-``"rank_ratio"`` on the layers a low-rank factorization split (1.0 where it is absent).
+``"rank_ratio"`` on the layers a low-rank factorization split (1.0 where it is absent), and
+``"quantizer"`` on the layers with non-uniform weights (uniform where it is absent).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from autocompress.report.tables import refit_metric
 LAYER_FIELDS = ("w_bits", "a_bits", "prune_ratio")
 RANK_FIELD = "rank_ratio"  # a per-layer field of runs that factorize, drawn only where it occurs
 FULL_RANK = 1.0
+UNIFORM = "uniform"  # the weight quantizer of layers whose JSON names none
 _A_BITS_COLOUR = "tab:orange"
 _PRUNE_COLOUR = "tab:green"
 _RANK_COLOUR = "tab:purple"
@@ -332,7 +334,8 @@ def plot_parallel_coordinates(
 
 class LayerBarsData(NamedTuple):
     """The per-layer compression of trial ``number``, layers in the candidate's order.
-    ``rank_ratio`` is 1.0 on the layers that are not factorized."""
+    ``rank_ratio`` is 1.0 on the layers that are not factorized; ``quantizer`` is each layer's
+    weight quantizer (uniform, pot, apot, codebook)."""
 
     number: int
     summary: str
@@ -341,6 +344,7 @@ class LayerBarsData(NamedTuple):
     a_bits: np.ndarray
     prune_ratio: np.ndarray
     rank_ratio: np.ndarray
+    quantizer: tuple[str, ...] = ()
 
 
 def layer_bars_data(df: pd.DataFrame, *, trial: int) -> LayerBarsData:
@@ -364,6 +368,7 @@ def layer_bars_data(df: pd.DataFrame, *, trial: int) -> LayerBarsData:
         a_bits=np.array([layers[n]["a_bits"] for n in layers], dtype=float),
         prune_ratio=np.array([layers[n]["prune_ratio"] for n in layers], dtype=float),
         rank_ratio=np.array([layers[n][RANK_FIELD] for n in layers], dtype=float),
+        quantizer=tuple(candidate_quantizers(text).get(n, UNIFORM) for n in layers),
     )
 
 
@@ -402,6 +407,11 @@ def plot_layer_bars(
         for i, r in enumerate(data.rank_ratio):
             if r < FULL_RANK:  # a full bar is a whole layer: no number needed
                 prune_ax.text(i + 0.2, r, f"{r:.0%}", ha="center", va="bottom", fontsize=7)
+    if any(q != UNIFORM for q in data.quantizer):
+        # Only runs with non-uniform weights name each w_bits bar's quantizer (inside the bar).
+        for i, (w, q) in enumerate(zip(data.w_bits, data.quantizer, strict=True)):
+            if w < 32:
+                bits_ax.text(i - 0.2, w / 2, q, rotation=90, ha="center", va="center", fontsize=6)
     for i, (w, a, p) in enumerate(zip(data.w_bits, data.a_bits, data.prune_ratio, strict=True)):
         bits_ax.text(i - 0.2, w, f"{w:g}", ha="center", va="bottom", fontsize=7)
         bits_ax.text(i + 0.2, a, f"{a:g}", ha="center", va="bottom", fontsize=7)
@@ -535,6 +545,15 @@ def candidate_layers(text: Any) -> dict[str, dict[str, float]]:
             f"{{'w_bits', 'a_bits', 'prune_ratio'}}}}. Got {_abbreviate_text(text)!r} instead "
             f"({err})."
         ) from None
+
+
+def candidate_quantizers(text: Any) -> dict[str, str]:
+    """``{layer: quantizer}`` of the layers of a ``candidate`` cell with non-uniform weights
+    (the JSON has a ``quantizer`` only there); ``{}`` for an empty cell."""
+    if not _has_candidate(text):
+        return {}
+    layers = json.loads(text).get("layers", {})
+    return {str(n): str(c["quantizer"]) for n, c in layers.items() if "quantizer" in c}
 
 
 def _merge_layer_orders(orders: list[list[str]]) -> list[str]:

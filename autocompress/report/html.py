@@ -406,6 +406,7 @@ def _config_summary(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("w_bits / a_bits", f"{get('space', 'w_bits')} / {get('space', 'a_bits')}"),
         ("prune ratios", str(get("space", "prune_ratios"))),
         ("rank ratios", str(get("space", "rank_ratios") or [1.0])),
+        ("quantizers", str(get("space", "quantizers") or ["uniform"])),
         ("hardware", hardware),
         ("budget", ", ".join(f"{k} {v:g}" for k, v in budget.items()) or "none"),
         (

@@ -20,6 +20,9 @@ from .candidate import (
     FLOAT_BITS,
     FULL_RANK,
     MIN_BITS,
+    NONUNIFORM_MAX_BITS,
+    QUANTIZERS,
+    UNIFORM,
     Candidate,
     LayerChoice,
     factorizable_shape,
@@ -40,6 +43,12 @@ class LayerOverride(BaseModel):
     a_bits: int | None = Field(default=None, ge=MIN_BITS, le=FLOAT_BITS)
     prune_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     rank_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
+    quantizer: str | None = None
+
+    @field_validator("quantizer")
+    @classmethod
+    def _known_quantizer(cls, quantizer: str | None) -> str | None:
+        return None if quantizer is None else _check_quantizers([quantizer])[0]
 
     @model_serializer(mode="wrap")
     def _without_unset_rank(self, handler: Any) -> Any:
@@ -48,7 +57,16 @@ class LayerOverride(BaseModel):
         data = handler(self)
         if self.rank_ratio is None and isinstance(data, dict):
             data.pop("rank_ratio", None)
+        if self.quantizer is None and isinstance(data, dict):
+            data.pop("quantizer", None)
         return data
+
+
+def _check_quantizers(names: list[str]) -> list[str]:
+    unknown = [q for q in names if q not in QUANTIZERS]
+    if unknown:
+        raise ValueError(f"weight quantizers must be among {list(QUANTIZERS)}. Got {unknown}")
+    return [q for q in QUANTIZERS if q in names]  # one order, whatever order they were given
 
 
 class SpaceConfig(BaseModel):
@@ -66,6 +84,12 @@ class SpaceConfig(BaseModel):
         min_length=1,
         description="low-rank factorization: kept fraction of each layer's rank (1.0 = whole)",
     )
+    quantizers: list[str] = Field(
+        default=[UNIFORM],
+        min_length=1,
+        description="weight quantizers searched per layer: uniform | pot | apot | codebook "
+        f"(non-uniform ones at w_bits <= {NONUNIFORM_MAX_BITS})",
+    )
     exclude: list[str] = Field(
         default_factory=list,
         description="glob patterns of layer names kept in float, never pruned nor factorized",
@@ -73,7 +97,7 @@ class SpaceConfig(BaseModel):
     overrides: dict[str, LayerOverride] = Field(
         default_factory=dict,
         description="glob pattern of layer names -> fixed w_bits / a_bits / prune_ratio / "
-        "rank_ratio",
+        "rank_ratio / quantizer",
     )
 
     @field_validator("family")
@@ -114,6 +138,11 @@ class SpaceConfig(BaseModel):
         if bad:
             raise ValueError(f"rank ratios must lie in (0, 1] (1 = not factorized). Got {bad}")
         return sorted(set(ratios))
+
+    @field_validator("quantizers")
+    @classmethod
+    def _known_quantizers(cls, quantizers: list[str]) -> list[str]:
+        return _check_quantizers(quantizers)
 
 
 class SearchSpace(ABC):
@@ -265,8 +294,13 @@ class JointSearchSpace(SearchSpace):
             elif name in prunable_set:
                 ratio = cfg.prune_ratios[0]
             rank = self._rank_ratio(trial, name, shapes.get(name), fixed.rank_ratio)
+            quantizer = self._quantizer(trial, name, w_bits, fixed.quantizer)
             choices[name] = LayerChoice(
-                w_bits=w_bits, a_bits=a_bits, prune_ratio=ratio, rank_ratio=rank
+                w_bits=w_bits,
+                a_bits=a_bits,
+                prune_ratio=ratio,
+                rank_ratio=rank,
+                quantizer=quantizer,
             )
         return Candidate(family=self.family.name, arch=arch, layers=choices)
 
@@ -292,6 +326,20 @@ class JointSearchSpace(SearchSpace):
         else:
             chosen = ratios[0]
         return chosen if low_rank_pays(chosen, *shape) else FULL_RANK
+
+    def _quantizer(self, trial: optuna.Trial, name: str, w_bits: int, fixed: str | None) -> str:
+        """The weight quantizer of layer ``name`` at ``w_bits``: uniform, without an Optuna
+        dimension, where non-uniform ones do not apply (float or wider than
+        ``NONUNIFORM_MAX_BITS``) or only uniform is searched, so spaces without them keep
+        exactly their former dimensions."""
+        quantizers = self.config.quantizers
+        if w_bits > NONUNIFORM_MAX_BITS:
+            return UNIFORM
+        if fixed is not None:
+            return fixed
+        if len(quantizers) > 1:
+            return trial.suggest_categorical(f"{name}.quantizer", quantizers)
+        return quantizers[0]
 
     def fixed_choices(self, name: str) -> LayerOverride:
         """The fixed choices of layer ``name``: those of every matching pattern, later patterns

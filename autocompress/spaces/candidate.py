@@ -15,6 +15,11 @@ CANDIDATE_FORMAT_VERSION = 1
 FLOAT_BITS = 32  # at this many bits (or more) a tensor is left in floating point (no fake-quant)
 MIN_BITS = 2  # symmetric weights need at least one level on each side of zero
 FULL_RANK = 1.0  # a rank_ratio of 1.0 leaves the layer unfactorized
+UNIFORM = "uniform"  # the weight quantizer of every layer unless a run searches others
+QUANTIZERS = (UNIFORM, "pot", "apot", "codebook")  # see compression.quantization
+# Non-uniform weight quantizers only up to 8 bits: a 2^b-entry table is cheap there, PoT levels
+# 2^-k stay within float32's normal range (k <= 126), and wider layers gain nothing from them.
+NONUNIFORM_MAX_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,17 @@ class LayerChoice:
     ``low_rank(rank_ratio, rows, cols)`` channels (see there); 1.0 leaves the layer whole. The
     space records a ratio < 1 only where the two factors have fewer weights and MACs than the
     unpruned layer (``low_rank_pays``).
+    ``quantizer``: how the weights are quantized, one of ``QUANTIZERS``: ``uniform`` (the
+    symmetric per-channel integer grid), ``pot``, ``apot`` or ``codebook`` (see
+    ``compression.quantization``); non-uniform only at ``2 <= w_bits <= NONUNIFORM_MAX_BITS``.
+    Activations are always uniform.
     """
 
     w_bits: int = FLOAT_BITS
     a_bits: int = FLOAT_BITS
     prune_ratio: float = 0.0
     rank_ratio: float = FULL_RANK
+    quantizer: str = UNIFORM
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,10 @@ class Candidate:
     def rank_ratios(self) -> dict[str, float]:
         """The factorized layers: ``{name: rank_ratio}`` where the ratio is below 1."""
         return {name: c.rank_ratio for name, c in self.layers.items() if c.rank_ratio < FULL_RANK}
+
+    def quantizers(self) -> dict[str, str]:
+        """The layers with a non-uniform weight quantizer: ``{name: quantizer}``."""
+        return {name: c.quantizer for name, c in self.layers.items() if c.quantizer != UNIFORM}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +103,8 @@ class Candidate:
                     prune_ratio=float(choice.get("prune_ratio", 0.0)),
                     # Candidates written before low-rank factorization have no rank_ratio.
                     rank_ratio=float(choice.get("rank_ratio", FULL_RANK)),
+                    # Candidates written before non-uniform quantizers have no quantizer.
+                    quantizer=str(choice.get("quantizer", UNIFORM)),
                 )
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(
@@ -101,6 +117,11 @@ class Candidate:
                     f"The 'layers.{name}.rank_ratio' field of a candidate must lie in (0, 1]. "
                     f"Got {layers[name].rank_ratio!r} instead."
                 )
+            problem = quantizer_problem(layers[name].quantizer, layers[name].w_bits)
+            if problem:
+                raise ValueError(
+                    f"The 'layers.{name}.quantizer' field of a candidate must be {problem}."
+                )
         return cls(family=str(data["family"]), arch=dict(data["arch"]), layers=layers)
 
     def to_json(self) -> str:
@@ -109,6 +130,19 @@ class Candidate:
     @classmethod
     def from_json(cls, text: str) -> Candidate:
         return cls.from_dict(json.loads(text))
+
+
+def quantizer_problem(quantizer: Any, w_bits: int) -> str:
+    """What is wrong with weight quantizer ``quantizer`` on ``w_bits``-bit weights, as the end
+    of a "must be ..." sentence; "" when nothing is."""
+    if quantizer not in QUANTIZERS:
+        return f"one of {list(QUANTIZERS)}. Got {quantizer!r} instead"
+    if quantizer != UNIFORM and not MIN_BITS <= w_bits <= NONUNIFORM_MAX_BITS:
+        return (
+            f"{UNIFORM!r} at w_bits={w_bits}: non-uniform quantizers take "
+            f"{MIN_BITS}..{NONUNIFORM_MAX_BITS}-bit weights. Got {quantizer!r} instead"
+        )
+    return ""
 
 
 def factorizable_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -146,6 +180,9 @@ def _layer_dict(choice: LayerChoice) -> dict[str, Any]:
     # factorize stay exactly as they were before the field existed.
     if choice.rank_ratio != FULL_RANK:
         layer["rank_ratio"] = choice.rank_ratio
+    # Left out when uniform, for the same reason.
+    if choice.quantizer != UNIFORM:
+        layer["quantizer"] = choice.quantizer
     return layer
 
 
