@@ -297,6 +297,9 @@ FIELDS_ADDED_SINCE_0_1 = (
     "space.exclude",
     "space.overrides",
     "space.rank_ratios",
+    "space.sparsity",
+    "space.sparsity_importance",
+    "space.pruning_importance",
 )
 
 

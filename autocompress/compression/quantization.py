@@ -78,6 +78,8 @@ class _QuantMixin:
     act_min: Tensor
     act_max: Tensor
     act_initialized: Tensor
+    weight_mask: Tensor | None
+    sparsity: float | str
     register_buffer: Any
 
     def __init__(self, *args: Any, w_bits: int, a_bits: int, **kwargs: Any) -> None:
@@ -85,10 +87,20 @@ class _QuantMixin:
         self._init_quant(w_bits=w_bits, a_bits=a_bits)
 
     def forward(self, x: Tensor) -> Tensor:
+        weight = self.masked_weight()
         if not self.quant_enabled:
+            if self.weight_mask is not None:
+                return self._layer(x, weight)
             return super().forward(x)  # type: ignore[misc]
         x = self._quantize_input(x)
-        return self._layer(x, quantize_weight(self.weight, self.w_bits))
+        return self._layer(x, quantize_weight(weight, self.w_bits))
+
+    def masked_weight(self) -> Tensor:
+        """The weight with the sparsity mask applied (the weight itself when dense). Masked
+        weights get no gradient; zero quantizes to zero, so they stay zero after fake-quant."""
+        if self.weight_mask is None:
+            return self.weight
+        return self.weight * self.weight_mask
 
     def _layer(self, x: Tensor, weight: Tensor) -> Tensor:
         raise NotImplementedError
@@ -131,6 +143,10 @@ class _QuantMixin:
         self.register_buffer(
             "act_initialized", torch.zeros((), dtype=torch.bool, device=self.weight.device)
         )
+        # Fine-grained sparsity (see compression.sparsity): a boolean keep-mask of the weight's
+        # shape, None (and so absent from the state dict) while the layer is dense.
+        self.sparsity = 0.0
+        self.register_buffer("weight_mask", None)
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
@@ -162,9 +178,13 @@ class _QuantMixin:
                 self.act_min.copy_(source.act_min)
                 self.act_max.copy_(source.act_max)
                 self.act_initialized.copy_(source.act_initialized)
+            self.sparsity = source.sparsity
+            if source.weight_mask is not None:
+                self.weight_mask = source.weight_mask.clone()
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"  # type: ignore[misc]
+        text = f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"  # type: ignore[misc]
+        return text if self.weight_mask is None else f"{text}, sparsity={self.sparsity!r}"
 
 
 @torch.no_grad()

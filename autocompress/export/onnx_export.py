@@ -186,7 +186,7 @@ class _ExportLayer(nn.Module):
         self.a_bits = plan.storage.a_bits
         self.quant_weight = plan.integers is not None
         self.quant_input = plan.act_scale is not None
-        weight = layer.weight.detach()
+        weight = layer.masked_weight().detach()
         if self.quant_weight:
             weight = quantize_weight(weight, plan.storage.w_bits)
         self.register_buffer("weight", weight)
@@ -217,7 +217,7 @@ def _plan(name: str, module: QuantConv2d | QuantLinear) -> _LayerPlan:
     storage = LayerStorage(name, kind, module.w_bits, w_fmt, module.a_bits, a_fmt, note)
     integers = scale = act_scale = act_zero_point = None
     if w_fmt != "float32":
-        integers, scale = integer_weight(module.weight, bits=w_bits)
+        integers, scale = integer_weight(module.masked_weight(), bits=w_bits)
     if a_fmt != "float32":
         if not bool(module.act_initialized):
             raise ValueError(

@@ -19,6 +19,12 @@ bytes back to back, no padding, little-endian) and ``weights.json`` (the index: 
 state_dict key its ``offset``/``nbytes`` in the blob, shape and either ``"encoding": "raw"`` with a
 dtype or ``"encoding": "packed"`` with ``bits`` and the offset of its float32 scales). Nothing is
 pickled; :func:`read_packed` rebuilds the state_dict.
+
+Sparse layers (a ``weight_mask`` beside the weight, see ``compression.sparsity``) store their mask
+as ``"encoding": "bitmask"`` (one bit per weight, C order, LSB first) and their weight as
+``"encoding": "packed_sparse"``: the same packed integers and scales, but only those of the kept
+weights (the mask's ``True`` entries, in C order), with ``"mask"`` naming the mask's key; the
+masked weights read back as exact zeros.
 """
 
 from __future__ import annotations
@@ -183,7 +189,7 @@ def packed_weights(model: nn.Module) -> dict[str, PackedWeight]:
         if not getattr(module, "quant_enabled", False) or not MIN_BITS <= bits <= MAX_PACKED_BITS:
             continue
         key = f"{name}.weight" if name else "weight"
-        packed[key] = PackedWeight.from_weight(module.weight, bits=bits)
+        packed[key] = PackedWeight.from_weight(module.masked_weight(), bits=bits)
     return packed
 
 
@@ -205,9 +211,23 @@ def write_packed(directory: Path, model: nn.Module) -> Path:
         start, offset = offset, offset + len(data)
         return start
 
-    for key, tensor in model.state_dict().items():
+    state = model.state_dict()
+    for key, tensor in state.items():
         tensor = tensor.detach().cpu()
-        if key in packed:
+        mask_key = key.removesuffix("weight") + "weight_mask"
+        if key in packed and mask_key in state:
+            p, mask = packed[key], state[mask_key].cpu().reshape(-1)
+            kept = pack_bits(p.integers().reshape(-1)[mask], bits=p.bits)
+            data = kept.numpy().tobytes()
+            entry = {"encoding": "packed_sparse", "bits": p.bits, "shape": list(p.shape)}
+            entry |= {"mask": mask_key, "offset": add(data), "nbytes": len(data)}
+            scale = p.scale.numpy().astype("<f4").tobytes()
+            entry |= {"scale_offset": add(scale), "scale_nbytes": len(scale)}
+        elif key.endswith("weight_mask") and tensor.dtype == torch.bool:
+            data = np.packbits(tensor.reshape(-1).numpy(), bitorder="little").tobytes()
+            entry = {"encoding": "bitmask", "shape": list(tensor.shape)}
+            entry |= {"offset": add(data), "nbytes": len(data)}
+        elif key in packed:
             p = packed[key]
             data = p.data.numpy().tobytes()
             entry = {"encoding": "packed", "bits": p.bits, "shape": list(p.shape)}
@@ -248,10 +268,32 @@ def read_packed(directory: Path) -> dict[str, Tensor]:
         )
     blob = blob_path.read_bytes()
     state = {}
-    for key, entry in index["tensors"].items():
+    tensors = index["tensors"]
+
+    def bitmask(entry: Mapping[str, Any]) -> Tensor:
+        data = blob[entry["offset"] : entry["offset"] + entry["nbytes"]]
+        count = math.prod(entry["shape"])
+        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[:count]
+        return torch.from_numpy(bits.astype(bool)).reshape(tuple(entry["shape"]))
+
+    for key, entry in tensors.items():
         data = blob[entry["offset"] : entry["offset"] + entry["nbytes"]]
         shape = tuple(entry["shape"])
-        if entry["encoding"] == "packed":
+        if entry["encoding"] == "bitmask":
+            state[key] = bitmask(entry)
+        elif entry["encoding"] == "packed_sparse":
+            mask = bitmask(tensors[entry["mask"]]).reshape(-1)
+            start = entry["scale_offset"]
+            scale = np.frombuffer(blob[start : start + entry["scale_nbytes"]], dtype="<f4")
+            kept = unpack_bits(
+                torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()),
+                bits=entry["bits"],
+                count=int(mask.sum()),
+            )
+            integers = torch.zeros(math.prod(shape), dtype=torch.int32)
+            integers[mask] = kept
+            state[key] = dequantize(integers.reshape(shape), torch.from_numpy(scale.copy()))
+        elif entry["encoding"] == "packed":
             start = entry["scale_offset"]
             scale = np.frombuffer(blob[start : start + entry["scale_nbytes"]], dtype="<f4")
             weight = PackedWeight(

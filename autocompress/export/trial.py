@@ -354,7 +354,7 @@ def _fake_quant_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     from ..compression.quantization import FLOAT_BITS, QuantConv2d, QuantLinear, quantize_weight
 
     return {
-        name: quantize_weight(m.weight.detach(), m.w_bits)
+        name: quantize_weight(m.masked_weight().detach(), m.w_bits)
         for name, m in model.named_modules()
         if isinstance(m, QuantConv2d | QuantLinear) and m.quant_enabled and m.w_bits < FLOAT_BITS
     }

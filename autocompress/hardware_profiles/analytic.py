@@ -46,7 +46,10 @@ class AnalyticProfile(HardwareProfile):
       off-chip. On-chip bandwidth is assumed never to be the bottleneck;
     * latency = max(compute, memory) + layer_overhead_s (roofline: compute and transfers
       overlap), summed over layers run one after another;
-    * energy = MACs * pJ/MAC + off-chip bytes * DRAM pJ/byte + on-chip bytes * SRAM pJ/byte.
+    * energy = MACs * pJ/MAC + off-chip bytes * DRAM pJ/byte + on-chip bytes * SRAM pJ/byte;
+    * a sparse layer is priced dense, unless the device declares a kernel for its N:M pattern
+      (``DeviceSpec.sparse``) and its input width is a multiple of M: then its MAC time and
+      energy are divided by the declared speedup and its weight is read in its sparse encoding.
 
     Attention calls are costed the same way, in fp32, from their MACs and bytes (see
     :mod:`.graph`), as rows of ``details["attention"]``; other layers than these are free
@@ -93,17 +96,22 @@ class AnalyticProfile(HardwareProfile):
     def _layer_row(self, cost: LayerCost, *, weights_on_chip: bool) -> dict[str, Any]:
         spec = self.device
         mac: MacCost = spec.mac_cost(w_bits=cost.w_bits, a_bits=cost.a_bits)
-        onchip_bytes = cost.weight_bytes if weights_on_chip else 0
-        offchip_bytes = cost.total_bytes - onchip_bytes
-        compute_s = cost.macs / (mac.peak_macs_per_s * spec.compute_efficiency)
+        kernel = spec.sparse.get(cost.sparsity) if cost.sparse_aligned else None
+        speedup = kernel.speedup if kernel is not None else 1.0
+        # Without a sparse kernel the zeros are multiplied and the dense weight is read.
+        weight = cost.sparse_weight_bytes if kernel is not None else cost.weight_bytes
+        total_bytes = cost.total_bytes - cost.weight_bytes + weight
+        onchip_bytes = weight if weights_on_chip else 0
+        offchip_bytes = total_bytes - onchip_bytes
+        compute_s = cost.macs / (mac.peak_macs_per_s * spec.compute_efficiency) / speedup
         memory_s = offchip_bytes / spec.memory_bandwidth_bytes_per_s
         latency_s = max(compute_s, memory_s) + spec.layer_overhead_s
         energy_pj = (
-            cost.macs * mac.energy_pj
+            cost.macs * mac.energy_pj / speedup
             + offchip_bytes * spec.energy_per_dram_byte_pj
             + onchip_bytes * spec.energy_per_sram_byte_pj
         )
-        return {
+        row = {
             "name": cost.name,
             "kind": cost.kind,
             "macs": cost.macs,
@@ -118,3 +126,7 @@ class AnalyticProfile(HardwareProfile):
             "latency_ms": latency_s * _S_TO_MS,
             "energy_mj": energy_pj * _PJ_TO_MJ,
         }
+        if cost.sparse_weight_bytes is not None:
+            row["sparsity"] = cost.sparsity
+            row["sparse_speedup"] = speedup
+        return row

@@ -31,6 +31,15 @@ class MacCost(NamedTuple):
     energy_pj: float
 
 
+class SparseKernel(BaseModel):
+    """A sparse weight pattern the device runs faster than dense (``DeviceSpec.sparse``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speedup: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+    source: str = Field(min_length=1)
+
+
 class DeviceSpec(BaseModel):
     """Roofline + energy-per-operation description of one edge target.
 
@@ -52,6 +61,12 @@ class DeviceSpec(BaseModel):
       ``"<bits>-fallback"``. The memory roof, on-chip memory, layer overhead and compute
       efficiency stay the device's, and the hand-over itself is not costed, so a fallback layer
       is an optimistic estimate.
+
+    ``sparse`` (empty by default) maps N:M patterns (``"2:4"``) to the compute speedup the
+    device's sparse kernels give a layer with that pattern (an Ampere-class GPU's sparse tensor
+    cores: 2x for 2:4), with a source. Only there does sparsity cut latency and energy (MAC time
+    and energy divided by the speedup, the weight read in its sparse encoding); every other
+    sparse layer is priced dense, its sparsity saving storage only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -72,6 +87,20 @@ class DeviceSpec(BaseModel):
     layer_overhead_s: PositiveFloat
     compute_efficiency: Annotated[float, Field(gt=0, le=1)]
     sources: list[str] = Field(min_length=1)
+    sparse: dict[str, SparseKernel] = Field(default_factory=dict)
+
+    @field_validator("sparse")
+    @classmethod
+    def _nm_patterns(cls, sparse: dict[str, SparseKernel]) -> dict[str, SparseKernel]:
+        from ..spaces.candidate import canonical_sparsity
+
+        out = {}
+        for key, kernel in sparse.items():
+            value = canonical_sparsity(key) if ":" in key else None
+            if not isinstance(value, str):
+                raise ValueError(f"keys must be 'N:M' patterns with 0 < N < M. Got {key!r}")
+            out[value] = kernel
+        return out
 
     @field_validator("supported_bits", "fallback_bits")
     @classmethod

@@ -1,10 +1,11 @@
 """The unit the search produces: one point in the joint architecture x bits x pruning x rank
-space."""
+x sparsity space."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ CANDIDATE_FORMAT_VERSION = 1
 FLOAT_BITS = 32  # at this many bits (or more) a tensor is left in floating point (no fake-quant)
 MIN_BITS = 2  # symmetric weights need at least one level on each side of zero
 FULL_RANK = 1.0  # a rank_ratio of 1.0 leaves the layer unfactorized
+DENSE = 0.0  # a sparsity of 0 leaves every weight of the layer
+Sparsity = float | str  # a fraction of zero weights in [0, 1), or an "N:M" pattern string
 
 
 @dataclass(frozen=True)
@@ -30,12 +33,16 @@ class LayerChoice:
     ``low_rank(rank_ratio, rows, cols)`` channels (see there); 1.0 leaves the layer whole. The
     space records a ratio < 1 only where the two factors have fewer weights and MACs than the
     unpruned layer (``low_rank_pays``).
+    ``sparsity``: fine-grained weight sparsity of the (pruned, factorized) layer: a fraction of
+    zero weights in [0, 1) or an ``"N:M"`` pattern (N kept of every M consecutive weights along
+    the input dimension; see ``compression.sparsity``); 0.0 leaves it dense.
     """
 
     w_bits: int = FLOAT_BITS
     a_bits: int = FLOAT_BITS
     prune_ratio: float = 0.0
     rank_ratio: float = FULL_RANK
+    sparsity: Sparsity = DENSE
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,10 @@ class Candidate:
     def rank_ratios(self) -> dict[str, float]:
         """The factorized layers: ``{name: rank_ratio}`` where the ratio is below 1."""
         return {name: c.rank_ratio for name, c in self.layers.items() if c.rank_ratio < FULL_RANK}
+
+    def sparsities(self) -> dict[str, Sparsity]:
+        """The sparse layers: ``{name: sparsity}`` where it is not 0."""
+        return {name: c.sparsity for name, c in self.layers.items() if c.sparsity != DENSE}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,12 +100,14 @@ class Candidate:
                     prune_ratio=float(choice.get("prune_ratio", 0.0)),
                     # Candidates written before low-rank factorization have no rank_ratio.
                     rank_ratio=float(choice.get("rank_ratio", FULL_RANK)),
+                    # ... and before sparsity none has a sparsity.
+                    sparsity=canonical_sparsity(choice.get("sparsity", DENSE)),
                 )
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(
                     f"The 'layers.{name}' field of a candidate must hold integer 'w_bits' and "
-                    f"'a_bits', a float 'prune_ratio' and optionally a float 'rank_ratio'. "
-                    f"Got {choice!r} instead."
+                    f"'a_bits', a float 'prune_ratio' and optionally a float 'rank_ratio' and a "
+                    f"'sparsity' (a fraction in [0, 1) or 'N:M'). Got {choice!r} instead."
                 ) from err
             if not 0.0 < layers[name].rank_ratio <= FULL_RANK:
                 raise ValueError(
@@ -146,7 +159,41 @@ def _layer_dict(choice: LayerChoice) -> dict[str, Any]:
     # factorize stay exactly as they were before the field existed.
     if choice.rank_ratio != FULL_RANK:
         layer["rank_ratio"] = choice.rank_ratio
+    # Likewise left out when dense.
+    if choice.sparsity != DENSE:
+        layer["sparsity"] = choice.sparsity
     return layer
+
+
+def nm_pattern(sparsity: Sparsity) -> tuple[int, int] | None:
+    """``(N, M)`` of an ``"N:M"`` sparsity, None for a fraction; raises ValueError for anything
+    else (a fraction outside [0, 1), an N:M without ``0 < N < M``, another type)."""
+    if isinstance(sparsity, str):
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", sparsity)
+        if match is None or not 0 < int(match[1]) < int(match[2]):
+            raise ValueError(
+                f"a sparsity pattern must be 'N:M' with integers 0 < N < M. Got {sparsity!r}"
+            )
+        return int(match[1]), int(match[2])
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
+        raise ValueError(
+            f"a sparsity must be a fraction in [0, 1) or an 'N:M' string. Got {sparsity!r}"
+        )
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"a sparsity fraction must lie in [0, 1). Got {sparsity!r}")
+    return None
+
+
+def canonical_sparsity(sparsity: Sparsity) -> Sparsity:
+    """``sparsity`` validated (see :func:`nm_pattern`): a float fraction or ``"N:M"``."""
+    pattern = nm_pattern(sparsity)
+    return float(sparsity) if pattern is None else f"{pattern[0]}:{pattern[1]}"
+
+
+def sparsity_fraction(sparsity: Sparsity) -> float:
+    """The share of zero weights a sparsity aims at (``1 - N/M`` for N:M)."""
+    pattern = nm_pattern(sparsity)
+    return float(sparsity) if pattern is None else 1.0 - pattern[0] / pattern[1]
 
 
 def _plain(value: Any) -> Any:
