@@ -91,7 +91,14 @@ def candidate_summary(candidate: dict[str, Any] | None) -> str:
     # Absent in candidates that do not factorize (and in those written before the field).
     ranked = [c["rank_ratio"] for c in layers if c.get("rank_ratio", 1.0) < 1.0]
     rank = f" rank~{np.mean(ranked):.0%}x{len(ranked)}" if ranked else ""
-    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}{rank}"
+    # Likewise absent where a layer is dense: "sparse 2:4x3 50%x1" counts the layers per value.
+    sparse_values = [c["sparsity"] for c in layers if c.get("sparsity", 0.0) not in (0, 0.0)]
+    counts: dict[str, int] = {}
+    for value in sparse_values:
+        label = value if isinstance(value, str) else f"{value:.0%}"
+        counts[label] = counts.get(label, 0) + 1
+    sparse = " sparse " + " ".join(f"{k}x{n}" for k, n in counts.items()) if counts else ""
+    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}{rank}{sparse}"
 
 
 def _short(value: Any) -> str:
