@@ -318,6 +318,9 @@ FIELDS_ADDED_SINCE_0_1 = (
     "space.overrides",
     "space.rank_ratios",
     "space.quantizers",
+    "space.sparsity",
+    "space.sparsity_importance",
+    "space.pruning_importance",
 )
 
 

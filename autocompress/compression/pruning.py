@@ -7,6 +7,7 @@ a ``SplitAttention`` leads its heads: its ratio removes whole heads.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 
@@ -25,7 +26,16 @@ from ..spaces.groups import (
     tracing_state,
 )
 
-__all__ = ["count_parameters", "prunable_layers", "prune_"]
+__all__ = [
+    "PRUNING_IMPORTANCES",
+    "count_parameters",
+    "inherited_scores",
+    "prunable_layers",
+    "prune_",
+]
+
+logger = logging.getLogger(__name__)
+PRUNING_IMPORTANCES = ("l1", "taylor", "bn_scale")
 
 # floor(C * ratio) in floating point turns 100 * 0.29 into 28.999999999999996; this slack keeps
 # ratios that are "exactly" k/C in decimal from losing a channel.
@@ -43,12 +53,22 @@ def prune_(
     example_inputs: ExampleInputs,
     *,
     ignored: Iterable[str] = (),
+    importance: str = "l1",
+    scores: Mapping[str, Tensor] | None = None,
 ) -> nn.Module:
     """Remove output channels of the named group leaders (and all coupled layers), in place.
 
     For each leader with ``C`` output channels, ``floor(C * ratio)`` channels are removed (at
-    least one is kept): those whose leader weights have the lowest L1 norm, ties broken by lower
-    index. An attention's q projection with ``H`` heads loses ``floor(H * ratio)`` whole heads
+    least one is kept): those of lowest importance, ties broken by lower index. ``importance``:
+
+    * ``l1`` (default): the L1 norm of the channel's leader weights;
+    * ``taylor``: the sum over the channel of ``scores[leader]`` (first-order Taylor
+      ``|w * g|`` per weight, of the leader weight's shape; see ``inherited_scores``);
+    * ``bn_scale``: ``|gamma|`` of the first BatchNorm in the leader's channel group (the one
+      after it; Network Slimming). A leader with no BatchNorm in its group falls back to L1,
+      with one warning per call.
+
+    An attention's q projection with ``H`` heads loses ``floor(H * ratio)`` whole heads
     (at least one is kept), those whose q/k/v/out weights have the lowest L1 norm. The number
     removed depends only on shapes and ratios, so an architecture plus ratios always gives the
     same pruned shapes. Parameters are replaced by new tensors: build optimizers
@@ -62,7 +82,20 @@ def prune_(
                 f"The 'ratios[{name!r}]' parameter of prune_ must be a number in [0, 1). "
                 f"Got {ratio!r} instead."
             )
+    if importance not in PRUNING_IMPORTANCES:
+        raise ValueError(
+            f"The 'importance' parameter of prune_ must be one of {PRUNING_IMPORTANCES}. "
+            f"Got {importance!r} instead."
+        )
+    if importance == "taylor":
+        missing = [n for n in ratios if scores is None or n not in scores]
+        if missing:
+            raise ValueError(
+                "The 'scores' parameter of prune_ must hold a Taylor score tensor for every "
+                f"leader pruned with importance='taylor'. Got none for {missing}."
+            )
 
+    without_bn: list[str] = []
     with tracing_state(model):
         graph = build_dependency_graph(model, example_inputs)
         leaders = leader_groups(model, graph, ignored_names)
@@ -78,14 +111,75 @@ def prune_(
             if name in heads:
                 idxs = _lowest_l1_heads(heads[name], _removed(heads[name].num_heads, ratio))
             else:
-                idxs = _lowest_l1_channels(leader.weight, _removed(out_channels(leader), ratio))
+                channel_scores = _channel_importance(
+                    graph, leader, importance, None if scores is None else scores.get(name)
+                )
+                if channel_scores is None:
+                    without_bn.append(name)
+                    channel_scores = _l1(leader.weight)
+                idxs = _lowest(channel_scores, _removed(out_channels(leader), ratio))
             if not idxs:
                 continue
             pruner = graph.get_pruner_of_module(leader)
             graph.get_pruning_group(leader, pruner.prune_out_channels, idxs).prune()
             if name in heads:
                 heads[name].num_heads -= len(idxs) // heads[name].head_dim
+    if without_bn:
+        logger.warning(
+            "pruning importance bn_scale: %s have no BatchNorm after them; their channels are "
+            "ranked by L1 norm instead.",
+            without_bn,
+        )
     return model
+
+
+def inherited_scores(
+    model: nn.Module, names: Iterable[str], score_state: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Per-weight scores of the named layers of ``model`` taken from ``score_state`` (keyed like
+    a teacher's state dict, e.g. Taylor scores of the teacher's weights) with the slicing that
+    ``inherit_weights_`` gave those layers their weights: the score of each inherited weight is
+    the score of the teacher weight it came from, zero where a widened kernel has no teacher
+    weight. A layer without a score of matching dims gets none."""
+    from .inherit import shared_slices
+
+    modules = dict(model.named_modules())
+    out = {}
+    for name in names:
+        weight = modules[name].weight
+        source = score_state.get(f"{name}.weight" if name else "weight")
+        if source is None or source.dim() != weight.dim():
+            continue
+        target_idx, source_idx, _ = shared_slices(weight.shape, source.shape)
+        score = torch.zeros_like(weight, dtype=torch.float32)
+        score[target_idx] = source[source_idx].to(score)
+        out[name] = score
+    return out
+
+
+def _l1(weight: Tensor) -> Tensor:
+    return weight.detach().abs().flatten(1).sum(dim=1)
+
+
+def _channel_importance(
+    graph: object, leader: nn.Module, importance: str, score: Tensor | None
+) -> Tensor | None:
+    """One importance per output channel of ``leader``; None for bn_scale without a BN."""
+    if importance == "l1":
+        return _l1(leader.weight)
+    if importance == "taylor":
+        return score.detach().abs().flatten(1).sum(dim=1).to(leader.weight.device)
+    channels = out_channels(leader)
+    pruner = graph.get_pruner_of_module(leader)
+    group = graph.get_pruning_group(leader, pruner.prune_out_channels, list(range(channels)))
+    for dep, idxs in group:
+        module = dep.target.module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            if len(idxs) != channels:
+                continue
+            index = torch.tensor([int(getattr(i, "idx", i)) for i in idxs])
+            return module.weight.detach().abs()[index.to(module.weight.device)].to(leader.weight)
+    return None
 
 
 def _removed(count: int, ratio: float) -> int:
@@ -93,10 +187,10 @@ def _removed(count: int, ratio: float) -> int:
     return max(min(math.floor(count * ratio + _FLOOR_SLACK), count - 1), 0)
 
 
-def _lowest_l1_channels(weight: Tensor, n: int) -> list[int]:
+def _lowest(importance: Tensor, n: int) -> list[int]:
+    """The ``n`` channels of lowest ``importance``, in index order."""
     if n == 0:
         return []
-    importance = weight.detach().abs().flatten(1).sum(dim=1)
     # stable sort: equal norms (e.g. zero-initialised channels) resolve by index, not by chance
     order = torch.argsort(importance, stable=True)
     return sorted(order[:n].tolist())

@@ -254,6 +254,8 @@ class _QuantMixin:
     act_min: Tensor
     act_max: Tensor
     act_initialized: Tensor
+    weight_mask: Tensor | None
+    sparsity: float | str
     register_buffer: Any
 
     def __init__(
@@ -264,22 +266,34 @@ class _QuantMixin:
         self.set_weight_quantizer_(w_quantizer)
 
     def forward(self, x: Tensor) -> Tensor:
+        weight = self.masked_weight()
         if not self.quant_enabled:
+            if self.weight_mask is not None:
+                return self._layer(x, weight)
             return super().forward(x)  # type: ignore[misc]
         x = self._quantize_input(x)
         if self.training and self.w_quantizer == CODEBOOK:
             self.refit_codebook_()
         return self._layer(x, self.quantized_weight())
 
+    def masked_weight(self) -> Tensor:
+        """The weight with the sparsity mask applied (the weight itself when dense). Masked
+        weights get no gradient; zero quantizes to zero, so they stay zero after fake-quant."""
+        if self.weight_mask is None:
+            return self.weight
+        return self.weight * self.weight_mask
+
     def quantized_weight(self) -> Tensor:
-        """The fake-quant weight this layer computes with (the weight itself at 32 bits)."""
+        """The fake-quant weight this layer computes with (the masked weight itself at 32
+        bits). Zero is a level of every quantizer but the codebook, which is never sparse."""
+        weight = self.masked_weight()
         if self.w_quantizer == UNIFORM:
             step = getattr(self, "w_step", None)
             if step is not None and self.w_bits < FLOAT_BITS:
-                return quantize_weight_lsq(self.weight, self.w_bits, step)
-            return quantize_weight(self.weight, self.w_bits)
+                return quantize_weight_lsq(weight, self.w_bits, step)
+            return quantize_weight(weight, self.w_bits)
         return quantize_weight_nonuniform(
-            self.weight, self.w_bits, self.w_quantizer, getattr(self, "codebook", None)
+            weight, self.w_bits, self.w_quantizer, getattr(self, "codebook", None)
         )
 
     def set_weight_quantizer_(self, quantizer: str) -> None:
@@ -352,6 +366,10 @@ class _QuantMixin:
         self.register_buffer(
             "act_initialized", torch.zeros((), dtype=torch.bool, device=self.weight.device)
         )
+        # Fine-grained sparsity (see compression.sparsity): a boolean keep-mask of the weight's
+        # shape, None (and so absent from the state dict) while the layer is dense.
+        self.sparsity = 0.0
+        self.register_buffer("weight_mask", None)
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
@@ -383,10 +401,14 @@ class _QuantMixin:
                 self.act_min.copy_(source.act_min)
                 self.act_max.copy_(source.act_max)
                 self.act_initialized.copy_(source.act_initialized)
+            self.sparsity = source.sparsity
+            if source.weight_mask is not None:
+                self.weight_mask = source.weight_mask.clone()
 
     def extra_repr(self) -> str:
         text = f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"  # type: ignore[misc]
-        return text if self.w_quantizer == UNIFORM else f"{text}, w_quantizer={self.w_quantizer}"
+        text = text if self.w_quantizer == UNIFORM else f"{text}, w_quantizer={self.w_quantizer}"
+        return text if self.weight_mask is None else f"{text}, sparsity={self.sparsity!r}"
 
 
 @torch.no_grad()

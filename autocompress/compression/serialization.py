@@ -43,6 +43,11 @@ def save_model(
         "metrics": dict(metrics or {}),
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    for key, mask in list(state.items()):
+        # The weights a sparsity mask drops are stored as the zeros they act as.
+        if key.endswith("weight_mask") and mask.dtype == torch.bool:
+            weight_key = key.removesuffix("_mask")
+            state[weight_key] = state[weight_key].masked_fill(~mask, 0.0)
     # Each file is whole or absent, and the spec comes last: its presence marks a complete save
     # (a save cut short by kill -9 leaves the previous files or none).
     with atomic_path(directory / WEIGHTS_FILE) as tmp:

@@ -99,7 +99,14 @@ def candidate_summary(candidate: dict[str, Any] | None) -> str:
     if any(k != "uniform" for k in kinds):
         letters = [k[0] if c["w_bits"] < 32 else "-" for k, c in zip(kinds, layers, strict=True)]
         quant = " Q=" + "".join(letters)
-    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}{rank}{quant}"
+    # Likewise absent where a layer is dense: "sparse 2:4x3 50%x1" counts the layers per value.
+    sparse_values = [c["sparsity"] for c in layers if c.get("sparsity", 0.0) not in (0, 0.0)]
+    counts: dict[str, int] = {}
+    for value in sparse_values:
+        label = value if isinstance(value, str) else f"{value:.0%}"
+        counts[label] = counts.get(label, 0) + 1
+    sparse = " sparse " + " ".join(f"{k}x{n}" for k, n in counts.items()) if counts else ""
+    return f"{candidate['family']} {knobs} W{w:.1f}b A{a:.1f}b{prune}{rank}{quant}{sparse}"
 
 
 def _short(value: Any) -> str:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from ..compression.calibration import CALIBRATIONS, post_training_quantize_
+from ..compression.sparsity import apply_masks_, sparse_layers, sparsify_, taylor_scores
 from ..data import DataBundle, make_loaders
 from ..spaces import Candidate
 from ..tasks import Classification, Task, to_device
@@ -69,8 +70,10 @@ class PTQEvaluator(Evaluator):
         num_workers: int = 0,
         seed: int = 0,
         task: Task | None = None,
+        sparsity_importance: str = "magnitude",
     ) -> None:
         self.data = data
+        self.sparsity_importance = sparsity_importance
         self.batch_size, self.num_workers = batch_size, num_workers
         self.options = options or PTQOptions()
         self.device = device
@@ -85,10 +88,12 @@ class PTQEvaluator(Evaluator):
         )
         start = time.perf_counter()
         with candidate_failures():
-            inputs = [
-                to_device(self.task.split(batch)[0], self.device)
+            batches = [
+                tuple(to_device(part, self.device) for part in self.task.split(batch))
                 for batch in islice(train_loader, options.calib_batches)
             ]
+            inputs = [x for x, _ in batches]
+            self._sparsify(model.to(self.device), batches)
             post_training_quantize_(
                 model.to(self.device),
                 inputs,
@@ -102,6 +107,22 @@ class PTQEvaluator(Evaluator):
         return TaskMetrics(
             metrics=metrics, loss=loss, epochs=0, train_seconds=time.perf_counter() - start
         )
+
+    def _sparsify(self, model: nn.Module, batches: list) -> None:
+        """One-shot sparsity before calibration (no training to prune gradually in): the masks
+        at their targets, by Taylor scores of the task loss on the calibration batches when
+        ``space.sparsity_importance`` is taylor, and the masked weights zeroed, so that the
+        weight ranges calibrated are those of the sparse weights."""
+        layers = sparse_layers(model)
+        if layers and self.sparsity_importance == "taylor":
+            training = model.training
+            model.eval()
+            scores = taylor_scores(
+                model, batches, lambda m, b: self.task.loss(m(b[0]), b[1]), names=list(layers)
+            )
+            model.train(training)
+            sparsify_(model, {n: m.sparsity for n, m in layers.items()}, scores=scores, zero=True)
+        apply_masks_(model)
 
 
 @register_evaluator("ptq")
@@ -117,4 +138,5 @@ def ptq_evaluator(context: EvaluatorContext, **options: Any) -> PTQEvaluator:
         num_workers=context.num_workers,
         seed=context.seed,
         task=context.task,
+        sparsity_importance=context.space.config.sparsity_importance,
     )

@@ -20,6 +20,7 @@ from ..compression.feature_distillation import (
     match_layers,
 )
 from ..compression.quantization import enable_lsq_
+from ..compression.sparsity import GradualSparsity
 from ..data import DataBundle, make_loaders
 from ..spaces import Candidate
 from ..tasks import Classification, Task, to_device
@@ -90,12 +91,16 @@ def train_epochwise(
     kd_temperature: float = 4.0,
     task: Task | None = None,
     features: FeatureDistiller | None = None,
+    sparsity_importance: str = "magnitude",
 ) -> Iterator[int]:
     """AdamW + one cosine schedule over all ``epochs``, with KD from ``teacher`` when given;
     yields the number of epochs done after each epoch (so a caller can evaluate between epochs,
     e.g. early stopping, without restarting the schedule or the AdamW moments). ``task``: the
     losses (default: classification). ``features``: feature distillation from ``teacher`` (its
-    adapters train with ``model``), its hooks active while this runs.
+    adapters train with ``model``), its hooks active while this runs. The sparse layers of
+    ``model`` are pruned gradually over the steps (:class:`GradualSparsity`, by
+    ``sparsity_importance``) and end at exactly their target sparsity, also when the loop is
+    left early.
 
     Raises CandidateError on a non-finite loss.
     """
@@ -116,14 +121,23 @@ def train_epochwise(
     distil = {"teacher": teacher, "kd_alpha": kd_alpha, "kd_temperature": kd_temperature}
     if features is not None:
         distil["features"] = features
-    for epoch in range(epochs):
-        for step, batch in enumerate(loader):
-            x, y = task.split(batch)
-            x, y = to_device(x, device), to_device(y, device)
-            where = f"training loss at epoch {epoch}, step {step}"
-            step_settings = {"optimizer": optimizer, "schedule": schedule, "where": where}
-            train_step_(model, x, y, task=task, **step_settings, **distil)
-        yield epoch + 1
+    gradual = GradualSparsity(
+        model, total_steps=epochs * len(loader), importance=sparsity_importance
+    )
+    done = 0
+    try:
+        for epoch in range(epochs):
+            for step, batch in enumerate(loader):
+                x, y = task.split(batch)
+                x, y = to_device(x, device), to_device(y, device)
+                where = f"training loss at epoch {epoch}, step {step}"
+                step_settings = {"optimizer": optimizer, "schedule": schedule, "where": where}
+                train_step_(model, x, y, task=task, **step_settings, **distil)
+                done += 1
+                gradual.after_step(done)
+            yield epoch + 1
+    finally:
+        gradual.finish()
 
 
 def train_step_(
@@ -223,9 +237,11 @@ class TrainEvaluator(Evaluator):
         task: Task | None = None,
         feature_kd: FeatureKDConfig | None = None,
         lsq: bool = False,
+        sparsity_importance: str = "magnitude",
     ) -> None:
         self.data = data
         self.lsq = lsq
+        self.sparsity_importance = sparsity_importance
         self.task = task or Classification()
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -263,6 +279,7 @@ class TrainEvaluator(Evaluator):
             seed=context.seed,
             task=context.task,
             feature_kd=train.feature_kd,
+            sparsity_importance=context.space.config.sparsity_importance,
             **settings,
             **extra,
         )
@@ -301,6 +318,7 @@ class TrainEvaluator(Evaluator):
                 kd_temperature=self.kd_temperature,
                 task=self.task,
                 features=features,
+                sparsity_importance=self.sparsity_importance,
             ):
                 if after_epoch is not None:
                     after_epoch(epoch, val_loader)

@@ -199,7 +199,7 @@ class _ExportLayer(nn.Module):
         self.a_bits = plan.storage.a_bits
         self.quant_weight = plan.integers is not None
         self.quant_input = plan.act_scale is not None
-        weight = layer.weight.detach()
+        weight = layer.masked_weight().detach()
         if self.quant_weight:
             weight = layer.quantized_weight().detach()
         self.register_buffer("weight", weight)
@@ -232,7 +232,7 @@ def _plan(name: str, module: QuantConv2d | QuantLinear) -> _LayerPlan:
     if quantizer != UNIFORM:
         w_fmt = NONUNIFORM_INDEX_FORMAT
         indices, levels, scale = weight_code(
-            module.weight, w_bits, quantizer, getattr(module, "codebook", None)
+            module.masked_weight(), w_bits, quantizer, getattr(module, "codebook", None)
         )
         integers, levels = indices.to(torch.int32).cpu(), levels.float().cpu()
         scale = None if scale is None else scale.float().cpu()
@@ -241,10 +241,10 @@ def _plan(name: str, module: QuantConv2d | QuantLinear) -> _LayerPlan:
         layout += "" if scale is None else " x per-channel scale"
         note = "; ".join(n for n in (layout, _note(FLOAT_BITS, a_bits, "float32", a_fmt)) if n)
     elif w_fmt != "float32" and getattr(module, "w_step", None) is not None:
-        integers, scale = lsq_grid(module.weight, w_bits, module.w_step)
+        integers, scale = lsq_grid(module.masked_weight(), w_bits, module.w_step)
         integers, scale = integers.cpu(), scale.cpu()
     elif w_fmt != "float32":
-        integers, scale = integer_weight(module.weight, bits=w_bits)
+        integers, scale = integer_weight(module.masked_weight(), bits=w_bits)
     storage = LayerStorage(
         name, kind, module.w_bits, w_fmt, module.a_bits, a_fmt, note, quantizer=quantizer
     )

@@ -27,6 +27,12 @@ state_dict key its ``offset``/``nbytes`` in the blob, shape and either ``"encodi
 dtype or ``"encoding": "packed"`` with ``bits`` and the offset of its float32 scales; a
 non-uniform weight adds ``quantizer`` and the offset of its table, ``levels_offset``, and a
 codebook has no scales). Nothing is pickled; :func:`read_packed` rebuilds the state_dict.
+
+Sparse layers (a ``weight_mask`` beside the weight, see ``compression.sparsity``) store their mask
+as ``"encoding": "bitmask"`` (one bit per weight, C order, LSB first) and their weight as
+``"encoding": "packed_sparse"``: the same packed integers and scales, but only those of the kept
+weights (the mask's ``True`` entries, in C order), with ``"mask"`` naming the mask's key; the
+masked weights read back as exact zeros.
 """
 
 from __future__ import annotations
@@ -185,22 +191,21 @@ class PackedWeight:
     def from_layer(cls, module: nn.Module) -> PackedWeight:
         """The packed weight of fake-quant layer ``module``, with its own quantizer."""
         bits, quantizer = module.w_bits, getattr(module, "w_quantizer", UNIFORM)
+        weight = module.masked_weight() if hasattr(module, "masked_weight") else module.weight
         step = getattr(module, "w_step", None)
         if quantizer == UNIFORM and step is not None:  # a learned (LSQ) step is the scale
             bits = _check_bits(bits, where="PackedWeight.from_layer")
-            integers, scale = lsq_grid(module.weight, bits, step)
-            return cls(
-                bits, tuple(module.weight.shape), pack_bits(integers, bits=bits), scale.cpu()
-            )
+            integers, scale = lsq_grid(weight, bits, step)
+            return cls(bits, tuple(weight.shape), pack_bits(integers, bits=bits), scale.cpu())
         if quantizer == UNIFORM:
-            return cls.from_weight(module.weight, bits=bits)
+            return cls.from_weight(weight, bits=bits)
         bits = _check_bits(bits, where="PackedWeight.from_layer")
         codebook = getattr(module, "codebook", None)
-        indices, table, scale = weight_code(module.weight, bits, quantizer, codebook)
+        indices, table, scale = weight_code(weight, bits, quantizer, codebook)
         fields = pack_bits(indices.cpu() - 2 ** (bits - 1), bits=bits)
         scale = None if scale is None else scale.detach().cpu().float()
         levels = table.detach().cpu().float()
-        return cls(bits, tuple(module.weight.shape), fields, scale, quantizer, levels)
+        return cls(bits, tuple(weight.shape), fields, scale, quantizer, levels)
 
     def integers(self) -> Tensor:
         """The stored integers: uniform weights' grid points, or non-uniform weights' indices
@@ -253,9 +258,24 @@ def write_packed(directory: Path, model: nn.Module) -> Path:
         start, offset = offset, offset + len(data)
         return start
 
-    for key, tensor in model.state_dict().items():
+    state = model.state_dict()
+    for key, tensor in state.items():
         tensor = tensor.detach().cpu()
-        if key in packed:
+        mask_key = key.removesuffix("weight") + "weight_mask"
+        # Non-uniform layers keep their dense indices: a masked weight is index of level 0.
+        if key in packed and mask_key in state and packed[key].quantizer == UNIFORM:
+            p, mask = packed[key], state[mask_key].cpu().reshape(-1)
+            kept = pack_bits(p.integers().reshape(-1)[mask], bits=p.bits)
+            data = kept.numpy().tobytes()
+            entry = {"encoding": "packed_sparse", "bits": p.bits, "shape": list(p.shape)}
+            entry |= {"mask": mask_key, "offset": add(data), "nbytes": len(data)}
+            scale = p.scale.numpy().astype("<f4").tobytes()
+            entry |= {"scale_offset": add(scale), "scale_nbytes": len(scale)}
+        elif key.endswith("weight_mask") and tensor.dtype == torch.bool:
+            data = np.packbits(tensor.reshape(-1).numpy(), bitorder="little").tobytes()
+            entry = {"encoding": "bitmask", "shape": list(tensor.shape)}
+            entry |= {"offset": add(data), "nbytes": len(data)}
+        elif key in packed:
             p = packed[key]
             data = p.data.numpy().tobytes()
             entry = {"encoding": "packed", "bits": p.bits, "shape": list(p.shape)}
@@ -301,10 +321,32 @@ def read_packed(directory: Path) -> dict[str, Tensor]:
         )
     blob = blob_path.read_bytes()
     state = {}
-    for key, entry in index["tensors"].items():
+    tensors = index["tensors"]
+
+    def bitmask(entry: Mapping[str, Any]) -> Tensor:
+        data = blob[entry["offset"] : entry["offset"] + entry["nbytes"]]
+        count = math.prod(entry["shape"])
+        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[:count]
+        return torch.from_numpy(bits.astype(bool)).reshape(tuple(entry["shape"]))
+
+    for key, entry in tensors.items():
         data = blob[entry["offset"] : entry["offset"] + entry["nbytes"]]
         shape = tuple(entry["shape"])
-        if entry["encoding"] == "packed":
+        if entry["encoding"] == "bitmask":
+            state[key] = bitmask(entry)
+        elif entry["encoding"] == "packed_sparse":
+            mask = bitmask(tensors[entry["mask"]]).reshape(-1)
+            start = entry["scale_offset"]
+            scale = np.frombuffer(blob[start : start + entry["scale_nbytes"]], dtype="<f4")
+            kept = unpack_bits(
+                torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()),
+                bits=entry["bits"],
+                count=int(mask.sum()),
+            )
+            integers = torch.zeros(math.prod(shape), dtype=torch.int32)
+            integers[mask] = kept
+            state[key] = dequantize(integers.reshape(shape), torch.from_numpy(scale.copy()))
+        elif entry["encoding"] == "packed":
             weight = PackedWeight(
                 bits=entry["bits"],
                 shape=shape,

@@ -47,7 +47,10 @@ class AnalyticProfile(HardwareProfile):
       off-chip. On-chip bandwidth is assumed never to be the bottleneck;
     * latency = max(compute, memory) + layer_overhead_s (roofline: compute and transfers
       overlap), summed over layers run one after another;
-    * energy = MACs * pJ/MAC + off-chip bytes * DRAM pJ/byte + on-chip bytes * SRAM pJ/byte.
+    * energy = MACs * pJ/MAC + off-chip bytes * DRAM pJ/byte + on-chip bytes * SRAM pJ/byte;
+    * a sparse layer is priced dense, unless the device declares a kernel for its N:M pattern
+      (``DeviceSpec.sparse``) and its input width is a multiple of M: then its MAC time and
+      energy are divided by the declared speedup and its weight is read in its sparse encoding.
 
     Attention calls are costed the same way, in fp32, from their MACs and bytes (see
     :mod:`.graph`), as rows of ``details["attention"]``; other layers than these are free
@@ -95,13 +98,18 @@ class AnalyticProfile(HardwareProfile):
         spec = self.device
         w_bits = spec.weight_compute_bits(cost.w_bits, cost.quantizer)
         mac: MacCost = spec.mac_cost(w_bits=w_bits, a_bits=cost.a_bits)
-        onchip_bytes = cost.weight_bytes if weights_on_chip else 0
-        offchip_bytes = cost.total_bytes - onchip_bytes
-        compute_s = cost.macs / (mac.peak_macs_per_s * spec.compute_efficiency)
+        kernel = spec.sparse.get(cost.sparsity) if cost.sparse_aligned else None
+        speedup = kernel.speedup if kernel is not None else 1.0
+        # Without a sparse kernel the zeros are multiplied and the dense weight is read.
+        weight = cost.sparse_weight_bytes if kernel is not None else cost.weight_bytes
+        total_bytes = cost.total_bytes - cost.weight_bytes + weight
+        onchip_bytes = weight if weights_on_chip else 0
+        offchip_bytes = total_bytes - onchip_bytes
+        compute_s = cost.macs / (mac.peak_macs_per_s * spec.compute_efficiency) / speedup
         memory_s = offchip_bytes / spec.memory_bandwidth_bytes_per_s
         latency_s = max(compute_s, memory_s) + spec.layer_overhead_s
         energy_pj = (
-            cost.macs * mac.energy_pj
+            cost.macs * mac.energy_pj / speedup
             + offchip_bytes * spec.energy_per_dram_byte_pj
             + onchip_bytes * spec.energy_per_sram_byte_pj
         )
@@ -122,4 +130,7 @@ class AnalyticProfile(HardwareProfile):
         }
         if cost.quantizer != "uniform":  # rows of uniform layers stay as they were
             row["quantizer"] = cost.quantizer
+        if cost.sparse_weight_bytes is not None:
+            row["sparsity"] = cost.sparsity
+            row["sparse_speedup"] = speedup
         return row

@@ -48,6 +48,15 @@ class QuantizerCost(BaseModel):
     source: str = Field(min_length=1)
 
 
+class SparseKernel(BaseModel):
+    """A sparse weight pattern the device runs faster than dense (``DeviceSpec.sparse``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speedup: Annotated[float, Field(ge=1, allow_inf_nan=False)]
+    source: str = Field(min_length=1)
+
+
 class DeviceSpec(BaseModel):
     """Roofline + energy-per-operation description of one edge target.
 
@@ -72,6 +81,12 @@ class DeviceSpec(BaseModel):
     * non-uniform weights (``pot``, ``apot``, ``codebook``; see :meth:`weight_compute_bits`)
       compute as int8 (``DECODED_BITS``) unless ``quantizers`` declares ``executes_as: shift``
       for that quantizer; their memory traffic is at their own bits either way (``graph``).
+
+    ``sparse`` (empty by default) maps N:M patterns (``"2:4"``) to the compute speedup the
+    device's sparse kernels give a layer with that pattern (an Ampere-class GPU's sparse tensor
+    cores: 2x for 2:4), with a source. Only there does sparsity cut latency and energy (MAC time
+    and energy divided by the speedup, the weight read in its sparse encoding); every other
+    sparse layer is priced dense, its sparsity saving storage only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -96,6 +111,7 @@ class DeviceSpec(BaseModel):
     quantizers: dict[Literal["pot", "apot", "codebook"], QuantizerCost] = Field(
         default_factory=dict, exclude_if=lambda v: not v
     )
+    sparse: dict[str, SparseKernel] = Field(default_factory=dict)
 
     @field_validator("quantizers")
     @classmethod
@@ -108,6 +124,19 @@ class DeviceSpec(BaseModel):
                 "use int8. Got codebook: shift"
             )
         return quantizers
+
+    @field_validator("sparse")
+    @classmethod
+    def _nm_patterns(cls, sparse: dict[str, SparseKernel]) -> dict[str, SparseKernel]:
+        from ..spaces.candidate import canonical_sparsity
+
+        out = {}
+        for key, kernel in sparse.items():
+            value = canonical_sparsity(key) if ":" in key else None
+            if not isinstance(value, str):
+                raise ValueError(f"keys must be 'N:M' patterns with 0 < N < M. Got {key!r}")
+            out[value] = kernel
+        return out
 
     @field_validator("supported_bits", "fallback_bits")
     @classmethod

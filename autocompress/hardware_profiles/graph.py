@@ -70,6 +70,14 @@ class LayerCost:
     input_bytes: int
     output_bytes: int
     quantizer: str = UNIFORM  # the weights' quantizer (see compression.quantization)
+    # Fine-grained sparsity of the layer's weight (0.0: dense). ``sparse_weight_bytes``: the
+    # weight in its cheapest sparse encoding (what size counts); ``weight_bytes`` stays dense,
+    # which latency and energy use unless the device declares a kernel for the pattern.
+    # ``sparse_aligned``: an N:M layer whose input width is a multiple of M (what sparse
+    # kernels need).
+    sparsity: float | str = 0.0
+    sparse_weight_bytes: int | None = None
+    sparse_aligned: bool = False
 
     @property
     def total_bytes(self) -> int:
@@ -108,6 +116,33 @@ def weight_bytes(*, numel: int, w_bits: int, out_channels: int, quantizer: str =
     if quantizer == "codebook":
         return packed + CODEBOOK_VALUE_BYTES * 2**w_bits
     return packed + SCALE_BYTES * out_channels
+
+
+def sparse_weight_bytes(module: nn.Module, *, w_bits: int) -> int | None:
+    """Bytes of a sparse layer's weight in its cheapest encoding (see
+    ``compression.sparsity.sparse_weight_bits``) plus the per-channel scales when quantized;
+    None for a dense layer."""
+    mask = getattr(module, "weight_mask", None)
+    if mask is None:
+        return None
+    from ..compression.sparsity import sparse_weight_bits
+
+    bits = sparse_weight_bits(mask=mask, w_bits=w_bits, sparsity=module.sparsity)
+    scales = SCALE_BYTES * _out_channels(module) if w_bits < FLOAT_BITS else 0
+    return math.ceil(bits / 8) + scales
+
+
+def _sparse_fields(module: nn.Module, *, w_bits: int) -> dict[str, Any]:
+    """The sparsity fields of a layer's LayerCost (none for a dense layer)."""
+    size = sparse_weight_bytes(module, w_bits=w_bits)
+    if size is None:
+        return {}
+    from ..compression.sparsity import nm_rows
+    from ..spaces.candidate import nm_pattern
+
+    pattern = nm_pattern(module.sparsity)
+    aligned = pattern is not None and nm_rows(module.weight_mask).shape[1] % pattern[1] == 0
+    return {"sparsity": module.sparsity, "sparse_weight_bytes": size, "sparse_aligned": aligned}
 
 
 def check_input_shape(input_shape: Any, *, caller: str) -> tuple[int, ...]:
@@ -191,6 +226,7 @@ def model_size_bytes(model: nn.Module) -> int:
 
     Conv/Linear weights at ``w_bits`` (+ fp32 per-channel scales when quantized); every other
     parameter (biases, norm affine) at 32 bits; normalisation running mean/var at 32 bits.
+    A sparse layer's weight counts in its cheapest sparse encoding (its mask is part of it).
     Observer buffers (``act_min``/``act_max``), ``num_batches_tracked`` and other buffers are
     excluded. Shared parameters count once. A ``torch.nn.utils.prune`` reparametrised weight
     (``weight_orig``) counts as the layer's weight; its mask is excluded.
@@ -205,11 +241,16 @@ def model_size_bytes(model: nn.Module) -> int:
             continue
         counted.add(id(weight))
         w_bits, _ = layer_bits(module, name=name)
-        total += weight_bytes(
-            numel=weight.numel(),
-            w_bits=w_bits,
-            out_channels=_out_channels(module),
-            quantizer=layer_quantizer(module),
+        sparse = sparse_weight_bytes(module, w_bits=w_bits)
+        total += (
+            sparse
+            if sparse is not None
+            else weight_bytes(
+                numel=weight.numel(),
+                w_bits=w_bits,
+                out_channels=_out_channels(module),
+                quantizer=layer_quantizer(module),
+            )
         )
     for param in model.parameters():
         if id(param) not in counted:
@@ -280,6 +321,7 @@ def _cost(module: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> Lay
         input_bytes=math.ceil(in_elems * a_bits / 8),
         output_bytes=int(out_elems * out_bytes_per_elem),
         quantizer=layer_quantizer(module) if w_bits < FLOAT_BITS else UNIFORM,
+        **_sparse_fields(module, w_bits=w_bits),
     )
 
 

@@ -345,6 +345,8 @@ class LayerBarsData(NamedTuple):
     prune_ratio: np.ndarray
     rank_ratio: np.ndarray
     quantizer: tuple[str, ...] = ()
+    # Per layer: "" when dense, else its sparsity as written in the candidate ("2:4", "0.5").
+    sparsity: tuple[str, ...] = ()
 
 
 def layer_bars_data(df: pd.DataFrame, *, trial: int) -> LayerBarsData:
@@ -369,7 +371,18 @@ def layer_bars_data(df: pd.DataFrame, *, trial: int) -> LayerBarsData:
         prune_ratio=np.array([layers[n]["prune_ratio"] for n in layers], dtype=float),
         rank_ratio=np.array([layers[n][RANK_FIELD] for n in layers], dtype=float),
         quantizer=tuple(candidate_quantizers(text).get(n, UNIFORM) for n in layers),
+        sparsity=_sparsity_labels(text, list(layers)),
     )
+
+
+def _sparsity_labels(text: str, names: list[str]) -> tuple[str, ...]:
+    """Each layer's sparsity label ("" when dense) from a candidate cell."""
+    layers = json.loads(text).get("layers", {})
+    labels = []
+    for name in names:
+        value = layers.get(name, {}).get("sparsity", 0.0)
+        labels.append("" if value in (0, 0.0) else str(value))
+    return tuple(labels)
 
 
 def plot_layer_bars(
@@ -416,6 +429,20 @@ def plot_layer_bars(
         bits_ax.text(i - 0.2, w, f"{w:g}", ha="center", va="bottom", fontsize=7)
         bits_ax.text(i + 0.2, a, f"{a:g}", ha="center", va="bottom", fontsize=7)
         prune_ax.text(prune_x[i], p, f"{p:.0%}", ha="center", va="bottom", fontsize=7)
+    if any(data.sparsity):
+        # Sparse layers: their sparsity written inside the bottom of the bits panel.
+        for i, label in enumerate(data.sparsity):
+            if label:
+                bits_ax.text(
+                    i,
+                    top * 0.04,
+                    f"sparse {label}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    rotation=90,
+                    color=_PRUNE_COLOUR,
+                )
     heading = title if title is not None else f"Trial {data.number}"
     if data.summary:
         heading = f"{heading}: {data.summary}"

@@ -210,6 +210,11 @@ def write_report(
         trials=trials,
         teacher_metrics=teacher,
     )
+    note = sparse_pricing_note(
+        trials, objectives, device=_sparse_kernels(config.hardware.profile, config.hardware.device)
+    )
+    if note:
+        header = header._replace(notice=" ".join(filter(None, [header.notice, note])))
     page = render_report(header, images=images, table=trials_table_data(trials, objectives))
     path = out_dir / REPORT_FILE
     path.write_text(page, encoding="utf-8")
@@ -244,6 +249,49 @@ def report_header(
         dashboard_command=f"optuna-dashboard {shlex.quote(study_url)}",
         notice=nothing_to_plot(trials, objectives),
     )
+
+
+def sparse_pricing_note(
+    trials: pd.DataFrame,
+    objectives: Sequence[Objective],
+    *,
+    device: tuple[str, Sequence[str]] | None,
+) -> str | None:
+    """What the page must say when front trials have sparse layers that the analytic profile
+    priced dense: ``device`` is ``(name, N:M patterns it declares sparse kernels for)``, None
+    for a profile that is not analytic (it measures or looks up what it prices). None when
+    there is nothing to say."""
+    if device is None or "candidate" not in trials.columns:
+        return None
+    name, kernels = device
+    patterns: set[str] = set()
+    for text in pareto_front(trials, objectives)["candidate"]:
+        if not isinstance(text, str) or not text:
+            continue
+        for layer in json.loads(text).get("layers", {}).values():
+            value = layer.get("sparsity", 0.0)
+            if value not in (0, 0.0):
+                patterns.add(value if isinstance(value, str) else "unstructured")
+    unpriced = sorted(patterns - set(kernels))
+    if not unpriced:
+        return None
+    return (
+        f"Sparsity ({', '.join(unpriced)}) reduces size only; latency priced dense because "
+        f"{name} declares no sparse kernels"
+        + (f" for it (it declares {', '.join(sorted(kernels))})." if kernels else ".")
+    )
+
+
+def _sparse_kernels(profile: str, device: str) -> tuple[str, list[str]] | None:
+    if profile != "analytic":
+        return None
+    from autocompress.hardware_profiles.device_spec import load_device  # pydantic + yaml
+
+    try:
+        spec = load_device(device)
+    except ValueError:  # a user spec moved away since the run: nothing to say about it
+        return None
+    return spec.name, list(spec.sparse)
 
 
 def _primary_metric(config: Mapping[str, Any]) -> str:
@@ -407,6 +455,11 @@ def _config_summary(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("prune ratios", str(get("space", "prune_ratios"))),
         ("rank ratios", str(get("space", "rank_ratios") or [1.0])),
         ("quantizers", str(get("space", "quantizers") or ["uniform"])),
+        *(
+            [("sparsity", f"{get('space', 'sparsity')} ({get('space', 'sparsity_importance')})")]
+            if (get("space", "sparsity") or [0.0]) != [0.0]
+            else []
+        ),
         ("hardware", hardware),
         ("budget", ", ".join(f"{k} {v:g}" for k, v in budget.items()) or "none"),
         (

@@ -137,6 +137,8 @@ class TrialObjective:
                 num_classes=data.num_classes,
                 input_shape=data.input_shape,
                 teacher_state=self.setup.teacher_state,
+                pruning_importance=self.config.space.pruning_importance,
+                pruning_scores=self.setup.pruning_scores,
             )
         except ValueError as err:
             raise CandidateError(f"invalid compression plan: {err}") from err

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import optuna
 import torch
 from torch import nn
 
+from ..compression.sparsity import taylor_scores
 from ..config import RunConfig
 from ..core.errors import ConfigError
 from ..core.files import file_lock
 from ..core.rundir import RunDir
-from ..data import DataBundle, load_data
+from ..data import DataBundle, load_data, make_loaders
 from ..evaluators import (
     Evaluator,
     EvaluatorContext,
@@ -33,6 +35,7 @@ from ..evaluators.early_stopping import (
 )
 from ..hardware_profiles import HardwareProfile, create_hardware_profile
 from ..spaces import JointSearchSpace
+from ..tasks import to_device
 from .teacher import get_teacher
 
 # An evaluator, or a factory that builds one from what the setup knows (like the registered
@@ -52,6 +55,8 @@ class SearchSetup:
     evaluator: Evaluator
     teacher_state: dict = field(repr=False)
     teacher_metrics: dict
+    # space.pruning_importance: taylor: |w*g| of each teacher weight, keyed like teacher_state
+    pruning_scores: dict | None = field(default=None, repr=False)
 
 
 def make_hardware_profile(config: RunConfig) -> HardwareProfile:
@@ -154,6 +159,9 @@ def prepare_setup(
             evaluator = make_evaluator(config, context, study=study)
         elif not isinstance(evaluator, Evaluator):
             evaluator = evaluator(context)
+    pruning_scores = None
+    if config.space.pruning_importance == "taylor":
+        pruning_scores = teacher_taylor_scores(config, teacher, data=data, device=device)
     return SearchSetup(
         config=config,
         run_dir=run,
@@ -163,4 +171,33 @@ def prepare_setup(
         evaluator=evaluator,
         teacher_state=teacher.state_dict(),
         teacher_metrics=teacher_metrics,
+        pruning_scores=pruning_scores,
     )
+
+
+TAYLOR_BATCHES = 4  # training batches the Taylor channel importance averages over
+
+
+def teacher_taylor_scores(
+    config: RunConfig, teacher: nn.Module, *, data: DataBundle, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """First-order Taylor importance ``|w * g|`` of every Conv2d/Linear weight of the teacher,
+    ``g`` the gradient of the task loss, averaged over the first ``TAYLOR_BATCHES`` training
+    batches (seeded like the fine-tune's loader), keyed like the teacher's state dict. Candidates
+    inherit the teacher's weights, so structured pruning ranks their channels by the scores of
+    the teacher weights they inherited (``compression.pruning.inherited_scores``); once per
+    run, as the teacher is trained once."""
+    task = config.make_task()
+    train_loader, _ = make_loaders(
+        data,
+        batch_size=config.train.batch_size or config.data.batch_size,
+        num_workers=0,
+        seed=config.seed,
+    )
+    batches = [
+        tuple(to_device(part, device) for part in task.split(batch))
+        for batch in islice(train_loader, TAYLOR_BATCHES)
+    ]
+    teacher.to(device).eval()
+    scores = taylor_scores(teacher, batches, lambda model, b: task.loss(model(b[0]), b[1]))
+    return {f"{name}.weight" if name else "weight": s.cpu() for name, s in scores.items()}

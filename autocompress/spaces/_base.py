@@ -1,5 +1,5 @@
 """The joint search space: architecture knobs x per-layer bits x per-layer pruning ratios x
-per-layer low-rank factorization."""
+per-layer low-rank factorization x per-layer weight sparsity."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from torch import nn
 
 from ._registry import create_family
 from .candidate import (
+    CODEBOOK,
+    DENSE,
     FLOAT_BITS,
     FULL_RANK,
     MIN_BITS,
@@ -25,8 +34,11 @@ from .candidate import (
     UNIFORM,
     Candidate,
     LayerChoice,
+    Sparsity,
+    canonical_sparsity,
     factorizable_shape,
     low_rank_pays,
+    sparsity_fraction,
 )
 from .groups import output_layer, prunable_layers
 
@@ -44,11 +56,26 @@ class LayerOverride(BaseModel):
     prune_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     rank_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
     quantizer: str | None = None
+    sparsity: float | str | None = None
 
     @field_validator("quantizer")
     @classmethod
     def _known_quantizer(cls, quantizer: str | None) -> str | None:
         return None if quantizer is None else _check_quantizers([quantizer])[0]
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_valid(cls, value: Sparsity | None) -> Sparsity | None:
+        return None if value is None else canonical_sparsity(value)
+
+    @model_validator(mode="after")
+    def _codebook_is_dense(self) -> LayerOverride:
+        if self.quantizer == CODEBOOK and self.sparsity:
+            raise ValueError(
+                "a codebook layer must be dense: zero is not one of its values. Got quantizer "
+                f"codebook with sparsity {self.sparsity!r}"
+            )
+        return self
 
     @model_serializer(mode="wrap")
     def _without_unset_rank(self, handler: Any) -> Any:
@@ -59,6 +86,8 @@ class LayerOverride(BaseModel):
             data.pop("rank_ratio", None)
         if self.quantizer is None and isinstance(data, dict):
             data.pop("quantizer", None)
+        if self.sparsity is None and isinstance(data, dict):  # the same for sparsity
+            data.pop("sparsity", None)
         return data
 
 
@@ -90,6 +119,24 @@ class SpaceConfig(BaseModel):
         description="weight quantizers searched per layer: uniform | pot | apot | codebook "
         f"(non-uniform ones at w_bits <= {NONUNIFORM_MAX_BITS})",
     )
+    sparsity: list[float | str] = Field(
+        default=[DENSE],
+        min_length=1,
+        description="fine-grained weight sparsity per layer: fractions of zero weights in [0, 1) "
+        "and/or 'N:M' patterns (0 = dense)",
+    )
+    # How a layer's sparsity and pruning ratio are realised, for every evaluator: which weights
+    # and channels go. Here rather than in train: the teacher: section shares TrainConfig and the
+    # ptq and supernet evaluators compress without the train: section's fine-tune.
+    sparsity_importance: Literal["magnitude", "taylor"] = Field(
+        default="magnitude",
+        description="which weights a sparse layer zeroes: magnitude |w| or taylor |w*g|",
+    )
+    pruning_importance: Literal["l1", "taylor", "bn_scale"] = Field(
+        default="l1",
+        description="which channels structured pruning removes: l1 |w|, taylor |w*g| of the "
+        "teacher, bn_scale |gamma| of the following BatchNorm",
+    )
     exclude: list[str] = Field(
         default_factory=list,
         description="glob patterns of layer names kept in float, never pruned nor factorized",
@@ -97,7 +144,7 @@ class SpaceConfig(BaseModel):
     overrides: dict[str, LayerOverride] = Field(
         default_factory=dict,
         description="glob pattern of layer names -> fixed w_bits / a_bits / prune_ratio / "
-        "rank_ratio / quantizer",
+        "rank_ratio / quantizer / sparsity",
     )
 
     @field_validator("family")
@@ -143,6 +190,24 @@ class SpaceConfig(BaseModel):
     @classmethod
     def _known_quantizers(cls, quantizers: list[str]) -> list[str]:
         return _check_quantizers(quantizers)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_valid(cls, values: list[Sparsity]) -> list[Sparsity]:
+        bad, good = [], []
+        for value in values:
+            try:
+                good.append(canonical_sparsity(value))
+            except ValueError:
+                bad.append(value)
+        if bad:
+            raise ValueError(
+                "sparsities must be fractions of zero weights in [0, 1) or 'N:M' strings with "
+                f"integers 0 < N < M (e.g. '2:4'). Got {bad}"
+            )
+        # Fractions first, then patterns, each by the share of weights they zero.
+        unique = list(dict.fromkeys(good))
+        return sorted(unique, key=lambda v: (isinstance(v, str), sparsity_fraction(v), str(v)))
 
 
 class SearchSpace(ABC):
@@ -295,12 +360,21 @@ class JointSearchSpace(SearchSpace):
                 ratio = cfg.prune_ratios[0]
             rank = self._rank_ratio(trial, name, shapes.get(name), fixed.rank_ratio)
             quantizer = self._quantizer(trial, name, w_bits, fixed.quantizer)
+            sparsity = fixed.sparsity
+            if quantizer == CODEBOOK:
+                # Zero is not one of a codebook's values, so its layers stay dense.
+                sparsity = DENSE
+            elif sparsity is None and len(cfg.sparsity) > 1:
+                sparsity = trial.suggest_categorical(f"{name}.sparsity", cfg.sparsity)
+            elif sparsity is None:
+                sparsity = cfg.sparsity[0]
             choices[name] = LayerChoice(
                 w_bits=w_bits,
                 a_bits=a_bits,
                 prune_ratio=ratio,
                 rank_ratio=rank,
                 quantizer=quantizer,
+                sparsity=sparsity,
             )
         return Candidate(family=self.family.name, arch=arch, layers=choices)
 

@@ -1,10 +1,11 @@
 """The unit the search produces: one point in the joint architecture x bits x pruning x rank
-space."""
+x sparsity space."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,13 @@ FLOAT_BITS = 32  # at this many bits (or more) a tensor is left in floating poin
 MIN_BITS = 2  # symmetric weights need at least one level on each side of zero
 FULL_RANK = 1.0  # a rank_ratio of 1.0 leaves the layer unfactorized
 UNIFORM = "uniform"  # the weight quantizer of every layer unless a run searches others
-QUANTIZERS = (UNIFORM, "pot", "apot", "codebook")  # see compression.quantization
+CODEBOOK = "codebook"  # zero is not one of its values: a codebook layer is never sparse
+QUANTIZERS = (UNIFORM, "pot", "apot", CODEBOOK)  # see compression.quantization
 # Non-uniform weight quantizers only up to 8 bits: a 2^b-entry table is cheap there, PoT levels
 # 2^-k stay within float32's normal range (k <= 126), and wider layers gain nothing from them.
 NONUNIFORM_MAX_BITS = 8
+DENSE = 0.0  # a sparsity of 0 leaves every weight of the layer
+Sparsity = float | str  # a fraction of zero weights in [0, 1), or an "N:M" pattern string
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class LayerChoice:
     symmetric per-channel integer grid), ``pot``, ``apot`` or ``codebook`` (see
     ``compression.quantization``); non-uniform only at ``2 <= w_bits <= NONUNIFORM_MAX_BITS``.
     Activations are always uniform.
+    ``sparsity``: fine-grained weight sparsity of the (pruned, factorized) layer: a fraction of
+    zero weights in [0, 1) or an ``"N:M"`` pattern (N kept of every M consecutive weights along
+    the input dimension; see ``compression.sparsity``); 0.0 leaves it dense.
     """
 
     w_bits: int = FLOAT_BITS
@@ -46,6 +53,7 @@ class LayerChoice:
     prune_ratio: float = 0.0
     rank_ratio: float = FULL_RANK
     quantizer: str = UNIFORM
+    sparsity: Sparsity = DENSE
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,10 @@ class Candidate:
     def quantizers(self) -> dict[str, str]:
         """The layers with a non-uniform weight quantizer: ``{name: quantizer}``."""
         return {name: c.quantizer for name, c in self.layers.items() if c.quantizer != UNIFORM}
+
+    def sparsities(self) -> dict[str, Sparsity]:
+        """The sparse layers: ``{name: sparsity}`` where it is not 0."""
+        return {name: c.sparsity for name, c in self.layers.items() if c.sparsity != DENSE}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,12 +117,14 @@ class Candidate:
                     rank_ratio=float(choice.get("rank_ratio", FULL_RANK)),
                     # Candidates written before non-uniform quantizers have no quantizer.
                     quantizer=str(choice.get("quantizer", UNIFORM)),
+                    # ... and before sparsity none has a sparsity.
+                    sparsity=canonical_sparsity(choice.get("sparsity", DENSE)),
                 )
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(
                     f"The 'layers.{name}' field of a candidate must hold integer 'w_bits' and "
-                    f"'a_bits', a float 'prune_ratio' and optionally a float 'rank_ratio'. "
-                    f"Got {choice!r} instead."
+                    f"'a_bits', a float 'prune_ratio' and optionally a float 'rank_ratio' and a "
+                    f"'sparsity' (a fraction in [0, 1) or 'N:M'). Got {choice!r} instead."
                 ) from err
             if not 0.0 < layers[name].rank_ratio <= FULL_RANK:
                 raise ValueError(
@@ -118,6 +132,8 @@ class Candidate:
                     f"Got {layers[name].rank_ratio!r} instead."
                 )
             problem = quantizer_problem(layers[name].quantizer, layers[name].w_bits)
+            if not problem and layers[name].quantizer == CODEBOOK and layers[name].sparsity:
+                problem = f"dense with a codebook. Got sparsity {layers[name].sparsity!r}"
             if problem:
                 raise ValueError(
                     f"The 'layers.{name}.quantizer' field of a candidate must be {problem}."
@@ -183,7 +199,41 @@ def _layer_dict(choice: LayerChoice) -> dict[str, Any]:
     # Left out when uniform, for the same reason.
     if choice.quantizer != UNIFORM:
         layer["quantizer"] = choice.quantizer
+    # Likewise left out when dense.
+    if choice.sparsity != DENSE:
+        layer["sparsity"] = choice.sparsity
     return layer
+
+
+def nm_pattern(sparsity: Sparsity) -> tuple[int, int] | None:
+    """``(N, M)`` of an ``"N:M"`` sparsity, None for a fraction; raises ValueError for anything
+    else (a fraction outside [0, 1), an N:M without ``0 < N < M``, another type)."""
+    if isinstance(sparsity, str):
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", sparsity)
+        if match is None or not 0 < int(match[1]) < int(match[2]):
+            raise ValueError(
+                f"a sparsity pattern must be 'N:M' with integers 0 < N < M. Got {sparsity!r}"
+            )
+        return int(match[1]), int(match[2])
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
+        raise ValueError(
+            f"a sparsity must be a fraction in [0, 1) or an 'N:M' string. Got {sparsity!r}"
+        )
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"a sparsity fraction must lie in [0, 1). Got {sparsity!r}")
+    return None
+
+
+def canonical_sparsity(sparsity: Sparsity) -> Sparsity:
+    """``sparsity`` validated (see :func:`nm_pattern`): a float fraction or ``"N:M"``."""
+    pattern = nm_pattern(sparsity)
+    return float(sparsity) if pattern is None else f"{pattern[0]}:{pattern[1]}"
+
+
+def sparsity_fraction(sparsity: Sparsity) -> float:
+    """The share of zero weights a sparsity aims at (``1 - N/M`` for N:M)."""
+    pattern = nm_pattern(sparsity)
+    return float(sparsity) if pattern is None else 1.0 - pattern[0] / pattern[1]
 
 
 def _plain(value: Any) -> Any:
