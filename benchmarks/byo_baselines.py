@@ -209,7 +209,10 @@ def calibrate_(model: nn.Module, loader, *, batches: int, device: torch.device) 
 
 def run_baselines(config: RunConfig, run_dir: Path, args: argparse.Namespace):
     start = time.perf_counter()
-    # The plain fine-tune of the train section (the search adds early stopping on top of it).
+    # The plain fine-tune of the train section (the search adds early stopping on top of it),
+    # without the search's fallback to the post-training quantized model: a recipe is one QAT.
+    plain = config.train.model_copy(update={"ptq_fallback": False})
+    config = config.model_copy(update={"train": plain})
     setup = prepare_setup(config, run_dir, evaluator=TrainEvaluator.from_context)
     setup_s = time.perf_counter() - start
     objective = TrialObjective(setup)

@@ -52,13 +52,16 @@ class TaskMetrics:
     """What an evaluation measured on the validation split: ``metrics``, the task's metrics by
     name (e.g. ``{"accuracy": 0.93}`` or ``{"miou": 0.61, "pixel_accuracy": 0.9}``), ``loss``
     (the task's mean loss), the ``epochs`` actually trained and the seconds they took.
-    ``accuracy=`` is shorthand for a classification's ``metrics={"accuracy": accuracy}``."""
+    ``accuracy=`` is shorthand for a classification's ``metrics={"accuracy": accuracy}``.
+    ``kept_ptq``: the model scored is the post-training quantized one, which beat the
+    fine-tuned one (see ``TrainEvaluator.ptq_start``)."""
 
     metrics: Mapping[str, float] = field(default_factory=dict)
     loss: float = math.nan
     epochs: int = 0
     train_seconds: float = 0.0
     accuracy: float | None = None
+    kept_ptq: bool = False
 
     def __post_init__(self) -> None:
         if self.accuracy is not None and not self.metrics:

@@ -307,6 +307,7 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
     ) -> TaskMetrics:
         costs = self.cost_tuple(context.costs)
         rungs = {r for r in self.table.rungs if r < self.epochs}
+        start = self.ptq_start(model)
 
         def judge_at_rungs(epoch: int, val_loader: Any) -> None:
             if epoch not in rungs:
@@ -314,6 +315,8 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
             metrics = self.rung_metrics(model, val_loader)
             if not math.isfinite(metrics["loss"]):
                 raise CandidateError(f"non-finite validation loss after epoch {epoch}")
+            if start is not None and self.better(start.metrics, than=metrics):
+                metrics = dict(start.metrics)  # what the candidate would end with, at worst
             value = metrics[self.task.primary]
             record = RungRecord(
                 trial=context.number, score=self.task.score.maximised(value), costs=costs
@@ -321,7 +324,7 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
             self.table.judge(epoch, record, metric=self.task.primary, value=value)
             model.train()  # evaluate left it in eval mode
 
-        return self.fine_tune(model, after_epoch=judge_at_rungs)
+        return self.fine_tune(model, after_epoch=judge_at_rungs, start=start)
 
     def rung_metrics(self, model: nn.Module, val_loader: Any) -> dict[str, float]:
         """The task's metrics (and ``loss``) on the validation split at a rung."""

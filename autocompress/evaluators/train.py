@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Self
 
 import torch
@@ -14,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..compression.calibration import post_training_quantize_
 from ..compression.feature_distillation import (
     FeatureDistiller,
     feature_distiller,
@@ -59,6 +63,13 @@ class TrainConfig(BaseModel):
         default=False,
         exclude_if=lambda v: not v,
         description="train only: learned step size (LSQ) for uniform weight scales",
+    )
+    # Left out of dumps while on (its default), for the same reason.
+    ptq_fallback: bool = Field(
+        default=True,
+        exclude_if=lambda v: v,
+        description="train only: also score each candidate post-training quantized (no "
+        "training) and keep that model when the fine-tune ends worse",
     )
 
     @field_validator("device")
@@ -217,6 +228,18 @@ def evaluate_accuracy(
     return metrics["accuracy"], metrics["loss"]
 
 
+PTQ_CALIB_BATCHES = 8  # training batches the post-training quantized start is calibrated on
+
+
+@dataclass(frozen=True)
+class PTQStart:
+    """A candidate post-training quantized before its fine-tune: its validation ``metrics``
+    (with ``loss``) and its ``state`` (see :meth:`TrainEvaluator.ptq_start`)."""
+
+    metrics: Mapping[str, float]
+    state: Mapping[str, torch.Tensor]
+
+
 class TrainEvaluator(Evaluator):
     """QAT fine-tuning of a compressed candidate, distilled from the uncompressed teacher."""
 
@@ -238,9 +261,12 @@ class TrainEvaluator(Evaluator):
         feature_kd: FeatureKDConfig | None = None,
         lsq: bool = False,
         sparsity_importance: str = "magnitude",
+        ptq_fallback: bool = True,
     ) -> None:
         self.data = data
         self.lsq = lsq
+        # LSQ learns the weight steps: a post-training quantized state has none to keep.
+        self.ptq_fallback = ptq_fallback and not lsq
         self.sparsity_importance = sparsity_importance
         self.task = task or Classification()
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
@@ -268,7 +294,15 @@ class TrainEvaluator(Evaluator):
         ``extra``: the keyword arguments a subclass adds, e.g. early stopping's ``table``)."""
         train = context.train
         settings = train.model_dump(
-            include={"lr", "weight_decay", "batch_size", "kd_alpha", "kd_temperature", "lsq"}
+            include={
+                "lr",
+                "weight_decay",
+                "batch_size",
+                "kd_alpha",
+                "kd_temperature",
+                "lsq",
+                "ptq_fallback",
+            }
         )
         return cls(
             data=context.data,
@@ -287,24 +321,62 @@ class TrainEvaluator(Evaluator):
     def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
         return self.fine_tune(model)
 
+    def ptq_start(self, model: nn.Module) -> PTQStart | None:
+        """With ``ptq_fallback``: ``model`` post-training quantized (BatchNorm re-estimated,
+        weights clipped and activation ranges set by MSE, biases corrected, on
+        ``PTQ_CALIB_BATCHES`` training batches; see ``post_training_quantize_``), scored on the
+        validation split; else None. ``model``, its mode and the random number generators are
+        left as they were, so the fine-tune that follows is the one it would have been.
+
+        A well-trained checkpoint at mild compression loses nothing to PTQ, while a few epochs
+        of QAT on a small training split can cost it a point or two: the fine-tune then keeps
+        the post-training quantized model instead (:meth:`fine_tune`)."""
+        if not self.ptq_fallback:
+            return None
+        before = copy.deepcopy(model.state_dict())
+        train_loader, val_loader = make_loaders(
+            self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
+        )
+        model.to(self.device)
+        try:
+            with torch.random.fork_rng(devices=[]), candidate_failures():
+                inputs = [
+                    to_device(self.task.split(batch)[0], self.device)
+                    for batch in islice(train_loader, PTQ_CALIB_BATCHES)
+                ]
+                post_training_quantize_(model, inputs, seed=self.seed)
+                metrics = validation_metrics(model, val_loader, device=self.device, task=self.task)
+                state = copy.deepcopy(model.state_dict())
+        except CandidateError:  # nothing to fall back to: the fine-tune says what is wrong
+            return None
+        finally:
+            model.load_state_dict(before)
+            model.train()
+        return PTQStart(metrics=metrics, state=state)
+
     def fine_tune(
         self,
         model: nn.Module,
         *,
         after_epoch: Callable[[int, DataLoader], None] | None = None,
+        start: PTQStart | None = None,
     ) -> TaskMetrics:
         """Train ``model`` for ``epochs`` and score it on the validation split.
 
         ``after_epoch(epochs_done, val_loader)`` runs between epochs, inside the one schedule
         (e.g. early stopping's rung checks); it must leave ``model`` in train mode and may raise
-        to end the fine-tune."""
+        to end the fine-tune. ``start``: the post-training quantized model (default: made here
+        with ``ptq_fallback``); ``model`` ends as that one when it scores better than the
+        fine-tuned one (``TaskMetrics.kept_ptq``)."""
+        if start is None:
+            start = self.ptq_start(model)
         # Loaders are made per call: a shared iterator would not survive --n-jobs threads.
         train_loader, val_loader = make_loaders(
             self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
         )
         if self.lsq:  # before the optimizer is made: the steps are among its parameters
             enable_lsq_(model)
-        start = time.perf_counter()
+        began = time.perf_counter()
         with candidate_failures(), self._feature_distiller(model) as features:
             for epoch in train_epochwise(
                 model,
@@ -323,13 +395,20 @@ class TrainEvaluator(Evaluator):
                 if after_epoch is not None:
                     after_epoch(epoch, val_loader)
             metrics = validation_metrics(model, val_loader, device=self.device, task=self.task)
+        seconds = time.perf_counter() - began
+        kept = start is not None and self.better(start.metrics, than=metrics)
+        if kept:
+            model.load_state_dict(start.state)
+            metrics = dict(start.metrics)
         loss = metrics.pop("loss")
         return TaskMetrics(
-            metrics=metrics,
-            loss=loss,
-            epochs=self.epochs,
-            train_seconds=time.perf_counter() - start,
+            metrics=metrics, loss=loss, epochs=self.epochs, train_seconds=seconds, kept_ptq=kept
         )
+
+    def better(self, metrics: Mapping[str, float], *, than: Mapping[str, float]) -> bool:
+        """Whether ``metrics`` beat ``than`` on the task's primary metric (ties do not)."""
+        score = self.task.score
+        return score.maximised(metrics[score.name]) > score.maximised(than[score.name])
 
     def _feature_distiller(self, model: nn.Module) -> AbstractContextManager:
         """The fine-tune's feature distillation (``train.feature_kd``), fresh adapters and

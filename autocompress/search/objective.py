@@ -296,6 +296,8 @@ class TrialObjective:
             if set(measured) != {"accuracy"}:  # other tasks name their metrics for the table
                 attrs[TASK_METRICS_ATTR] = list(measured)
             attrs["train_seconds"] = task.train_seconds
+            if task.kept_ptq:  # the fine-tune ended worse than post-training quantization
+                attrs["kept_ptq"] = True
             if self.config.search.save_models:
                 save_model(
                     trial_dir,
