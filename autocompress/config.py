@@ -317,6 +317,7 @@ FIELDS_ADDED_SINCE_0_1 = (
     "space.exclude",
     "space.overrides",
     "space.rank_ratios",
+    "space.factorizations",
     "space.quantizers",
     "space.sparsity",
     "space.sparsity_importance",

@@ -1,7 +1,7 @@
 """End to end: the quickstart config with every per-layer technique searched at once (weight
-quantizers, sparsity, low-rank ranks, Taylor importance for pruning and sparsity), then its
-report and the ONNX and packed state-dict exports of the trial that uses the most of them, both
-verified."""
+quantizers, sparsity, low-rank ranks by channel and spatial SVD, Taylor importance for pruning
+and sparsity), then its report and the ONNX and packed state-dict exports of the trial that uses
+the most of them, both verified."""
 
 import json
 from pathlib import Path
@@ -20,6 +20,8 @@ def _techniques(candidate: dict) -> dict[str, set]:
         "quantizer": {c["quantizer"] for c in layers if c.get("quantizer", "uniform") != "uniform"},
         "sparsity": {c["sparsity"] for c in layers if c.get("sparsity", 0.0)},
         "rank": {c["rank_ratio"] for c in layers if c.get("rank_ratio", 1.0) < 1.0},
+        "spatial": {c.get("factorization") for c in layers if c.get("rank_ratio", 1.0) < 1.0}
+        - {None},
     }
 
 
@@ -31,6 +33,7 @@ def test_quickstart_with_every_technique_searches_reports_and_exports(run_cli, t
         "space.quantizers=[uniform,pot,apot,codebook]",
         'space.sparsity=[0,0.5,"2:4"]',
         "space.rank_ratios=[1.0,0.5]",
+        "space.factorizations=[channel,spatial]",
         "space.pruning_importance=taylor",
         "space.sparsity_importance=taylor",
     ]
@@ -44,7 +47,8 @@ def test_quickstart_with_every_technique_searches_reports_and_exports(run_cli, t
         for n, text in zip(trained["number"], trained["candidate"], strict=True)
     }
     trial = max(used, key=lambda n: sum(bool(v) for v in used[n].values()))
-    assert all(used[trial].values()), used  # one trial quantizes, sparsifies and factorizes
+    # One trial quantizes, sparsifies and factorizes (some spatially), all verified below.
+    assert all(used[trial].values()), used
     summary = trials.set_index("number").loc[trial, "summary"]
     assert " Q=" in summary and "sparse" in summary and "rank~" in summary
 

@@ -57,7 +57,7 @@ def compress_(
         )
     ranks = candidate.rank_ratios()
     if ranks:
-        factorize_(model, ranks)
+        factorize_(model, ranks, candidate.factorizations())
     quantize_(
         model,
         factor_names(candidate.bits(), ranks),

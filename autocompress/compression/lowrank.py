@@ -10,6 +10,11 @@ that neither holds the whole dynamic range: both are quantized per output channe
 * Conv2d ``in -> out``, ``k x k``, one group (channel SVD of ``W`` reshaped to
   ``out x in*k*k``): a ``k x k`` conv to ``r`` channels (same stride, padding, dilation, no bias),
   then a ``1 x 1`` conv to ``out`` channels with the bias.
+* Conv2d, spatial SVD (``kinds[name] == "spatial"``; Jaderberg et al. 2014, scheme 2): ``W``
+  rearranged to ``(in*kh) x (out*kw)``, ``M[(i, y), (o, x)] = W[o, i, y, x]``; a ``kh x 1``
+  conv to ``r`` channels (the vertical stride, padding and dilation) then a ``1 x kw`` conv
+  (the horizontal ones) with the bias. Zero padding splits the same way, so at full rank the
+  pair computes the layer exactly.
 
 The pair is a :class:`Factorized` (an ``nn.Sequential``), so the layer keeps its name and its
 two factors are ``<name>.0`` and ``<name>.1``: ordinary layers that ``quantize_``, the hardware
@@ -24,7 +29,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..spaces.candidate import FULL_RANK, factorizable_shape, low_rank
+from ..spaces.candidate import FULL_RANK, SPATIAL, factorizable_shape, low_rank, spatial_shape
 from ..spaces.groups import check_module_names
 from .quantization import QuantConv2d, QuantLinear
 
@@ -61,14 +66,18 @@ def truncated_svd(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     return left.to(weight.dtype), right.to(weight.dtype)
 
 
-def factorize_(model: nn.Module, ratios: Mapping[str, float]) -> nn.Module:
+def factorize_(
+    model: nn.Module, ratios: Mapping[str, float], kinds: Mapping[str, str] | None = None
+) -> nn.Module:
     """Replace each named Conv2d/Linear of ``model`` by its :class:`Factorized` pair, in place.
 
     ``ratios`` maps fully-qualified layer names to a rank ratio in (0, 1]; the rank is
     ``low_rank(ratio, rows, cols)`` of the layer as it is now (after pruning), and 1.0 leaves a
-    layer whole. Run it on float layers, before ``quantize_``. A ratio is applied as given even
-    if pruning made the layer so thin that the factors outweigh it: the space checked that it
-    pays on the unpruned layer, and the hardware profile prices what is built. Everything is
+    layer whole. ``kinds`` names the layers split spatially (``"spatial"``; see
+    ``spatial_shape``); the others are split by channel. Run it on float layers, before
+    ``quantize_``. A ratio is applied as given even if pruning made the layer so thin that the
+    factors outweigh it: the space checked that it pays on the unpruned layer, and the hardware
+    profile prices what is built. Everything is
     validated before the model is touched. Returns ``model``.
     """
     modules = check_module_names(
@@ -87,6 +96,11 @@ def factorize_(model: nn.Module, ratios: Mapping[str, float]) -> nn.Module:
                 f"The 'ratios[{name!r}]' parameter of factorize_ must be a number in (0, 1]. "
                 f"Got {ratio!r} instead."
             )
+        if (kinds or {}).get(name, "channel") == SPATIAL and spatial_shape(module) is None:
+            raise ValueError(
+                "The 'kinds' parameter of factorize_ must name as 'spatial' only one-group "
+                f"Conv2d layers with kh, kw > 1 and zero padding. Got {name!r} instead."
+            )
         if name == "" and ratio < FULL_RANK:
             raise ValueError(
                 "The 'ratios' parameter of factorize_ must not name the root module '' (a "
@@ -96,9 +110,12 @@ def factorize_(model: nn.Module, ratios: Mapping[str, float]) -> nn.Module:
         if ratio >= FULL_RANK:
             continue
         module = modules[name]
-        rank = low_rank(ratio, *factorizable_shape(module))
         parent, _, child = name.rpartition(".")
-        setattr(modules[parent], child, _factorized(module, rank))
+        if (kinds or {}).get(name) == SPATIAL:
+            pair = _spatially_factorized(module, low_rank(ratio, *spatial_shape(module)))
+        else:
+            pair = _factorized(module, low_rank(ratio, *factorizable_shape(module)))
+        setattr(modules[parent], child, pair)
     return model
 
 
@@ -140,6 +157,36 @@ def _factorized(module: nn.Module, rank: int) -> Factorized:
         second = nn.Conv2d(rank, module.out_channels, 1, bias=module.bias is not None, **like)
         first.weight.copy_(right.reshape(first.weight.shape))
         second.weight.copy_(left.reshape(second.weight.shape))
+    return _pair(module, first, second)
+
+
+@torch.no_grad()
+def _spatially_factorized(conv: nn.Conv2d, rank: int) -> Factorized:
+    like = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+    out, in_, kh, kw = conv.weight.shape
+    # M[(i, y), (o, x)] = W[o, i, y, x]
+    matrix = conv.weight.permute(1, 2, 0, 3).reshape(in_ * kh, out * kw)
+    left, right = truncated_svd(matrix, rank)  # (in*kh) x r, r x (out*kw)
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    first = nn.Conv2d(
+        in_, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False, **like
+    )
+    second = nn.Conv2d(
+        rank,
+        out,
+        (1, kw),
+        stride=(1, sw),
+        padding=(0, pw),
+        dilation=(1, dw),
+        bias=conv.bias is not None,
+        **like,
+    )
+    first.weight.copy_(left.reshape(in_, kh, rank).permute(2, 0, 1).unsqueeze(-1))
+    second.weight.copy_(right.reshape(rank, out, kw).permute(1, 0, 2).unsqueeze(2))
+    return _pair(conv, first, second)
+
+
+def _pair(module: nn.Module, first: nn.Module, second: nn.Module) -> Factorized:
     if module.bias is not None:
         second.bias.copy_(module.bias)
     pair = Factorized(first, second)

@@ -92,6 +92,8 @@ def candidate_summary(candidate: dict[str, Any] | None) -> str:
     # Absent in candidates that do not factorize (and in those written before the field).
     ranked = [c["rank_ratio"] for c in layers if c.get("rank_ratio", 1.0) < 1.0]
     rank = f" rank~{np.mean(ranked):.0%}x{len(ranked)}" if ranked else ""
+    spatial = sum(c.get("factorization") == "spatial" for c in layers if c.get("rank_ratio", 1) < 1)
+    rank += f" ({spatial} spatial)" if spatial else ""
     # Each layer's weight quantizer, one letter a layer in network order (u uniform, p pot,
     # a apot, c codebook, - float), only where some layer is non-uniform.
     kinds = [c.get("quantizer", "uniform") for c in layers]

@@ -24,8 +24,10 @@ from torch import nn
 
 from ._registry import create_family
 from .candidate import (
+    CHANNEL,
     CODEBOOK,
     DENSE,
+    FACTORIZATIONS,
     FLOAT_BITS,
     FULL_RANK,
     MIN_BITS,
@@ -39,6 +41,7 @@ from .candidate import (
     factorizable_shape,
     low_rank_pays,
     sparsity_fraction,
+    spatial_shape,
 )
 from .groups import output_layer, prunable_layers
 
@@ -57,6 +60,7 @@ class LayerOverride(BaseModel):
     rank_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
     quantizer: str | None = None
     sparsity: float | str | None = None
+    factorization: str | None = None
 
     @field_validator("quantizer")
     @classmethod
@@ -67,6 +71,11 @@ class LayerOverride(BaseModel):
     @classmethod
     def _sparsity_valid(cls, value: Sparsity | None) -> Sparsity | None:
         return None if value is None else canonical_sparsity(value)
+
+    @field_validator("factorization")
+    @classmethod
+    def _known_factorization(cls, factorization: str | None) -> str | None:
+        return None if factorization is None else _check_factorizations([factorization])[0]
 
     @model_validator(mode="after")
     def _codebook_is_dense(self) -> LayerOverride:
@@ -88,7 +97,18 @@ class LayerOverride(BaseModel):
             data.pop("quantizer", None)
         if self.sparsity is None and isinstance(data, dict):  # the same for sparsity
             data.pop("sparsity", None)
+        if self.factorization is None and isinstance(data, dict):  # and for factorization
+            data.pop("factorization", None)
         return data
+
+
+def _check_factorizations(names: list[str]) -> list[str]:
+    unknown = [f for f in names if f not in FACTORIZATIONS]
+    if unknown:
+        raise ValueError(
+            f"low-rank factorizations must be among {list(FACTORIZATIONS)}. Got {unknown}"
+        )
+    return [f for f in FACTORIZATIONS if f in names]
 
 
 def _check_quantizers(names: list[str]) -> list[str]:
@@ -112,6 +132,12 @@ class SpaceConfig(BaseModel):
         default=[FULL_RANK],
         min_length=1,
         description="low-rank factorization: kept fraction of each layer's rank (1.0 = whole)",
+    )
+    factorizations: list[str] = Field(
+        default=[CHANNEL],
+        min_length=1,
+        description="how a factorized conv is split: channel (k x k then 1 x 1) | spatial "
+        "(k x 1 then 1 x k)",
     )
     quantizers: list[str] = Field(
         default=[UNIFORM],
@@ -144,7 +170,7 @@ class SpaceConfig(BaseModel):
     overrides: dict[str, LayerOverride] = Field(
         default_factory=dict,
         description="glob pattern of layer names -> fixed w_bits / a_bits / prune_ratio / "
-        "rank_ratio / quantizer / sparsity",
+        "rank_ratio / factorization / quantizer / sparsity",
     )
 
     @field_validator("family")
@@ -190,6 +216,11 @@ class SpaceConfig(BaseModel):
     @classmethod
     def _known_quantizers(cls, quantizers: list[str]) -> list[str]:
         return _check_quantizers(quantizers)
+
+    @field_validator("factorizations")
+    @classmethod
+    def _known_factorizations(cls, factorizations: list[str]) -> list[str]:
+        return _check_factorizations(factorizations)
 
     @field_validator("sparsity")
     @classmethod
@@ -277,6 +308,7 @@ class JointSearchSpace(SearchSpace):
         self.input_shape = tuple(input_shape)
         self._dimensions: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._shapes: dict[str, dict[str, tuple[int, int]]] = {}
+        self._spatial: dict[str, dict[str, tuple[int, int]]] = {}
         self.family.prepare(num_classes=num_classes, input_shape=self.input_shape)
         if config.exclude or config.overrides:
             self._check_patterns()
@@ -328,6 +360,8 @@ class JointSearchSpace(SearchSpace):
             modules = dict(model.named_modules())
             shapes = {n: factorizable_shape(modules[n]) for n in layers}
             self._shapes[key] = {n: shape for n, shape in shapes.items() if shape is not None}
+            spatial = {n: spatial_shape(modules[n]) for n in layers}
+            self._spatial[key] = {n: shape for n, shape in spatial.items() if shape is not None}
         layers, prunable = self._dimensions[key]
         return list(layers), list(prunable)
 
@@ -342,6 +376,7 @@ class JointSearchSpace(SearchSpace):
         arch = self.family.suggest_arch(trial)
         layers, prunable = self.layer_dimensions(arch)
         shapes = self.factorizable_shapes(arch)
+        spatial = self._spatial[json.dumps(arch, sort_keys=True, default=str)]
         prunable_set = set(prunable)
         choices = {}
         for name in layers:
@@ -359,6 +394,7 @@ class JointSearchSpace(SearchSpace):
             elif name in prunable_set:
                 ratio = cfg.prune_ratios[0]
             rank = self._rank_ratio(trial, name, shapes.get(name), fixed.rank_ratio)
+            split = self._factorization(trial, name, rank, spatial.get(name), fixed.factorization)
             quantizer = self._quantizer(trial, name, w_bits, fixed.quantizer)
             sparsity = fixed.sparsity
             if quantizer == CODEBOOK:
@@ -375,6 +411,7 @@ class JointSearchSpace(SearchSpace):
                 rank_ratio=rank,
                 quantizer=quantizer,
                 sparsity=sparsity,
+                factorization=split,
             )
         return Candidate(family=self.family.name, arch=arch, layers=choices)
 
@@ -400,6 +437,29 @@ class JointSearchSpace(SearchSpace):
         else:
             chosen = ratios[0]
         return chosen if low_rank_pays(chosen, *shape) else FULL_RANK
+
+    def _factorization(
+        self,
+        trial: optuna.Trial,
+        name: str,
+        rank: float,
+        shape: tuple[int, int] | None,
+        fixed: str | None,
+    ) -> str:
+        """How layer ``name``, factorized at ``rank`` (``shape``: its spatial matrix, see
+        :func:`spatial_shape`), is split: by channel, without an Optuna dimension, where a
+        spatial split cannot apply (not factorized, a Linear or 1 x 1 conv) or only one kind is
+        searched; a spatial choice whose factors would not be smaller is recorded as channel."""
+        kinds = self.config.factorizations
+        if rank >= FULL_RANK or shape is None:
+            return CHANNEL
+        if fixed is not None:
+            chosen = fixed
+        elif len(kinds) > 1:
+            chosen = trial.suggest_categorical(f"{name}.factorization", kinds)
+        else:
+            chosen = kinds[0]
+        return chosen if chosen == CHANNEL or low_rank_pays(rank, *shape) else CHANNEL
 
     def _quantizer(self, trial: optuna.Trial, name: str, w_bits: int, fixed: str | None) -> str:
         """The weight quantizer of layer ``name`` at ``w_bits``: uniform, without an Optuna

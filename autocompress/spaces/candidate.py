@@ -23,6 +23,9 @@ QUANTIZERS = (UNIFORM, "pot", "apot", CODEBOOK)  # see compression.quantization
 # 2^-k stay within float32's normal range (k <= 126), and wider layers gain nothing from them.
 NONUNIFORM_MAX_BITS = 8
 DENSE = 0.0  # a sparsity of 0 leaves every weight of the layer
+CHANNEL = "channel"  # low-rank: k x k conv to r channels, then 1 x 1 (see compression.lowrank)
+SPATIAL = "spatial"  # low-rank: k x 1 conv to r channels, then 1 x k
+FACTORIZATIONS = (CHANNEL, SPATIAL)
 Sparsity = float | str  # a fraction of zero weights in [0, 1), or an "N:M" pattern string
 
 
@@ -46,6 +49,9 @@ class LayerChoice:
     ``sparsity``: fine-grained weight sparsity of the (pruned, factorized) layer: a fraction of
     zero weights in [0, 1) or an ``"N:M"`` pattern (N kept of every M consecutive weights along
     the input dimension; see ``compression.sparsity``); 0.0 leaves it dense.
+    ``factorization``: how a layer with ``rank_ratio < 1`` is split: ``channel`` (any
+    Conv2d/Linear) or ``spatial`` (a ``kh x kw`` conv into ``kh x 1`` then ``1 x kw``; only where
+    ``spatial_shape`` allows it and it pays).
     """
 
     w_bits: int = FLOAT_BITS
@@ -54,6 +60,7 @@ class LayerChoice:
     rank_ratio: float = FULL_RANK
     quantizer: str = UNIFORM
     sparsity: Sparsity = DENSE
+    factorization: str = CHANNEL
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,14 @@ class Candidate:
     def rank_ratios(self) -> dict[str, float]:
         """The factorized layers: ``{name: rank_ratio}`` where the ratio is below 1."""
         return {name: c.rank_ratio for name, c in self.layers.items() if c.rank_ratio < FULL_RANK}
+
+    def factorizations(self) -> dict[str, str]:
+        """The factorized layers split spatially: ``{name: "spatial"}``."""
+        return {
+            name: c.factorization
+            for name, c in self.layers.items()
+            if c.rank_ratio < FULL_RANK and c.factorization != CHANNEL
+        }
 
     def quantizers(self) -> dict[str, str]:
         """The layers with a non-uniform weight quantizer: ``{name: quantizer}``."""
@@ -119,6 +134,8 @@ class Candidate:
                     quantizer=str(choice.get("quantizer", UNIFORM)),
                     # ... and before sparsity none has a sparsity.
                     sparsity=canonical_sparsity(choice.get("sparsity", DENSE)),
+                    # ... and before spatial factorization every factorization is by channel.
+                    factorization=str(choice.get("factorization", CHANNEL)),
                 )
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(
@@ -126,6 +143,11 @@ class Candidate:
                     f"'a_bits', a float 'prune_ratio' and optionally a float 'rank_ratio' and a "
                     f"'sparsity' (a fraction in [0, 1) or 'N:M'). Got {choice!r} instead."
                 ) from err
+            if layers[name].factorization not in FACTORIZATIONS:
+                raise ValueError(
+                    f"The 'layers.{name}.factorization' field of a candidate must be one of "
+                    f"{list(FACTORIZATIONS)}. Got {layers[name].factorization!r} instead."
+                )
             if not 0.0 < layers[name].rank_ratio <= FULL_RANK:
                 raise ValueError(
                     f"The 'layers.{name}.rank_ratio' field of a candidate must lie in (0, 1]. "
@@ -174,6 +196,20 @@ def factorizable_shape(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def spatial_shape(module: nn.Module) -> tuple[int, int] | None:
+    """``(rows, cols)`` of the matrix a spatial factorization of ``module`` splits: for a
+    one-group ``out x in x kh x kw`` Conv2d with ``kh, kw > 1``, zero padding given as numbers,
+    the weight rearranged to ``(in * kh) x (out * kw)``, whose rank-``r`` factors are a
+    ``kh x 1`` conv to ``r`` channels and a ``1 x kw`` conv (exactly the layer at full rank).
+    ``None`` for every other layer."""
+    if not isinstance(module, nn.Conv2d) or module.groups != 1:
+        return None
+    kh, kw = module.kernel_size
+    if kh == 1 or kw == 1 or isinstance(module.padding, str) or module.padding_mode != "zeros":
+        return None
+    return module.in_channels * kh, module.out_channels * kw
+
+
 def low_rank(ratio: float, rows: int, cols: int) -> int:
     """The inner width ``r`` of a ``rows x cols`` weight matrix factorized at ``ratio``:
     ``max(1, round(ratio * min(rows, cols)))``, rounded half up (``min(rows, cols)`` is the
@@ -199,9 +235,11 @@ def _layer_dict(choice: LayerChoice) -> dict[str, Any]:
     # Left out when uniform, for the same reason.
     if choice.quantizer != UNIFORM:
         layer["quantizer"] = choice.quantizer
-    # Likewise left out when dense.
+    # Likewise left out when dense, and when split by channel.
     if choice.sparsity != DENSE:
         layer["sparsity"] = choice.sparsity
+    if choice.factorization != CHANNEL:
+        layer["factorization"] = choice.factorization
     return layer
 
 

@@ -15,7 +15,7 @@ from autocompress.export.packing import packed_state_equal, read_packed, write_p
 from autocompress.export.verify import TOLERANCES, onnx_runner
 from autocompress.hardware_profiles.graph import layer_costs, model_size_bytes
 from autocompress.spaces import Candidate
-from autocompress.spaces.candidate import LayerChoice, low_rank, low_rank_pays
+from autocompress.spaces.candidate import LayerChoice, low_rank, low_rank_pays, spatial_shape
 
 ARCH = {"channels": [8, 16], "kernels": [3, 5], "strides": [1, 2]}
 INPUT_SHAPE = (1, 8, 8)
@@ -92,6 +92,57 @@ def test_at_full_rank_the_factorized_layer_computes_the_original(layer: nn.Modul
     factorize_(model, {"0": 0.999})  # rounds to the full rank min(rows, cols)
     assert isinstance(model[0], Factorized)
     assert torch.allclose(model(x), expected, rtol=0, atol=1e-12)
+
+
+def test_spatial_factorization_is_an_svd_of_the_rearranged_kernel() -> None:
+    """kh x 1 then 1 x kw: the composed kernel W'[o, i, y, x] = sum_r first[r, i, y] *
+    second[o, r, x] misses W by exactly the discarded singular values' energy of the
+    (in * kh) x (out * kw) rearrangement."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 16, (3, 5), stride=(2, 1), padding=(1, 2), dtype=torch.float64)
+    weight = conv.weight.detach().clone()
+    matrix = weight.permute(1, 2, 0, 3).reshape(6 * 3, 16 * 5)  # 18 x 80
+    model = nn.Sequential(conv)
+    factorize_(model, {"0": 0.5}, {"0": "spatial"})
+    first, second = model[0]
+    assert (first.kernel_size, first.stride, first.padding) == ((3, 1), (2, 1), (1, 0))
+    assert (second.kernel_size, second.stride, second.padding) == ((1, 5), (1, 1), (0, 2))
+    assert first.out_channels == second.in_channels == 9 and first.bias is None
+    composed = torch.einsum("riy,orx->oiyx", first.weight[..., 0], second.weight[:, :, 0])
+    sigma = torch.linalg.svdvals(matrix)
+    error = ((weight - composed) ** 2).sum()
+    assert error.item() == pytest.approx((sigma[9:] ** 2).sum().item(), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 9, 3, padding=1),
+        nn.Conv2d(4, 5, (3, 5), stride=(2, 3), dilation=(2, 1), padding=(2, 1)),
+    ],
+)
+def test_at_full_rank_a_spatial_split_computes_the_original(conv: nn.Conv2d) -> None:
+    conv = conv.double()
+    x = torch.randn(2, conv.in_channels, 11, 13, generator=_gen(2), dtype=torch.float64)
+    expected = conv(x)
+    model = nn.Sequential(conv)
+    factorize_(model, {"0": 0.999}, {"0": "spatial"})
+    assert torch.allclose(model(x), expected, rtol=0, atol=1e-12)
+
+
+def test_only_full_kernels_with_zero_padding_split_spatially() -> None:
+    for layer in (
+        nn.Linear(4, 4),
+        nn.Conv2d(4, 4, 1),
+        nn.Conv2d(4, 4, (3, 1)),
+        nn.Conv2d(4, 4, 3, groups=2),
+        nn.Conv2d(4, 4, 3, padding="same"),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+    ):
+        assert spatial_shape(layer) is None
+        with pytest.raises(ValueError, match="one-group"):
+            factorize_(nn.Sequential(layer), {"0": 0.5}, {"0": "spatial"})
+    assert spatial_shape(nn.Conv2d(4, 6, (3, 5))) == (12, 30)
 
 
 def test_rank_rounds_half_up_and_pays_only_when_the_factors_are_smaller() -> None:

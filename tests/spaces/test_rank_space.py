@@ -166,3 +166,36 @@ def test_summary_counts_the_factorized_layers():
     assert summary.endswith("prune~50%x1 rank~38%x2")
     del layers["a"]["rank_ratio"], layers["b"]["rank_ratio"]
     assert "rank" not in candidate_summary({"family": "mlp", "arch": {}, "layers": layers})
+
+
+def test_spatial_factorization_is_a_dimension_of_factorized_convs_only():
+    space = _space(w_bits=[8], rank_ratios=[0.25, 0.5], factorizations=["channel", "spatial"])
+    trials = _trials(space, 12)
+    kinds = {}
+    for trial in trials:
+        for name in trial.params:
+            if name.endswith(".factorization"):
+                layer = name.removesuffix(".factorization")
+                assert not layer.startswith("classifier")  # a Linear: channel only
+                kinds.setdefault(layer, set()).add(trial.params[name])
+    assert kinds and set().union(*kinds.values()) == {"channel", "spatial"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    built = 0
+    for _ in range(8):
+        candidate = space.suggest(study.ask())
+        spatial = candidate.factorizations()
+        assert all(candidate.layers[n].rank_ratio < 1 for n in spatial)
+        assert Candidate.from_json(candidate.to_json()) == candidate
+        if spatial:
+            model = build_compressed(candidate, num_classes=10, input_shape=(1, 8, 8))
+            name = next(iter(spatial))
+            first = model.get_submodule(f"{name}.0")
+            assert first.kernel_size[1] == 1 and model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+            assert "spatial)" in candidate_summary(candidate.to_dict())
+            built += 1
+    assert built
+    # Not searched: no dimension, and candidates keep their former JSON (no factorization key).
+    plain = _trials(_space(w_bits=[8], rank_ratios=[0.25, 0.5]), 4)
+    assert not any(n.endswith(".factorization") for t in plain for n in t.params)
+    with pytest.raises(ValueError, match="factorizations must be among"):
+        SpaceConfig(factorizations=["tucker"])
