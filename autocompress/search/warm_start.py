@@ -38,7 +38,7 @@ from ..compression import build_compressed
 from ..compression.sensitivity import Sensitivity, measure_sensitivity
 from ..data import make_loaders
 from ..spaces import Candidate, JointSearchSpace, LayerChoice, matching
-from ..spaces.candidate import FLOAT_BITS
+from ..spaces.candidate import CHANNEL, FLOAT_BITS, UNIFORM, sparsity_fraction
 from ..spaces.groups import output_layer
 from .objective import trial_metrics
 from .setup import SearchSetup
@@ -247,11 +247,18 @@ class _Replay:
 
 
 def _mildest(name: str, choices: Sequence[Any]) -> Any:
-    # Dimensions the allocation did not decide (a group that only a smaller architecture has, a
-    # rank): the choice that compresses least.
+    """The choice of a dimension the allocation does not decide (a rank, a quantizer, a
+    sparsity, a group only a smaller architecture has) that compresses least."""
+    kind = name.rpartition(".")[2]
     if all(isinstance(c, bool) for c in choices):
-        return False
-    return min(choices) if name.endswith(".prune") else max(choices)
+        return False  # arch.drop.<block>: keep it
+    if kind == "prune":
+        return min(choices)
+    if kind == "sparsity":
+        return min(choices, key=sparsity_fraction)
+    if kind in ("quantizer", "factorization"):
+        return next((c for c in choices if c in (UNIFORM, CHANNEL)), choices[0])
+    return max(choices)  # bits, rank ratios: the widest
 
 
 def warm_start_candidates(setup: SearchSetup) -> list[tuple[dict[str, Any], dict[str, float]]]:
@@ -297,7 +304,8 @@ def warm_start_candidates(setup: SearchSetup) -> list[tuple[dict[str, Any], dict
     )
     allocator = Allocator(space, sensitivity, arch=arch, costs=costs)
     queued: list[tuple[dict[str, Any], dict[str, float]]] = []
-    for level in cost_levels(options.candidates):
+    # No more than the run trains: queued trials beyond n_trials would wait in the study.
+    for level in cost_levels(min(options.candidates, config.search.n_trials)):
         chosen, dropped, cost = allocator.for_level(level)
         wanted: dict[str, Any] = {f"arch.drop.{b}": b in dropped for b in blocks}
         for name, (w, a, r) in chosen.items():

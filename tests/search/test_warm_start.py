@@ -128,3 +128,22 @@ def test_the_ray_backend_trains_the_warm_start_candidates_first(net, monkeypatch
     trials = sorted(study.trials, key=lambda t: t.number)
     assert [WARM_START_ATTR in t.user_attrs for t in trials] == [True, True, False]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_dimensions_the_allocation_leaves_open_get_their_mildest_choice(net):
+    """Ranks, quantizers, sparsity and factorizations are not allocated: a warm-start candidate
+    keeps those layers whole, uniform and dense."""
+    config = _config(warm_start={"candidates": 1})
+    config["search"]["n_trials"] = 1
+    config["space"] |= {
+        "rank_ratios": [0.25, 1.0],
+        "factorizations": ["spatial", "channel"],
+        "quantizers": ["codebook", "pot", "uniform"],
+        "sparsity": ["2:4", 0.5, 0.0],
+    }
+    result = run_search(parse_config(config), runs_dir=net / "runs")
+    study = optuna.load_study(study_name="warm", storage=f"sqlite:///{result.run_dir}/study.db")
+    (trial,) = study.trials
+    assert WARM_START_ATTR in trial.user_attrs and trial.state.is_finished()
+    for layer in trial.user_attrs["candidate"]["layers"].values():
+        assert set(layer) <= {"w_bits", "a_bits", "prune_ratio"}, layer  # defaults left out
