@@ -146,6 +146,11 @@ class EarlyStoppingConfig(_Section):
     min_records: int = Field(
         default=4, ge=0, description="stop nothing at a rung until this many candidates reached it"
     )
+    ptq_rung: bool = Field(
+        default=False,
+        description="a rung at 0 epochs: each candidate's post-training quantized score is "
+        "judged before any training (PTQ first, QAT only for the candidates it keeps)",
+    )
 
 
 class PrescreenConfig(_Section):
@@ -318,6 +323,7 @@ FIELDS_ADDED_SINCE_0_1 = (
     "space.overrides",
     "space.rank_ratios",
     "space.factorizations",
+    "search.early_stopping.ptq_rung",
     "space.quantizers",
     "space.sparsity",
     "space.sparsity_importance",

@@ -203,8 +203,8 @@ class RungTable:
         store: RungStore | None = None,
     ) -> None:
         rungs = tuple(rungs)
-        for rung in rungs:
-            check_int(rung, name="rungs", where="RungTable", minimum=1)
+        for rung in rungs:  # 0: judged before any training (see EarlyStoppingTrainEvaluator)
+            check_int(rung, name="rungs", where="RungTable", minimum=0)
         if list(rungs) != sorted(set(rungs)):
             raise ValueError(
                 "The 'rungs' parameter of RungTable must be strictly increasing epoch budgets. "
@@ -306,8 +306,16 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
         self, model: nn.Module, candidate: Candidate, *, context: TrialContext
     ) -> TaskMetrics:
         costs = self.cost_tuple(context.costs)
-        rungs = {r for r in self.table.rungs if r < self.epochs}
-        start = self.ptq_start(model)
+        rungs = {r for r in self.table.rungs if 0 < r < self.epochs}
+        start = self.ptq_start(model, always=0 in self.table.rungs)
+        if 0 in self.table.rungs and start is not None:
+            value = start.metrics[self.task.primary]
+            record = RungRecord(
+                trial=context.number, score=self.task.score.maximised(value), costs=costs
+            )
+            self.table.judge(0, record, metric=self.task.primary, value=value)
+        if not self.ptq_fallback:
+            start = None  # judged at rung 0 only: the fine-tune keeps its own result
 
         def judge_at_rungs(epoch: int, val_loader: Any) -> None:
             if epoch not in rungs:

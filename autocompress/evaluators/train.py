@@ -321,9 +321,9 @@ class TrainEvaluator(Evaluator):
     def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
         return self.fine_tune(model)
 
-    def ptq_start(self, model: nn.Module) -> PTQStart | None:
-        """With ``ptq_fallback``: ``model`` post-training quantized (BatchNorm re-estimated,
-        weights clipped and activation ranges set by MSE, biases corrected, on
+    def ptq_start(self, model: nn.Module, *, always: bool = False) -> PTQStart | None:
+        """With ``ptq_fallback`` (or ``always``): ``model`` post-training quantized (BatchNorm
+        re-estimated, weights clipped and activation ranges set by MSE, biases corrected, on
         ``PTQ_CALIB_BATCHES`` training batches; see ``post_training_quantize_``), scored on the
         validation split; else None. ``model``, its mode and the random number generators are
         left as they were, so the fine-tune that follows is the one it would have been.
@@ -331,7 +331,7 @@ class TrainEvaluator(Evaluator):
         A well-trained checkpoint at mild compression loses nothing to PTQ, while a few epochs
         of QAT on a small training split can cost it a point or two: the fine-tune then keeps
         the post-training quantized model instead (:meth:`fine_tune`)."""
-        if not self.ptq_fallback:
+        if not (self.ptq_fallback or always):
             return None
         before = copy.deepcopy(model.state_dict())
         train_loader, val_loader = make_loaders(

@@ -112,6 +112,8 @@ def make_evaluator(
     rungs = rung_schedule(
         max_epochs=max(config.train.epochs, 1), min_epochs=stopping.min_epochs, eta=stopping.eta
     )
+    if stopping.ptq_rung:  # rung 0: the post-training quantized candidate, before training
+        rungs = (0, *rungs)
     score = config.score_objective()  # what rungs compare
     if type(evaluator) is not TrainEvaluator or not (stopping.enabled and rungs and score):
         return evaluator

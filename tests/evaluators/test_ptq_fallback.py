@@ -92,3 +92,38 @@ def test_the_fallback_is_on_by_default_and_left_out_of_dumps():
     assert not TrainEvaluator(
         data=None, epochs=1, lr=0.01, weight_decay=0.0, batch_size=8, device=CPU, lsq=True
     ).ptq_fallback  # LSQ learns the steps: nothing post-training to keep
+
+
+def test_a_ptq_rung_stops_a_beaten_candidate_before_any_training(digits, monkeypatch):
+    """``search.early_stopping.ptq_rung``: rung 0 judges the post-training quantized score; a
+    candidate that earlier ones beat there, at no higher cost, is stopped having trained no
+    epoch. Rung 0 exists only when asked for, so default runs keep their rungs."""
+    from autocompress.evaluators import CandidateStopped, TrialContext
+    from autocompress.evaluators import train as train_module
+    from autocompress.evaluators.early_stopping import (
+        EarlyStoppingTrainEvaluator,
+        RungRecord,
+        RungTable,
+    )
+
+    table = RungTable(rungs=(0, 1), min_dominators=1, min_records=1)
+    for number in range(3):  # earlier candidates: perfect, and free
+        table.store.add(0, RungRecord(trial=number, score=1.0, costs=(0.0, 0.0)))
+    evaluator = EarlyStoppingTrainEvaluator(
+        table=table, data=digits, epochs=3, lr=0.01, weight_decay=0.0, batch_size=64, device=CPU
+    )
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a candidate stopped at rung 0 must not train")
+
+    monkeypatch.setattr(train_module, "train_epochwise", no_training)
+    model, candidate = _build((4, 8, 0.0))
+    context = TrialContext(number=3, costs={"latency_ms": 1.0, "size_kb": 1.0})
+    with pytest.raises(CandidateStopped, match="rung 0 after 0 epoch"):
+        evaluator.evaluate_trial(model, candidate, context=context)
+    assert [r.trial for r in table.store.records(0)] == [0, 1, 2, 3]
+
+    default = parse_config({"name": "x"})
+    assert not default.search.early_stopping.ptq_rung
+    on = parse_config({"name": "x", "search": {"early_stopping": {"ptq_rung": True}}})
+    assert on.fingerprint() != default.fingerprint()
