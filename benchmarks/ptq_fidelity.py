@@ -3,13 +3,17 @@
     python benchmarks/ptq_fidelity.py [--config configs/quickstart.yaml] [--candidates 12]
                                       [--set FIELD=VALUE ...] [--runs-dir DIR] [--seed 0]
                                       [--calibration mse] [--no-bias-correction] [--threads 1]
+                                      [--cheap-epochs 1]
 
 Draws ``--candidates`` random candidates of the config's space that fit its hardware budget,
-and scores each twice, each time freshly built from the teacher as the search builds it: with
-the ``ptq`` evaluator (``--calibration``, bias correction unless turned off) and with the
-``train`` evaluator (QAT + distillation for ``train.epochs``, no early stopping). Prints both
-scores per candidate, the seconds per candidate of each evaluator and the Kendall tau between
-their rankings (:func:`autocompress.evaluators.supernet.rank_correlation`). ``--set`` overrides
+and scores each three times, each time freshly built from the teacher as the search builds it:
+with the ``ptq`` evaluator (``--calibration``, bias correction unless turned off), with a short
+QAT fine-tune of ``--cheap-epochs`` epochs (the other cheap evaluator; 0 leaves it out), and
+with the ``train`` evaluator (QAT + distillation for ``train.epochs``, no early stopping, no
+``ptq_fallback``: the reference). Prints the scores per candidate, the seconds per candidate of
+each evaluator, how many candidates each scores per CPU-hour (one thread: wall = CPU time) and
+the Kendall tau of each cheap ranking against the reference
+(:func:`autocompress.evaluators.supernet.rank_correlation`). ``--set`` overrides
 config fields as the CLI's ``--set`` does, e.g. ``--set space.arch.widths=[48]``. The teacher is
 trained once into ``--runs-dir`` (default: a temporary folder) and reused from there. Torch
 runs on ``--threads`` threads (tiny models train fastest on one, and shared CPUs time steadier).
@@ -41,6 +45,20 @@ from autocompress.search import prepare_setup
 from autocompress.search.objective import TrialObjective
 from autocompress.spaces import Candidate
 from autocompress.spaces.sampling import sample_candidates
+
+
+class Cached(Evaluator):
+    """``evaluator``, evaluated once per candidate (the reference, compared with two others)."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+        self.results: dict[str, TaskMetrics] = {}
+
+    def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
+        key = candidate.to_json()
+        if key not in self.results:
+            self.results[key] = self.evaluator.evaluate(model, candidate)
+        return self.results[key]
 
 
 class Timed(Evaluator):
@@ -79,6 +97,9 @@ def main() -> None:
     parser.add_argument("--calibration", default="mse")
     parser.add_argument("--no-bias-correction", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--cheap-epochs", type=int, default=1, help="epochs of the short QAT; 0: leave it out"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -87,41 +108,62 @@ def main() -> None:
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="autocompress-ptq-"))
     contexts: list[EvaluatorContext] = []
 
+    # Plain QAT: the reference and the short one are fine-tunes only (the search's fallback to
+    # the post-training quantized model would mix the ptq score into both).
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"ptq_fallback": False})}
+    )
+
     def train_evaluator(context: EvaluatorContext) -> TrainEvaluator:
         contexts.append(context)
         return TrainEvaluator.from_context(context)  # the full budget: no early stopping
 
     setup = prepare_setup(config, runs_dir / config.name, evaluator=train_evaluator)
     options = {"calibration": args.calibration, "bias_correction": not args.no_bias_correction}
-    ptq = Timed(create_evaluator("ptq", context=contexts[0], **options))
+    cheap = {"ptq": Timed(create_evaluator("ptq", context=contexts[0], **options))}
+    if args.cheap_epochs > 0:
+        short = TrainEvaluator.from_context(contexts[0], epochs=args.cheap_epochs)
+        cheap[f"qat {args.cheap_epochs} ep"] = Timed(short)
     train = Timed(setup.evaluator)
+    reference = Cached(train)
     candidates = within_budget(TrialObjective(setup), args.candidates, seed=args.seed)
-    result = rank_correlation(
-        ptq,
-        train,
-        candidates,
-        num_classes=setup.data.num_classes,
-        input_shape=setup.data.input_shape,
-        teacher_state=setup.teacher_state,
-        seed=args.seed,
-    )
+    results = {
+        name: rank_correlation(
+            evaluator,
+            reference,
+            candidates,
+            num_classes=setup.data.num_classes,
+            input_shape=setup.data.input_shape,
+            teacher_state=setup.teacher_state,
+            seed=args.seed,
+        )
+        for name, evaluator in cheap.items()
+    }
 
     teacher = setup.teacher_metrics.get("accuracy", float("nan"))
     print(f"config          {args.config} {' '.join(args.overrides)}")
     print(f"teacher         accuracy {teacher:.3f} ({runs_dir / config.name})")
     print(f"ptq options     {options}")
-    print(f"{'candidate':<60} {'ptq':>6} {'train':>6}")
-    for candidate, (ptq_score, train_score) in zip(candidates, result.accuracies, strict=True):
+    names = [*cheap, "train"]
+    print(f"{'candidate':<60} " + " ".join(f"{n:>9}" for n in names))
+    for i, candidate in enumerate(candidates):
         summary = candidate_summary(candidate.to_dict())[:60]
-        print(f"{summary:<60} {ptq_score:6.3f} {train_score:6.3f}")
-    means = np.mean(result.accuracies, axis=0)
-    ptq_s, train_s = statistics.median(ptq.seconds), statistics.median(train.seconds)
-    print(f"mean accuracy   ptq {means[0]:.3f}, train {means[1]:.3f}")
+        scores = [r.accuracies[i, 0] for r in results.values()]
+        scores.append(next(iter(results.values())).accuracies[i, 1])
+        print(f"{summary:<60} " + " ".join(f"{v:9.3f}" for v in scores))
+    train_s = statistics.median(train.seconds)
     print(
-        f"s / candidate   ptq {ptq_s:.2f}, train {train_s:.2f} (median; "
-        f"train: {config.train.epochs} epochs): {train_s / ptq_s:.0f}x"
+        f"reference       train, {config.train.epochs} epochs: {train_s:.2f} s / candidate "
+        f"(median), {3600 / train_s:.0f} candidates per CPU-hour"
     )
-    print(f"kendall tau     {result.kendall_tau:.2f} (p = {result.p_value:.3f})")
+    for name, result in results.items():
+        seconds = statistics.median(cheap[name].seconds)
+        mean = np.mean(result.accuracies, axis=0)
+        print(
+            f"{name:<15} {seconds:.2f} s / candidate, {3600 / seconds:.0f} per CPU-hour "
+            f"({train_s / seconds:.1f}x the reference); mean accuracy {mean[0]:.3f} vs "
+            f"{mean[1]:.3f}; kendall tau {result.kendall_tau:.2f} (p = {result.p_value:.3f})"
+        )
 
 
 if __name__ == "__main__":
