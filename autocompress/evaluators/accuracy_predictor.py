@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..spaces import Candidate, build_model
+from ..spaces.candidate import SPATIAL, UNIFORM, sparsity_fraction
 
 __all__ = ["AccuracyPredictor", "Prediction", "candidate_features"]
 
@@ -71,6 +72,18 @@ def candidate_features(
     if rank_cut.any():
         features.update(_aggregate("layers.rank_cut", rank_cut))
         features.update(_by_depth("layers.rank_cut", rank_cut))
+    # The same for the other per-layer techniques: zero weights, the share of layers split
+    # spatially, and of layers on each non-uniform weight quantizer.
+    sparse = np.array([0.0 if c is None else sparsity_fraction(c.sparsity) for c in choices])
+    if sparse.any():
+        features.update(_aggregate("layers.sparsity", sparse))
+        features.update(_by_depth("layers.sparsity", sparse))
+    spatial = [c is not None and c.rank_ratio < 1 and c.factorization == SPATIAL for c in choices]
+    if any(spatial):
+        features["layers.spatial.fraction"] = float(np.mean(spatial))
+    quantizers = [UNIFORM if c is None else c.quantizer for c in choices]
+    for kind in sorted(set(quantizers) - {UNIFORM}):
+        features[f"layers.quantizer.{kind}"] = float(np.mean([q == kind for q in quantizers]))
 
     params_arr, macs_arr = np.asarray(params, dtype=float), np.asarray(macs, dtype=float)
     keep = 1.0 - prune

@@ -163,3 +163,23 @@ def test_rank_cuts_are_features_only_of_factorizing_candidates(candidates):
     predictor.fit([plain, factorized, *candidates[1:4]], [0.9, 0.5, 0.8, 0.7, 0.6])
     assert "layers.rank_cut.max" in predictor.feature_names
     assert predictor.features([plain])[0][predictor.feature_names.index("layers.rank_cut.max")] == 0
+
+
+def test_sparsity_spatial_splits_and_quantizers_are_features_only_where_used(candidates):
+    import dataclasses
+
+    plain = candidates[0]
+    keys = candidate_features(plain, **SHAPES)
+    assert not any(
+        k.startswith(("layers.sparsity", "layers.spatial", "layers.quantizer")) for k in keys
+    )
+    names = list(plain.layers)
+    layers = dict(plain.layers)
+    layers[names[0]] = dataclasses.replace(
+        layers[names[0]], sparsity="2:4", rank_ratio=0.5, factorization="spatial"
+    )
+    layers[names[1]] = dataclasses.replace(layers[names[1]], quantizer="pot", w_bits=4)
+    features = candidate_features(dataclasses.replace(plain, layers=layers), **SHAPES)
+    assert features["layers.sparsity.max"] == pytest.approx(0.5)
+    assert features["layers.spatial.fraction"] == pytest.approx(1 / len(names))
+    assert features["layers.quantizer.pot"] == pytest.approx(1 / len(names))
