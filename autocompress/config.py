@@ -216,7 +216,9 @@ class WarmStartConfig(_Section):
     family's teacher is only one of its architectures)."""
 
     method: Literal["auto", "sensitivity", "none"] = "auto"
-    candidates: int = Field(default=4, ge=1, description="candidates queued, mildest first")
+    candidates: int = Field(
+        default=4, ge=1, description="candidates queued: both ends of the cost range first"
+    )
     batches: int = Field(
         default=1, ge=1, description="training batches the distortions are measured on"
     )

@@ -56,6 +56,22 @@ def cost_levels(n: int) -> list[float]:
     return [float(c) for c in np.geomspace(_HIGHEST_LEVEL, _LOWEST_LEVEL, n)]
 
 
+def coverage_order(n: int) -> list[int]:
+    """The order in which to train ``n`` candidates sorted mildest to hardest so that the
+    front is spanned early: both ends first, then the middle of the widest gap, and so on
+    (a search stopped after any prefix of them has seen the whole cost range)."""
+    if n <= 2:
+        return list(range(n))
+    order, gaps = [0, n - 1], [(0, n - 1)]
+    while len(order) < n:  # every gap of width >= 2 holds an index not yet ordered
+        lo, hi = max((g for g in gaps if g[1] - g[0] >= 2), key=lambda g: (g[1] - g[0], -g[0]))
+        gaps.remove((lo, hi))
+        mid = (lo + hi) // 2
+        order.append(mid)
+        gaps += [(lo, mid), (mid, hi)]
+    return order
+
+
 @dataclass(frozen=True)
 class _Options:
     """One layer's allowed (w_bits, a_bits, prune_ratio) choices, their summed distortion and
@@ -326,7 +342,8 @@ def warm_start_(study: optuna.Study, setup: SearchSetup) -> int:
     if study.get_trials(deepcopy=False):
         return 0
     candidates = warm_start_candidates(setup)
-    for params, attrs in candidates:
+    for index in coverage_order(len(candidates)):
+        params, attrs = candidates[index]
         study.enqueue_trial(params, user_attrs={WARM_START_ATTR: attrs})
     study.set_user_attr(_DONE_ATTR, True)
     logger.info(

@@ -11,7 +11,12 @@ import torch
 from autocompress.compression.sensitivity import Sensitivity
 from autocompress.config import ConfigError, parse_config
 from autocompress.search import run_search
-from autocompress.search.warm_start import WARM_START_ATTR, Allocator, cost_levels
+from autocompress.search.warm_start import (
+    WARM_START_ATTR,
+    Allocator,
+    cost_levels,
+    coverage_order,
+)
 from autocompress.spaces import JointSearchSpace
 
 
@@ -147,3 +152,11 @@ def test_dimensions_the_allocation_leaves_open_get_their_mildest_choice(net):
     assert WARM_START_ATTR in trial.user_attrs and trial.state.is_finished()
     for layer in trial.user_attrs["candidate"]["layers"].values():
         assert set(layer) <= {"w_bits", "a_bits", "prune_ratio"}, layer  # defaults left out
+
+
+def test_the_cost_range_is_spanned_first():
+    assert coverage_order(1) == [0] and coverage_order(2) == [0, 1]
+    assert coverage_order(4) == [0, 3, 1, 2]
+    for n in range(1, 12):
+        order = coverage_order(n)
+        assert sorted(order) == list(range(n)) and order[: min(n, 2)] == [0, n - 1][: min(n, 2)]
