@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..compression.calibration import post_training_quantize_
+from ..compression.calibration import calibrate_activations_, post_training_quantize_
 from ..compression.feature_distillation import (
     FeatureDistiller,
     feature_distiller,
@@ -322,11 +322,14 @@ class TrainEvaluator(Evaluator):
         return self.fine_tune(model)
 
     def ptq_start(self, model: nn.Module, *, always: bool = False) -> PTQStart | None:
-        """With ``ptq_fallback`` (or ``always``): ``model`` post-training quantized (BatchNorm
-        re-estimated, weights clipped and activation ranges set by MSE, biases corrected, on
-        ``PTQ_CALIB_BATCHES`` training batches; see ``post_training_quantize_``), scored on the
-        validation split; else None. ``model``, its mode and the random number generators are
-        left as they were, so the fine-tune that follows is the one it would have been.
+        """With ``ptq_fallback`` (or ``always``): ``model`` post-training quantized on
+        ``PTQ_CALIB_BATCHES`` training batches, scored on the validation split; else None.
+        Two calibrations are tried and the better kept: the activation ranges alone (min/max;
+        the weights and BatchNorm statistics as inherited, which for an unpruned checkpoint were
+        estimated on more data than a few batches), and ``post_training_quantize_`` (BatchNorm
+        re-estimated, as a pruned network needs, weights clipped and ranges set by MSE, biases
+        corrected). ``model``, its mode and the random number generators are left as they
+        were, so the fine-tune that follows is the one it would have been.
 
         A well-trained checkpoint at mild compression loses nothing to PTQ, while a few epochs
         of QAT on a small training split can cost it a point or two: the fine-tune then keeps
@@ -338,21 +341,30 @@ class TrainEvaluator(Evaluator):
             self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
         )
         model.to(self.device)
+        best: PTQStart | None = None
         try:
             with torch.random.fork_rng(devices=[]), candidate_failures():
                 inputs = [
                     to_device(self.task.split(batch)[0], self.device)
                     for batch in islice(train_loader, PTQ_CALIB_BATCHES)
                 ]
-                post_training_quantize_(model, inputs, seed=self.seed)
-                metrics = validation_metrics(model, val_loader, device=self.device, task=self.task)
-                state = copy.deepcopy(model.state_dict())
+                for full in (False, True):
+                    model.load_state_dict(before)
+                    if full:
+                        post_training_quantize_(model, inputs, seed=self.seed)
+                    else:
+                        calibrate_activations_(model, inputs, method="minmax")
+                    metrics = validation_metrics(
+                        model, val_loader, device=self.device, task=self.task
+                    )
+                    if best is None or self.better(metrics, than=best.metrics):
+                        best = PTQStart(metrics=metrics, state=copy.deepcopy(model.state_dict()))
         except CandidateError:  # nothing to fall back to: the fine-tune says what is wrong
             return None
         finally:
             model.load_state_dict(before)
             model.train()
-        return PTQStart(metrics=metrics, state=state)
+        return best
 
     def fine_tune(
         self,
