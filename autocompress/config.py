@@ -209,7 +209,7 @@ class WarmStartConfig(_Section):
     measures, on ``batches`` training batches, how far the checkpoint's output moves when each
     layer alone is quantized, pruned or (for droppable blocks) dropped, then gives each layer
     the choices that minimise the summed distortion at ``candidates`` cost levels (from 0.8 down
-    to 0.25 of uniform int8, counting weight bits and bit-operations; see
+    to 0.15 of uniform int8, its hardware objectives priced on the run's profile; see
     ``search/warm_start.py``). A random first generation compresses many layers of a compact
     network too hard for the search to find its mild points in a few trials. ``auto``:
     ``sensitivity`` when a ``model`` section names a trained checkpoint, else none (a built-in
