@@ -60,11 +60,12 @@ def cost_levels(n: int) -> list[float]:
 
 def coverage_order(n: int) -> list[int]:
     """The order in which to train ``n`` candidates sorted mildest to hardest so that the
-    front is spanned early: both ends first, then the middle of the widest gap, and so on
-    (a search stopped after any prefix of them has seen the whole cost range)."""
+    front is spanned early: the hardest first (the cheapest to train, so the first point
+    arrives soonest), then the mildest, then the middle of the widest gap, and so on (a search
+    stopped after any prefix of them has seen the whole cost range)."""
     if n <= 2:
-        return list(range(n))
-    order, gaps = [0, n - 1], [(0, n - 1)]
+        return list(range(n))[::-1]
+    order, gaps = [n - 1, 0], [(0, n - 1)]
     while len(order) < n:  # every gap of width >= 2 holds an index not yet ordered
         lo, hi = max((g for g in gaps if g[1] - g[0] >= 2), key=lambda g: (g[1] - g[0], -g[0]))
         gaps.remove((lo, hi))

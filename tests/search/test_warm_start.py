@@ -87,12 +87,12 @@ def test_a_search_trains_the_warm_start_candidates_first_and_once(net):
     study = optuna.load_study(study_name="warm", storage=f"sqlite:///{result.run_dir}/study.db")
     trials = sorted(study.trials, key=lambda t: t.number)
     levels = [t.user_attrs.get(WARM_START_ATTR, {}).get("level") for t in trials]
-    assert levels[:2] == pytest.approx(cost_levels(2)) and levels[2] is None
+    assert levels[:2] == pytest.approx(cost_levels(2)[::-1]) and levels[2] is None
     assert all(t.state.is_finished() for t in trials)
     first = trials[0].user_attrs["candidate"]["layers"]
     second = trials[1].user_attrs["candidate"]["layers"]
     bits = [sum(c["w_bits"] for c in layers.values()) for layers in (first, second)]
-    assert bits[0] > bits[1]  # mildest first
+    assert bits[0] < bits[1]  # the hardest first
     # Resumed with a larger budget: nothing is queued again.
     more = _config(warm_start={"candidates": 2})
     more["search"]["n_trials"] = 4
@@ -155,8 +155,8 @@ def test_dimensions_the_allocation_leaves_open_get_their_mildest_choice(net):
 
 
 def test_the_cost_range_is_spanned_first():
-    assert coverage_order(1) == [0] and coverage_order(2) == [0, 1]
-    assert coverage_order(4) == [0, 3, 1, 2]
+    assert coverage_order(1) == [0] and coverage_order(2) == [1, 0]
+    assert coverage_order(4) == [3, 0, 1, 2]
     for n in range(1, 12):
         order = coverage_order(n)
-        assert sorted(order) == list(range(n)) and order[: min(n, 2)] == [0, n - 1][: min(n, 2)]
+        assert sorted(order) == list(range(n)) and order[: min(n, 2)] == [n - 1, 0][: min(n, 2)]
