@@ -127,7 +127,9 @@ def run_config(
             "droppable_blocks": "auto",
         },
         "space": space_settings(args),
-        "train": {"epochs": args.epochs, "lr": args.lr},
+        # The search keeps a candidate's post-training quantized self when its fine-tune ends
+        # worse (off for the recipes, see run_baselines).
+        "train": {"epochs": args.epochs, "lr": args.lr, "ptq_fallback": True},
         "hardware": {"profile": "analytic", "device": args.device},
         "search": {"objectives": OBJECTIVES, **(search or {})},
     }

@@ -64,10 +64,10 @@ class TrainConfig(BaseModel):
         exclude_if=lambda v: not v,
         description="train only: learned step size (LSQ) for uniform weight scales",
     )
-    # Left out of dumps while on (its default), for the same reason.
+    # Left out of dumps while off (its default), for the same reason.
     ptq_fallback: bool = Field(
-        default=True,
-        exclude_if=lambda v: v,
+        default=False,
+        exclude_if=lambda v: not v,
         description="train only: also score each candidate post-training quantized (no "
         "training) and keep that model when the fine-tune ends worse",
     )
@@ -261,7 +261,7 @@ class TrainEvaluator(Evaluator):
         feature_kd: FeatureKDConfig | None = None,
         lsq: bool = False,
         sparsity_importance: str = "magnitude",
-        ptq_fallback: bool = True,
+        ptq_fallback: bool = False,
     ) -> None:
         self.data = data
         self.lsq = lsq

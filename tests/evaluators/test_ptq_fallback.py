@@ -84,13 +84,20 @@ def test_a_fine_tune_that_helps_is_exactly_the_one_without_the_fallback(digits):
     assert all(torch.equal(states[0][k], v) for k, v in states[1].items())
 
 
-def test_the_fallback_is_on_by_default_and_left_out_of_dumps():
+def test_the_fallback_is_off_by_default_and_left_out_of_dumps():
     config = parse_config({"name": "x"})
-    assert config.train.ptq_fallback and "ptq_fallback" not in config.train.model_dump()
-    off = parse_config({"name": "x", "train": {"ptq_fallback": False}})
-    assert off.fingerprint() != config.fingerprint()
+    assert not config.train.ptq_fallback and "ptq_fallback" not in config.train.model_dump()
+    on = parse_config({"name": "x", "train": {"ptq_fallback": True}})
+    assert on.fingerprint() != config.fingerprint()
     assert not TrainEvaluator(
-        data=None, epochs=1, lr=0.01, weight_decay=0.0, batch_size=8, device=CPU, lsq=True
+        data=None,
+        epochs=1,
+        lr=0.01,
+        weight_decay=0.0,
+        batch_size=8,
+        device=CPU,
+        lsq=True,
+        ptq_fallback=True,
     ).ptq_fallback  # LSQ learns the steps: nothing post-training to keep
 
 
