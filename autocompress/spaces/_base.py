@@ -65,7 +65,11 @@ class LayerOverride(BaseModel):
     @field_validator("quantizer")
     @classmethod
     def _known_quantizer(cls, quantizer: str | None) -> str | None:
-        return None if quantizer is None else _check_quantizers([quantizer])[0]
+        return (
+            None
+            if quantizer is None
+            else _known_names([quantizer], QUANTIZERS, what="weight quantizers")[0]
+        )
 
     @field_validator("sparsity")
     @classmethod
@@ -75,7 +79,11 @@ class LayerOverride(BaseModel):
     @field_validator("factorization")
     @classmethod
     def _known_factorization(cls, factorization: str | None) -> str | None:
-        return None if factorization is None else _check_factorizations([factorization])[0]
+        return (
+            None
+            if factorization is None
+            else _known_names([factorization], FACTORIZATIONS, what="low-rank factorizations")[0]
+        )
 
     @model_validator(mode="after")
     def _codebook_is_dense(self) -> LayerOverride:
@@ -87,35 +95,24 @@ class LayerOverride(BaseModel):
         return self
 
     @model_serializer(mode="wrap")
-    def _without_unset_rank(self, handler: Any) -> Any:
-        # rank_ratio came later: left out while unset, a run's config (and fingerprint) with
-        # overrides is what it was before the field existed, so the run still resumes.
+    def _without_unset_later_fields(self, handler: Any) -> Any:
+        # These fields came later: left out while unset, a run's config (and fingerprint) with
+        # overrides is what it was before they existed, so the run still resumes.
         data = handler(self)
-        if self.rank_ratio is None and isinstance(data, dict):
-            data.pop("rank_ratio", None)
-        if self.quantizer is None and isinstance(data, dict):
-            data.pop("quantizer", None)
-        if self.sparsity is None and isinstance(data, dict):  # the same for sparsity
-            data.pop("sparsity", None)
-        if self.factorization is None and isinstance(data, dict):  # and for factorization
-            data.pop("factorization", None)
+        if isinstance(data, dict):
+            for key in ("rank_ratio", "quantizer", "sparsity", "factorization"):
+                if getattr(self, key) is None:
+                    data.pop(key, None)
         return data
 
 
-def _check_factorizations(names: list[str]) -> list[str]:
-    unknown = [f for f in names if f not in FACTORIZATIONS]
+def _known_names(names: list[str], allowed: tuple[str, ...], *, what: str) -> list[str]:
+    """``names`` checked against ``allowed``, in ``allowed``'s order whatever order they were
+    given (so equal choices make equal configs and fingerprints)."""
+    unknown = [n for n in names if n not in allowed]
     if unknown:
-        raise ValueError(
-            f"low-rank factorizations must be among {list(FACTORIZATIONS)}. Got {unknown}"
-        )
-    return [f for f in FACTORIZATIONS if f in names]
-
-
-def _check_quantizers(names: list[str]) -> list[str]:
-    unknown = [q for q in names if q not in QUANTIZERS]
-    if unknown:
-        raise ValueError(f"weight quantizers must be among {list(QUANTIZERS)}. Got {unknown}")
-    return [q for q in QUANTIZERS if q in names]  # one order, whatever order they were given
+        raise ValueError(f"{what} must be among {list(allowed)}. Got {unknown}")
+    return [n for n in allowed if n in names]
 
 
 class SpaceConfig(BaseModel):
@@ -215,12 +212,12 @@ class SpaceConfig(BaseModel):
     @field_validator("quantizers")
     @classmethod
     def _known_quantizers(cls, quantizers: list[str]) -> list[str]:
-        return _check_quantizers(quantizers)
+        return _known_names(quantizers, QUANTIZERS, what="weight quantizers")
 
     @field_validator("factorizations")
     @classmethod
     def _known_factorizations(cls, factorizations: list[str]) -> list[str]:
-        return _check_factorizations(factorizations)
+        return _known_names(factorizations, FACTORIZATIONS, what="low-rank factorizations")
 
     @field_validator("sparsity")
     @classmethod
