@@ -308,12 +308,16 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
         costs = self.cost_tuple(context.costs)
         rungs = {r for r in self.table.rungs if 0 < r < self.epochs}
         start = self.ptq_start(model, always=0 in self.table.rungs)
-        if 0 in self.table.rungs and start is not None:
-            value = start.metrics[self.task.primary]
+
+        def judge(rung: int, metrics: Mapping[str, float]) -> None:
+            value = metrics[self.task.primary]
             record = RungRecord(
                 trial=context.number, score=self.task.score.maximised(value), costs=costs
             )
-            self.table.judge(0, record, metric=self.task.primary, value=value)
+            self.table.judge(rung, record, metric=self.task.primary, value=value)
+
+        if 0 in self.table.rungs and start is not None:
+            judge(0, start.metrics)
         if not self.ptq_fallback:
             start = None  # judged at rung 0 only: the fine-tune keeps its own result
 
@@ -324,12 +328,8 @@ class EarlyStoppingTrainEvaluator(TrainEvaluator):
             if not math.isfinite(metrics["loss"]):
                 raise CandidateError(f"non-finite validation loss after epoch {epoch}")
             if start is not None and self.better(start.metrics, than=metrics):
-                metrics = dict(start.metrics)  # what the candidate would end with, at worst
-            value = metrics[self.task.primary]
-            record = RungRecord(
-                trial=context.number, score=self.task.score.maximised(value), costs=costs
-            )
-            self.table.judge(epoch, record, metric=self.task.primary, value=value)
+                metrics = start.metrics  # what the candidate would end with, at worst
+            judge(epoch, metrics)
             model.train()  # evaluate left it in eval mode
 
         return self.fine_tune(model, after_epoch=judge_at_rungs, start=start)

@@ -46,7 +46,6 @@ from .setup import SearchSetup
 logger = logging.getLogger(__name__)
 
 WARM_START_ATTR = "warm_start"  # on a queued trial: the cost level it was allocated for
-_DONE_ATTR = "warm_start_done"  # on the study: queued once per run, never again on resume
 _REFERENCE_BITS = 8  # costs are relative to the network at uniform int8
 # The hardest level reaches below a one-shot 50% prune + int8 recipe (about 0.3 of int8 on
 # the shipped CPU specs), so the queued candidates span the front a user would compare with.
@@ -340,15 +339,12 @@ def warm_start_(study: optuna.Study, setup: SearchSetup) -> int:
     """Queue the warm-start candidates of ``setup.config`` once per run: only into a study
     that has no trials yet (not on resume, nor by a worker joining a running study). Returns
     how many were queued."""
-    if setup.config.warm_start_method() == "none" or study.user_attrs.get(_DONE_ATTR):
-        return 0
-    if study.get_trials(deepcopy=False):
+    if setup.config.warm_start_method() == "none" or study.get_trials(deepcopy=False):
         return 0
     candidates = warm_start_candidates(setup)
     for index in coverage_order(len(candidates)):
         params, attrs = candidates[index]
         study.enqueue_trial(params, user_attrs={WARM_START_ATTR: attrs})
-    study.set_user_attr(_DONE_ATTR, True)
     logger.info(
         "Warm start: %d candidate(s) queued at cost levels %s of uniform int8.",
         len(candidates),
