@@ -16,25 +16,14 @@ from autocompress.spaces.candidate import low_rank_pays
 from autocompress.spaces.groups import is_depthwise
 from autocompress.spaces.sampling import enumerate_candidates
 
-SMALL = {"depths": [2], "widths": [8, 48], "kernel_sizes": [3], "strides": [1, 2]}
 
-
-def _space(**fields) -> JointSearchSpace:
-    config = SpaceConfig(family="small_cnn", arch=SMALL, **fields)
-    return JointSearchSpace(config, num_classes=10, input_shape=(1, 8, 8))
-
-
-def _trials(space, n: int, seed: int = 0) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    study.optimize(lambda t: (space.suggest(t), 0.0)[1], n_trials=n)
-    return study.trials
-
-
-def test_default_rank_ratios_keep_the_dimensions_and_draws_of_a_space_without_them():
+def test_default_rank_ratios_keep_the_dimensions_and_draws_of_a_space_without_them(
+    small_space, draws
+):
     fields = {"w_bits": [4, 8], "prune_ratios": [0.0, 0.5]}
-    before, after = _space(**fields), _space(**fields, rank_ratios=[1.0])
+    before, after = small_space(**fields), small_space(**fields, rank_ratios=[1.0])
     assert SpaceConfig().rank_ratios == [1.0]
-    old, new = _trials(before, 12), _trials(after, 12)
+    old, new = draws(before, 12), draws(after, 12)
     assert [t.params for t in new] == [t.params for t in old]
     assert not any(name.endswith(".rank") for t in new for name in t.params)
     # Their candidates' JSON is what it was before the field existed.
@@ -45,11 +34,11 @@ def test_default_rank_ratios_keep_the_dimensions_and_draws_of_a_space_without_th
     )
 
 
-def test_rank_dimensions_follow_prune_per_layer_and_record_only_ratios_that_pay():
-    space = _space(rank_ratios=[0.25, 1.0, 0.5, 0.5])
+def test_rank_dimensions_follow_prune_per_layer_and_record_only_ratios_that_pay(small_space, draws):
+    space = small_space(rank_ratios=[0.25, 1.0, 0.5, 0.5])
     assert space.config.rank_ratios == [0.25, 0.5, 1.0]
     ranked = 0
-    for trial in _trials(space, 30):
+    for trial in draws(space, 30):
         names = list(trial.params)
         for name in (n.removesuffix(".rank") for n in names if n.endswith(".rank")):
             # Each layer's rank choice comes right after its bits (and pruning ratio).
@@ -62,7 +51,7 @@ def test_rank_dimensions_follow_prune_per_layer_and_record_only_ratios_that_pay(
     assert set(shapes) == {"features.0.0", "features.1.0", "classifier"}
     assert shapes["features.1.0"] == (48, 48 * 9)
     seen = set()
-    small = _space(rank_ratios=[0.5, 1.0], w_bits=[8], a_bits=[8], prune_ratios=[0.0])
+    small = small_space(rank_ratios=[0.5, 1.0], w_bits=[8], a_bits=[8], prune_ratios=[0.0])
     for candidate in enumerate_candidates(small):
         arch_shapes = space.factorizable_shapes(candidate.arch)
         for name, choice in candidate.layers.items():
@@ -73,20 +62,20 @@ def test_rank_dimensions_follow_prune_per_layer_and_record_only_ratios_that_pay(
     assert seen == {"features.0.0", "features.1.0", "classifier"}
 
 
-def test_a_layer_where_no_ratio_pays_gets_no_rank_dimension():
+def test_a_layer_where_no_ratio_pays_gets_no_rank_dimension(small_space, draws):
     # features.0.0 with 8 channels: 8 x 9 at 0.9 -> rank 7, 7 * 17 > 72 never pays.
-    space = _space(rank_ratios=[0.9, 1.0])
-    for trial in _trials(space, 20):
+    space = small_space(rank_ratios=[0.9, 1.0])
+    for trial in draws(space, 20):
         assert "features.0.0.rank" not in trial.params
 
 
-def test_overrides_fix_rank_ratio_where_it_pays_and_exclude_keeps_layers_whole():
-    space = _space(
+def test_overrides_fix_rank_ratio_where_it_pays_and_exclude_keeps_layers_whole(small_space, draws):
+    space = small_space(
         rank_ratios=[0.25, 1.0],
         overrides={"features.*": {"rank_ratio": 0.5}, "classifier": {"rank_ratio": 0.9}},
         exclude=["features.0.0"],
     )
-    for trial in _trials(space, 10):
+    for trial in draws(space, 10):
         assert not any(name.endswith(".rank") for name in trial.params)
     candidate = space.suggest(optuna.create_study().ask())
     # features.1.0 is at most 48 x 432 and at least 8 x 72: rank 1/2 pays at every width.
@@ -168,9 +157,9 @@ def test_summary_counts_the_factorized_layers():
     assert "rank" not in candidate_summary({"family": "mlp", "arch": {}, "layers": layers})
 
 
-def test_spatial_factorization_is_a_dimension_of_factorized_convs_only():
-    space = _space(w_bits=[8], rank_ratios=[0.25, 0.5], factorizations=["channel", "spatial"])
-    trials = _trials(space, 12)
+def test_spatial_factorization_is_a_dimension_of_factorized_convs_only(small_space, draws):
+    space = small_space(w_bits=[8], rank_ratios=[0.25, 0.5], factorizations=["channel", "spatial"])
+    trials = draws(space, 12)
     kinds = {}
     for trial in trials:
         for name in trial.params:
@@ -195,7 +184,7 @@ def test_spatial_factorization_is_a_dimension_of_factorized_convs_only():
             built += 1
     assert built
     # Not searched: no dimension, and candidates keep their former JSON (no factorization key).
-    plain = _trials(_space(w_bits=[8], rank_ratios=[0.25, 0.5]), 4)
+    plain = draws(small_space(w_bits=[8], rank_ratios=[0.25, 0.5]), 4)
     assert not any(n.endswith(".factorization") for t in plain for n in t.params)
     with pytest.raises(ValueError, match="factorizations must be among"):
         SpaceConfig(factorizations=["tucker"])

@@ -8,37 +8,26 @@ import pytest
 
 from autocompress.config import parse_config
 from autocompress.core.trials import candidate_summary
-from autocompress.spaces import Candidate, JointSearchSpace, LayerChoice, SpaceConfig
-
-SMALL = {"depths": [2], "widths": [8, 48], "kernel_sizes": [3], "strides": [1, 2]}
+from autocompress.spaces import Candidate, LayerChoice, SpaceConfig
 
 
-def _space(**fields) -> JointSearchSpace:
-    config = SpaceConfig(family="small_cnn", arch=SMALL, **fields)
-    return JointSearchSpace(config, num_classes=10, input_shape=(1, 8, 8))
-
-
-def _trials(space, n: int, seed: int = 0) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    study.optimize(lambda t: (space.suggest(t), 0.0)[1], n_trials=n)
-    return study.trials
-
-
-def test_default_sparsity_keeps_the_dimensions_draws_and_json_of_a_space_without_it():
+def test_default_sparsity_keeps_the_dimensions_draws_and_json_of_a_space_without_it(
+    small_space, draws
+):
     fields = {"w_bits": [4, 8], "prune_ratios": [0.0, 0.5]}
-    before, after = _space(**fields), _space(**fields, sparsity=[0])
+    before, after = small_space(**fields), small_space(**fields, sparsity=[0])
     assert SpaceConfig().sparsity == [0.0]
     assert SpaceConfig().sparsity_importance == "magnitude"
     assert SpaceConfig().pruning_importance == "l1"
-    old, new = _trials(before, 12), _trials(after, 12)
+    old, new = draws(before, 12), draws(after, 12)
     assert [t.params for t in new] == [t.params for t in old]
     candidate = after.suggest(optuna.create_study().ask())
     assert all("sparsity" not in layer for layer in candidate.to_dict()["layers"].values())
 
 
-def test_sparsity_is_one_dimension_per_layer_and_overrides_fix_it():
-    space = _space(sparsity=[0, 0.5, "2:4"], overrides={"classifier": {"sparsity": "1:4"}})
-    trials = _trials(space, 10)
+def test_sparsity_is_one_dimension_per_layer_and_overrides_fix_it(small_space, draws):
+    space = small_space(sparsity=[0, 0.5, "2:4"], overrides={"classifier": {"sparsity": "1:4"}})
+    trials = draws(space, 10)
     dims = {name for t in trials for name in t.params if name.endswith(".sparsity")}
     assert dims and "classifier.sparsity" not in dims
     values = {v for t in trials for k, v in t.params.items() if k.endswith(".sparsity")}
