@@ -49,7 +49,6 @@ and "dominated: k/3". Measured figures: docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import shutil
 import sys
 import tempfile
@@ -71,8 +70,7 @@ from autocompress.evaluators.supernet import recalibrate_bn_
 from autocompress.evaluators.train import evaluate_accuracy, train_epochs
 from autocompress.search import run_search
 from autocompress.search.objective import TrialObjective, trial_metrics
-from autocompress.search.setup import SearchSetup, prepare_setup
-from autocompress.spaces import Candidate, LayerChoice
+from autocompress.search.setup import prepare_setup
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "resnet18_checkpoint"  # digits_rgb.py: "digits_rgb:load"
@@ -175,25 +173,6 @@ def train_checkpoint(model: str, path: Path, args: argparse.Namespace) -> float:
     return evaluate_accuracy(network, val_loader, device=device)[0]
 
 
-def uniform_candidate(setup: SearchSetup, *, w_bits: int, a_bits: int, ratio: float) -> Candidate:
-    """The same bits on every Conv2d/Linear layer of the whole network and the same pruning ratio
-    on every prunable channel group (layers of ``space.exclude`` stay float and unpruned, as in
-    the search)."""
-    space = setup.space
-    arch = space.family.largest_arch()
-    layers, prunable = space.layer_dimensions(arch)
-    excluded = space.config.exclude
-    choices = {}
-    for name in layers:
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in excluded):
-            choices[name] = LayerChoice()
-        else:
-            choices[name] = LayerChoice(
-                w_bits=w_bits, a_bits=a_bits, prune_ratio=ratio if name in prunable else 0.0
-            )
-    return Candidate(family=space.family.name, arch=arch, layers=choices)
-
-
 @torch.no_grad()
 def calibrate_(model: nn.Module, loader, *, batches: int, device: torch.device) -> None:
     """Post-training calibration: the fake-quant layers observe their input ranges (train mode)
@@ -222,7 +201,10 @@ def run_baselines(config: RunConfig, run_dir: Path, args: argparse.Namespace):
     points = []
     for name, (w_bits, a_bits, ratio, trained) in BASELINES.items():
         start, cpu = time.perf_counter(), time.process_time()
-        candidate = uniform_candidate(setup, w_bits=w_bits, a_bits=a_bits, ratio=ratio)
+        arch = setup.space.family.largest_arch()  # no block dropped
+        candidate = setup.space.uniform_candidate(
+            arch, w_bits=w_bits, a_bits=a_bits, prune_ratio=ratio
+        )
         model = objective.build(candidate)
         costs = trial_metrics(setup.profile.profile(model, input_shape=setup.data.input_shape))
         if trained:

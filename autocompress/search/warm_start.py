@@ -37,7 +37,7 @@ import optuna
 from ..compression import build_compressed
 from ..compression.sensitivity import Sensitivity, measure_sensitivity
 from ..data import make_loaders
-from ..spaces import Candidate, JointSearchSpace, LayerChoice, matching
+from ..spaces import JointSearchSpace, matching
 from ..spaces.candidate import CHANNEL, FLOAT_BITS, UNIFORM, sparsity_fraction
 from ..spaces.groups import output_layer
 from .objective import trial_metrics
@@ -213,13 +213,7 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
     layers, prunable = space.layer_dimensions(arch)
 
     def price(w: int, a: int, ratio: float) -> dict[str, float]:
-        choices = {
-            name: LayerChoice()
-            if matching(space.config.exclude, name)
-            else LayerChoice(w_bits=w, a_bits=a, prune_ratio=ratio if name in prunable else 0.0)
-            for name in layers
-        }
-        candidate = Candidate(family=space.family.name, arch=arch, layers=choices)
+        candidate = space.uniform_candidate(arch, w_bits=w, a_bits=a, prune_ratio=ratio)
         model = build_compressed(
             candidate,
             num_classes=data.num_classes,

@@ -368,6 +368,23 @@ class JointSearchSpace(SearchSpace):
         self.layer_dimensions(arch)
         return dict(self._shapes[json.dumps(arch, sort_keys=True, default=str)])
 
+    def uniform_candidate(
+        self, arch: dict[str, Any], *, w_bits: int, a_bits: int, prune_ratio: float = 0.0
+    ) -> Candidate:
+        """The same bits on every Conv2d/Linear layer of ``arch`` and the same pruning ratio on
+        every prunable channel group (the layers of ``space.exclude`` stay float and whole): a
+        one-shot recipe, priced and compressed as any candidate."""
+        layers, prunable = self.layer_dimensions(arch)
+        choices = {
+            name: LayerChoice()
+            if matching(self.config.exclude, name)
+            else LayerChoice(
+                w_bits=w_bits, a_bits=a_bits, prune_ratio=prune_ratio if name in prunable else 0.0
+            )
+            for name in layers
+        }
+        return Candidate(family=self.family.name, arch=arch, layers=choices)
+
     def suggest(self, trial: optuna.Trial) -> Candidate:
         cfg = self.config
         arch = self.family.suggest_arch(trial)
