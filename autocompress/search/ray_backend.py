@@ -53,7 +53,7 @@ from .objective import Priced, TrialObjective, describe_failure
 from .results import SearchResult, write_run_results
 from .setup import prepare_setup
 from .storage import make_storage
-from .study import DUPLICATE_ATTR, count_done, open_study, write_config
+from .study import REPEAT_LIMIT, count_done, open_study, repeat_streak, write_config
 from .warm_start import warm_start_
 
 logger = logging.getLogger(__name__)
@@ -366,7 +366,6 @@ def run_ray_search(
         # driver.optimize_until_done does, start another experiment for the trials still
         # missing. One sampler for all of them: a fresh one would restart from the seed and
         # suggest the earlier experiments' candidates again.
-        experiment_start = None
         timeout = config.search.timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         while (
@@ -375,13 +374,13 @@ def run_ray_search(
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            if _only_repeats(study, since=experiment_start):
+            if repeat_streak(study.get_trials(deepcopy=False)) >= REPEAT_LIMIT:
                 logger.warning(
-                    "Stopping: a whole experiment proposed only candidates this run has already "
-                    "evaluated; the search space looks exhausted."
+                    "Stopping: the last %d proposals were all candidates this run has already "
+                    "evaluated; the search space looks exhausted.",
+                    REPEAT_LIMIT,
                 )
                 break
-            experiment_start = len(study.get_trials(deepcopy=False))
             index = 0 if latest is None else int(latest.name.removeprefix("exp")) + 1
             latest = experiments / f"exp{index}"
             tuner = _new_tuner(
@@ -471,14 +470,6 @@ def _fit(tuner: tune.Tuner, experiment: Path, study: optuna.Study) -> None:
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     experiment.mkdir(parents=True, exist_ok=True)
     (experiment / FINISHED_FILE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-
-
-def _only_repeats(study: optuna.Study, *, since: int | None) -> bool:
-    """Whether the trials from number ``since`` on exist and are all skipped repeats."""
-    if since is None:
-        return False
-    new = study.get_trials(deepcopy=False)[since:]
-    return bool(new) and all(DUPLICATE_ATTR in t.user_attrs for t in new)
 
 
 def _latest_experiment(experiments: Path) -> Path | None:

@@ -162,12 +162,27 @@ def write_config(config: RunConfig, run_dir: Path | RunDir) -> None:
     write_text_atomic(RunDir(run_dir).config_file, dump_config(config))
 
 
+# Proposals in a row that repeat evaluated candidates before a search calls its space exhausted:
+# a few repeats are normal (a reseeded sampler, a small space), an endless run of them is not.
+REPEAT_LIMIT = 50
+
+
+def repeat_streak(trials: Iterable[FrozenTrial]) -> int:
+    """How many of the last finished ``trials`` in a row were skipped as repeats."""
+    streak = 0
+    for trial in reversed([t for t in trials if t.state.is_finished()]):
+        if DUPLICATE_ATTR not in trial.user_attrs:
+            break
+        streak += 1
+    return streak
+
+
 class RepeatGuard:
     """``study.optimize`` callback that stops the study once ``limit`` trials in a row were
     skipped as repeats: the sampler keeps proposing candidates the run has evaluated, so the
     space is (nearly) exhausted and more trials would never count. Thread-safe."""
 
-    def __init__(self, limit: int = 50) -> None:
+    def __init__(self, limit: int = REPEAT_LIMIT) -> None:
         self.limit = limit
         self.exhausted = False
         self._streak = 0

@@ -23,7 +23,7 @@ from autocompress.cli import app
 from autocompress.config import parse_config
 from autocompress.core import load_trials, pareto_front
 from autocompress.search import run_search
-from autocompress.search.study import DUPLICATE_ATTR, count_done
+from autocompress.search.study import DUPLICATE_ATTR, count_done, repeat_streak
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,6 +90,21 @@ def test_an_exhausted_space_ends_the_search(tmp_path, four_candidates, caplog):
     counted = _counted(result.trials)
     assert len(counted) == 4 and counted["candidate"].nunique() == 4
     assert "search space looks exhausted" in caplog.text
+
+
+def test_repeat_streak_counts_the_last_finished_repeats_in_a_row():
+    from optuna.trial import TrialState, create_trial
+
+    def trial(state=TrialState.PRUNED, repeat=True):
+        attrs = {DUPLICATE_ATTR: 0} if repeat else {}
+        values = [1.0] if state == TrialState.COMPLETE else None
+        return create_trial(state=state, values=values, user_attrs=attrs)
+
+    fresh = trial(TrialState.COMPLETE, repeat=False)
+    running = create_trial(state=TrialState.RUNNING)
+    assert repeat_streak([]) == 0
+    assert repeat_streak([trial(), fresh, trial(), trial(), running]) == 2
+    assert repeat_streak([trial(), trial(), fresh]) == 0
 
 
 # --- kill -9 ---------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ torch.manual_seed(0)
 train, _, _, _ = shapes(None, 0)
 model = TinySeg()
 loader = DataLoader(train, batch_size=32, shuffle=True)
-train_epochs(model, loader, epochs=6, lr=0.01, weight_decay=0.0, device=torch.device("cpu"),
+train_epochs(model, loader, epochs=20, lr=0.03, weight_decay=0.0, device=torch.device("cpu"),
              task=Segmentation())
 torch.save(model.state_dict(), "tinyseg.pt")
 """
