@@ -35,6 +35,14 @@ Backend = Annotated[str, typer.Option(help="onnxruntime | torch")]
 Repeats = Annotated[int, typer.Option(min=1, help="Timed runs per measurement (median kept).")]
 Warmup = Annotated[int, typer.Option(min=0, help="Untimed runs before each measurement.")]
 Threads = Annotated[int, typer.Option(min=1, help="Intra-op threads of the runtime.")]
+Quantized = Annotated[
+    bool | None,
+    typer.Option(
+        "--quantized/--float",
+        help="Time layers as deployed (int8 kernels where the bits allow; the default with "
+        "onnxruntime) or as float (the default with torch).",
+    ),
+]
 Rounds = Annotated[
     int, typer.Option(min=1, help="Timing passes; the best pass of each timing is kept.")
 ]
@@ -55,6 +63,7 @@ def build_lut_command(
     out: Out,
     samples: Samples = 50,
     backend: Backend = "onnxruntime",
+    quantized: Quantized = None,
     repeats: Repeats = 30,
     warmup: Warmup = 10,
     threads: Threads = 1,
@@ -65,9 +74,11 @@ def build_lut_command(
 ) -> None:
     """Measure every distinct layer of the config's search space on DEVICE into a LUT JSON."""
     from ..hardware_profiles.lut_build import build_lut, layer_shapes_of_space
+    from ..hardware_profiles.lut_table import DEPLOYED, HOST_PRECISION
 
     _check_device(device)
     _check_backend(backend)
+    quantized = _check_quantized(quantized, backend)
     config, shape, classes = _load(config_path, input_shape, num_classes)
     with reported_errors():
         keys = layer_shapes_of_space(
@@ -76,16 +87,18 @@ def build_lut_command(
             num_classes=classes,
             n_samples=samples,
             seed=config.seed if seed is None else seed,
+            precision=DEPLOYED if quantized else HOST_PRECISION,
         )
         console.print(
             f"{len(keys)} distinct layers in {samples} sampled candidates of space "
-            f"'{config.space.family}' at input {shape}; measuring with {backend}, "
-            f"{threads} thread(s)"
+            f"'{config.space.family}' at input {shape}; measuring with {backend} "
+            f"({'int8 where the bits allow' if quantized else 'float'}), {threads} thread(s)"
         )
         with console.status("measuring layers") as status:
             lut = build_lut(
                 keys,
                 backend=backend,  # type: ignore[arg-type]
+                quantized=quantized,
                 threads=threads,
                 warmup=warmup,
                 repeats=repeats,
@@ -109,6 +122,7 @@ def fit_command(
         Path | None, typer.Option("--lut", help="Reuse a LUT JSON instead of measuring layers.")
     ] = None,
     backend: Backend = "onnxruntime",
+    quantized: Quantized = None,
     repeats: Repeats = 30,
     warmup: Warmup = 10,
     threads: Threads = 1,
@@ -134,6 +148,7 @@ def fit_command(
 
     _check_device(device)
     _check_backend(backend)
+    quantized = _check_quantized(quantized, backend)
     config, shape, classes = _load(config_path, input_shape, num_classes)
     with reported_errors():
         with console.status("measuring models") as status:
@@ -145,6 +160,7 @@ def fit_command(
                 seed=config.seed if seed is None else seed,
                 lut=lut_path,
                 backend=backend,  # type: ignore[arg-type]
+                quantized=quantized,
                 threads=threads,
                 warmup=warmup,
                 repeats=repeats,
@@ -192,6 +208,17 @@ def _describe(f: Any) -> str:
         f"{f.within_10pct:.0%} within 10%, RMSE {f.rmse_ms:.4g} ms, Kendall tau "
         f"{f.kendall_tau:.3f}, median |error| {f.median_abs_pct:.1f}%"
     )
+
+
+def _check_quantized(quantized: bool | None, backend: str) -> bool:
+    if quantized is None:
+        return backend == "onnxruntime"
+    if quantized and backend != "onnxruntime":
+        fail(
+            f"The '--quantized' option needs '--backend onnxruntime' (eager {backend} has no "
+            "integer kernels for these layers); use --float."
+        )
+    return quantized
 
 
 def _check_device(device: str) -> None:

@@ -403,14 +403,15 @@ def _state_dict(
     rebuilt.load_state_dict(state)
     rebuilt.eval()
     profile = MeasuredProfile(backend="onnxruntime", threads=TIMING_THREADS)
-    latency = profile.profile(rebuilt, input_shape=tuple(spec["input_shape"])).latency_ms
+    measured = profile.profile(rebuilt, input_shape=tuple(spec["input_shape"]))
     return _Written(
         path=blob,
         files=[blob, out_dir / PACKED_INDEX, out_dir / SPEC_FILE, out_dir / WEIGHTS_FILE],
         runner=torch_runner(rebuilt),
-        latency_ms=latency,
-        latency_runtime="onnxruntime CPU float kernels via MeasuredProfile (architecture and "
-        f"pruning only, not bits), {TIMING_THREADS} thread, batch 1, this host",
+        latency_ms=measured.latency_ms,
+        latency_runtime="onnxruntime CPU as deployed via MeasuredProfile (int8 QDQ kernels for "
+        f"<= 8-bit layers, fp32 for the others: {measured.details['precision_note']}), "
+        f"{TIMING_THREADS} thread, batch 1, this host",
         checks={"packed_weights_exact": packed_state_equal(model, state)},
         notes=[
             "weights.bin holds the bit-packed integer weights + per-channel scales (format in "

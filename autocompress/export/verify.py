@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hardware_profiles.deployed import INTEGER_KERNELS
 from ..tasks import Classification, Task
 
 TIMING_WARMUP = 10
@@ -248,18 +249,6 @@ def onnx_session(
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
-
-
-# onnxruntime's integer kernels, as its QDQ fusions produce them.
-INTEGER_KERNELS = (
-    "QLinearConv",
-    "QLinearMatMul",
-    "QGemm",
-    "ConvInteger",
-    "MatMulInteger",
-    "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul",
-)
 
 
 def onnxruntime_ops(path: Path) -> dict[str, int]:

@@ -83,11 +83,14 @@ def host_facts(*, backend: str, threads: int | None) -> dict[str, Any]:
     return facts
 
 
-def host_device_spec(*, threads: int = 1) -> DeviceSpec:
-    """A first-guess float-only :class:`DeviceSpec` of this host, meant to be calibrated.
+def host_device_spec(*, threads: int = 1, quantized: bool = False) -> DeviceSpec:
+    """A first-guess :class:`DeviceSpec` of this host, meant to be calibrated.
 
     Peak = ``threads`` x clock x SIMD fp32 lanes (16 with AVX-512, 8 with AVX2, else 4) x 2 FMA
-    pipes, read from ``/proc/cpuinfo`` where it exists (2 GHz and 4 lanes otherwise). Memory
+    pipes, read from ``/proc/cpuinfo`` where it exists (2 GHz and 4 lanes otherwise). With
+    ``quantized`` (the host runs int8 kernels for <= 8-bit layers, as a quantized
+    MeasuredProfile times them) it also computes 8 bits, at 4x the fp32 peak with VNNI
+    instructions (one 4-way int8 dot product per lane) and 2x without. Memory
     bandwidth (10 GB/s per thread), ``compute_efficiency`` 0.5 and ``layer_overhead_s`` 5 us are
     engineering guesses; on-chip memory is the L2 of cpu0 (1 MiB if unknown). Energy fields are
     Horowitz (ISSCC 2014) 45 nm placeholders: energy is not calibrated for the host.
@@ -96,15 +99,22 @@ def host_device_spec(*, threads: int = 1) -> DeviceSpec:
     info = read_cpuinfo()
     mhz = _DEFAULT_MHZ if info.mhz is None else info.mhz
     lanes = 16 if "avx512f" in info.flags else 8 if "avx2" in info.flags else 4
+    fp32_peak = threads * mhz * 1e6 * lanes * 2
+    peak, energy, kernels = {32: fp32_peak}, {32: 4.6}, "fp32 kernels"
+    if quantized:
+        vnni = bool({"avx512_vnni", "avx_vnni"} & set(info.flags))
+        peak[8] = fp32_peak * (4 if vnni else 2)
+        energy[8] = 0.2  # Horowitz: 8-bit multiply 0.2 pJ
+        kernels = f"int8 ({'VNNI' if vnni else 'no VNNI'}) and fp32 kernels"
     return DeviceSpec(
         name="host",
-        description=f"This host ({cpu_model()}), {threads} thread(s), fp32 kernels; first guess.",
+        description=f"This host ({cpu_model()}), {threads} thread(s), {kernels}; first guess.",
         kind="cpu",
-        supported_bits=[32],
-        peak_macs_per_s={32: threads * mhz * 1e6 * lanes * 2},
+        supported_bits=sorted(peak),
+        peak_macs_per_s=peak,
         memory_bandwidth_bytes_per_s=1e10 * threads,
         onchip_memory_bytes=_l2_bytes(),
-        energy_per_mac_pj={32: 4.6},
+        energy_per_mac_pj=energy,
         energy_per_dram_byte_pj=162.5,
         energy_per_sram_byte_pj=12.5,
         layer_overhead_s=5e-6,

@@ -33,10 +33,12 @@ import torch
 from torch import nn
 
 from autocompress.core.validation import check_int
+from autocompress.hardware_profiles.deployed import INT8, INT8_MAX_BITS
 from autocompress.hardware_profiles.graph import check_input_shape
 from autocompress.hardware_profiles.host import host_facts
 from autocompress.hardware_profiles.lut_table import (
     ACTIVATION_FACTORIES,
+    DEPLOYED,
     HOST_PRECISION,
     LUT_BACKENDS,
     LatencyLUT,
@@ -62,10 +64,11 @@ _OVERHEAD_SAMPLES = 3
 
 
 def layer_module(key: LayerKey, *, seed: int = 0) -> nn.Module:
-    """The isolated op group of ``key`` as a float eval-mode module with seeded random weights.
+    """The isolated op group of ``key`` as an eval-mode module with seeded random weights.
 
-    Its input is ``(1, *key.input_shape)``. Weight values do not change float kernel timings;
-    the seed only keeps the module reproducible.
+    Its input is ``(1, *key.input_shape)``. Weight values do not change kernel timings; the seed
+    only keeps the module reproducible. An int8 key's Conv/Linear carries 8-bit ``w_bits`` and
+    ``a_bits``, which is what makes a quantized :class:`MeasuredProfile` run it as int8.
     """
     if not isinstance(key, LayerKey):
         raise ValueError(
@@ -96,6 +99,7 @@ def layer_module(key: LayerKey, *, seed: int = 0) -> nn.Module:
         layers.append(norm(key.out_channels))
     if key.act != "none":
         layers.append(ACTIVATION_FACTORIES[key.act]())
+    _set_precision(layers[0], key.precision)
     module = nn.Sequential(*layers)
     with torch.no_grad():
         for param in module.parameters():
@@ -103,14 +107,25 @@ def layer_module(key: LayerKey, *, seed: int = 0) -> nn.Module:
     return module.eval()
 
 
+def _set_precision(layer: nn.Module, precision: str) -> None:
+    # The attributes graph.layer_bits reads: the deployed export quantizes int8 layers only.
+    if precision == INT8:
+        layer.w_bits = layer.a_bits = INT8_MAX_BITS
+
+
 def context_module(
-    kind: Literal["conv", "linear"], shape: tuple[int, ...], *, seed: int = 0
+    kind: Literal["conv", "linear"],
+    shape: tuple[int, ...],
+    *,
+    seed: int = 0,
+    precision: str = HOST_PRECISION,
 ) -> nn.Module:
     """The cheap op placed before/after a layer when it is timed in context (see module doc).
 
     ``shape``: the tensor it runs on, without the batch dim. A conv gets a depthwise 1x1 conv
     (keeps the runtime's conv layout, costs about one pass over the tensor); a linear gets a
-    square ``nn.Linear`` over the last dim.
+    square ``nn.Linear`` over the last dim. ``precision``: the layer's it surrounds, so that an
+    int8 layer hands its neighbours int8 tensors as in a quantized model.
     """
     generator = torch.Generator().manual_seed(seed)
     if kind == "linear":
@@ -118,6 +133,7 @@ def context_module(
     else:
         conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(shape) - 1]
         module = conv_cls(shape[0], shape[0], 1, groups=shape[0])
+    _set_precision(module, precision)
     with torch.no_grad():
         for param in module.parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
@@ -133,14 +149,18 @@ def build_lut(
     repeats: int = 30,
     rounds: int = 3,
     seed: int = 0,
+    quantized: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LatencyLUT:
     """Measure every distinct layer op group of ``items`` on this host (see the module doc).
 
     ``items``: :class:`LayerKey` objects (e.g. from :func:`layer_shapes_of_space`) and/or
-    ``(model, input_shape)`` pairs whose layers are traced with :func:`model_layers`; keys must
-    have :data:`HOST_PRECISION` (the host only runs float kernels). Layers without a key are
-    skipped. Every timing is a :class:`MeasuredProfile` median (``backend``, ``threads``,
+    ``(model, input_shape)`` pairs whose layers are traced with :func:`model_layers`. Layers
+    without a key are skipped. ``quantized`` (default: True for onnxruntime, False for torch):
+    layers are timed as deployed, int8 keys with onnxruntime's int8 kernels (see
+    :class:`MeasuredProfile`), and the LUT's precision is :data:`DEPLOYED`; otherwise every key
+    must be :data:`HOST_PRECISION` and everything runs float. Every timing is a
+    :class:`MeasuredProfile` figure (``backend``, ``threads``,
     ``warmup``, ``repeats``). Everything is timed once per round, rounds one after another, and
     each timing keeps its best (smallest) median over the rounds: on a shared machine, other
     processes and virtual-machine neighbours only ever add time, and they come and go within
@@ -161,8 +181,11 @@ def build_lut(
     check_int(warmup, name="warmup", where="build_lut", minimum=0)
     check_int(repeats, name="repeats", where="build_lut", minimum=1)
     check_int(rounds, name="rounds", where="build_lut", minimum=1)
-    keys = _distinct_keys(items)
-    profiler = MeasuredProfile(backend=backend, warmup=warmup, repeats=repeats, threads=threads)
+    quantized = backend == "onnxruntime" if quantized is None else quantized
+    profiler = MeasuredProfile(
+        backend=backend, warmup=warmup, repeats=repeats, threads=threads, quantized=quantized
+    )
+    keys = _distinct_keys(items, precision=DEPLOYED if quantized else HOST_PRECISION)
     contexts = list(dict.fromkeys(c for key in keys for c in _contexts(key)))
     total = rounds * (2 * len(keys) + len(contexts)) + _OVERHEAD_SAMPLES
     done = 0
@@ -180,9 +203,9 @@ def build_lut(
     overheads = [time_ms(nn.ReLU(), (1,))]
     alone: dict[LayerKey, list[float]] = {k: [] for k in keys}
     chain: dict[LayerKey, list[float]] = {k: [] for k in keys}
-    context_ms: dict[tuple[str, tuple[int, ...]], list[float]] = {c: [] for c in contexts}
+    context_ms: dict[_Context, list[float]] = {c: [] for c in contexts}
     for round_index in range(rounds):
-        measured: set[tuple[str, tuple[int, ...]]] = set()
+        measured: set[_Context] = set()
         for index, key in enumerate(keys):
             if round_index == rounds // 2 and index == len(keys) // 2:
                 overheads.append(time_ms(nn.ReLU(), (1,)))
@@ -192,10 +215,15 @@ def build_lut(
             for context in (before, after):
                 if context not in measured:
                     measured.add(context)
-                    context_ms[context].append(time_ms(context_module(*context), context[1]))
+                    module = context_module(*context[:2], precision=context[2])
+                    context_ms[context].append(time_ms(module, context[1]))
             layer = layer_module(key, seed=seed + index)
             alone[key].append(time_ms(layer, key.input_shape))
-            sandwich = nn.Sequential(context_module(*before), layer, context_module(*after))
+            sandwich = nn.Sequential(
+                context_module(*before[:2], precision=before[2]),
+                layer,
+                context_module(*after[:2], precision=after[2]),
+            )
             chain[key].append(time_ms(sandwich, key.input_shape))
     while len(overheads) < _OVERHEAD_SAMPLES:
         overheads.append(time_ms(nn.ReLU(), (1,)))
@@ -215,14 +243,21 @@ def build_lut(
         warmup=warmup,
         repeats=repeats,
         rounds=rounds,
+        precision=DEPLOYED if quantized else HOST_PRECISION,
         host=host_facts(backend=backend, threads=threads),
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
 
 
-def _contexts(key: LayerKey) -> tuple[tuple[str, tuple[int, ...]], tuple[str, tuple[int, ...]]]:
-    """(kind, shape) of the context ops before and after ``key``'s group."""
-    return (key.kind, key.input_shape), (key.kind, key.output_shape)
+_Context = tuple[str, tuple[int, ...], str]
+
+
+def _contexts(key: LayerKey) -> tuple[_Context, _Context]:
+    """(kind, shape, precision) of the context ops before and after ``key``'s group."""
+    return (
+        (key.kind, key.input_shape, key.precision),
+        (key.kind, key.output_shape, key.precision),
+    )
 
 
 def measure_models(
@@ -234,6 +269,7 @@ def measure_models(
     repeats: int = 30,
     rounds: int = 3,
     seed: int = 0,
+    quantized: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[float]]:
     """Whole-model latencies (ms) timed the way :func:`build_lut` times layers.
@@ -242,12 +278,15 @@ def measure_models(
     (:class:`MeasuredProfile` median of ``repeats`` runs after ``warmup``), in a new order
     shuffled with ``random.Random(seed)``, so a slow phase of the machine hits different models
     in different rounds. Returns the per-round medians of each model, in round order; the
-    reference latency of a model is the smallest of them (see :func:`build_lut`).
+    reference latency of a model is the smallest of them (see :func:`build_lut`). ``quantized``:
+    as in :func:`build_lut`.
     """
     from autocompress.hardware_profiles.measured import MeasuredProfile
 
     check_int(rounds, name="rounds", where="measure_models", minimum=1)
-    profiler = MeasuredProfile(backend=backend, warmup=warmup, repeats=repeats, threads=threads)
+    profiler = MeasuredProfile(
+        backend=backend, warmup=warmup, repeats=repeats, threads=threads, quantized=quantized
+    )
     rng = random.Random(seed)
     timings: list[list[float]] = [[] for _ in models]
     done = 0
@@ -263,7 +302,10 @@ def measure_models(
     return timings
 
 
-def _distinct_keys(items: Iterable[Any]) -> list[LayerKey]:
+def _distinct_keys(items: Iterable[Any], *, precision: str) -> list[LayerKey]:
+    """The distinct keys of ``items``, models traced at ``precision``; a key the host cannot
+    run at that precision is an error."""
+    allowed = {HOST_PRECISION, INT8} if precision == DEPLOYED else {HOST_PRECISION}
     if isinstance(items, str | bytes) or not isinstance(items, Iterable):
         raise ValueError(
             "The 'items' parameter of build_lut must be an iterable of LayerKey or "
@@ -274,7 +316,7 @@ def _distinct_keys(items: Iterable[Any]) -> list[LayerKey]:
         if isinstance(item, LayerKey):
             found = [item]
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], nn.Module):
-            traced = model_layers(item[0], input_shape=item[1])
+            traced = model_layers(item[0], input_shape=item[1], precision=precision)
             found = [r.key for r in traced.layers if r.key is not None]
         else:
             raise ValueError(
@@ -282,10 +324,11 @@ def _distinct_keys(items: Iterable[Any]) -> list[LayerKey]:
                 f"(nn.Module, input_shape) pairs. Got {item!r} instead."
             )
         for key in found:
-            if key.precision != HOST_PRECISION:
+            if key.precision not in allowed:
                 raise ValueError(
                     f"The 'items' parameter of build_lut must only hold keys at precision "
-                    f"{HOST_PRECISION!r} (this host times float kernels). Got {key} instead."
+                    f"{sorted(allowed)} (what this host runs with quantized="
+                    f"{precision == DEPLOYED}). Got {key} instead."
                 )
             seen.setdefault(key, None)
     return list(seen)
@@ -315,8 +358,11 @@ def layer_shapes_of_space(
     num_classes: int,
     n_samples: int,
     seed: int,
+    precision: str = DEPLOYED,
 ) -> list[LayerKey]:
-    """Distinct host layer keys of ``n_samples`` candidates of a search space (first-seen order).
+    """Distinct host layer keys of ``n_samples`` candidates of a search space (first-seen order),
+    traced at ``precision`` (:data:`DEPLOYED`: int8 or fp32 by each layer's bits, for a
+    quantized LUT; :data:`HOST_PRECISION` for a float one).
 
     Each candidate is built compressed (pruned channels are what the host runs), then traced
     with :func:`model_layers`. Random sampling covers the space's layer shapes only in
@@ -332,7 +378,7 @@ def layer_shapes_of_space(
     keys: dict[LayerKey, None] = {}
     for candidate in sample_candidates(space, n=n_samples, seed=seed):
         model = build_compressed(candidate, num_classes=num_classes, input_shape=shape)
-        for record in model_layers(model, input_shape=shape).layers:
+        for record in model_layers(model, input_shape=shape, precision=precision).layers:
             if record.key is not None:
                 keys.setdefault(record.key, None)
     return list(keys)

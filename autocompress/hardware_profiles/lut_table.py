@@ -28,6 +28,7 @@ from autocompress.core.validation import check_int
 __all__ = [
     "ACTIVATION_FACTORIES",
     "FUSED_ACTIVATIONS",
+    "DEPLOYED",
     "HOST_PRECISION",
     "LUT_BACKENDS",
     "LUTEntry",
@@ -39,8 +40,12 @@ __all__ = [
     "write_json",
 ]
 
-#: Precision every layer runs at on this host: MeasuredProfile times float kernels.
+#: Precision of a layer the host runs with float kernels (and of every layer of a float LUT).
 HOST_PRECISION = "fp32"
+#: A LUT's precision when each layer is keyed by the precision the host runtime executes it
+#: at (``"int8"`` or ``"fp32"``, see :func:`.deployed.deployed_precision`): it was measured on
+#: quantized models (MeasuredProfile with ``quantized=True``).
+DEPLOYED = "deployed"
 LUT_FORMAT = "autocompress-latency-lut"
 LUT_VERSION = 1
 #: Runtimes a LUT can be measured with (MeasuredProfile backends).

@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
+from autocompress.hardware_profiles.deployed import deployed_precision
 from autocompress.hardware_profiles.device_spec import DeviceSpec
 from autocompress.hardware_profiles.graph import (
     check_input_shape,
@@ -33,6 +34,7 @@ from autocompress.hardware_profiles.graph import (
     layer_quantizer,
 )
 from autocompress.hardware_profiles.lut_table import (
+    DEPLOYED,
     FUSED_ACTIVATIONS,
     HOST_PRECISION,
     LayerKey,
@@ -54,11 +56,12 @@ def model_layers(
 ) -> ModelLayers:
     """Trace one batch-1 forward pass and return the model's layer op groups and other ops.
 
-    ``precision``: a str is the precision of every layer (the host runs everything at
-    :data:`HOST_PRECISION`); a :class:`DeviceSpec` gives each layer the precision that device
-    computes its ``w_bits``/``a_bits`` at. The model is traced as a deep copy in eval mode with
-    fake quantization off (what the host deploys), so it comes back unchanged and concurrent
-    calls do not interfere.
+    ``precision``: a str is the precision of every layer (:data:`HOST_PRECISION` for a host
+    that runs float kernels), except :data:`DEPLOYED`, which gives each layer the precision the
+    host runtime executes its bits at (int8 or fp32); a :class:`DeviceSpec` gives each layer
+    the precision that device computes its ``w_bits``/``a_bits`` at. The model is traced as a
+    deep copy in eval mode with fake quantization off, so it comes back unchanged and
+    concurrent calls do not interfere.
     """
     shape = check_input_shape(input_shape, caller="model_layers")
     if not isinstance(precision, str | DeviceSpec):
@@ -179,6 +182,8 @@ def _key(
         w_bits, a_bits = layer_bits(module, name=name)
         w_bits = precision.weight_compute_bits(w_bits, layer_quantizer(module))
         label = precision.mac_cost(w_bits=w_bits, a_bits=a_bits).precision
+    elif precision == DEPLOYED:
+        label = deployed_precision(*layer_bits(module, name=name))
     else:
         label = precision
     if not isinstance(x, torch.Tensor):

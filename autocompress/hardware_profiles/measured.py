@@ -6,17 +6,14 @@ is read from the GPU's total-energy counter around the timed runs.
 
 from __future__ import annotations
 
-import copy
-import io
 import math
 import os
+import tempfile
 import threading
-import time
-import warnings
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,15 +24,33 @@ from autocompress.hardware_profiles._base import (
     register_hardware_profile,
 )
 from autocompress.hardware_profiles.checks import check_power, check_threads
+from autocompress.hardware_profiles.deployed import (
+    FP32,
+    DeployedOnnx,
+    deployed_onnx,
+    executed_precisions,
+    float_copy,
+    precision_summary,
+    seeded_input,
+)
 from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
+from autocompress.hardware_profiles.timing import (
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_ROUNDS,
+    TimingResult,
+    time_calls,
+)
 
 __all__ = ["MeasuredProfile"]
 
 _BACKENDS = ("torch", "onnxruntime")
-_INPUT_SEED = 0
 _HOST_NOTE = (
     "Measured with float kernels on the host (quant_enabled=False): latency reflects "
     "architecture and pruning, not bit-widths."
+)
+_INT8_NOTE = (
+    "Measured on onnxruntime as deployed: layers with at most 8-bit weights and inputs run "
+    "its int8 QDQ kernels, the others fp32."
 )
 _ENERGY_NOTE = (
     "Energy unknown: pass power_w (average board power in watts while running inference) "
@@ -53,40 +68,37 @@ _NVML_MIN_WINDOW_S = 1.0
 # Timing runs on the same host disturb each other (cores, caches, the GPU), and torch's thread
 # count is process-global: measure one model at a time.
 _TIMING_LOCK = threading.Lock()
-# torch.onnx.export keeps exporter state in module globals: one export at a time.
-_EXPORT_LOCK = threading.Lock()
-
-
-class _Timing(NamedTuple):
-    """Seconds per timed run and the wall-clock window around all of them."""
-
-    samples_s: list[float]
-    window_s: float
 
 
 @register_hardware_profile("measured")
 class MeasuredProfile(HardwareProfile):
     """Time real batch-1 inference on this machine.
 
-    IMPORTANT: the host runs FLOAT kernels. The model is deep-copied and every module's
-    ``quant_enabled`` attribute is set to False in the copy, because fake-quant layers would
-    otherwise time the emulation (extra rounding ops), not a real low-bit kernel. So the latency
-    reflects the architecture and pruning of the model, NOT its bit-widths; use
-    :class:`AnalyticProfile` to see the effect of bits. ``size_bytes`` and ``peak_mem_bytes`` do
-    use the bits (same functions as the analytic profile).
+    What runs: ``backend="onnxruntime"`` (needs the ``onnx`` extra) times the model as it is
+    deployed: with ``quantized=True`` (its default) every Conv/Linear whose weights and inputs
+    have at most 8 bits runs onnxruntime's int8 QDQ kernels and every other layer fp32 (see
+    :mod:`~autocompress.hardware_profiles.deployed`; a 2-4-bit layer executes as int8, as no
+    narrower CPU kernel exists). ``details["precisions"]`` says which precision each layer
+    really ran at, read from the graph onnxruntime optimised, and ``details["precision_note"]``
+    sums it up. ``quantized=False`` times the float twin. ``backend="torch"`` (eager) has no
+    integer kernels for these layers: it times the float copy (fake quantization off), so its
+    latency reflects architecture and pruning, NOT bit-widths. ``size_bytes`` and
+    ``peak_mem_bytes`` use the bits in every case (same functions as the analytic profile).
 
-    ``backend``: ``"torch"`` (eager) or ``"onnxruntime"`` (the copy is exported to ONNX in
-    memory; needs the ``onnx`` extra). ``warmup`` untimed runs, then ``repeats`` timed runs;
-    ``latency_ms`` is the median, ``details`` has p10/p90/min/max and the samples. ``threads``:
-    intra-op threads (torch.set_num_threads, restored afterwards / ORT intra_op_num_threads);
-    None keeps the library default. ``device``: ``"cpu"`` or a CUDA device (``"cuda"``,
-    ``"cuda:1"``); CUDA runs are synchronised around each timed call.
+    Timing (:mod:`~autocompress.hardware_profiles.timing`): ``warmup`` untimed runs and more
+    until two batches agree, then ``repeats`` timed runs in ``rounds`` rounds, more rounds (up
+    to ``max_rounds``) while the two fastest round medians differ by more than 5%;
+    ``latency_ms`` is the smallest round median. ``details`` has p10/p90/min/max, the round
+    medians, ``repeatability`` (the gap between the two fastest rounds) and the samples.
+    ``threads``: intra-op threads (torch.set_num_threads, restored afterwards / ORT
+    intra_op_num_threads); None keeps the library default. ``device``: ``"cpu"`` or a CUDA
+    device (``"cuda"``, ``"cuda:1"``); CUDA runs are synchronised around each timed call.
 
     Energy, first that applies (``details["energy_source"]`` says which):
 
     * ``"nvml"``: on a CUDA device with NVML (``pynvml`` from the ``gpu`` extra) and a GPU that
       has a total-energy counter (Volta or newer), the counter's increase over the timed runs
-      divided by ``repeats``. It is the whole board's energy, idle power and other processes'
+      divided by their number. It is the whole board's energy, idle power and other processes'
       work on that GPU included; keep ``repeats * latency`` well above a second, since the
       driver refreshes the counter periodically;
     * ``"power_w"``: ``power_w * latency`` when ``power_w`` (average power of the device under
@@ -107,6 +119,9 @@ class MeasuredProfile(HardwareProfile):
         threads: int | None = None,
         power_w: float | None = None,
         device: str = "cpu",
+        quantized: bool | None = None,
+        rounds: int = DEFAULT_ROUNDS,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
     ) -> None:
         if backend not in _BACKENDS:
             raise ValueError(
@@ -116,49 +131,72 @@ class MeasuredProfile(HardwareProfile):
         self.backend = backend
         self.warmup = check_int(warmup, name="warmup", where="MeasuredProfile", minimum=0)
         self.repeats = check_int(repeats, name="repeats", where="MeasuredProfile", minimum=1)
+        self.rounds = check_int(rounds, name="rounds", where="MeasuredProfile", minimum=1)
+        self.max_rounds = check_int(
+            max_rounds, name="max_rounds", where="MeasuredProfile", minimum=1
+        )
         self.threads = check_threads(threads, where="MeasuredProfile")
         self.power_w = check_power(power_w, where="MeasuredProfile")
         self.device = _check_device(device)
+        if quantized is None:
+            quantized = backend == "onnxruntime"
+        if not isinstance(quantized, bool):
+            raise ValueError(
+                "The 'quantized' parameter of MeasuredProfile must be true or false. "
+                f"Got {quantized!r} instead."
+            )
+        if quantized and backend != "onnxruntime":
+            raise ValueError(
+                "The 'quantized' parameter of MeasuredProfile can only be true with "
+                f"backend='onnxruntime' (eager {backend} has no integer kernels for these "
+                "layers). Got quantized=True with backend={backend!r}."
+            )
+        self.quantized = quantized
 
     def __repr__(self) -> str:
         return (
-            f"MeasuredProfile(backend={self.backend!r}, warmup={self.warmup}, "
-            f"repeats={self.repeats}, threads={self.threads}, power_w={self.power_w}, "
-            f"device={str(self.device)!r})"
+            f"MeasuredProfile(backend={self.backend!r}, quantized={self.quantized}, "
+            f"warmup={self.warmup}, repeats={self.repeats}, threads={self.threads}, "
+            f"power_w={self.power_w}, device={str(self.device)!r})"
         )
 
     def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
         shape = check_input_shape(input_shape, caller="MeasuredProfile.profile")
         costs = layer_costs(model, input_shape=shape)
-        host_model = _float_copy(model)
-        x = _seeded_input(shape)
+        precision: dict[str, Any] = {}
         with _TIMING_LOCK:
             meter, nvml_problem = None, None
             if self.device.type == "cuda":
                 meter, nvml_problem = _NvmlEnergyMeter.open(self.device)
             try:
                 if self.backend == "torch":
-                    timing = self._time_torch(host_model, x, meter=meter)
+                    x = seeded_input(shape)
+                    timing = self._time_torch(float_copy(model), x, meter=meter)
                 else:
-                    timing = self._time_onnxruntime(host_model, x, meter=meter)
+                    deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
+                    timing, precision = self._time_onnxruntime(deployed, shape, meter=meter)
             finally:
                 if meter is not None:
                     meter.close()
-        samples_ms = [s * 1e3 for s in timing.samples_s]
-        spread = latency_spread(samples_ms)
-        latency_ms = spread.pop("median_ms")
+        spread = timing.details()
+        latency_ms = timing.latency_s * 1e3
         details: dict[str, Any] = {
             "backend": self.backend,
+            "quantized": self.quantized,
             "device": str(self.device),
             "threads": self.threads,
             "warmup": self.warmup,
             "repeats": self.repeats,
             **spread,
-            "samples_ms": samples_ms,
-            "note": _HOST_NOTE,
+            **precision,
+            "note": _INT8_NOTE if self.quantized else _HOST_NOTE,
         }
         energy_mj, energy_details = self._energy(
-            latency_ms, meter=meter, nvml_problem=nvml_problem, window_s=timing.window_s
+            latency_ms,
+            meter=meter,
+            nvml_problem=nvml_problem,
+            window_s=timing.window_s,
+            runs=len(timing.samples_s),
         )
         details.update(energy_details)
         return metrics_with_memory(
@@ -172,12 +210,13 @@ class MeasuredProfile(HardwareProfile):
         meter: _NvmlEnergyMeter | None,
         nvml_problem: str | None,
         window_s: float,
+        runs: int,
     ) -> tuple[float, dict[str, Any]]:
         """Energy per inference (mJ) and its details keys: NVML, else power_w, else NaN."""
         if meter is not None:
             total_mj, nvml_problem = meter.total_mj()
             if total_mj is not None:
-                return total_mj / self.repeats, {
+                return total_mj / runs, {
                     "energy_source": "nvml",
                     "nvml_device": meter.bus_id,
                     "nvml_energy_total_mj": total_mj,
@@ -192,26 +231,34 @@ class MeasuredProfile(HardwareProfile):
 
     def _time_torch(
         self, model: nn.Module, x: torch.Tensor, *, meter: _NvmlEnergyMeter | None
-    ) -> _Timing:
+    ) -> TimingResult:
         model = model.to(self.device)
         x = x.to(self.device)
         previous_threads = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+        sync = None
+        if self.device.type == "cuda":
+            device = self.device
+
+            def sync() -> None:
+                torch.cuda.synchronize(device)
+
         try:
             with torch.inference_mode():
-                return self._time(lambda: model(x), meter=meter)
+                return self._time(lambda: model(x), sync=sync, meter=meter)
         finally:
             torch.set_num_threads(previous_threads)
 
     def _time_onnxruntime(
-        self, model: nn.Module, x: torch.Tensor, *, meter: _NvmlEnergyMeter | None
-    ) -> _Timing:
+        self, deployed: DeployedOnnx, shape: tuple[int, ...], *, meter: _NvmlEnergyMeter | None
+    ) -> tuple[TimingResult, dict[str, Any]]:
         try:
+            import onnx
             import onnxruntime as ort  # heavy, optional: only when this backend is used
         except ImportError as err:
             raise ImportError(
-                "MeasuredProfile(backend='onnxruntime') needs onnxruntime: "
+                "MeasuredProfile(backend='onnxruntime') needs onnx and onnxruntime: "
                 "pip install 'autocompress[onnx]'."
             ) from err
         provider = "CPUExecutionProvider"
@@ -228,43 +275,45 @@ class MeasuredProfile(HardwareProfile):
         provider_options: list[dict[str, Any]] = [{}]
         if self.device.type == "cuda":
             provider_options = [{"device_id": self.device.index or 0}]
-        session = ort.InferenceSession(
-            _export_onnx(model, x),
-            sess_options=options,
-            providers=[provider],
-            provider_options=provider_options,
-        )
-        feeds = {session.get_inputs()[0].name: x.numpy()}
+        with tempfile.TemporaryDirectory(prefix="autocompress-ort-") as folder:
+            # The graph onnxruntime really runs, to read which layers got integer kernels.
+            optimized = Path(folder) / "optimized.onnx"
+            options.optimized_model_filepath = str(optimized)
+            session = ort.InferenceSession(
+                deployed.model_bytes,
+                sess_options=options,
+                providers=[provider],
+                provider_options=provider_options,
+            )
+            executed = {name: FP32 for name in deployed.planned}
+            if self.quantized:
+                executed = executed_precisions(onnx.load(optimized), deployed.planned)
+        feeds = {session.get_inputs()[0].name: seeded_input(shape).numpy()}
         # session.run returns host arrays, so each call is complete when it returns.
-        return self._time(lambda: session.run(None, feeds), sync=False, meter=meter)
+        timing = self._time(lambda: session.run(None, feeds), meter=meter)
+        precision = {
+            "precisions": executed,
+            "requested_bits": {k: list(v) for k, v in deployed.requested.items()},
+            "precision_note": precision_summary(deployed.requested, executed),
+        }
+        return timing, precision
 
     def _time(
         self,
         run: Callable[[], Any],
         *,
-        sync: bool = True,
+        sync: Callable[[], None] | None = None,
         meter: _NvmlEnergyMeter | None = None,
-    ) -> _Timing:
-        cuda = sync and self.device.type == "cuda"
-        for _ in range(self.warmup):
-            run()
-        if cuda:  # warm-up work still queued on the GPU must not count in the energy window
-            torch.cuda.synchronize(self.device)
-        window_start = time.perf_counter()
-        if meter is not None:
-            meter.read()
-        samples = []
-        for _ in range(self.repeats):
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            start = time.perf_counter()
-            run()
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            samples.append(time.perf_counter() - start)
-        if meter is not None:
-            meter.read()
-        return _Timing(samples, time.perf_counter() - window_start)
+    ) -> TimingResult:
+        return time_calls(
+            run,
+            warmup=self.warmup,
+            repeats=self.repeats,
+            rounds=self.rounds,
+            max_rounds=self.max_rounds,
+            sync=sync,
+            on_window=None if meter is None else meter.read,
+        )
 
 
 class _NvmlEnergyMeter:
@@ -365,17 +414,6 @@ def _window_warning(window_s: float) -> str:
     )
 
 
-def latency_spread(samples_ms: Sequence[float]) -> dict[str, float]:
-    """Median, p10, p90, min and max (ms) of timing samples, keyed ``median_ms``, ``p10_ms``..."""
-    return {
-        "median_ms": float(np.median(samples_ms)),
-        "p10_ms": float(np.percentile(samples_ms, 10)),
-        "p90_ms": float(np.percentile(samples_ms, 90)),
-        "min_ms": float(min(samples_ms)),
-        "max_ms": float(max(samples_ms)),
-    }
-
-
 def power_energy(power_w: float | None, *, latency_ms: float) -> tuple[float, dict[str, Any]]:
     """Energy (mJ) as ``power_w * latency`` and the details keys that say where it came from.
 
@@ -384,48 +422,6 @@ def power_energy(power_w: float | None, *, latency_ms: float) -> tuple[float, di
     if power_w is None:
         return math.nan, {"energy_source": None, "energy_note": _ENERGY_NOTE}
     return power_w * latency_ms, {"energy_source": "power_w"}  # W * ms = mJ
-
-
-def float_onnx_bytes(model: nn.Module, *, input_shape: tuple[int, ...]) -> bytes:
-    """ONNX bytes of a float copy of ``model`` (see :func:`_float_copy`) at batch size 1.
-
-    The copy is traced on the same seeded input the host measurements use; ``model`` itself is
-    not modified. Shared by :class:`MeasuredProfile` and the remote profile.
-    """
-    return _export_onnx(_float_copy(model), _seeded_input(input_shape))
-
-
-def _seeded_input(shape: tuple[int, ...]) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(_INPUT_SEED)
-    return torch.randn((1, *shape), generator=generator)
-
-
-def _float_copy(model: nn.Module) -> nn.Module:
-    """Deep copy in eval mode with fake quantization switched off (host runs float kernels)."""
-    host_model = copy.deepcopy(model)
-    for module in host_model.modules():
-        if hasattr(module, "quant_enabled"):
-            module.quant_enabled = False
-    return host_model.eval()
-
-
-def _export_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
-    """ONNX bytes of ``model`` traced on ``x`` (CPU), exported in memory."""
-    model = model.to("cpu")
-    buffer = io.BytesIO()
-    with _EXPORT_LOCK, warnings.catch_warnings():
-        # torch >= 2.9 warns that the TorchScript exporter is legacy; it is still the one that
-        # exports plain nn.Modules without extra dependencies, so prefer it while it exists.
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, (x,), buffer, dynamo=False)
-        except TypeError:  # torch without the dynamo switch: legacy exporter is the default
-            buffer = io.BytesIO()
-            torch.onnx.export(model, (x,), buffer)
-        except RuntimeError:  # legacy exporter gone or failed: try the torch.export one
-            buffer = io.BytesIO()
-            torch.onnx.export(model, (x,), buffer, dynamo=True)
-    return buffer.getvalue()
 
 
 def _check_device(device: Any) -> torch.device:

@@ -8,11 +8,10 @@ same computation. onnxruntime and NumPy are imported on the first timing, never 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 from autocompress.hardware_profiles.agent_protocol import clip_message
-from autocompress.hardware_profiles.measured import latency_spread
+from autocompress.hardware_profiles.timing import time_calls
 
 __all__ = ["MAX_INPUT_ELEMS", "BadModelError", "RuntimeMissingError", "time_onnx_model"]
 
@@ -49,11 +48,12 @@ def time_onnx_model(
     threads: int | None,
     input_shape: tuple[int, ...] | None,
 ) -> dict[str, Any]:
-    """Run the model ``warmup`` times untimed, then ``repeats`` times timed, on seeded random
-    inputs; ``input_shape`` (batch included) fixes a single input's dynamic dims. Returns the
-    agent's answer: :func:`latency_spread` of the samples plus the settings, input shapes,
-    onnxruntime version and the samples. Not thread-safe in timing terms: the caller serialises
-    timings so they do not disturb each other."""
+    """Time the model on seeded random inputs by the rule of
+    :mod:`~autocompress.hardware_profiles.timing` (``warmup``, ``repeats``); ``input_shape``
+    (batch included) fixes a single input's dynamic dims. Returns the agent's answer:
+    ``latency_ms`` (the smallest round median), the spread, rounds and repeatability of the
+    samples, the settings, input shapes, onnxruntime version and the samples. Not thread-safe
+    in timing terms: the caller serialises timings so they do not disturb each other."""
     try:
         import numpy as np
         import onnxruntime as ort
@@ -75,26 +75,20 @@ def time_onnx_model(
         ) from None
     feeds = _random_feeds(session, input_shape=input_shape, np=np)
     try:
-        for _ in range(warmup):
-            session.run(None, feeds)
-        samples_ms = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            samples_ms.append((time.perf_counter() - start) * 1e3)
+        timing = time_calls(lambda: session.run(None, feeds), warmup=warmup, repeats=repeats)
     except Exception as err:
         raise BadModelError(
             clip_message(f"onnxruntime could not run the model on random inputs: {err}")
         ) from None
     return {
-        **latency_spread(samples_ms),
+        **timing.details(),
+        "latency_ms": timing.latency_s * 1e3,
         "repeats": repeats,
         "warmup": warmup,
         "threads": threads,
         "input_shapes": {name: list(array.shape) for name, array in feeds.items()},
         "onnxruntime": ort.__version__,
         "provider": "CPUExecutionProvider",
-        "samples_ms": samples_ms,
     }
 
 

@@ -26,7 +26,13 @@ from autocompress.hardware_profiles.fidelity import LatencyFidelity, latency_fid
 from autocompress.hardware_profiles.graph import check_input_shape
 from autocompress.hardware_profiles.host import host_device_spec
 from autocompress.hardware_profiles.lut_build import build_lut, joint_space, measure_models
-from autocompress.hardware_profiles.lut_table import LUT_BACKENDS, LatencyLUT, LayerKey
+from autocompress.hardware_profiles.lut_table import (
+    DEPLOYED,
+    HOST_PRECISION,
+    LUT_BACKENDS,
+    LatencyLUT,
+    LayerKey,
+)
 from autocompress.hardware_profiles.lut_trace import model_layers
 from autocompress.hardware_profiles.predictor import (
     CORRECTION_FEATURES,
@@ -76,6 +82,7 @@ def fit_latency_predictor(
     seed: int = 0,
     lut: LatencyLUT | str | os.PathLike[str] | None = None,
     backend: Literal["onnxruntime", "torch"] = "onnxruntime",
+    quantized: bool | None = None,
     threads: int = 1,
     warmup: int = 10,
     repeats: int = 30,
@@ -88,7 +95,9 @@ def fit_latency_predictor(
 
     ``space``: a :class:`SpaceConfig` or its mapping form, built at ``input_shape`` (one sample,
     no batch dim) and ``num_classes``; candidates are drawn with ``seed``. Candidates that build
-    the same float model (bits do not change host kernels) are timed once. ``lut``: layer
+    the same host model (the same layers at the same host precisions) are timed once.
+    ``quantized`` (default: True for onnxruntime): models and layers are timed as deployed, int8
+    where the bits allow (see :class:`MeasuredProfile`). ``lut``: layer
     timings to reuse (a :class:`LatencyLUT` or its JSON path), measured with the same
     ``backend`` and ``threads``; None measures the models' layers with :func:`build_lut`.
     ``backend``/``threads``/``warmup``/``repeats``/``rounds``: how every timing is taken (see
@@ -114,10 +123,16 @@ def fit_latency_predictor(
             f"Got {holdout!r} instead."
         )
     # A LUT that cannot be used is reported before minutes of measuring, not after.
-    layers = None if lut is None else _matching_lut(lut, backend=backend, threads=threads)
+    quantized = backend == "onnxruntime" if quantized is None else quantized
+    precision = DEPLOYED if quantized else HOST_PRECISION
+    layers = None
+    if lut is not None:
+        layers = _matching_lut(lut, backend=backend, threads=threads, precision=precision)
     joint = joint_space(space, input_shape=shape, num_classes=num_classes)
     candidates = sample_candidates(joint, n=samples, seed=seed)
-    models = _distinct_models(candidates, num_classes=num_classes, input_shape=shape)
+    models = _distinct_models(
+        candidates, num_classes=num_classes, input_shape=shape, precision=precision
+    )
     pairs = [(model, shape) for model, _ in models]
     # Whole models and their layers are timed the same way, so the two can be compared.
     timing: dict[str, Any] = {
@@ -126,6 +141,7 @@ def fit_latency_predictor(
         "warmup": warmup,
         "repeats": repeats,
         "rounds": rounds,
+        "quantized": quantized,
     }
     timings = measure_models(pairs, **timing, seed=seed, progress=_stage(progress, "models"))
     measured = [min(t) for t in timings]  # best round, as in build_lut
@@ -145,7 +161,9 @@ def fit_latency_predictor(
     calibration = None
     if calibrate and len(pairs) >= 2:
         calibration = calibrate_analytic(
-            host_device_spec(threads=threads), models=pairs, measured_ms=measured
+            host_device_spec(threads=threads, quantized=quantized),
+            models=pairs,
+            measured_ms=measured,
         )
     return PredictorFit(
         predictor=predictor,
@@ -159,7 +177,7 @@ def fit_latency_predictor(
     )
 
 
-def _matching_lut(lut: Any, *, backend: str, threads: int) -> LatencyLUT:
+def _matching_lut(lut: Any, *, backend: str, threads: int, precision: str) -> LatencyLUT:
     """``lut`` (loaded when a path), checked to be measured the way this fit measures."""
     source = f" {lut}" if isinstance(lut, str | os.PathLike) else ""
     lut = check_loaded(
@@ -174,20 +192,31 @@ def _matching_lut(lut: Any, *, backend: str, threads: int) -> LatencyLUT:
             f"The LUT{source} was measured with {lut.backend}, {lut.threads} thread(s); "
             f"this fit measures with {backend}, {threads} thread(s). Use matching settings."
         )
+    if lut.precision != precision:
+        raise ValueError(
+            f"The LUT{source} holds {lut.precision!r} layers; this fit measures "
+            f"{precision!r} ones ({'quantized' if precision == DEPLOYED else 'float'} models). "
+            "Build the LUT with the same --quantized/--float setting."
+        )
     return lut
 
 
 def _distinct_models(
-    candidates: list[Candidate], *, num_classes: int, input_shape: tuple[int, ...]
+    candidates: list[Candidate],
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    precision: str,
 ) -> list[tuple[nn.Module, tuple[LayerKey | None, ...]]]:
     """One ``(model, layer keys)`` per distinct host model, in first-seen order: candidates
-    with the same layers and the same ops outside them run the same kernels on the host."""
+    with the same layers (traced at ``precision``) and the same ops outside them run the same
+    kernels on the host."""
     from autocompress.compression.apply import build_compressed
 
     models: dict[Any, tuple[nn.Module, tuple[LayerKey | None, ...]]] = {}
     for candidate in candidates:
         model = build_compressed(candidate, num_classes=num_classes, input_shape=input_shape)
-        traced = model_layers(model, input_shape=input_shape)
+        traced = model_layers(model, input_shape=input_shape, precision=precision)
         keys = tuple(r.key for r in traced.layers)
         models.setdefault((keys, traced.uncosted_ops, traced.uncosted_elems), (model, keys))
     return list(models.values())

@@ -27,14 +27,21 @@ from autocompress.hardware_profiles._base import (
 )
 from autocompress.hardware_profiles.agent_protocol import check_token, clip_message
 from autocompress.hardware_profiles.checks import check_power, check_seconds, check_threads
+from autocompress.hardware_profiles.deployed import deployed_onnx, precision_summary
 from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
-from autocompress.hardware_profiles.measured import float_onnx_bytes, power_energy
+from autocompress.hardware_profiles.measured import power_energy
 
 __all__ = ["RemoteProfile"]
 
 _REMOTE_NOTE = (
+    "Measured on the remote device with onnxruntime's CPU provider, as deployed: layers with at "
+    "most 8-bit weights and inputs as int8 QDQ, the others fp32."
+)
+# How repeatable the agent's figure is (agents with round-based timing send these).
+_REPEATABILITY_KEYS = ("statistic", "rounds", "round_medians_ms", "repeatability", "stable")
+_REMOTE_FLOAT_NOTE = (
     "Measured on the remote device with onnxruntime's CPU provider and float kernels "
-    "(quant_enabled=False): latency reflects architecture and pruning, not bit-widths."
+    "(quantized=False): latency reflects architecture and pruning, not bit-widths."
 )
 
 
@@ -43,11 +50,12 @@ class RemoteProfile(HardwareProfile):
     """Time real batch-1 inference on a remote device that runs the agent.
 
     Like ``MeasuredProfile(backend="onnxruntime")``, but the timing happens on the device: the
-    model is deep-copied with ``quant_enabled=False`` on every module (float kernels, so the
-    latency reflects architecture and pruning, NOT bit-widths), exported to ONNX in memory and
-    POSTed to ``{url}/time``. ``latency_ms`` is the agent's median; ``details`` has its
-    p10/p90/min/max and samples. ``size_bytes`` and ``peak_mem_bytes`` are computed here from
-    the model's bits (same functions as the other profiles).
+    model is exported to ONNX in memory as deployed (``quantized=True``, the default: layers
+    with at most 8-bit weights and inputs as int8 QDQ, the others fp32; ``quantized=False``: the
+    float twin) and POSTed to ``{url}/time``. ``latency_ms`` is the agent's figure (the smallest
+    round median; an older agent's median); ``details`` has its spread, repeatability and
+    samples, and each layer's planned precision. ``size_bytes`` and ``peak_mem_bytes`` are
+    computed here from the model's bits (same functions as the other profiles).
 
     ``url``: the agent's base URL, e.g. ``"http://192.168.1.20:8765"``. ``token``: the agent's
     token, sent as ``Authorization: Bearer <token>``. ``warmup``/``repeats``/``threads``: as in
@@ -70,6 +78,7 @@ class RemoteProfile(HardwareProfile):
         threads: int | None = None,
         timeout_s: float = 60.0,
         power_w: float | None = None,
+        quantized: bool = True,
     ) -> None:
         self.url = _check_url(url)
         self.token = check_token(token, where="RemoteProfile")
@@ -78,13 +87,19 @@ class RemoteProfile(HardwareProfile):
         self.threads = check_threads(threads, where="RemoteProfile")
         self.timeout_s = check_seconds(timeout_s, name="timeout_s", where="RemoteProfile")
         self.power_w = check_power(power_w, where="RemoteProfile")
+        if not isinstance(quantized, bool):
+            raise ValueError(
+                "The 'quantized' parameter of RemoteProfile must be true or false. "
+                f"Got {quantized!r} instead."
+            )
+        self.quantized = quantized
 
     def __repr__(self) -> str:
         token = None if self.token is None else "***"
         return (
             f"RemoteProfile(url={self.url!r}, token={token!r}, warmup={self.warmup}, "
             f"repeats={self.repeats}, threads={self.threads}, timeout_s={self.timeout_s}, "
-            f"power_w={self.power_w})"
+            f"power_w={self.power_w}, quantized={self.quantized})"
         )
 
     def info(self) -> dict[str, Any]:
@@ -94,13 +109,14 @@ class RemoteProfile(HardwareProfile):
     def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
         shape = check_input_shape(input_shape, caller="RemoteProfile.profile")
         costs = layer_costs(model, input_shape=shape)
-        onnx_bytes = float_onnx_bytes(model, input_shape=shape)
+        deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
+        onnx_bytes = deployed.model_bytes
         query = {"warmup": self.warmup, "repeats": self.repeats}
         if self.threads is not None:
             query["threads"] = self.threads
         result = self._request("POST", "/time", query=query, body=onnx_bytes)
         timing = _check_timing(result, url=self.url)
-        latency_ms = timing.pop("median_ms")
+        latency_ms = timing.pop("latency_ms")
         energy_mj, energy_details = power_energy(self.power_w, latency_ms=latency_ms)
         details: dict[str, Any] = {
             "url": self.url,
@@ -108,9 +124,14 @@ class RemoteProfile(HardwareProfile):
             "repeats": self.repeats,
             "threads": self.threads,
             **timing,
+            **{key: result[key] for key in _REPEATABILITY_KEYS if key in result},
             "onnx_bytes": len(onnx_bytes),
             "onnxruntime": result.get("onnxruntime"),
-            "note": _REMOTE_NOTE,
+            "quantized": self.quantized,
+            # Planned, not read back: the agent does not send its optimised graph.
+            "precisions": deployed.planned,
+            "precision_note": precision_summary(deployed.requested, deployed.planned),
+            "note": _REMOTE_NOTE if self.quantized else _REMOTE_FLOAT_NOTE,
             **energy_details,
         }
         return metrics_with_memory(
@@ -168,6 +189,8 @@ def _check_timing(result: dict[str, Any], *, url: str) -> dict[str, Any]:
     try:
         timing: dict[str, Any] = {key: float(result[key]) for key in keys}
         timing["samples_ms"] = [float(s) for s in result["samples_ms"]]
+        # The figure to report; agents before the round-based timing sent only the median.
+        timing["latency_ms"] = float(result.get("latency_ms", timing["median_ms"]))
     except (KeyError, TypeError, ValueError):
         timing = {}
     values = [v for key, v in timing.items() if key != "samples_ms"] + timing.get("samples_ms", [])

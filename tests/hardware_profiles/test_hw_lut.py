@@ -21,7 +21,7 @@ from autocompress.hardware_profiles import (
     peak_activation_bytes,
 )
 from autocompress.hardware_profiles.lut_build import joint_space, layer_module
-from autocompress.hardware_profiles.lut_table import HOST_PRECISION, LUTEntry
+from autocompress.hardware_profiles.lut_table import DEPLOYED, HOST_PRECISION, LUTEntry
 from autocompress.spaces.sampling import sample_candidates
 
 _SHAPE = (3, 8, 8)
@@ -251,11 +251,19 @@ def test_layer_shapes_of_space_is_seeded_and_covers_sampled_models():
     kwargs = dict(data_shape=(1, 8, 8), num_classes=10, n_samples=3)
     keys = layer_shapes_of_space(space, seed=3, **kwargs)
     assert keys == layer_shapes_of_space(space, seed=3, **kwargs)
-    assert len(keys) == len(set(keys)) and all(k.precision == HOST_PRECISION for k in keys)
+    # Keyed as deployed by default: int8 where both bits fit in 8, fp32 otherwise.
+    assert len(keys) == len(set(keys)) and {k.precision for k in keys} <= {"int8", HOST_PRECISION}
+    float_keys = layer_shapes_of_space(space, seed=3, precision=HOST_PRECISION, **kwargs)
+    assert all(k.precision == HOST_PRECISION for k in float_keys)
     joint = joint_space(space, input_shape=(1, 8, 8), num_classes=10)
     for candidate in sample_candidates(joint, n=3, seed=3):
         model = build_compressed(candidate, num_classes=10, input_shape=(1, 8, 8))
-        assert {r.key for r in model_layers(model, input_shape=(1, 8, 8)).layers} <= set(keys)
+        traced = model_layers(model, input_shape=(1, 8, 8), precision=DEPLOYED).layers
+        assert {r.key for r in traced} <= set(keys)
+        modules = dict(model.named_modules())
+        for record in traced:
+            bits = max(modules[record.name].w_bits, modules[record.name].a_bits)
+            assert record.key.precision == ("int8" if bits <= 8 else HOST_PRECISION)
 
 
 @pytest.mark.parametrize(

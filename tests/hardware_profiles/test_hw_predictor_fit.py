@@ -10,6 +10,7 @@ from autocompress.hardware_profiles import (
     fit_latency_predictor,
 )
 from autocompress.hardware_profiles.lut_build import layer_shapes_of_space
+from autocompress.hardware_profiles.lut_table import HOST_PRECISION
 from autocompress.hardware_profiles.predictor import CORRECTION_FEATURES
 
 _SPACE = {
@@ -121,5 +122,7 @@ def test_bad_arguments_are_rejected(kwargs, param):
 
 def test_fit_samples_the_same_candidates_as_layer_shapes_of_space(fitted):
     fit, _ = fitted
-    keys = layer_shapes_of_space(_SPACE, data_shape=_SHAPE, num_classes=10, n_samples=16, seed=0)
+    keys = layer_shapes_of_space(
+        _SPACE, data_shape=_SHAPE, num_classes=10, n_samples=16, seed=0, precision=HOST_PRECISION
+    )
     assert set(fit.lut.keys()) == set(keys)
