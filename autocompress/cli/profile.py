@@ -22,11 +22,29 @@ profile_app = typer.Typer(
     help="Measure a device: per-layer latency tables (LUTs) and learned latency predictors.",
 )
 
-#: Devices these commands can measure. Remote agents (a URL) are not supported here yet.
-SUPPORTED_DEVICES = ("host",)
-
 Device = Annotated[
-    str, typer.Argument(metavar="DEVICE", help="'host' (this machine); the only one for now.")
+    str,
+    typer.Argument(
+        metavar="DEVICE",
+        help="'host' (this machine) or the URL of an `autocompress agent` on the device, e.g. "
+        "http://192.168.1.20:8765.",
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        envvar="AUTOCOMPRESS_AGENT_TOKEN",
+        help="The agent's token, for a URL DEVICE (env AUTOCOMPRESS_AGENT_TOKEN keeps it out of "
+        "the process list).",
+    ),
+]
+Journal = Annotated[
+    Path | None,
+    typer.Option(
+        help="Keep every timing here as it is made; after an interruption (a dropped "
+        "connection, Ctrl-C) the same command measures only the rest. Default: OUT.journal, "
+        "deleted once OUT is written.",
+    ),
 ]
 ConfigPath = Annotated[Path, typer.Option("--config", help="Run config YAML (its space: section).")]
 Out = Annotated[Path, typer.Option("--out", help="Output JSON file.")]
@@ -71,14 +89,17 @@ def build_lut_command(
     seed: Seed = None,
     input_shape: InputShape = None,
     num_classes: NumClasses = None,
+    token: Token = None,
+    journal: Journal = None,
 ) -> None:
     """Measure every distinct layer of the config's search space on DEVICE into a LUT JSON."""
     from ..hardware_profiles.lut_build import build_lut, layer_shapes_of_space
     from ..hardware_profiles.lut_table import DEPLOYED, HOST_PRECISION
 
-    _check_device(device)
     _check_backend(backend)
     quantized = _check_quantized(quantized, backend)
+    remote = _remote(device, token, backend, quantized, warmup, repeats, threads)
+    journal = _journal_path(out, journal)
     config, shape, classes = _load(config_path, input_shape, num_classes)
     with reported_errors():
         keys = layer_shapes_of_space(
@@ -91,7 +112,7 @@ def build_lut_command(
         )
         console.print(
             f"{len(keys)} distinct layers in {samples} sampled candidates of space "
-            f"'{config.space.family}' at input {shape}; measuring with {backend} "
+            f"'{config.space.family}' at input {shape}; measuring on {device} with {backend} "
             f"({'int8 where the bits allow' if quantized else 'float'}), {threads} thread(s)"
         )
         with console.status("measuring layers") as status:
@@ -99,6 +120,8 @@ def build_lut_command(
                 keys,
                 backend=backend,  # type: ignore[arg-type]
                 quantized=quantized,
+                remote=remote,
+                journal=journal,
                 threads=threads,
                 warmup=warmup,
                 repeats=repeats,
@@ -106,6 +129,7 @@ def build_lut_command(
                 progress=lambda done, total: status.update(f"measuring layers {done}/{total}"),
             )
         path = lut.save(out)
+        journal.unlink(missing_ok=True)
     console.print(
         f"wrote {path}: {len(lut)} entries, per-run overhead {lut.overhead_ms * 1e3:.2f} us, "
         f"cpu {lut.host.get('cpu_model')!r}"
@@ -136,6 +160,8 @@ def fit_command(
     seed: Seed = None,
     input_shape: InputShape = None,
     num_classes: NumClasses = None,
+    token: Token = None,
+    journal: Journal = None,
 ) -> None:
     """Train the learned latency predictor for DEVICE and calibrate an analytic spec.
 
@@ -146,9 +172,10 @@ def fit_command(
     """
     from ..hardware_profiles.predictor_fit import fit_latency_predictor
 
-    _check_device(device)
     _check_backend(backend)
     quantized = _check_quantized(quantized, backend)
+    remote = _remote(device, token, backend, quantized, warmup, repeats, threads)
+    journal = _journal_path(out, journal)
     config, shape, classes = _load(config_path, input_shape, num_classes)
     with reported_errors():
         with console.status("measuring models") as status:
@@ -161,6 +188,8 @@ def fit_command(
                 lut=lut_path,
                 backend=backend,  # type: ignore[arg-type]
                 quantized=quantized,
+                remote=remote,
+                journal=journal,
                 threads=threads,
                 warmup=warmup,
                 repeats=repeats,
@@ -179,6 +208,7 @@ def fit_command(
         if fit.holdout is not None:
             console.print(f"held-out models ({fit.holdout.n}): {_describe(fit.holdout)}")
         path = fit.predictor.save(out)
+        journal.unlink(missing_ok=True)
         console.print(f"wrote {path}: trained on {len(fit.lut)} layers and {fit.n_models} models")
         if fit.calibration is not None:
             _print_calibration(fit.calibration, spec_out=spec_out)
@@ -221,13 +251,40 @@ def _check_quantized(quantized: bool | None, backend: str) -> bool:
     return quantized
 
 
-def _check_device(device: str) -> None:
-    if device not in SUPPORTED_DEVICES:
+def _remote(
+    device: str,
+    token: str | None,
+    backend: str,
+    quantized: bool,
+    warmup: int,
+    repeats: int,
+    threads: int,
+) -> Any:
+    """None for 'host'; the RemoteProfile of an agent URL."""
+    if device == "host":
+        return None
+    if not device.startswith(("http://", "https://")):
         fail(
-            f"The 'DEVICE' argument must be one of {list(SUPPORTED_DEVICES)} ('host' measures "
-            "this machine; remote devices such as an agent URL are not supported by this "
-            f"command yet). Got {device!r} instead."
+            "The 'DEVICE' argument must be 'host' (this machine) or the URL of an "
+            f"`autocompress agent`, e.g. http://192.168.1.20:8765. Got {device!r} instead."
         )
+    if backend != "onnxruntime":
+        fail(f"A URL DEVICE times with onnxruntime: drop '--backend {backend}'.")
+    from ..hardware_profiles.remote import RemoteProfile
+
+    with reported_errors():
+        return RemoteProfile(
+            url=device,
+            token=token,
+            warmup=warmup,
+            repeats=repeats,
+            threads=threads,
+            quantized=quantized,
+        )
+
+
+def _journal_path(out: Path, journal: Path | None) -> Path:
+    return journal if journal is not None else out.with_name(out.name + ".journal")
 
 
 def _check_backend(backend: str) -> None:

@@ -25,8 +25,13 @@ that space should hold).
 from __future__ import annotations
 
 import datetime
+import json
+import logging
+import os
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -48,9 +53,14 @@ from autocompress.hardware_profiles.lut_table import (
 from autocompress.hardware_profiles.lut_trace import model_layers
 
 if TYPE_CHECKING:
+    from autocompress.hardware_profiles.remote import RemoteProfile
     from autocompress.spaces import JointSearchSpace, SpaceConfig
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "RETRY_PAUSES_S",
+    "TimingJournal",
     "build_lut",
     "context_module",
     "joint_space",
@@ -61,6 +71,106 @@ __all__ = [
 
 # Measuring the per-run overhead several times through a build spreads it over load changes.
 _OVERHEAD_SAMPLES = 3
+# A remote timing that fails (connection dropped, agent restarting) is retried after these
+# pauses before the build stops; its journal keeps what was measured for the next run.
+RETRY_PAUSES_S = (1.0, 4.0, 15.0)
+
+
+class TimingJournal:
+    """Timings measured so far, one JSON line each (``{"id": ..., "ms": ...}``), appended and
+    flushed as they come: a build that stops (a dropped connection, Ctrl-C, a crash) and is run
+    again with the same journal measures only what is missing. A torn last line is ignored."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = None if path is None else Path(path)
+        self.done: dict[str, float] = {}
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.done[str(entry["id"])] = float(entry["ms"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def add(self, timing_id: str, ms: float) -> None:
+        self.done[timing_id] = ms
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"id": timing_id, "ms": ms}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _timer(
+    profiler: Any,
+    journal: TimingJournal,
+    *,
+    remote: bool,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> Callable[[str, nn.Module, tuple[int, ...]], float]:
+    """``time_ms(timing_id, module, shape)``: the journal's figure when it has one, else a
+    measurement (retried per :data:`RETRY_PAUSES_S` when remote) that is then journaled."""
+    done = 0
+
+    def measure(module: nn.Module, shape: tuple[int, ...]) -> float:
+        pauses = list(RETRY_PAUSES_S)
+        while True:
+            try:
+                return profiler.profile(module, input_shape=shape).latency_ms
+            except RuntimeError as err:
+                if not remote:
+                    raise
+                if not pauses:
+                    where = f"kept in {journal.path}" if journal.path else "not kept (no journal)"
+                    raise RuntimeError(
+                        f"{err} Stopped after {done} of {total} timings; "
+                        f"{len(journal.done)} timings {where}. Run the same command again to "
+                        "measure only the rest."
+                    ) from None
+                pause = pauses.pop(0)
+                logger.warning("%s Retrying in %.0f s.", err, pause)
+                time.sleep(pause)
+
+    def time_ms(timing_id: str, module: nn.Module, shape: tuple[int, ...]) -> float:
+        nonlocal done
+        if timing_id not in journal.done:
+            journal.add(timing_id, measure(module, shape))
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return journal.done[timing_id]
+
+    return time_ms
+
+
+def _profiler(
+    remote: RemoteProfile | None,
+    backend: str,
+    warmup: int,
+    repeats: int,
+    threads: int,
+    quantized: bool | None,
+) -> tuple[Any, dict[str, Any]]:
+    """The profile that times (``remote`` or this host's MeasuredProfile; ``quantized``
+    defaults to True for onnxruntime) and the facts of where it times."""
+    from autocompress.hardware_profiles.measured import MeasuredProfile
+
+    quantized = backend == "onnxruntime" if quantized is None else quantized
+    if remote is None:
+        profiler = MeasuredProfile(
+            backend=backend, warmup=warmup, repeats=repeats, threads=threads, quantized=quantized
+        )
+        return profiler, host_facts(backend=backend, threads=threads)
+    if backend != "onnxruntime" or remote.quantized != quantized:
+        raise ValueError(
+            "A remote device times onnxruntime models as its RemoteProfile says: pass "
+            f"backend='onnxruntime' and quantized={remote.quantized}. Got backend={backend!r}, "
+            f"quantized={quantized}."
+        )
+    return remote, {"remote": remote.url, **remote.info(), "backend": backend, "threads": threads}
 
 
 def layer_module(key: LayerKey, *, seed: int = 0) -> nn.Module:
@@ -150,6 +260,8 @@ def build_lut(
     rounds: int = 3,
     seed: int = 0,
     quantized: bool | None = None,
+    remote: RemoteProfile | None = None,
+    journal: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LatencyLUT:
     """Measure every distinct layer op group of ``items`` on this host (see the module doc).
@@ -169,9 +281,13 @@ def build_lut(
     LUT is compared with should be taken the same way. ``progress(done, total)`` is called after
     each timing. Timing is serialised process-wide by MeasuredProfile. About ``2 * rounds``
     timings per key.
-    """
-    from autocompress.hardware_profiles.measured import MeasuredProfile
 
+    ``remote``: a :class:`RemoteProfile` to time on the device that runs its agent instead of
+    on this host (its own warmup/repeats/threads apply; the LUT's host facts are the agent's
+    ``/info``). A failed remote timing is retried after each of :data:`RETRY_PAUSES_S`.
+    ``journal``: a file that keeps every timing as it is made (:class:`TimingJournal`): run the
+    build again with the same journal after it stopped, and only the missing timings are made.
+    """
     if backend not in LUT_BACKENDS:
         raise ValueError(
             f"The 'backend' parameter of build_lut must be one of {list(LUT_BACKENDS)}. "
@@ -181,26 +297,21 @@ def build_lut(
     check_int(warmup, name="warmup", where="build_lut", minimum=0)
     check_int(repeats, name="repeats", where="build_lut", minimum=1)
     check_int(rounds, name="rounds", where="build_lut", minimum=1)
-    quantized = backend == "onnxruntime" if quantized is None else quantized
-    profiler = MeasuredProfile(
-        backend=backend, warmup=warmup, repeats=repeats, threads=threads, quantized=quantized
-    )
+    profiler, host = _profiler(remote, backend, warmup, repeats, threads, quantized)
+    quantized = bool(profiler.quantized)
     keys = _distinct_keys(items, precision=DEPLOYED if quantized else HOST_PRECISION)
     contexts = list(dict.fromkeys(c for key in keys for c in _contexts(key)))
     total = rounds * (2 * len(keys) + len(contexts)) + _OVERHEAD_SAMPLES
-    done = 0
+    timer = _timer(
+        profiler, TimingJournal(journal), remote=remote is not None, total=total, progress=progress
+    )
 
-    def time_ms(module: nn.Module, shape: tuple[int, ...]) -> float:
-        nonlocal done
-        latency = profiler.profile(module, input_shape=shape).latency_ms
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        return latency
+    def time_ms(timing_id: str, module: nn.Module, shape: tuple[int, ...]) -> float:
+        return timer(f"lut {timing_id}", module, shape)
 
     # A near-empty model: what one session run costs by itself. Sampled at the start, the middle
     # and the end of the build, and like every timing, the best sample is kept.
-    overheads = [time_ms(nn.ReLU(), (1,))]
+    overheads = [time_ms("overhead 0", nn.ReLU(), (1,))]
     alone: dict[LayerKey, list[float]] = {k: [] for k in keys}
     chain: dict[LayerKey, list[float]] = {k: [] for k in keys}
     context_ms: dict[_Context, list[float]] = {c: [] for c in contexts}
@@ -208,7 +319,7 @@ def build_lut(
         measured: set[_Context] = set()
         for index, key in enumerate(keys):
             if round_index == rounds // 2 and index == len(keys) // 2:
-                overheads.append(time_ms(nn.ReLU(), (1,)))
+                overheads.append(time_ms("overhead 1", nn.ReLU(), (1,)))
             before, after = _contexts(key)
             # Context ops are timed next to the first layer that needs them, so both see the
             # same load.
@@ -216,17 +327,18 @@ def build_lut(
                 if context not in measured:
                     measured.add(context)
                     module = context_module(*context[:2], precision=context[2])
-                    context_ms[context].append(time_ms(module, context[1]))
+                    timing_id = f"{round_index} context {context}"
+                    context_ms[context].append(time_ms(timing_id, module, context[1]))
             layer = layer_module(key, seed=seed + index)
-            alone[key].append(time_ms(layer, key.input_shape))
+            alone[key].append(time_ms(f"{round_index} alone {key}", layer, key.input_shape))
             sandwich = nn.Sequential(
                 context_module(*before[:2], precision=before[2]),
                 layer,
                 context_module(*after[:2], precision=after[2]),
             )
-            chain[key].append(time_ms(sandwich, key.input_shape))
+            chain[key].append(time_ms(f"{round_index} chain {key}", sandwich, key.input_shape))
     while len(overheads) < _OVERHEAD_SAMPLES:
-        overheads.append(time_ms(nn.ReLU(), (1,)))
+        overheads.append(time_ms(f"overhead {len(overheads)}", nn.ReLU(), (1,)))
     entries = {}
     for key in keys:
         before, after = _contexts(key)
@@ -244,7 +356,7 @@ def build_lut(
         repeats=repeats,
         rounds=rounds,
         precision=DEPLOYED if quantized else HOST_PRECISION,
-        host=host_facts(backend=backend, threads=threads),
+        host=host,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
 
@@ -270,6 +382,8 @@ def measure_models(
     rounds: int = 3,
     seed: int = 0,
     quantized: bool | None = None,
+    remote: RemoteProfile | None = None,
+    journal: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[float]]:
     """Whole-model latencies (ms) timed the way :func:`build_lut` times layers.
@@ -278,27 +392,27 @@ def measure_models(
     (:class:`MeasuredProfile` median of ``repeats`` runs after ``warmup``), in a new order
     shuffled with ``random.Random(seed)``, so a slow phase of the machine hits different models
     in different rounds. Returns the per-round medians of each model, in round order; the
-    reference latency of a model is the smallest of them (see :func:`build_lut`). ``quantized``:
-    as in :func:`build_lut`.
+    reference latency of a model is the smallest of them (see :func:`build_lut`).
+    ``quantized``, ``remote`` and ``journal``: as in :func:`build_lut` (a journal's model
+    timings are keyed by round and position in ``models``).
     """
-    from autocompress.hardware_profiles.measured import MeasuredProfile
-
     check_int(rounds, name="rounds", where="measure_models", minimum=1)
-    profiler = MeasuredProfile(
-        backend=backend, warmup=warmup, repeats=repeats, threads=threads, quantized=quantized
+    profiler, _ = _profiler(remote, backend, warmup, repeats, threads, quantized)
+    time_ms = _timer(
+        profiler,
+        TimingJournal(journal),
+        remote=remote is not None,
+        total=rounds * len(models),
+        progress=progress,
     )
     rng = random.Random(seed)
     timings: list[list[float]] = [[] for _ in models]
-    done = 0
-    for _ in range(rounds):
+    for round_index in range(rounds):
         order = list(range(len(models)))
         rng.shuffle(order)
         for i in order:
             model, shape = models[i]
-            timings[i].append(profiler.profile(model, input_shape=shape).latency_ms)
-            done += 1
-            if progress is not None:
-                progress(done, rounds * len(models))
+            timings[i].append(time_ms(f"model {round_index} {i}", model, shape))
     return timings
 
 

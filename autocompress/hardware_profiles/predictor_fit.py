@@ -41,6 +41,7 @@ from autocompress.hardware_profiles.predictor import (
 )
 
 if TYPE_CHECKING:
+    from autocompress.hardware_profiles.remote import RemoteProfile
     from autocompress.spaces import Candidate, SpaceConfig
 
 __all__ = ["PredictorFit", "fit_latency_predictor"]
@@ -83,6 +84,8 @@ def fit_latency_predictor(
     lut: LatencyLUT | str | os.PathLike[str] | None = None,
     backend: Literal["onnxruntime", "torch"] = "onnxruntime",
     quantized: bool | None = None,
+    remote: RemoteProfile | None = None,
+    journal: str | os.PathLike[str] | None = None,
     threads: int = 1,
     warmup: int = 10,
     repeats: int = 30,
@@ -97,7 +100,9 @@ def fit_latency_predictor(
     no batch dim) and ``num_classes``; candidates are drawn with ``seed``. Candidates that build
     the same host model (the same layers at the same host precisions) are timed once.
     ``quantized`` (default: True for onnxruntime): models and layers are timed as deployed, int8
-    where the bits allow (see :class:`MeasuredProfile`). ``lut``: layer
+    where the bits allow (see :class:`MeasuredProfile`). ``remote``/``journal``: as in
+    :func:`build_lut` (one journal holds the model and the layer timings); with ``remote`` the
+    analytic spec is not calibrated, since its first guess describes this host. ``lut``: layer
     timings to reuse (a :class:`LatencyLUT` or its JSON path), measured with the same
     ``backend`` and ``threads``; None measures the models' layers with :func:`build_lut`.
     ``backend``/``threads``/``warmup``/``repeats``/``rounds``: how every timing is taken (see
@@ -142,6 +147,8 @@ def fit_latency_predictor(
         "repeats": repeats,
         "rounds": rounds,
         "quantized": quantized,
+        "remote": remote,
+        "journal": journal,
     }
     timings = measure_models(pairs, **timing, seed=seed, progress=_stage(progress, "models"))
     measured = [min(t) for t in timings]  # best round, as in build_lut
@@ -159,7 +166,7 @@ def fit_latency_predictor(
         measured_ms=measured if corrected else (),
     )
     calibration = None
-    if calibrate and len(pairs) >= 2:
+    if calibrate and remote is None and len(pairs) >= 2:
         calibration = calibrate_analytic(
             host_device_spec(threads=threads, quantized=quantized),
             models=pairs,

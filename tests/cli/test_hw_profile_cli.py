@@ -65,3 +65,33 @@ def test_fit_rejects_a_lut_measured_differently(tmp_path, tiny_config_dict):
     result = runner.invoke(app, [*args, "--lut", str(path), *_FAST])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"error: The LUT {path} was measured with torch, 1 thread(s)" in result.output
+
+
+def test_build_lut_and_fit_on_an_agent_url(tmp_path, tiny_config_dict, monkeypatch):
+    from autocompress.hardware_profiles.agent import serve
+
+    config = _config(tmp_path, tiny_config_dict)
+    monkeypatch.setenv("AUTOCOMPRESS_AGENT_TOKEN", "s3cret")
+    with serve(port=0, token="s3cret") as agent:
+        out = tmp_path / "lut.json"
+        args = ["profile", "build-lut", agent.url, "--config", str(config), "--out", str(out)]
+        result = runner.invoke(app, [*args, "--samples", "2", *_FAST])
+        assert result.exit_code == 0, result.output
+        assert f"measuring on {agent.url}" in result.output
+        lut = LatencyLUT.load(out)
+        assert lut.host["remote"] == agent.url and "onnxruntime" in lut.host
+        assert not (tmp_path / "lut.json.journal").exists()  # removed once the LUT is written
+        predictor = tmp_path / "predictor.json"
+        args = ["profile", "fit", agent.url, "--config", str(config), "--out", str(predictor)]
+        result = runner.invoke(app, [*args, "--samples", "4", "--lut", str(out), *_FAST])
+        assert result.exit_code == 0, result.output
+        assert LatencyPredictor.load(predictor).layer_keys
+
+
+def test_a_url_device_needs_onnxruntime_and_a_url(tmp_path, tiny_config_dict):
+    config = _config(tmp_path, tiny_config_dict)
+    args = ["--config", str(config), "--out", str(tmp_path / "x.json")]
+    result = runner.invoke(
+        app, ["profile", "build-lut", "http://127.0.0.1:9", "--backend", "torch", *args]
+    )
+    assert result.exit_code == 2 and "onnxruntime" in result.output
