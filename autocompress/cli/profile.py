@@ -1,4 +1,5 @@
-"""Command line: ``autocompress profile build-lut | fit`` (latency tables and predictors).
+"""Command line: ``autocompress profile build-lut | fit | import-lut | calibrate`` (latency
+tables, predictors and calibrated analytic specs).
 
 Registered in :mod:`autocompress.cli.main` as the ``profile`` command group. Heavy imports
 (torch, onnxruntime, scikit-learn) happen inside the commands.
@@ -15,11 +16,15 @@ from .common import console, fail, reported_errors
 
 if TYPE_CHECKING:
     from ..hardware_profiles.calibration import AnalyticCalibration
+    from ..hardware_profiles.lut_calibration import TableCalibration
 
 profile_app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Measure a device: per-layer latency tables (LUTs) and learned latency predictors.",
+    help=(
+        "Measure a device: per-layer latency tables (LUTs) measured here or imported, learned "
+        "latency predictors and analytic specs calibrated on a table."
+    ),
 )
 
 Device = Annotated[
@@ -212,6 +217,123 @@ def fit_command(
         console.print(f"wrote {path}: trained on {len(fit.lut)} layers and {fit.n_models} models")
         if fit.calibration is not None:
             _print_calibration(fit.calibration, spec_out=spec_out)
+
+
+@profile_app.command("import-lut")
+def import_lut_command(
+    table: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE.csv", help="Per-layer latency table measured or simulated elsewhere."
+        ),
+    ],
+    out: Out,
+) -> None:
+    """Import a per-layer latency table (CSV) as a LUT JSON keyed by layer geometry and bits.
+
+    Columns: in_channels, out_channels, kernel_size, stride, padding, groups, in_height,
+    in_width, w_bits, a_bits, latency_ms, and optionally energy_mj (a Linear layer is kernel 1
+    on a 1x1 input).
+    """
+    from ..hardware_profiles.lut_import import import_lut_csv
+
+    with reported_errors():
+        lut = import_lut_csv(table)
+        path = lut.save(out)
+    source = lut.source or {}
+    bits = sorted({(k.w_bits, k.a_bits) for k in lut.keys()})
+    console.print(
+        f"wrote {path}: {len(lut)} layers from {source.get('rows')} rows of {table} "
+        f"(sha256 {str(source.get('sha256'))[:12]}...), bits (w, a) {bits}"
+    )
+
+
+@profile_app.command("calibrate")
+def calibrate_command(
+    device: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE",
+            help="The spec to start from: a built-in device (autocompress devices) or a YAML.",
+        ),
+    ],
+    lut_path: Annotated[
+        Path, typer.Option("--lut", help="LUT JSON to fit (from import-lut or build-lut).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output device spec YAML.")],
+    holdout: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.9, help="Share of the LUT's layers held out to report error."),
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out draw.")] = 0,
+) -> None:
+    """Fit DEVICE's analytic spec to a per-layer LUT and write the calibrated spec YAML.
+
+    Fits efficiency per precision and for depthwise/grouped convs, bit scaling, channel tiling,
+    per-layer overhead and memory bandwidth, then prints the fit on the held-out layers next to
+    DEVICE's own figures.
+    """
+    from ..hardware_profiles.device_spec import load_device
+    from ..hardware_profiles.lut_calibration import calibrate_to_lut
+
+    if out.suffix not in (".yaml", ".yml"):
+        fail(f"The '--out' option must be a .yaml or .yml file. Got {str(out)!r} instead.")
+    with reported_errors():
+        spec = load_device(device)
+        result = calibrate_to_lut(spec, lut_path, holdout=holdout, seed=seed, name=out.stem)
+    _print_table_calibration(result, base=spec.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_spec_yaml(result), encoding="utf-8")
+    console.print(
+        f"wrote {out}; price a search with it: hardware: {{profile: analytic, device: {out}}}"
+    )
+
+
+def _print_table_calibration(result: TableCalibration, *, base: str) -> None:
+    """The base and the calibrated spec's fit on the fitted and the held-out layers, then the
+    fitted terms."""
+    if result.skipped:
+        console.print(f"[yellow]{result.skipped} LUT entries with latency <= 0 left out[/]")
+    groups = [("fitted", result.fit_before, result.fit_after)]
+    if result.heldout_before is not None and result.heldout_after is not None:
+        groups.append(("held-out", result.heldout_before, result.heldout_after))
+    width = max(len(base), len("calibrated"))
+    for label, before, after in groups:
+        console.print(f"{label} layers ({before.n}):")
+        console.print(f"  {base:<{width}}  {_describe(before)}", highlight=False)
+        console.print(f"  {'calibrated':<{width}}  {_describe(after)}", highlight=False)
+    spec = result.spec
+    scaling = spec.bit_scaling
+    efficiency = {p: round(e, 3) for p, e in spec.compute_efficiency_by_bits.items()}
+    factors = {c: round(f, 3) for c, f in spec.layer_efficiency.items()}
+    terms = [
+        f"efficiency by bits {efficiency}",
+        f"depthwise/grouped factors {factors or 'none'}",
+        "bit scaling "
+        + (
+            f"exponent {scaling.exponent:.3g}, saturating at {scaling.saturation_bits} bits"
+            if scaling is not None
+            else "none"
+        ),
+        f"channel tile {spec.channel_tile or 'none'}",
+        f"per-layer overhead {spec.layer_overhead_s * 1e6:.3g} us",
+        f"memory bandwidth {spec.memory_bandwidth_bytes_per_s / 1e9:.3g} GB/s",
+    ]
+    console.print("fitted: " + "; ".join(terms), highlight=False)
+
+
+def _spec_yaml(result: TableCalibration) -> str:
+    """The calibrated spec as YAML, behind a comment saying where it comes from."""
+    import yaml
+
+    data = result.spec.model_dump()
+    record = data["calibration"]
+    header = (
+        f"# Written by autocompress profile calibrate: {record['base_device']} fitted to the "
+        f"per-layer table\n# {record['table']}, sha256 {record['table_sha256']}.\n"
+        "# The calibration: section at the end says how.\n"
+    )
+    return header + yaml.safe_dump(data, sort_keys=False)
 
 
 def _print_calibration(calibration: AnalyticCalibration, *, spec_out: Path | None) -> None:

@@ -6,7 +6,8 @@ Registered profiles (``list_hardware_profiles()``):
 - ``measured``: real inference timed on this host (float kernels: architecture and pruning
   only), with NVML GPU energy on CUDA;
 - ``remote``: the same timing done by ``autocompress agent`` on a target device over HTTP;
-- ``lut``: per-layer latencies measured once (``autocompress profile build-lut``) and summed;
+- ``lut``: per-layer latencies measured once (``autocompress profile build-lut``), or imported
+  from a table measured elsewhere (``profile import-lut``, :func:`import_lut_csv`), and summed;
 - ``learned``: a per-layer gradient-boosted predictor with a model-level correction, trained
   from measurements (``autocompress profile fit``, or :func:`fit_latency_predictor`).
 
@@ -40,6 +41,8 @@ from autocompress.hardware_profiles.host import host_device_spec
 from autocompress.hardware_profiles.learned import LearnedProfile
 from autocompress.hardware_profiles.lut import LUTProfile
 from autocompress.hardware_profiles.lut_build import build_lut, layer_shapes_of_space
+from autocompress.hardware_profiles.lut_calibration import TableCalibration, calibrate_to_lut
+from autocompress.hardware_profiles.lut_import import import_lut_csv
 from autocompress.hardware_profiles.lut_table import LatencyLUT, LayerKey
 from autocompress.hardware_profiles.lut_trace import model_layers
 from autocompress.hardware_profiles.measured import MeasuredProfile
@@ -65,12 +68,15 @@ __all__ = [
     "MeasuredProfile",
     "PredictorFit",
     "RemoteProfile",
+    "TableCalibration",
     "build_lut",
     "calibrate_analytic",
+    "calibrate_to_lut",
     "create_hardware_profile",
     "fit_latency_predictor",
     "fit_predictor",
     "host_device_spec",
+    "import_lut_csv",
     "latency_fidelity",
     "layer_shapes_of_space",
     "layer_costs",

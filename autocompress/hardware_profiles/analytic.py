@@ -25,7 +25,7 @@ from autocompress.hardware_profiles.graph import (
     metrics_with_memory,
 )
 
-__all__ = ["AnalyticProfile", "DeviceSpec", "list_devices", "load_device"]
+__all__ = ["AnalyticProfile", "DeviceSpec", "layer_row", "list_devices", "load_device"]
 
 _PJ_TO_MJ = 1e-9
 _S_TO_MS = 1e3
@@ -40,7 +40,10 @@ class AnalyticProfile(HardwareProfile):
     * precision and peak rate from :meth:`DeviceSpec.mac_cost` (fallback to the next supported
       precision, or BitFusion-style scaling on bit-flexible devices), with non-uniform weights
       at :meth:`DeviceSpec.weight_compute_bits` (int8 unless the spec declares shifts);
-    * compute time = MACs / (peak * compute_efficiency);
+    * compute time = MACs / (peak * efficiency), the efficiency from
+      :meth:`DeviceSpec.efficiency` (``compute_efficiency`` unless the spec has calibration
+      terms per precision or for depthwise/grouped convs); with a ``channel_tile``, the MACs
+      of a partly filled last block of output channels count as full;
     * memory time = off-chip bytes / memory bandwidth. When the whole model's weights fit in
       ``onchip_memory_bytes`` they are assumed resident on chip (loaded once, reused across
       inferences), so they cost SRAM energy and no bandwidth time; activations always go
@@ -75,7 +78,7 @@ class AnalyticProfile(HardwareProfile):
         # Dedupe by name: a layer called twice stores its weights once.
         total_weight_bytes = sum({c.name: c.weight_bytes for c in costs}.values())
         weights_on_chip = total_weight_bytes <= self.device.onchip_memory_bytes
-        rows = [self._layer_row(c, weights_on_chip=weights_on_chip) for c in costs]
+        rows = [layer_row(self.device, c, weights_on_chip=weights_on_chip) for c in costs]
         # Kept apart so that "layers" lists the Conv/Linear calls that every profile sees
         # (LUTProfile's analytic fallback matches its rows to them one by one).
         layers = [c for c in costs if c.kind != "attention"]
@@ -94,43 +97,54 @@ class AnalyticProfile(HardwareProfile):
             },
         )
 
-    def _layer_row(self, cost: LayerCost, *, weights_on_chip: bool) -> dict[str, Any]:
-        spec = self.device
-        w_bits = spec.weight_compute_bits(cost.w_bits, cost.quantizer)
-        mac: MacCost = spec.mac_cost(w_bits=w_bits, a_bits=cost.a_bits)
-        kernel = spec.sparse.get(cost.sparsity) if cost.sparse_aligned else None
-        speedup = kernel.speedup if kernel is not None else 1.0
-        # Without a sparse kernel the zeros are multiplied and the dense weight is read.
-        weight = cost.sparse_weight_bytes if kernel is not None else cost.weight_bytes
-        total_bytes = cost.total_bytes - cost.weight_bytes + weight
-        onchip_bytes = weight if weights_on_chip else 0
-        offchip_bytes = total_bytes - onchip_bytes
-        compute_s = cost.macs / (mac.peak_macs_per_s * spec.compute_efficiency) / speedup
-        memory_s = offchip_bytes / spec.memory_bandwidth_bytes_per_s
-        latency_s = max(compute_s, memory_s) + spec.layer_overhead_s
-        energy_pj = (
-            cost.macs * mac.energy_pj / speedup
-            + offchip_bytes * spec.energy_per_dram_byte_pj
-            + onchip_bytes * spec.energy_per_sram_byte_pj
-        )
-        row = {
-            "name": cost.name,
-            "kind": cost.kind,
-            "macs": cost.macs,
-            "w_bits": cost.w_bits,
-            "a_bits": cost.a_bits,
-            "precision": mac.precision,
-            "offchip_bytes": offchip_bytes,
-            "onchip_bytes": onchip_bytes,
-            "compute_ms": compute_s * _S_TO_MS,
-            "memory_ms": memory_s * _S_TO_MS,
-            "bound": "compute" if compute_s >= memory_s else "memory",
-            "latency_ms": latency_s * _S_TO_MS,
-            "energy_mj": energy_pj * _PJ_TO_MJ,
-        }
-        if cost.quantizer != "uniform":  # rows of uniform layers stay as they were
-            row["quantizer"] = cost.quantizer
-        if cost.sparse_weight_bytes is not None:
-            row["sparsity"] = cost.sparsity
-            row["sparse_speedup"] = speedup
-        return row
+
+def layer_row(spec: DeviceSpec, cost: LayerCost, *, weights_on_chip: bool) -> dict[str, Any]:
+    """One layer's row of :attr:`HardwareMetrics.details` on ``spec`` (see
+    :class:`AnalyticProfile`): its MACs, bytes, compute and memory time, latency and energy.
+    ``weights_on_chip``: the whole model's weights fit in ``spec.onchip_memory_bytes``."""
+    w_bits = spec.weight_compute_bits(cost.w_bits, cost.quantizer)
+    mac: MacCost = spec.mac_cost(w_bits=w_bits, a_bits=cost.a_bits)
+    kernel = spec.sparse.get(cost.sparsity) if cost.sparse_aligned else None
+    speedup = kernel.speedup if kernel is not None else 1.0
+    # Without a sparse kernel the zeros are multiplied and the dense weight is read.
+    weight = cost.sparse_weight_bytes if kernel is not None else cost.weight_bytes
+    total_bytes = cost.total_bytes - cost.weight_bytes + weight
+    onchip_bytes = weight if weights_on_chip else 0
+    offchip_bytes = total_bytes - onchip_bytes
+    efficiency = spec.efficiency(
+        precision=spec.compute_precision(w_bits=w_bits, a_bits=cost.a_bits),
+        layer=cost.layer_class,
+    )
+    macs: float = cost.macs
+    if spec.channel_tile is not None and cost.out_channels > 0:
+        # A partly filled block of output channels takes the time of a full one.
+        macs = cost.macs * spec.tiled_channels(cost.out_channels) / cost.out_channels
+    compute_s = macs / (mac.peak_macs_per_s * efficiency) / speedup
+    memory_s = offchip_bytes / spec.memory_bandwidth_bytes_per_s
+    latency_s = max(compute_s, memory_s) + spec.layer_overhead_s
+    energy_pj = (
+        cost.macs * mac.energy_pj / speedup
+        + offchip_bytes * spec.energy_per_dram_byte_pj
+        + onchip_bytes * spec.energy_per_sram_byte_pj
+    )
+    row = {
+        "name": cost.name,
+        "kind": cost.kind,
+        "macs": cost.macs,
+        "w_bits": cost.w_bits,
+        "a_bits": cost.a_bits,
+        "precision": mac.precision,
+        "offchip_bytes": offchip_bytes,
+        "onchip_bytes": onchip_bytes,
+        "compute_ms": compute_s * _S_TO_MS,
+        "memory_ms": memory_s * _S_TO_MS,
+        "bound": "compute" if compute_s >= memory_s else "memory",
+        "latency_ms": latency_s * _S_TO_MS,
+        "energy_mj": energy_pj * _PJ_TO_MJ,
+    }
+    if cost.quantizer != "uniform":  # rows of uniform layers stay as they were
+        row["quantizer"] = cost.quantizer
+    if cost.sparse_weight_bytes is not None:
+        row["sparsity"] = cost.sparsity
+        row["sparse_speedup"] = speedup
+    return row

@@ -57,6 +57,48 @@ class SparseKernel(BaseModel):
     source: str = Field(min_length=1)
 
 
+#: The layer classes of :attr:`DeviceSpec.layer_efficiency`: a depthwise conv (groups equal to
+#: its input channels) and another grouped conv; every other Conv/Linear layer is dense.
+LayerClass = Literal["dense", "depthwise", "grouped"]
+Efficiency = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+class BitScaling(BaseModel):
+    """How much faster a device's kernels run operands narrower than the precision they compute
+    at (packed sub-word arithmetic): the peak MAC rate of a layer whose wider operand has ``b``
+    bits, computed at precision ``p > b``, is multiplied by ``(p / max(b, saturation_bits)) **
+    exponent``. Below ``saturation_bits`` narrower operands gain nothing more. Usually fitted
+    by ``autocompress profile calibrate``; latency only (energy per MAC is not scaled).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exponent: Annotated[float, Field(ge=0, le=8, allow_inf_nan=False)]
+    saturation_bits: Bits
+
+
+class CalibrationRecord(BaseModel):
+    """What a calibrated spec was fitted on (``autocompress profile calibrate``).
+
+    ``table``: the LUT file; ``table_sha256``: its SHA-256; ``rows``: its usable entries, of
+    which ``fit_rows`` fitted the spec and the rest (``holdout`` share, drawn with ``seed``)
+    were held out; ``base_device``: the spec it started from; ``metrics``: fidelity figures
+    (``within_10pct``, ``kendall_tau``, ...) per data set and spec, e.g. ``heldout_calibrated``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: str
+    table_sha256: str
+    rows: PositiveInt
+    fit_rows: PositiveInt
+    holdout: Annotated[float, Field(ge=0, lt=1)]
+    seed: int
+    base_device: str
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    created: str = ""
+
+
 class DeviceSpec(BaseModel):
     """Roofline + energy-per-operation description of one edge target.
 
@@ -87,6 +129,18 @@ class DeviceSpec(BaseModel):
     cores: 2x for 2:4), with a source. Only there does sparsity cut latency and energy (MAC time
     and energy divided by the speedup, the weight read in its sparse encoding); every other
     sparse layer is priced dense, its sparsity saving storage only.
+
+    Calibration terms (optional; unset, they leave every prediction as it was; usually written
+    by ``autocompress profile calibrate`` from a per-layer latency table):
+
+    * ``compute_efficiency_by_bits``: the efficiency of layers computed at that precision (see
+      :meth:`compute_precision`), instead of ``compute_efficiency``;
+    * ``layer_efficiency``: a factor in (0, 1] on the efficiency of ``depthwise`` and
+      ``grouped`` convs, whose kernels reach a smaller share of the peak than dense ones;
+    * ``bit_scaling``: narrow operands speed up kernels of a wider precision (:class:`BitScaling`);
+    * ``channel_tile``: the device computes output channels in blocks of this many, so a layer
+      with ``C`` of them costs the MAC time of ``ceil(C / channel_tile) * channel_tile``;
+    * ``calibration``: what the terms were fitted on (:class:`CalibrationRecord`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -112,6 +166,15 @@ class DeviceSpec(BaseModel):
         default_factory=dict, exclude_if=lambda v: not v
     )
     sparse: dict[str, SparseKernel] = Field(default_factory=dict)
+    compute_efficiency_by_bits: dict[Bits, Efficiency] = Field(
+        default_factory=dict, exclude_if=lambda v: not v
+    )
+    layer_efficiency: dict[Literal["depthwise", "grouped"], Efficiency] = Field(
+        default_factory=dict, exclude_if=lambda v: not v
+    )
+    bit_scaling: BitScaling | None = Field(default=None, exclude_if=lambda v: v is None)
+    channel_tile: PositiveInt | None = Field(default=None, exclude_if=lambda v: v is None)
+    calibration: CalibrationRecord | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @field_validator("quantizers")
     @classmethod
@@ -155,6 +218,7 @@ class DeviceSpec(BaseModel):
         else:
             expected = set(self.supported_bits)
         self._check_fallback_bits()
+        self._check_calibration_terms()
         for table in ("peak_macs_per_s", "energy_per_mac_pj"):
             keys = set(getattr(self, table))
             if keys != expected:
@@ -182,6 +246,19 @@ class DeviceSpec(BaseModel):
             raise ValueError(
                 "fallback_bits: at least one precision of supported_bits must run on the device "
                 f"itself; got all of {self.supported_bits} as fallback"
+            )
+
+    def _check_calibration_terms(self) -> None:
+        outside = sorted(set(self.compute_efficiency_by_bits) - set(self.supported_bits))
+        if outside:
+            raise ValueError(
+                "compute_efficiency_by_bits: keys must be precisions of supported_bits "
+                f"{self.supported_bits}; got {outside}"
+            )
+        if self.bit_scaling is not None and self.bit_flexible:
+            raise ValueError(
+                "bit_scaling: a bit_flexible device already scales its throughput with the "
+                "bits (base_bits / bits); remove bit_scaling"
             )
 
     def compute_bits(self, bits: int) -> int:
@@ -218,11 +295,42 @@ class DeviceSpec(BaseModel):
                 energy_pj=self.energy_per_mac_pj[base] * scale,
             )
         prec = self.compute_bits(max(w_bits, a_bits))
+        peak = self.peak_macs_per_s[prec]
+        scaling = self.bit_scaling
+        # The fallback processor's kernels are not the device's: they are not scaled.
+        if scaling is not None and prec not in self.fallback_bits:
+            narrow = max(w_bits, a_bits, scaling.saturation_bits)
+            if narrow < prec:
+                peak = peak * (prec / narrow) ** scaling.exponent
         return MacCost(
             precision=f"{prec}-fallback" if prec in self.fallback_bits else f"{prec}",
-            peak_macs_per_s=self.peak_macs_per_s[prec],
+            peak_macs_per_s=peak,
             energy_pj=self.energy_per_mac_pj[prec],
         )
+
+    def compute_precision(self, *, w_bits: int, a_bits: int) -> int:
+        """The precision a layer computes at, what ``compute_efficiency_by_bits`` is keyed by:
+        one of ``supported_bits``; on a bit-flexible device, the wider of the two fusion widths
+        (a multiple of the widest above it, which then keeps ``compute_efficiency``)."""
+        return self.compute_bits(max(w_bits, a_bits))
+
+    def efficiency(self, *, precision: int, layer: LayerClass = "dense") -> float:
+        """Share of the peak MAC rate a ``layer`` computed at ``precision`` reaches:
+        ``compute_efficiency_by_bits`` (else ``compute_efficiency``) times the
+        ``layer_efficiency`` factor of its class (1 for dense layers)."""
+        base = self.compute_efficiency_by_bits.get(precision, self.compute_efficiency)
+        if layer == "dense":
+            return base
+        return base * self.layer_efficiency.get(layer, 1.0)
+
+    def tiled_channels(self, channels: int) -> int:
+        """Output channels a layer with ``channels`` of them costs (``channel_tile`` blocks);
+        ``channels`` itself when the spec has no tile or the layer has no channels (attention).
+        """
+        tile = self.channel_tile
+        if tile is None or channels <= 0:
+            return channels
+        return math.ceil(channels / tile) * tile
 
 
 def list_devices() -> list[str]:

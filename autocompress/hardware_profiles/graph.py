@@ -78,10 +78,22 @@ class LayerCost:
     sparsity: float | str = 0.0
     sparse_weight_bytes: int | None = None
     sparse_aligned: bool = False
+    # Channels and groups of a Conv/Linear (features for a Linear); 0 for attention rows.
+    in_channels: int = 0
+    out_channels: int = 0
+    groups: int = 1
 
     @property
     def total_bytes(self) -> int:
         return self.weight_bytes + self.input_bytes + self.output_bytes
+
+    @property
+    def layer_class(self) -> Literal["dense", "depthwise", "grouped"]:
+        """``depthwise`` (a conv with groups equal to its input channels), ``grouped`` (another
+        conv with groups > 1) or ``dense``."""
+        if self.groups <= 1:
+            return "dense"
+        return "depthwise" if self.groups == self.in_channels else "grouped"
 
 
 def is_costed_layer(module: nn.Module) -> bool:
@@ -116,6 +128,13 @@ def weight_bytes(*, numel: int, w_bits: int, out_channels: int, quantizer: str =
     if quantizer == "codebook":
         return packed + CODEBOOK_VALUE_BYTES * 2**w_bits
     return packed + SCALE_BYTES * out_channels
+
+
+def activation_bytes(*, input_elems: int, output_elems: int, a_bits: int) -> tuple[int, int]:
+    """``(input_bytes, output_bytes)`` of a layer: its input at ``a_bits``, its output at int8
+    when the layer is quantized (``a_bits < 32``) and fp32 otherwise (see the module doc)."""
+    out_bytes_per_elem = _QUANT_OUTPUT_BYTES if a_bits < FLOAT_BITS else _FLOAT_BYTES
+    return math.ceil(input_elems * a_bits / 8), int(output_elems * out_bytes_per_elem)
 
 
 def sparse_weight_bytes(module: nn.Module, *, w_bits: int) -> int | None:
@@ -302,7 +321,9 @@ def _cost(module: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> Lay
     else:
         kind = "linear"
         macs = out_elems * module.in_features  # out_features * in_features * leading dims
-    out_bytes_per_elem = _QUANT_OUTPUT_BYTES if a_bits < FLOAT_BITS else _FLOAT_BYTES
+    input_bytes, output_bytes = activation_bytes(
+        input_elems=in_elems, output_elems=out_elems, a_bits=a_bits
+    )
     return LayerCost(
         name=name,
         kind=kind,
@@ -318,10 +339,13 @@ def _cost(module: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> Lay
             out_channels=_out_channels(module),
             quantizer=layer_quantizer(module),
         ),
-        input_bytes=math.ceil(in_elems * a_bits / 8),
-        output_bytes=int(out_elems * out_bytes_per_elem),
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
         quantizer=layer_quantizer(module) if w_bits < FLOAT_BITS else UNIFORM,
         **_sparse_fields(module, w_bits=w_bits),
+        in_channels=_in_channels(module),
+        out_channels=_out_channels(module),
+        groups=module.groups if isinstance(module, _ConvNd) else 1,
     )
 
 
@@ -361,6 +385,10 @@ def _attention_cost(
 
 def _out_channels(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, _ConvNd) else module.out_features
+
+
+def _in_channels(module: nn.Module) -> int:
+    return module.in_channels if isinstance(module, _ConvNd) else module.in_features
 
 
 def _stored_weight(module: nn.Module) -> torch.Tensor | None:

@@ -28,7 +28,12 @@ from autocompress.hardware_profiles._base import (
 )
 from autocompress.hardware_profiles.checks import check_loaded
 from autocompress.hardware_profiles.device_spec import DeviceSpec
-from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
+from autocompress.hardware_profiles.graph import (
+    check_input_shape,
+    layer_bits,
+    layer_costs,
+    metrics_with_memory,
+)
 from autocompress.hardware_profiles.host import host_facts
 from autocompress.hardware_profiles.lut_build import (
     build_lut,
@@ -84,6 +89,11 @@ class LUTProfile(HardwareProfile):
     in every profile. ``details`` lists each layer's key, latency and source (``"lut"`` or
     ``"fallback"``), the hit count and the LUT's host facts. The LUT is read-only here, so
     concurrent ``profile`` calls are safe.
+
+    A LUT keyed by bits (an imported table, see :meth:`LatencyLUT.lookup_key`) is looked up at
+    each layer's own ``w_bits``/``a_bits``, so a 4-bit layer gets the table's 4-bit figure.
+    When such a table gives energy (``energy_mj``) for every layer of the model, energy is
+    their sum; otherwise it is unknown (NaN).
     """
 
     def __init__(
@@ -107,6 +117,7 @@ class LUTProfile(HardwareProfile):
     def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
         shape = check_input_shape(input_shape, caller="LUTProfile.profile")
         traced = model_layers(model, input_shape=shape, precision=self.lut.precision)
+        traced = traced._replace(layers=self._lookup_records(model, traced.layers))
         looked_up = [None if r.key is None else self.lut.layer_ms(r.key) for r in traced.layers]
         misses = [i for i, ms in enumerate(looked_up) if ms is None]
         fallback_ms = self._fallback_ms(model, shape, traced, misses) if misses else {}
@@ -122,11 +133,16 @@ class LUTProfile(HardwareProfile):
                 }
             )
         costs = layer_costs(model, input_shape=shape)
+        energies = [
+            None if r.key is None else self.lut.layer_energy_mj(r.key) for r in traced.layers
+        ]
+        known = bool(energies) and all(e is not None for e in energies)
+        energy_mj = math.fsum(e for e in energies if e is not None) if known else math.nan
         return metrics_with_memory(
             model,
             costs,
             latency_ms=self.lut.overhead_ms + sum(r["latency_ms"] for r in rows),
-            energy_mj=math.nan,
+            energy_mj=energy_mj,
             details={
                 "overhead_ms": self.lut.overhead_ms,
                 "hits": len(rows) - len(misses),
@@ -137,9 +153,26 @@ class LUTProfile(HardwareProfile):
                 "threads": self.lut.threads,
                 "lut_host": self.lut.host,
                 "layers": rows,
-                "energy_note": "Energy unknown: a latency LUT holds no power figures.",
+                "energy_note": (
+                    "Energy: the sum of the LUT's per-layer figures."
+                    if known
+                    else "Energy unknown: the LUT holds no energy for some or all layers."
+                ),
             },
         )
+
+    def _lookup_records(self, model: nn.Module, records: list[LayerRecord]) -> list[LayerRecord]:
+        """The traced records with keys in the form this LUT stores (with each layer's bits
+        when it is keyed by them)."""
+        modules = dict(model.named_modules())
+        out = []
+        for record in records:
+            key = record.key
+            if key is not None:
+                w_bits, a_bits = layer_bits(modules[record.name], name=record.name)
+                key = self.lut.lookup_key(key, w_bits=w_bits, a_bits=a_bits)
+            out.append(LayerRecord(record.name, key))
+        return out
 
     def _fallback_ms(
         self,

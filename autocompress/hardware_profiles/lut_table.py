@@ -16,7 +16,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -27,9 +27,11 @@ from autocompress.core.validation import check_int
 
 __all__ = [
     "ACTIVATION_FACTORIES",
-    "FUSED_ACTIVATIONS",
+    "BITS_PRECISION",
     "DEPLOYED",
+    "FUSED_ACTIVATIONS",
     "HOST_PRECISION",
+    "IMPORTED_BACKEND",
     "LUT_BACKENDS",
     "LUTEntry",
     "LatencyLUT",
@@ -46,10 +48,19 @@ HOST_PRECISION = "fp32"
 #: at (``"int8"`` or ``"fp32"``, see :func:`.deployed.deployed_precision`): it was measured on
 #: quantized models (MeasuredProfile with ``quantized=True``).
 DEPLOYED = "deployed"
+#: Precision of a LUT whose keys carry each layer's own ``w_bits``/``a_bits`` (an imported
+#: table): the LUT profile looks a layer up at its bits.
+BITS_PRECISION = "bits"
 LUT_FORMAT = "autocompress-latency-lut"
-LUT_VERSION = 1
+#: Version 2 added the bits of a key, ``fused``, ``source`` and optional entry fields;
+#: version 1 files still load (their keys are float, their entries measured here).
+LUT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 #: Runtimes a LUT can be measured with (MeasuredProfile backends).
 LUT_BACKENDS = ("onnxruntime", "torch")
+#: The backend of a LUT imported from a table measured or simulated elsewhere.
+IMPORTED_BACKEND = "imported"
+_FLOAT_BITS = 32
 #: Activations fused into the preceding layer, by exact type (a subclass may compute something
 #: else). LeakyReLU and GELU are left out: their parameters would have to be part of the key.
 FUSED_ACTIVATIONS: dict[type[nn.Module], str] = {
@@ -76,7 +87,9 @@ class LayerKey:
     batch and features for a linear (``()`` for a ``(1, features)`` input).
     ``bn``: a BatchNorm directly follows (folded at deployment). ``act``: the activation that
     directly follows (``"none"`` if none). ``precision``: what the target computes the layer at
-    (:data:`HOST_PRECISION` on this host; a :meth:`DeviceSpec.mac_cost` label otherwise).
+    (:data:`HOST_PRECISION` on this host; a :meth:`DeviceSpec.mac_cost` label; or
+    :data:`BITS_PRECISION`: the layer's own bits). ``w_bits``/``a_bits``: the layer's weight and
+    input bits (32, float, unless the LUT is keyed by bits).
     Biases are not part of the key: their cost is negligible and a folded BN adds one anyway.
     """
 
@@ -92,6 +105,8 @@ class LayerKey:
     bn: bool
     act: str
     precision: str
+    w_bits: int = _FLOAT_BITS
+    a_bits: int = _FLOAT_BITS
 
     def __post_init__(self) -> None:
         problem = _key_problem(self)
@@ -158,16 +173,21 @@ class LayerKey:
             "bn": self.bn,
             "act": self.act,
             "precision": self.precision,
+            "w_bits": self.w_bits,
+            "a_bits": self.a_bits,
         }
 
     @classmethod
     def from_dict(cls, data: Any) -> LayerKey:
-        """Inverse of :meth:`as_dict`; raises ValueError on missing, unknown or mistyped fields."""
+        """Inverse of :meth:`as_dict`; raises ValueError on missing, unknown or mistyped fields.
+        ``w_bits``/``a_bits`` may be missing (keys of version-1 files): 32."""
         fields = set(cls.__dataclass_fields__)
-        if not isinstance(data, Mapping) or set(data) != fields:
+        bits = {"w_bits", "a_bits"}
+        if not isinstance(data, Mapping) or set(data) not in (fields, fields - bits):
             raise ValueError(
                 f"The 'data' parameter of LayerKey.from_dict must be a mapping with exactly the "
-                f"fields {sorted(fields)}. Got {data!r} instead."
+                f"fields {sorted(fields)} (w_bits and a_bits may be left out). "
+                f"Got {data!r} instead."
             )
         values = dict(data)
         for name in ("kernel", "stride", "padding", "dilation", "input_size"):
@@ -189,7 +209,11 @@ class LayerKey:
                 f"g={self.groups} in={_dims(self.input_size)}"
             )
         extras = "+bn" * self.bn + (f"+{self.act}" if self.act != "none" else "")
-        return f"{self.kind}{extras} {shape} @{self.precision}"
+        bits = f"w{self.w_bits}a{self.a_bits}"
+        if self.precision == BITS_PRECISION:
+            return f"{self.kind}{extras} {shape} @{bits}"
+        float_bits = (self.w_bits, self.a_bits) == (_FLOAT_BITS, _FLOAT_BITS)
+        return f"{self.kind}{extras} {shape} @{self.precision}" + ("" if float_bits else f" {bits}")
 
 
 class LayerRecord(NamedTuple):
@@ -223,12 +247,16 @@ class LUTEntry:
     ``latency_ms``: what the layer adds to a model, ``(alone + chain - contexts) / 2``; noise can
     make it slightly negative for the smallest layers (:meth:`LatencyLUT.layer_ms` clamps).
     ``alone_ms``: the group timed alone. ``chain_ms``: timed between its two context ops.
+    An entry imported from a table (``autocompress profile import-lut``) holds the table's
+    ``latency_ms`` only: ``alone_ms``, ``chain_ms`` and ``repeats`` are None. ``energy_mj``:
+    millijoules per call when the table gives them, else None.
     """
 
     latency_ms: float
-    alone_ms: float
-    chain_ms: float
-    repeats: int
+    alone_ms: float | None
+    chain_ms: float | None
+    repeats: int | None
+    energy_mj: float | None = None
 
 
 class LatencyLUT:
@@ -238,8 +266,14 @@ class LatencyLUT:
     every measurement includes once (see :mod:`~autocompress.hardware_profiles.lut_build`);
     :meth:`layer_ms` subtracts it.
     ``backend``/``threads``/``warmup``/``repeats``/``rounds`` say how the entries were measured,
-    ``host`` describes the machine and library versions (see :func:`host_facts`). Instances are
-    not modified after construction.
+    ``host`` describes the machine and library versions (see :func:`host_facts`).
+
+    A table imported from elsewhere (:data:`IMPORTED_BACKEND`; ``threads``/``warmup``/
+    ``repeats`` None: unknown) has ``precision`` :data:`BITS_PRECISION` (keys carry the bits),
+    ``fused`` False (its keys hold the geometry only: bn False, act ``"none"``, a Linear as a
+    1x1 conv; each figure is the layer as that device runs it, with what follows fused) and
+    ``source``, where it came from (file, rows, sha256). :meth:`lookup_key` maps a traced
+    layer's key to the form this LUT stores. Instances are not modified after construction.
     """
 
     def __init__(
@@ -248,40 +282,49 @@ class LatencyLUT:
         entries: Mapping[LayerKey, LUTEntry],
         overhead_ms: float,
         backend: str,
-        threads: int,
-        warmup: int,
-        repeats: int,
+        threads: int | None,
+        warmup: int | None,
+        repeats: int | None,
         rounds: int = 1,
         precision: str = HOST_PRECISION,
         host: Mapping[str, Any] | None = None,
         created: str = "",
+        fused: bool = True,
+        source: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(overhead_ms, Real) or not math.isfinite(overhead_ms) or overhead_ms < 0:
             raise ValueError(
                 "The 'overhead_ms' parameter of LatencyLUT must be a finite number >= 0. "
                 f"Got {overhead_ms!r} instead."
             )
-        if backend not in LUT_BACKENDS:
+        backends = [*LUT_BACKENDS, IMPORTED_BACKEND]
+        if backend not in backends:
             raise ValueError(
-                f"The 'backend' parameter of LatencyLUT must be one of {list(LUT_BACKENDS)}. "
+                f"The 'backend' parameter of LatencyLUT must be one of {backends}. "
                 f"Got {backend!r} instead."
             )
         bad = [k for k, v in entries.items() if not (isinstance(k, LayerKey) and _ok_entry(v))]
         if bad:
             raise ValueError(
                 "The 'entries' parameter of LatencyLUT must map LayerKey to LUTEntry with finite "
-                f"times (alone/chain >= 0). Got a bad entry for {bad[0]!r} instead."
+                f"times (alone/chain >= 0 or None). Got a bad entry for {bad[0]!r} instead."
+            )
+        if not isinstance(fused, bool):
+            raise ValueError(
+                f"The 'fused' parameter of LatencyLUT must be a bool. Got {fused!r} instead."
             )
         self.entries: dict[LayerKey, LUTEntry] = dict(entries)
         self.overhead_ms = float(overhead_ms)
         self.backend = backend
-        self.threads = check_int(threads, name="threads", where="LatencyLUT", minimum=1)
-        self.warmup = check_int(warmup, name="warmup", where="LatencyLUT", minimum=0)
-        self.repeats = check_int(repeats, name="repeats", where="LatencyLUT", minimum=1)
+        self.threads = _optional_int(threads, name="threads", minimum=1)
+        self.warmup = _optional_int(warmup, name="warmup", minimum=0)
+        self.repeats = _optional_int(repeats, name="repeats", minimum=1)
         self.rounds = check_int(rounds, name="rounds", where="LatencyLUT", minimum=1)
         self.precision = str(precision)
         self.host = dict(host or {})
         self.created = created
+        self.fused = fused
+        self.source = dict(source) if source is not None else None
 
     def __repr__(self) -> str:
         return (
@@ -298,6 +341,29 @@ class LatencyLUT:
     def keys(self) -> list[LayerKey]:
         return list(self.entries)
 
+    def lookup_key(self, key: LayerKey, *, w_bits: int, a_bits: int) -> LayerKey:
+        """The key under which this LUT stores a traced layer (``key`` from
+        :func:`model_layers` at this LUT's ``precision``) whose bits are ``w_bits``/``a_bits``:
+        with the bits when the LUT is keyed by them, and in the geometry-only form of a table
+        that is not ``fused`` (see the class doc). A Linear over ``n`` positions becomes a 1x1
+        conv on a 1 x n input (1 x 1 for a plain vector), as such a table writes it."""
+        if self.precision == BITS_PRECISION:
+            key = replace(key, w_bits=w_bits, a_bits=a_bits)
+        if self.fused:
+            return key
+        key = replace(key, bn=False, act="none")
+        if key.kind == "linear":
+            key = replace(
+                key,
+                kind="conv",
+                kernel=(1, 1),
+                stride=(1, 1),
+                padding=(0, 0),
+                dilation=(1, 1),
+                input_size=(1, math.prod(key.input_size)),
+            )
+        return key
+
     def layer_ms(self, key: LayerKey) -> float | None:
         """Latency the layer adds to a whole model (ms, >= 0), or None when ``key`` is not in
         the table."""
@@ -311,8 +377,13 @@ class LatencyLUT:
         """``{key: layer_ms(key)}`` for every entry (training data of the learned predictor)."""
         return {key: self.layer_ms(key) for key in self.entries}  # type: ignore[misc]
 
+    def layer_energy_mj(self, key: LayerKey) -> float | None:
+        """Energy of one call of the layer (mJ), or None when unknown or not in the table."""
+        entry = self.entries.get(key)
+        return None if entry is None else entry.energy_mj
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": LUT_FORMAT,
             "version": LUT_VERSION,
             "created": self.created,
@@ -323,18 +394,13 @@ class LatencyLUT:
             "repeats": self.repeats,
             "rounds": self.rounds,
             "precision": self.precision,
+            "fused": self.fused,
             "overhead_ms": self.overhead_ms,
-            "entries": [
-                {
-                    "key": key.as_dict(),
-                    "latency_ms": e.latency_ms,
-                    "alone_ms": e.alone_ms,
-                    "chain_ms": e.chain_ms,
-                    "repeats": e.repeats,
-                }
-                for key, e in sorted(self.entries.items())
-            ],
         }
+        if self.source is not None:
+            data["source"] = self.source
+        data["entries"] = [_entry_dict(key, e) for key, e in sorted(self.entries.items())]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> LatencyLUT:
@@ -344,9 +410,9 @@ class LatencyLUT:
                 f"The 'data' parameter of LatencyLUT.from_dict must be a mapping with "
                 f"format={LUT_FORMAT!r}. Got {_brief(data)} instead."
             )
-        if data.get("version") != LUT_VERSION:
+        if data.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
-                f"The 'version' field of a latency LUT must be {LUT_VERSION}. "
+                f"The 'version' field of a latency LUT must be one of {list(_READABLE_VERSIONS)}. "
                 f"Got {data.get('version')!r} instead."
             )
         try:
@@ -355,9 +421,10 @@ class LatencyLUT:
                 key = LayerKey.from_dict(row["key"])
                 entries[key] = LUTEntry(
                     latency_ms=float(row["latency_ms"]),
-                    alone_ms=float(row["alone_ms"]),
-                    chain_ms=float(row["chain_ms"]),
-                    repeats=int(row["repeats"]),
+                    alone_ms=_optional(float, row["alone_ms"]),
+                    chain_ms=_optional(float, row["chain_ms"]),
+                    repeats=_optional(int, row["repeats"]),
+                    energy_mj=_optional(float, row.get("energy_mj")),
                 )
             return cls(
                 entries=entries,
@@ -370,6 +437,8 @@ class LatencyLUT:
                 precision=str(data.get("precision", HOST_PRECISION)),
                 host=dict(data.get("host", {})),
                 created=str(data.get("created", "")),
+                fused=data.get("fused", True),
+                source=data.get("source"),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"A latency LUT is missing or mistypes a field: {err!r}.") from None
@@ -428,6 +497,10 @@ def _key_problem(key: LayerKey) -> str:
         return f"act must be 'none' or one of {sorted(ACTIVATION_FACTORIES)}"
     if not isinstance(key.precision, str) or not key.precision:
         return "precision must be a non-empty str"
+    for name in ("w_bits", "a_bits"):
+        value = getattr(key, name)
+        if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= 32:
+            return f"{name} must be an int in [1, 32]"
     if key.kind == "linear":
         if key.kernel or key.stride or key.padding or key.dilation or key.groups != 1:
             return "a linear key has empty kernel/stride/padding/dilation and groups 1"
@@ -449,11 +522,35 @@ def _key_problem(key: LayerKey) -> str:
 def _ok_entry(entry: Any) -> bool:
     if not isinstance(entry, LUTEntry):
         return False
-    times = (entry.alone_ms, entry.chain_ms)
+    optional = (entry.alone_ms, entry.chain_ms, entry.energy_mj)
     return (
-        all(isinstance(t, Real) and math.isfinite(t) and t >= 0 for t in times)
+        all(t is None or (isinstance(t, Real) and math.isfinite(t) and t >= 0) for t in optional)
         and isinstance(entry.latency_ms, Real)
         and math.isfinite(entry.latency_ms)
+    )
+
+
+def _entry_dict(key: LayerKey, entry: LUTEntry) -> dict[str, Any]:
+    row = {
+        "key": key.as_dict(),
+        "latency_ms": entry.latency_ms,
+        "alone_ms": entry.alone_ms,
+        "chain_ms": entry.chain_ms,
+        "repeats": entry.repeats,
+    }
+    if entry.energy_mj is not None:
+        row["energy_mj"] = entry.energy_mj
+    return row
+
+
+def _optional(kind: Callable[[Any], Any], value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
+def _optional_int(value: Any, *, name: str, minimum: int) -> int | None:
+    """None (not known: an imported table) or an int >= ``minimum``."""
+    return (
+        None if value is None else check_int(value, name=name, where="LatencyLUT", minimum=minimum)
     )
 
 

@@ -72,7 +72,7 @@ def layer_features(keys: Sequence[LayerKey]) -> np.ndarray:
                 math.log1p(macs / (in_elems + out_elems + params)),
                 float(key.bn),
                 float(_ACT_CODES.get(key.act, len(_ACT_CODES))),
-                float(_precision_bits(key.precision)),
+                float(min(_precision_bits(key.precision), max(key.w_bits, key.a_bits))),
                 # Channel counts that fill whole SIMD blocks (8 floats: AVX2/NEON pairs, 16:
                 # AVX-512) get blocked-layout kernels; others take slower edge paths.
                 float(key.in_channels % 8 == 0),
@@ -85,6 +85,7 @@ def layer_features(keys: Sequence[LayerKey]) -> np.ndarray:
 
 
 def _precision_bits(label: str) -> int:
-    """Bits of a precision label: ``"fp32"`` -> 32, ``"8"`` -> 8, ``"w4a8"`` -> 8 (widest)."""
+    """Bits of a precision label: ``"fp32"`` -> 32, ``"8"`` -> 8, ``"w4a8"`` -> 8 (widest);
+    32 for ``"bits"``, whose keys carry their bits (the caller takes the smaller)."""
     numbers = [int(n) for n in re.findall(r"\d+", label)]
     return max(numbers) if numbers else 32

@@ -1,10 +1,11 @@
 import json
 
 import yaml
+from torch import nn
 from typer.testing import CliRunner
 
 from autocompress.cli import app
-from autocompress.hardware_profiles import LatencyLUT, LatencyPredictor
+from autocompress.hardware_profiles import LatencyLUT, LatencyPredictor, create_hardware_profile
 
 runner = CliRunner()
 _FAST = [
@@ -95,3 +96,69 @@ def test_a_url_device_needs_onnxruntime_and_a_url(tmp_path, tiny_config_dict):
         app, ["profile", "build-lut", "http://127.0.0.1:9", "--backend", "torch", *args]
     )
     assert result.exit_code == 2 and "onnxruntime" in result.output
+
+
+def _table_csv(tmp_path):
+    """A small per-layer table: 1x1 and 3x3 convs, dense and depthwise, at 4 and 8 bits, whose
+    latency grows with the MACs and halves at 4 bits, plus a fixed 5 us."""
+    lines = [
+        "in_channels,out_channels,kernel_size,stride,padding,groups,in_height,in_width,"
+        "w_bits,a_bits,latency_ms"
+    ]
+    for c in (8, 16, 32):
+        for k, groups in ((1, 1), (3, 1), (3, c)):
+            for size in (8, 16):
+                for bits in (4, 8):
+                    macs = c * c * k * k * size * size // groups
+                    ms = 0.005 + macs / (1e7 if groups == 1 else 2e6) * bits / 8
+                    lines.append(
+                        f"{c},{c},{k},1,{k // 2},{groups},{size},{size},{bits},{bits},{ms}"
+                    )
+    path = tmp_path / "board.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_import_lut_then_calibrate_writes_a_spec_the_analytic_profile_loads(tmp_path):
+    table, lut, spec = _table_csv(tmp_path), tmp_path / "lut.json", tmp_path / "board.yaml"
+    result = runner.invoke(app, ["profile", "import-lut", str(table), "--out", str(lut)])
+    assert result.exit_code == 0, result.output
+    assert "36 layers from 36 rows" in result.output and "(4, 4), (8, 8)" in result.output
+    assert LatencyLUT.load(lut).source["file"] == str(table)
+
+    args = ["profile", "calibrate", "cortex_a72", "--lut", str(lut), "--out", str(spec)]
+    result = runner.invoke(app, [*args, "--holdout", "0.25", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "held-out layers (9):" in out and "cortex_a72" in out and "calibrated" in out
+    assert "Kendall tau" in out and "within 10%" in out and "RMSE" in out
+
+    data = yaml.safe_load(spec.read_text())
+    assert data["name"] == "board" and data["calibration"]["seed"] == 3
+    assert data["calibration"]["holdout"] == 0.25 and data["calibration"]["rows"] == 36
+    assert data["calibration"]["metrics"]["heldout_calibrated"]["n"] == 9
+    profile = create_hardware_profile("analytic", device=str(spec))
+    assert profile.device.layer_efficiency["depthwise"] < 1
+    assert profile.device.bit_scaling.saturation_bits == 4
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    assert profile.profile(model, input_shape=(8, 8, 8)).latency_ms > 0
+
+
+def test_import_lut_reports_the_bad_row_and_column(tmp_path):
+    table = _table_csv(tmp_path)
+    lines = table.read_text().splitlines()
+    lines[3] = lines[3].replace(",4,4,", ",4,40,", 1)
+    table.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["profile", "import-lut", str(table), "--out", "x.json"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"error: {table}, row 4, column 'a_bits'" in result.output
+
+
+def test_calibrate_wants_a_yaml_out_and_a_known_device(tmp_path):
+    lut = tmp_path / "lut.json"
+    runner.invoke(app, ["profile", "import-lut", str(_table_csv(tmp_path)), "--out", str(lut)])
+    args = ["profile", "calibrate", "cortex_a72", "--lut", str(lut), "--out"]
+    result = runner.invoke(app, [*args, str(tmp_path / "spec.json")])
+    assert result.exit_code == 2 and "'--out' option must be a .yaml" in result.output
+    result = runner.invoke(app, ["profile", "calibrate", "pi5", *args[3:], "s.yaml"])
+    assert result.exit_code == 2 and "cortex_a72" in result.output

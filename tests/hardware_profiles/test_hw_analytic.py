@@ -10,6 +10,7 @@ from autocompress.hardware_profiles import (
     create_hardware_profile,
     layer_costs,
     list_devices,
+    load_device,
     model_size_bytes,
 )
 
@@ -179,3 +180,93 @@ def test_device_argument_forms(tmp_path):
         AnalyticProfile(device=42)
     with pytest.raises(TypeError):
         AnalyticProfile("cortex_a72")  # keyword-only
+
+
+# Latency and energy of _mixed_model() on every shipped spec, as computed before the spec had
+# calibration terms: unset, those terms must leave every prediction where it was.
+_SHIPPED_PREDICTIONS = {
+    "bitfusion": (0.0060039047619047615, 0.002911414768),
+    "cortex_a53": (0.10565440000000001, 0.006101032000000001),
+    "cortex_a72": (0.05026472727272728, 0.006101032000000001),
+    "cortex_m7": (0.533, 0.008993792000000002),
+    "edgetpu": (0.07922, 0.0050109640000000006),
+    "jetson_nano": (0.08260870233050847, 0.006359008000000001),
+}
+
+
+def _mixed_model() -> nn.Module:
+    """Dense w8a8, depthwise w4a8 and pointwise w2a4 convs, then a float Linear."""
+    layers = [
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.ReLU(),
+        nn.Conv2d(16, 24, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    ]
+    for layer, (w, a) in zip(
+        [layers[0], layers[2], layers[4]], [(8, 8), (4, 8), (2, 4)], strict=True
+    ):
+        layer.w_bits, layer.a_bits = w, a
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("device", sorted(_SHIPPED_PREDICTIONS))
+def test_shipped_specs_predict_what_they_did_before_calibration_terms(device):
+    m = AnalyticProfile(device=device).profile(_mixed_model(), input_shape=(3, 32, 32))
+    assert (m.latency_ms, m.energy_mj) == pytest.approx(_SHIPPED_PREDICTIONS[device], rel=1e-12)
+    assert "compute_efficiency_by_bits" not in load_device(device).model_dump()
+
+
+def _compute_ms(spec: DeviceSpec, layer: nn.Module, shape) -> float:
+    return _layer(AnalyticProfile(device=spec).profile(layer, input_shape=shape))["compute_ms"]
+
+
+def test_efficiency_by_bits_and_by_layer_class():
+    dense, shape = _big_conv(8, 8), _BIG_SHAPE
+    base = _compute_ms(_spec(), dense, shape)
+    assert _compute_ms(_spec(compute_efficiency_by_bits={8: 0.25}), dense, shape) == (
+        pytest.approx(2 * base)
+    )
+    float_conv = _big_conv(32, 32)  # runs at 32 bits: keeps compute_efficiency
+    spec = _spec(compute_efficiency_by_bits={8: 0.25})
+    assert _compute_ms(spec, float_conv, shape) == pytest.approx(
+        _compute_ms(_spec(), float_conv, shape)
+    )
+    depthwise = _quant(nn.Conv2d(64, 64, 3, padding=1, groups=64), w_bits=8, a_bits=8)
+    grouped = _quant(nn.Conv2d(64, 64, 3, padding=1, groups=4), w_bits=8, a_bits=8)
+    factors = _spec(layer_efficiency={"depthwise": 0.1})
+    assert _compute_ms(factors, depthwise, shape) == pytest.approx(
+        10 * _compute_ms(_spec(), depthwise, shape)
+    )
+    assert _compute_ms(factors, grouped, shape) == pytest.approx(
+        _compute_ms(_spec(), grouped, shape)
+    )
+    assert _compute_ms(factors, dense, shape) == pytest.approx(base)
+
+
+def test_bit_scaling_saturates_and_channel_tile_rounds_up():
+    shape = _BIG_SHAPE
+    scaled = _spec(bit_scaling={"exponent": 1.0, "saturation_bits": 4})
+    c8 = _compute_ms(scaled, _big_conv(8, 8), shape)
+    assert _compute_ms(scaled, _big_conv(4, 4), shape) == pytest.approx(c8 / 2)
+    assert _compute_ms(scaled, _big_conv(2, 2), shape) == pytest.approx(c8 / 2)  # saturated
+    assert _compute_ms(scaled, _big_conv(4, 8), shape) == pytest.approx(c8)  # the wider operand
+    assert _compute_ms(_spec(), _big_conv(4, 4), shape) == pytest.approx(c8)
+    conv = _quant(nn.Conv2d(64, 24, 3, padding=1), w_bits=8, a_bits=8)
+    tiled = _compute_ms(_spec(channel_tile=16), conv, shape)
+    assert tiled == pytest.approx(_compute_ms(_spec(), conv, shape) * 32 / 24)
+
+
+def test_calibration_terms_are_checked():
+    with pytest.raises(ValueError, match="compute_efficiency_by_bits"):
+        _spec(compute_efficiency_by_bits={4: 0.5})
+    bitfusion = load_device("bitfusion").model_dump()
+    with pytest.raises(ValueError, match="bit_flexible"):
+        DeviceSpec.model_validate(
+            {**bitfusion, "bit_scaling": {"exponent": 1.0, "saturation_bits": 2}}
+        )
+    with pytest.raises(ValueError, match="layer_efficiency"):
+        _spec(layer_efficiency={"depthwise": 1.5})

@@ -178,7 +178,7 @@ def test_build_lut_dedups_measures_and_round_trips_json(tmp_path):
 
     path = lut.save(tmp_path / "lut.json")
     data = json.loads(path.read_text())  # plain JSON, versioned
-    assert data["format"] == "autocompress-latency-lut" and data["version"] == 1
+    assert data["format"] == "autocompress-latency-lut" and data["version"] == 2
     again = LatencyLUT.load(path)
     assert again.to_dict() == lut.to_dict() and again.entries == lut.entries
 
