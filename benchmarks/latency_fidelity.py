@@ -154,6 +154,7 @@ def main() -> None:
         threads=lut.threads,
         warmup=lut.warmup,
         repeats=lut.repeats,
+        precision=lut.precision,
         host=lut.host,
     )
     # The deployed set-up: `profile build-lut` over the space, then `profile fit` on measured
