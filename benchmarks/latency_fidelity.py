@@ -1,15 +1,17 @@
 """How well do the latency profiles predict real whole-model latency on this host?
 
     python benchmarks/latency_fidelity.py [--quick] [--per-group N] [--repeats R] [--rounds K]
-                                          [--seed S] [--save DIR]
+                                          [--seed S | --seeds S1 S2 S3] [--float] [--save DIR]
 
 Samples candidates from four search spaces (mlp and small_cnn on 1x8x8 digits-sized inputs,
 small_cnn and mobilenetv2 on 3x32x32 CIFAR-sized inputs), builds each compressed model and
-measures it with ONNX Runtime (1 thread, warm-up, median of R timed runs), once in each of K
-rounds over all models in shuffled order; the reference latency is the best of the K rounds
+measures it with ONNX Runtime as deployed (int8 kernels for layers of at most 8 bits, fp32 for
+the others; ``--float``: everything float) (1 thread, warm-up, the timing rule of
+``autocompress.hardware_profiles.timing`` over R timed runs), once in each of K rounds over all
+models in shuffled order; the reference latency is the best of the K rounds
 (small cloud VMs have slower phases of a few seconds caused by their neighbours; contention
 only ever adds time, see ``build_lut``).
-Candidates that build the same float model on the host (bits do not change host kernels) are
+Candidates that build the same host model (the same layers at the same host precisions) are
 merged, then the distinct models are split into disjoint train and test sets (seeded). From the
 TRAIN set only: the LUT (every train layer measured on its own), the learned predictor (trees on
 the LUT + correction on the train whole-model latencies) and the calibrated analytic spec. The
@@ -21,7 +23,8 @@ median |error|.
 
 Noise ceiling: the best of rounds 1..K/2 against the best of rounds K/2+1..K of each model: %
 within +-10%, i.e. how repeatable a reference taken from half the rounds is (the full K-round
-reference is at least as steady).
+reference is at least as steady). With ``--seeds``, one run per seed and then the median and the
+[min, max] of every figure over the runs: quote those, not the best run.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from autocompress.hardware_profiles import (
     model_layers,
 )
 from autocompress.hardware_profiles.lut_build import joint_space, measure_models
-from autocompress.hardware_profiles.lut_table import LatencyLUT
+from autocompress.hardware_profiles.lut_table import DEPLOYED, HOST_PRECISION, LatencyLUT
 from autocompress.hardware_profiles.predictor import CORRECTION_FEATURES
 from autocompress.spaces.sampling import sample_candidates
 
@@ -76,8 +79,51 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="measurements per model")
     parser.add_argument("--test-fraction", type=float, default=0.4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="several runs, one per seed (sampling, split and order); prints each run and the "
+        "median and spread of the figures (default: --seed alone)",
+    )
+    parser.add_argument(
+        "--float",
+        dest="quantized",
+        action="store_false",
+        help="time every model and layer as float (default: as deployed, int8 where the bits "
+        "allow)",
+    )
     parser.add_argument("--save", type=Path, default=None, help="write data and models here")
     args = parser.parse_args()
+    runs = {seed: run(args, seed) for seed in (args.seeds or [args.seed])}
+    if len(runs) > 1:
+        _summary(runs)
+
+
+def _summary(runs: dict[int, tuple[list[tuple[str, Any]], float]]) -> None:
+    """Median [min, max] over the runs of each profile's figures and of the noise ceiling."""
+    print()
+    print(f"over {len(runs)} runs (seeds {', '.join(map(str, runs))}): median [min, max]")
+    # Profiles in the same order every run (a LUT's hit rate in its name is the first run's).
+    names = [name for name, _ in next(iter(runs.values()))[0]]
+    for index, name in enumerate(names):
+        within = [results[index][1].within_10pct for results, _ in runs.values()]
+        tau = [results[index][1].kendall_tau for results, _ in runs.values()]
+        print(
+            f"  {name:<52} within10% {np.median(within):6.1%} [{min(within):.1%}, "
+            f"{max(within):.1%}]  tau {np.median(tau):.3f} [{min(tau):.3f}, {max(tau):.3f}]"
+        )
+    ceiling = [noise for _, noise in runs.values()]
+    print(
+        f"  {'noise ceiling':<52} within10% {np.median(ceiling):6.1%} [{min(ceiling):.1%}, "
+        f"{max(ceiling):.1%}]"
+    )
+
+
+def run(args: argparse.Namespace, seed: int) -> tuple[list[tuple[str, Any]], float]:
+    """One run with ``seed``; returns each profile's test fidelity and the noise ceiling."""
+    print(f"== seed {seed}", flush=True)
     per_group = args.per_group or (8 if args.quick else 75)
     repeats = args.repeats or (10 if args.quick else 50)
     rounds = args.rounds or (2 if args.quick else 8)
@@ -85,7 +131,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
 
-    models = _distinct_models(per_group, seed=args.seed)
+    precision = DEPLOYED if args.quantized else HOST_PRECISION
+    models = _distinct_models(per_group, seed=seed, precision=precision)
     print(f"{len(models)} distinct host models from {per_group * len(GROUPS)} candidates")
 
     # ---- whole-model measurements: K rounds, each over all models in a new shuffled order;
@@ -96,7 +143,8 @@ def main() -> None:
         warmup=10,
         repeats=repeats,
         rounds=rounds,
-        seed=args.seed,
+        seed=seed,
+        quantized=args.quantized,
     )
     for m, rounds_ms in zip(models, timings, strict=True):
         m["rounds_ms"] = rounds_ms
@@ -107,7 +155,7 @@ def main() -> None:
         abs(min(m["rounds_ms"][half:]) / min(m["rounds_ms"][:half]) - 1) for m in models
     ]
     print(f"measured {rounds} rounds in {time.perf_counter() - start:.0f} s")
-    rng = random.Random(args.seed)
+    rng = random.Random(seed)
 
     # ---- split by distinct model
     order = list(range(len(models)))
@@ -120,13 +168,14 @@ def main() -> None:
 
     # ---- profiles from train data only
     t = time.perf_counter()
-    lut = build_lut(pairs, threads=1, warmup=10, repeats=repeats, rounds=lut_rounds)
+    timing = {"threads": 1, "warmup": 10, "repeats": repeats, "quantized": args.quantized}
+    lut = build_lut(pairs, **timing, rounds=lut_rounds)
     print(
         f"LUT: {len(lut)} layer entries from {len(train)} train models in "
         f"{time.perf_counter() - t:.0f} s (per-run overhead {lut.overhead_ms * 1e3:.2f} us)"
     )
     predictor = fit_predictor(layers=lut, models=pairs, measured_ms=train_ms, random_state=0)
-    spec = host_device_spec(threads=1)
+    spec = host_device_spec(threads=1, quantized=args.quantized)
     calibration = calibrate_analytic(spec, models=pairs, measured_ms=train_ms)
     c = calibration.spec
     print(
@@ -146,7 +195,7 @@ def main() -> None:
     missing = {k for m in test for k in m["keys"] if k not in lut}
     extra = None
     if missing:
-        extra = build_lut(sorted(missing), threads=1, warmup=10, repeats=repeats, rounds=lut_rounds)
+        extra = build_lut(sorted(missing), **timing, rounds=lut_rounds)
     full = LatencyLUT(
         entries={**lut.entries, **(extra.entries if extra else {})},
         overhead_ms=lut.overhead_ms,
@@ -185,7 +234,8 @@ def main() -> None:
     print()
     print(
         f"TEST set: {len(test)} models (train {len(train)}); latency "
-        f"{min(test_ms) * 1e3:.1f} .. {max(test_ms) * 1e3:.1f} us; onnxruntime, 1 thread, "
+        f"{min(test_ms) * 1e3:.1f} .. {max(test_ms) * 1e3:.1f} us; onnxruntime "
+        f"({'int8 where the bits allow' if args.quantized else 'float'}), 1 thread, "
         f"best of {rounds} rounds x median of {repeats} runs"
     )
     print(f"{'profile':<52} {'within10%':>9} {'RMSE ms':>9} {'tau':>6} {'med|err|':>9}")
@@ -213,11 +263,12 @@ def main() -> None:
                     f"med|err| {f.median_abs_pct:4.1f}%  tau {f.kendall_tau:.3f}"
                 )
     if args.save is not None:
-        _save(args.save, models, test, lut, predictor, calibration.spec)
+        _save(args.save / f"seed{seed}", models, test, lut, predictor, calibration.spec)
     print(f"wall time {time.perf_counter() - start:.0f} s")
+    return results, noise_within
 
 
-def _distinct_models(per_group: int, *, seed: int) -> list[dict[str, Any]]:
+def _distinct_models(per_group: int, *, seed: int, precision: str) -> list[dict[str, Any]]:
     """Build the sampled candidates; keep one per distinct host model (layers + other ops)."""
     models: list[dict[str, Any]] = []
     seen: set[Any] = set()
@@ -228,7 +279,7 @@ def _distinct_models(per_group: int, *, seed: int) -> list[dict[str, Any]]:
         candidates = sample_candidates(joint, n=per_group, seed=seed + index)
         for candidate in candidates:
             model = build_compressed(candidate, num_classes=NUM_CLASSES, input_shape=shape)
-            traced = model_layers(model, input_shape=shape)
+            traced = model_layers(model, input_shape=shape, precision=precision)
             keys = [r.key for r in traced.layers]
             signature = (shape, tuple(keys), traced.uncosted_ops, traced.uncosted_elems)
             if signature in seen:
