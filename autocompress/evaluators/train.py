@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,6 +25,7 @@ from ..compression.feature_distillation import (
 )
 from ..compression.quantization import enable_lsq_
 from ..compression.sparsity import GradualSparsity
+from ..core.models import OmitAtDefault
 from ..data import DataBundle, make_loaders
 from ..spaces import Candidate
 from ..tasks import Classification, Task, to_device
@@ -42,11 +43,14 @@ class FeatureKDConfig(BaseModel):
     weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(OmitAtDefault):
     """How a network is trained (a run's ``teacher:`` and ``train:`` sections): the teacher from
     scratch, a candidate by QAT + distillation."""
 
     model_config = ConfigDict(extra="forbid")
+    # Fields that came later, left out of every dump while at their defaults, so configs, run
+    # fingerprints and the teacher's cache key stay those of runs made before they existed.
+    omit_at_default: ClassVar[tuple[str, ...]] = ("feature_kd", "lsq", "ptq_fallback")
 
     epochs: int = Field(default=3, ge=0)
     lr: float = Field(default=3e-3, gt=0)
@@ -55,19 +59,13 @@ class TrainConfig(BaseModel):
     kd_alpha: float = Field(default=0.7, ge=0, le=1, description="weight of the distillation term")
     kd_temperature: float = Field(default=4.0, gt=0)
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    # Left out of every dump while unset, so configs, run fingerprints and the teacher's cache
-    # key stay those of runs made before it existed.
-    feature_kd: FeatureKDConfig | None = Field(default=None, exclude_if=lambda v: v is None)
-    # Left out of dumps while false, for the same reason.
+    feature_kd: FeatureKDConfig | None = None
     lsq: bool = Field(
         default=False,
-        exclude_if=lambda v: not v,
         description="train only: learned step size (LSQ) for uniform weight scales",
     )
-    # Left out of dumps while off (its default), for the same reason.
     ptq_fallback: bool = Field(
         default=False,
-        exclude_if=lambda v: not v,
         description="train only: also score each candidate post-training quantized (no "
         "training) and keep that model when the fine-tune ends worse",
     )

@@ -10,10 +10,12 @@ import math
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..core.models import OmitAtDefault
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -99,7 +101,7 @@ class CalibrationRecord(BaseModel):
     created: str = ""
 
 
-class DeviceSpec(BaseModel):
+class DeviceSpec(OmitAtDefault):
     """Roofline + energy-per-operation description of one edge target.
 
     Precision rules (see :meth:`mac_cost`):
@@ -144,6 +146,16 @@ class DeviceSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields that came later, left out of dumps while at their defaults, so specs written before
+    # (calibrated ones included) stay as they were.
+    omit_at_default: ClassVar[tuple[str, ...]] = (
+        "quantizers",
+        "compute_efficiency_by_bits",
+        "layer_efficiency",
+        "bit_scaling",
+        "channel_tile",
+        "calibration",
+    )
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -161,20 +173,17 @@ class DeviceSpec(BaseModel):
     layer_overhead_s: PositiveFloat
     compute_efficiency: Annotated[float, Field(gt=0, le=1)]
     sources: list[str] = Field(min_length=1)
-    # Left out of dumps while empty, so calibrated specs written from it stay as they were.
     quantizers: dict[Literal["pot", "apot", "codebook"], QuantizerCost] = Field(
-        default_factory=dict, exclude_if=lambda v: not v
+        default_factory=dict
     )
     sparse: dict[str, SparseKernel] = Field(default_factory=dict)
-    compute_efficiency_by_bits: dict[Bits, Efficiency] = Field(
-        default_factory=dict, exclude_if=lambda v: not v
-    )
+    compute_efficiency_by_bits: dict[Bits, Efficiency] = Field(default_factory=dict)
     layer_efficiency: dict[Literal["depthwise", "grouped"], Efficiency] = Field(
-        default_factory=dict, exclude_if=lambda v: not v
+        default_factory=dict
     )
-    bit_scaling: BitScaling | None = Field(default=None, exclude_if=lambda v: v is None)
-    channel_tile: PositiveInt | None = Field(default=None, exclude_if=lambda v: v is None)
-    calibration: CalibrationRecord | None = Field(default=None, exclude_if=lambda v: v is None)
+    bit_scaling: BitScaling | None = None
+    channel_tile: PositiveInt | None = None
+    calibration: CalibrationRecord | None = None
 
     @field_validator("quantizers")
     @classmethod
