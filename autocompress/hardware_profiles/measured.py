@@ -1,4 +1,4 @@
-"""Wall-clock latency of batch-1 inference on this host (PyTorch or ONNX Runtime).
+"""Wall-clock latency of batch-1 inference on this host (PyTorch, ONNX Runtime or LiteRT).
 
 On a CUDA device with NVML available (``pynvml``, from the ``gpu`` extra), energy per inference
 is read from the GPU's total-energy counter around the timed runs.
@@ -31,7 +31,7 @@ from autocompress.hardware_profiles.graph import check_input_shape, layer_costs,
 
 __all__ = ["MeasuredProfile"]
 
-_BACKENDS = ("torch", "onnxruntime")
+_BACKENDS = ("torch", "onnxruntime", "litert")
 _INPUT_SEED = 0
 _HOST_NOTE = (
     "Measured with float kernels on the host (quant_enabled=False): latency reflects "
@@ -82,6 +82,11 @@ class MeasuredProfile(HardwareProfile):
     None keeps the library default. ``device``: ``"cpu"`` or a CUDA device (``"cuda"``,
     ``"cuda:1"``); CUDA runs are synchronised around each timed call.
 
+    ``backend="litert"`` (CPU only; needs the ``litert`` extra) converts the model with
+    :mod:`~.litert` and times it in the LiteRT interpreter: int8 where w_bits and a_bits are
+    <= 8, float32 elsewhere, so unlike the float backends it times that split;
+    ``details["layer_precision"]`` says what each layer ran in.
+
     Energy, first that applies (``details["energy_source"]`` says which):
 
     * ``"nvml"``: on a CUDA device with NVML (``pynvml`` from the ``gpu`` extra) and a GPU that
@@ -101,7 +106,7 @@ class MeasuredProfile(HardwareProfile):
     def __init__(
         self,
         *,
-        backend: Literal["torch", "onnxruntime"] = "torch",
+        backend: Literal["torch", "onnxruntime", "litert"] = "torch",
         warmup: int = 5,
         repeats: int = 30,
         threads: int | None = None,
@@ -119,6 +124,11 @@ class MeasuredProfile(HardwareProfile):
         self.threads = check_threads(threads, where="MeasuredProfile")
         self.power_w = check_power(power_w, where="MeasuredProfile")
         self.device = _check_device(device)
+        if backend == "litert" and self.device.type != "cpu":
+            raise ValueError(
+                "The 'device' parameter of MeasuredProfile must be 'cpu' with backend 'litert' "
+                f"(the LiteRT interpreter runs on the CPU). Got {device!r} instead."
+            )
 
     def __repr__(self) -> str:
         return (
@@ -132,6 +142,11 @@ class MeasuredProfile(HardwareProfile):
         costs = layer_costs(model, input_shape=shape)
         host_model = _float_copy(model)
         x = _seeded_input(shape)
+        extra: dict[str, Any] = {}
+        if self.backend == "litert":  # converted before the lock: conversion is not timed
+            from autocompress.hardware_profiles.litert import litert_timed_run
+
+            litert_run, extra = litert_timed_run(model, x, threads=self.threads)
         with _TIMING_LOCK:
             meter, nvml_problem = None, None
             if self.device.type == "cuda":
@@ -139,6 +154,8 @@ class MeasuredProfile(HardwareProfile):
             try:
                 if self.backend == "torch":
                     timing = self._time_torch(host_model, x, meter=meter)
+                elif self.backend == "litert":
+                    timing = self._time(litert_run, sync=False, meter=meter)
                 else:
                     timing = self._time_onnxruntime(host_model, x, meter=meter)
             finally:
@@ -156,6 +173,7 @@ class MeasuredProfile(HardwareProfile):
             **spread,
             "samples_ms": samples_ms,
             "note": _HOST_NOTE,
+            **extra,
         }
         energy_mj, energy_details = self._energy(
             latency_ms, meter=meter, nvml_problem=nvml_problem, window_s=timing.window_s
