@@ -1,5 +1,6 @@
 """Export a chosen trial: pick rules, deployable artefacts (ONNX QDQ, TorchScript, bit-packed
-weights), their verification against the PyTorch model, and the input preprocessing they carry."""
+weights, LiteRT), their verification against the PyTorch model, and the input preprocessing they
+carry."""
 
 from .metadata import CLASS_NAMES_KEY, PREPROCESSING_KEY, preprocessing_record
 from .pick import PickError, pick_trial

@@ -1,5 +1,5 @@
 """Export a chosen trial: its candidate as YAML, its compressed model as JSON spec + state_dict,
-an artefact in the asked format (ONNX with QDQ, TorchScript, or bit-packed weights), and a
+an artefact in the asked format (ONNX with QDQ, TorchScript, bit-packed weights, or LiteRT), and a
 verification of that artefact against the PyTorch candidate (``export_report.json``).
 
 The model exported is the trained candidate as saved by the search: already physically pruned,
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from numbers import Integral
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -45,9 +47,10 @@ from .verify import (
     torch_runner,
 )
 
-EXPORT_FORMATS = ("onnx", "torchscript", "state-dict")
+EXPORT_FORMATS = ("onnx", "torchscript", "state-dict", "litert")
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+LITERT_FILE = "model.tflite"
 REPORT_FILE = "export_report.json"
 
 
@@ -119,8 +122,11 @@ def export_trial(
     with :func:`load_model`) and ``export_report.json``. Per ``format``: ``onnx`` ->
     ``model.onnx`` (QDQ, integer weights), ``torchscript`` -> ``model.torchscript.pt`` (traced
     fake-quant model), ``state-dict`` -> ``weights.bin`` + ``weights.json`` (bit-packed weights,
-    see :mod:`autocompress.export.packing`). ``candidate.yaml``, ``export_report.json`` and the
-    ONNX model's metadata carry the input preprocessing (:mod:`autocompress.export.metadata`).
+    see :mod:`autocompress.export.packing`), ``litert`` -> ``model.tflite`` (int8 where the
+    search chose <= 8 bits, float32 elsewhere, calibrated on training batches; see
+    :mod:`autocompress.hardware_profiles.litert`). ``candidate.yaml``, ``export_report.json``
+    and the ONNX model's metadata carry the input preprocessing
+    (:mod:`autocompress.export.metadata`).
     """
     if format not in EXPORT_FORMATS:
         raise ValueError(
@@ -145,7 +151,7 @@ def export_trial(
     task = config.make_task()
     recorded = float(spec["metrics"][task.primary])
     data = load_data(config.data, seed=config.seed)
-    _, val_loader = make_loaders(
+    train_loader, val_loader = make_loaders(
         data, batch_size=config.data.batch_size, num_workers=0, seed=config.seed
     )
     preprocessing = preprocessing_record(data)
@@ -190,6 +196,9 @@ def export_trial(
         "onnx": partial(_onnx, metadata=onnx_metadata(preprocessing)),
         "torchscript": _torchscript,
         "state-dict": _state_dict,
+        "litert": partial(
+            _litert, calibration=(task.split(batch)[0].numpy() for batch in train_loader)
+        ),
     }[format]
     written = writer(out_dir, reference, candidate, spec, val_loader)
     report = build_report(
@@ -420,10 +429,80 @@ def _state_dict(
     )
 
 
+def _litert(
+    out_dir: Path,
+    model: nn.Module,
+    candidate: Candidate,
+    spec: dict,
+    val_loader,
+    *,
+    calibration: Iterable[np.ndarray],
+) -> _Written:
+    from ..hardware_profiles.litert import (
+        convert_litert,
+        deployable_copy,
+        litert_runner,
+        litert_versions,
+    )
+
+    path = out_dir / LITERT_FILE
+    converted = convert_litert(
+        model, input_shape=tuple(spec["input_shape"]), calibration=calibration
+    )
+    path.write_bytes(converted.content)
+    # The file as written is what is run and timed.
+    runner = litert_runner(path.read_bytes(), threads=TIMING_THREADS)
+    # The float model that was converted: against it the difference is the int8 conversion
+    # alone, without the layers that run at more bits than the fake-quant model.
+    source = compare_outputs(runner, deployable_copy(model), val_loader)
+    layers = converted.layers
+    counts = converted.precision_counts()
+    split = ", ".join(f"{n} {precision}" for precision, n in sorted(counts.items()))
+    widened = [layer.name for layer in layers if layer.precision == "int8" and layer.note]
+    notes = [
+        f"{LITERT_FILE} takes a float32 input of shape {list(converted.input_shape)} "
+        f"({converted.input_layout}, as the PyTorch model) and returns float32 logits: "
+        "litert-torch transposes to LiteRT's NHWC kernels inside the model, and the int8 "
+        "model quantizes its input and dequantizes its output itself",
+        f"layers by precision: {split}. int8 = int8 activations (per tensor) and int8 weights "
+        "(symmetric, per output channel) from ai-edge-quantizer, calibrated on "
+        f"{converted.calibration_samples} training samples; the weights are the candidate's "
+        "fake-quant weights; batch norm is folded into the conv by the converter",
+    ]
+    if widened:
+        notes.append(
+            f"{len(widened)} layer(s) asked for fewer than 8 bits and executed as int8 "
+            f"({', '.join(widened)}): LiteRT has no kernels below 8 bits, so the file is larger "
+            "than the bit-packed prediction and the layer computes more precisely than the "
+            "fake-quant model it is compared with"
+        )
+    return _Written(
+        path=path,
+        files=[path],
+        runner=runner,
+        latency_ms=time_runner(runner, _example(spec).numpy()),
+        latency_runtime=f"LiteRT interpreter + XNNPACK CPU ({litert_versions()}), "
+        f"{TIMING_THREADS} thread, batch 1, this host; {split} layers",
+        layers=[layer.to_dict() for layer in layers],
+        checks={
+            "max_abs_diff_float_source": source.max_abs_diff,
+            "argmax_agreement_float_source": source.argmax_agreement,
+            "input_layout": converted.input_layout,
+            "input_shape": list(converted.input_shape),
+            "layers_by_precision": counts,
+            "layers_not_as_requested": [
+                layer.name for layer in layers if layer.precision != layer.requested
+            ],
+        },
+        notes=notes,
+    )
+
+
 __all__ = [
     "EXPORT_FORMATS",
     "ExportResult",
     "FinetuneResult",
+    "LITERT_FILE",
     "REPORT_FILE",
     "export_trial",
     "trial_dir",

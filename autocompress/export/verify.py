@@ -73,6 +73,7 @@ TOLERANCES = {
     "state-dict": Tolerance(rel=1e-5, min_argmax_agreement=0.999),
     "torchscript": Tolerance(rel=1e-5, min_argmax_agreement=0.999),
     "onnx": Tolerance(rel=0.02, min_argmax_agreement=0.99),
+    "litert": Tolerance(rel=0.15, min_argmax_agreement=0.85),
 }
 
 
@@ -135,7 +136,7 @@ class VerifyReport:
         lines = [
             f"verification {verdict} ({self.format}, {self.n_samples} validation samples): "
             f"{difference} (bound {self.max_abs_diff_bound:.3g} = "
-            f"{self.max_abs_diff_bound / self.logit_range if self.logit_range else 0:.0e} x "
+            f"{self.max_abs_diff_bound / self.logit_range if self.logit_range else 0:.2g} x "
             f"logit range {self.logit_range:.3g}), argmax agreement "
             f"{self.argmax_agreement:.2%} (min {self.min_argmax_agreement:.1%})",
             f"{self.metric}: exported {self.exported_score:.4g} | PyTorch candidate "

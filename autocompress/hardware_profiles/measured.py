@@ -1,4 +1,4 @@
-"""Wall-clock latency of batch-1 inference on this host (PyTorch or ONNX Runtime).
+"""Wall-clock latency of batch-1 inference on this host (PyTorch, ONNX Runtime or LiteRT).
 
 On a CUDA device with NVML available (``pynvml``, from the ``gpu`` extra), energy per inference
 is read from the GPU's total-energy counter around the timed runs.
@@ -43,7 +43,7 @@ from autocompress.hardware_profiles.timing import (
 
 __all__ = ["MeasuredProfile"]
 
-_BACKENDS = ("torch", "onnxruntime")
+_BACKENDS = ("torch", "onnxruntime", "litert")
 _HOST_NOTE = (
     "Measured with float kernels on the host (quant_enabled=False): latency reflects "
     "architecture and pruning, not bit-widths."
@@ -94,6 +94,11 @@ class MeasuredProfile(HardwareProfile):
     intra_op_num_threads); None keeps the library default. ``device``: ``"cpu"`` or a CUDA
     device (``"cuda"``, ``"cuda:1"``); CUDA runs are synchronised around each timed call.
 
+    ``backend="litert"`` (CPU only; needs the ``litert`` extra) converts the model with
+    :mod:`~.litert` and times it in the LiteRT interpreter: int8 where w_bits and a_bits are
+    <= 8, float32 elsewhere, so unlike the float backends it times that split;
+    ``details["layer_precision"]`` says what each layer ran in.
+
     Energy, first that applies (``details["energy_source"]`` says which):
 
     * ``"nvml"``: on a CUDA device with NVML (``pynvml`` from the ``gpu`` extra) and a GPU that
@@ -113,7 +118,7 @@ class MeasuredProfile(HardwareProfile):
     def __init__(
         self,
         *,
-        backend: Literal["torch", "onnxruntime"] = "torch",
+        backend: Literal["torch", "onnxruntime", "litert"] = "torch",
         warmup: int = 5,
         repeats: int = 30,
         threads: int | None = None,
@@ -139,19 +144,29 @@ class MeasuredProfile(HardwareProfile):
         self.power_w = check_power(power_w, where="MeasuredProfile")
         self.device = _check_device(device)
         if quantized is None:
-            quantized = backend == "onnxruntime"
+            quantized = backend != "torch"
         if not isinstance(quantized, bool):
             raise ValueError(
                 "The 'quantized' parameter of MeasuredProfile must be true or false. "
                 f"Got {quantized!r} instead."
             )
-        if quantized and backend != "onnxruntime":
+        if quantized and backend == "torch":
             raise ValueError(
                 "The 'quantized' parameter of MeasuredProfile can only be true with "
-                f"backend='onnxruntime' (eager {backend} has no integer kernels for these "
-                "layers). Got quantized=True with backend={backend!r}."
+                "backend='onnxruntime' or 'litert' (eager torch has no integer kernels for these "
+                "layers). Got quantized=True with backend='torch'."
+            )
+        if not quantized and backend == "litert":
+            raise ValueError(
+                "The 'quantized' parameter of MeasuredProfile must be true with backend "
+                "'litert' (it times the converted model as deployed). Got quantized=False."
             )
         self.quantized = quantized
+        if backend == "litert" and self.device.type != "cpu":
+            raise ValueError(
+                "The 'device' parameter of MeasuredProfile must be 'cpu' with backend 'litert' "
+                f"(the LiteRT interpreter runs on the CPU). Got {device!r} instead."
+            )
 
     def __repr__(self) -> str:
         return (
@@ -164,6 +179,12 @@ class MeasuredProfile(HardwareProfile):
         shape = check_input_shape(input_shape, caller="MeasuredProfile.profile")
         costs = layer_costs(model, input_shape=shape)
         precision: dict[str, Any] = {}
+        if self.backend == "litert":  # converted before the lock: conversion is not timed
+            from autocompress.hardware_profiles.litert import litert_timed_run
+
+            litert_run, precision = litert_timed_run(
+                model, seeded_input(shape), threads=self.threads
+            )
         with _TIMING_LOCK:
             meter, nvml_problem = None, None
             if self.device.type == "cuda":
@@ -172,6 +193,8 @@ class MeasuredProfile(HardwareProfile):
                 if self.backend == "torch":
                     x = seeded_input(shape)
                     timing = self._time_torch(float_copy(model), x, meter=meter)
+                elif self.backend == "litert":
+                    timing = self._time(litert_run, meter=meter)
                 else:
                     deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
                     timing, precision = self._time_onnxruntime(deployed, shape, meter=meter)
@@ -188,8 +211,8 @@ class MeasuredProfile(HardwareProfile):
             "warmup": self.warmup,
             "repeats": self.repeats,
             **spread,
-            **precision,
             "note": _INT8_NOTE if self.quantized else _HOST_NOTE,
+            **precision,  # LiteRT's details carry their own note
         }
         energy_mj, energy_details = self._energy(
             latency_ms,
