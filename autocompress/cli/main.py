@@ -319,7 +319,8 @@ def export(
         typer.Option(
             "--format",
             help="onnx (QDQ, integer weights) | torchscript | state-dict (JSON spec + "
-            "state_dict + bit-packed weights).",
+            "state_dict + bit-packed weights) | executorch (XNNPACK .pte, int8 where <= 8 bits; "
+            "needs the executorch extra).",
         ),
     ] = "state-dict",
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,

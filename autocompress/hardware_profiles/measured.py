@@ -1,4 +1,4 @@
-"""Wall-clock latency of batch-1 inference on this host (PyTorch or ONNX Runtime).
+"""Wall-clock latency of batch-1 inference on this host (PyTorch, ONNX Runtime or ExecuTorch).
 
 On a CUDA device with NVML available (``pynvml``, from the ``gpu`` extra), energy per inference
 is read from the GPU's total-energy counter around the timed runs.
@@ -31,7 +31,7 @@ from autocompress.hardware_profiles.graph import check_input_shape, layer_costs,
 
 __all__ = ["MeasuredProfile"]
 
-_BACKENDS = ("torch", "onnxruntime")
+_BACKENDS = ("torch", "onnxruntime", "executorch")
 _INPUT_SEED = 0
 _HOST_NOTE = (
     "Measured with float kernels on the host (quant_enabled=False): latency reflects "
@@ -82,6 +82,12 @@ class MeasuredProfile(HardwareProfile):
     None keeps the library default. ``device``: ``"cpu"`` or a CUDA device (``"cuda"``,
     ``"cuda:1"``); CUDA runs are synchronised around each timed call.
 
+    ``backend="executorch"`` is the exception to the float kernels above: the model is lowered
+    to an XNNPACK ``.pte`` (int8 kernels for layers of <= 8 weight and input bits, float32 for
+    the rest; ``details["layers"]`` says which layer ran in which) and timed with ExecuTorch's
+    runtime. It needs the ``executorch`` extra and ``device="cpu"``; ``threads`` sizes the
+    XNNPACK threadpool (:mod:`~autocompress.hardware_profiles.executorch_backend`).
+
     Energy, first that applies (``details["energy_source"]`` says which):
 
     * ``"nvml"``: on a CUDA device with NVML (``pynvml`` from the ``gpu`` extra) and a GPU that
@@ -101,7 +107,7 @@ class MeasuredProfile(HardwareProfile):
     def __init__(
         self,
         *,
-        backend: Literal["torch", "onnxruntime"] = "torch",
+        backend: Literal["torch", "onnxruntime", "executorch"] = "torch",
         warmup: int = 5,
         repeats: int = 30,
         threads: int | None = None,
@@ -119,6 +125,11 @@ class MeasuredProfile(HardwareProfile):
         self.threads = check_threads(threads, where="MeasuredProfile")
         self.power_w = check_power(power_w, where="MeasuredProfile")
         self.device = _check_device(device)
+        if backend == "executorch" and self.device.type != "cpu":
+            raise ValueError(
+                "The 'device' parameter of MeasuredProfile must be 'cpu' with backend="
+                f"'executorch' (the XNNPACK delegate runs on the CPU). Got {device!r} instead."
+            )
 
     def __repr__(self) -> str:
         return (
@@ -132,6 +143,7 @@ class MeasuredProfile(HardwareProfile):
         costs = layer_costs(model, input_shape=shape)
         host_model = _float_copy(model)
         x = _seeded_input(shape)
+        backend_details: dict[str, Any] = {}
         with _TIMING_LOCK:
             meter, nvml_problem = None, None
             if self.device.type == "cuda":
@@ -139,6 +151,8 @@ class MeasuredProfile(HardwareProfile):
             try:
                 if self.backend == "torch":
                     timing = self._time_torch(host_model, x, meter=meter)
+                elif self.backend == "executorch":
+                    timing, backend_details = self._time_executorch(model, x, meter=meter)
                 else:
                     timing = self._time_onnxruntime(host_model, x, meter=meter)
             finally:
@@ -157,6 +171,7 @@ class MeasuredProfile(HardwareProfile):
             "samples_ms": samples_ms,
             "note": _HOST_NOTE,
         }
+        details.update(backend_details)
         energy_mj, energy_details = self._energy(
             latency_ms, meter=meter, nvml_problem=nvml_problem, window_s=timing.window_s
         )
@@ -237,6 +252,18 @@ class MeasuredProfile(HardwareProfile):
         feeds = {session.get_inputs()[0].name: x.numpy()}
         # session.run returns host arrays, so each call is complete when it returns.
         return self._time(lambda: session.run(None, feeds), sync=False, meter=meter)
+
+    def _time_executorch(
+        self, model: nn.Module, x: torch.Tensor, *, meter: _NvmlEnergyMeter | None
+    ) -> tuple[_Timing, dict[str, Any]]:
+        from autocompress.hardware_profiles import executorch_backend as et
+
+        program = et.lower_to_executorch(model, input_shape=tuple(x.shape[1:]), seed=_INPUT_SEED)
+        # The method is loaded inside: a threadpool change invalidates methods loaded before.
+        with et.executorch_threads(self.threads) as threads:
+            method = et.load_method(program.buffer)
+            timing = self._time(lambda: method.execute([x]), sync=False, meter=meter)
+        return timing, et.measured_details(program, threads=threads)
 
     def _time(
         self,
