@@ -1,14 +1,14 @@
 import math
+import sys
 
 import pytest
 import torch
 
-pytest.importorskip("executorch")
-
-from autocompress.hardware_profiles import MeasuredProfile, create_hardware_profile  # noqa: E402
+from autocompress.hardware_profiles import MeasuredProfile, create_hardware_profile
 
 
 def test_executorch_backend_times_the_program_and_says_each_layers_precision(mixed_bits_cnn):
+    pytest.importorskip("executorch")
     model, shape = mixed_bits_cnn
     before = {k: v.clone() for k, v in model.state_dict().items()}
     profile = create_hardware_profile(
@@ -37,3 +37,11 @@ def test_executorch_backend_runs_on_the_cpu_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ValueError, match="'device' parameter of MeasuredProfile must be 'cpu'"):
         MeasuredProfile(backend="executorch", device="cuda")
+
+
+def test_executorch_backend_without_executorch_names_the_extra(mixed_bits_cnn, monkeypatch):
+    monkeypatch.setitem(sys.modules, "executorch", None)  # as if it were not installed
+    model, shape = mixed_bits_cnn
+    profile = MeasuredProfile(backend="executorch", warmup=0, repeats=1)
+    with pytest.raises(ImportError, match=r"pip install 'autocompress\[executorch\]'"):
+        profile.profile(model, input_shape=shape)
