@@ -191,3 +191,37 @@ def tiny_net(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
+
+
+# A small_cnn candidate with one layer of each kind of precision an ExecuTorch program has:
+# 8 bits (int8), 16 bits (float32) and 4 bits (int8 wider than requested).
+MIXED_BITS_ARCH = {"channels": [8, 16, 16], "kernels": [3, 5, 3], "strides": [1, 2, 1]}
+MIXED_BITS = {
+    "features.0.0": (8, 8),
+    "features.1.0": (16, 16),
+    "features.2.0": (4, 4),
+    "classifier": (8, 8),
+}
+MIXED_BITS_SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="session")
+def mixed_bits_cnn():
+    """``(model, input_shape)``: an eval-mode :data:`MIXED_BITS` candidate whose activation
+    ranges and batch-norm statistics were set by three seeded training-mode batches. Shared:
+    do not modify it."""
+    from autocompress.compression.apply import build_compressed
+    from autocompress.spaces import Candidate
+    from autocompress.spaces.candidate import LayerChoice
+
+    layers = {name: LayerChoice(*bits) for name, bits in MIXED_BITS.items()}
+    model = build_compressed(
+        Candidate("small_cnn", MIXED_BITS_ARCH, layers),
+        num_classes=10,
+        input_shape=MIXED_BITS_SHAPE,
+    )
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(3):
+        model(2 * torch.randn(64, *MIXED_BITS_SHAPE, generator=generator))
+    return model.eval(), MIXED_BITS_SHAPE

@@ -319,8 +319,9 @@ def export(
         typer.Option(
             "--format",
             help="onnx (QDQ, integer weights) | torchscript | state-dict (JSON spec + "
-            "state_dict + bit-packed weights) | litert (.tflite: int8 where <= 8 bits, float32 "
-            "elsewhere).",
+            "state_dict + bit-packed weights) | executorch (XNNPACK .pte, int8 where <= 8 bits; "
+            "needs the executorch extra) | litert (.tflite: int8 where <= 8 bits, float32 "
+            "elsewhere; needs the litert extra).",
         ),
     ] = "state-dict",
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,

@@ -1,6 +1,7 @@
 """Export a chosen trial: its candidate as YAML, its compressed model as JSON spec + state_dict,
-an artefact in the asked format (ONNX with QDQ, TorchScript, bit-packed weights, or LiteRT), and a
-verification of that artefact against the PyTorch candidate (``export_report.json``).
+an artefact in the asked format (ONNX with QDQ, TorchScript, bit-packed weights, an ExecuTorch
+program for XNNPACK, or LiteRT), and a verification of that artefact against the PyTorch
+candidate (``export_report.json``).
 
 The model exported is the trained candidate as saved by the search: already physically pruned,
 with its fake-quant state. ``finetune_epochs`` first continues its QAT + distillation training.
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from itertools import islice
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,10 @@ from ..search.setup import evaluator_context
 from ..spaces import Candidate, JointSearchSpace
 from .metadata import onnx_metadata, preprocessing_record
 from .verify import (
+    EXECUTORCH_LOWERING,
     INTEGER_KERNELS,
     TIMING_THREADS,
+    TOLERANCES,
     Runner,
     VerifyReport,
     build_report,
@@ -45,12 +49,17 @@ from .verify import (
     onnxruntime_ops,
     time_runner,
     torch_runner,
+    within,
 )
 
-EXPORT_FORMATS = ("onnx", "torchscript", "state-dict", "litert")
+EXPORT_FORMATS = ("onnx", "torchscript", "state-dict", "executorch", "litert")
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+EXECUTORCH_FILE = "model.pte"
 LITERT_FILE = "model.tflite"
+# Training batches (of data.batch_size) the ExecuTorch export's int8 ranges are calibrated on:
+# as many as the PTQ evaluator's default.
+CALIBRATION_BATCHES = 8
 REPORT_FILE = "export_report.json"
 
 
@@ -95,6 +104,8 @@ class _Written:
     layers: list[dict[str, Any]] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # What the artefact is judged against, when not the candidate itself (see _executorch).
+    reference: nn.Module | None = None
 
 
 def trial_dir(run_dir: Path, trial: int) -> Path:
@@ -122,7 +133,10 @@ def export_trial(
     with :func:`load_model`) and ``export_report.json``. Per ``format``: ``onnx`` ->
     ``model.onnx`` (QDQ, integer weights), ``torchscript`` -> ``model.torchscript.pt`` (traced
     fake-quant model), ``state-dict`` -> ``weights.bin`` + ``weights.json`` (bit-packed weights,
-    see :mod:`autocompress.export.packing`), ``litert`` -> ``model.tflite`` (int8 where the
+    see :mod:`autocompress.export.packing`), ``executorch`` -> ``model.pte`` (XNNPACK, int8 where
+    the candidate has <= 8 bits, calibrated on :data:`CALIBRATION_BATCHES` training batches; see
+    :mod:`autocompress.hardware_profiles.executorch_backend`), ``litert`` -> ``model.tflite``
+    (int8 where the
     search chose <= 8 bits, float32 elsewhere, calibrated on training batches; see
     :mod:`autocompress.hardware_profiles.litert`). ``candidate.yaml``, ``export_report.json``
     and the ONNX model's metadata carry the input preprocessing
@@ -196,16 +210,25 @@ def export_trial(
         "onnx": partial(_onnx, metadata=onnx_metadata(preprocessing)),
         "torchscript": _torchscript,
         "state-dict": _state_dict,
+        "executorch": partial(
+            _executorch,
+            calibration=lambda: [
+                task.split(batch)[0] for batch in islice(train_loader, CALIBRATION_BATCHES)
+            ],
+            seed=config.seed,
+            task=task,
+        ),
         "litert": partial(
             _litert, calibration=(task.split(batch)[0].numpy() for batch in train_loader)
         ),
     }[format]
     written = writer(out_dir, reference, candidate, spec, val_loader)
+    judged = reference if written.reference is None else written.reference
     report = build_report(
         format=format,
         artefact=written.path,
         files=written.files,
-        comparison=compare_outputs(written.runner, reference, val_loader, task=task),
+        comparison=compare_outputs(written.runner, judged, val_loader, task=task),
         predicted_bytes=model_size_bytes(reference),
         recorded_score=float(metrics[task.primary]),
         measured_latency_ms=written.latency_ms,
@@ -426,6 +449,107 @@ def _state_dict(
             "weights.bin holds the bit-packed integer weights + per-channel scales (format in "
             "autocompress/export/packing.py); model.pt is the float state_dict for reloading"
         ],
+    )
+
+
+class _Call(nn.Module):
+    """An nn.Module face for a callable that must not be put in eval mode: the PT2E-converted
+    graph of an exported program refuses ``.eval()``, and :func:`compare_outputs` calls it."""
+
+    def __init__(self, function) -> None:
+        super().__init__()
+        object.__setattr__(self, "_function", function)  # not a submodule: .eval() skips it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._function(x)
+
+
+def _executorch(
+    out_dir: Path,
+    model: nn.Module,
+    candidate: Candidate,
+    spec: dict,
+    val_loader,
+    *,
+    calibration,
+    seed: int,
+    task,
+) -> _Written:
+    from ..hardware_profiles.executorch_backend import (
+        FLOAT32,
+        INT8,
+        as_executed,
+        executorch_runner,
+        executorch_threads,
+        executorch_version,
+        lower_to_executorch,
+    )
+
+    batches: Sequence[torch.Tensor] = calibration()
+    size = len(batches[0]) if batches else 0
+    lowered = lower_to_executorch(
+        model,
+        input_shape=tuple(spec["input_shape"]),
+        calibration=batches,
+        calibration_source=f"{len(batches)} training batches of {size} (the run's data)",
+        seed=seed,
+    )
+    path = out_dir / EXECUTORCH_FILE
+    path.write_bytes(lowered.buffer)
+    runner = executorch_runner(path)  # the file as written, not the in-memory buffer
+    plan = {layer.name: layer.precision for layer in lowered.layers}
+    candidate_check = compare_outputs(runner, model, val_loader, task=task)
+    checks: dict[str, Any] = {
+        "all_layers_delegated": all(layer.delegated for layer in lowered.layers),
+        "ops_outside_delegate": lowered.ops_outside_delegate,
+        "int8_layers": lowered.int8_layers,
+        "float_layers": lowered.float_layers,
+        "widened_layers": lowered.widened_layers,
+        "candidate_max_abs_diff": candidate_check.max_abs_diff,
+        "candidate_argmax_agreement": candidate_check.argmax_agreement,
+        "candidate_score": candidate_check.reference_score,
+        "calibration": lowered.calibration,
+    }
+    if lowered.quantized_reference is not None:
+        converted = lowered.quantized_reference
+        lowering = compare_outputs(runner, _Call(converted), val_loader, task=task)
+        checks["pt2e_max_abs_diff"] = lowering.max_abs_diff
+        checks["pt2e_argmax_agreement"] = lowering.argmax_agreement
+        checks["pt2e_within_tolerance"] = within(lowering, EXECUTORCH_LOWERING)
+    with executorch_threads(TIMING_THREADS) as threads:
+        latency = time_runner(runner, _example(spec).numpy())
+    notes = [
+        "judged against the fake-quant candidate at the precision the program executes (its "
+        f"weights; int8 layers' inputs quantized at 8 bits, {FLOAT32} layers' not quantized): "
+        f"max |diff| <= {TOLERANCES['executorch'].rel:g} x logit range and argmax agreement >= "
+        f"{TOLERANCES['executorch'].min_argmax_agreement:.0%}; checks candidate_* compare with "
+        "the candidate as searched (not judged), checks pt2e_* with the PT2E-converted model "
+        f"in PyTorch (<= {EXECUTORCH_LOWERING.rel:g} x range, >= "
+        f"{EXECUTORCH_LOWERING.min_argmax_agreement:.0%}); see autocompress/export/verify.py",
+        f"{len(lowered.int8_layers)} of {len(plan)} layers run {INT8} in XNNPACK, "
+        f"{len(lowered.float_layers)} run {FLOAT32} (see layers)",
+        "batch norm is folded into the conv weights before int8 quantization (PT2E), and the "
+        "int8 ranges are calibrated anew: the scales differ from the fake-quant's",
+        f"{EXECUTORCH_FILE} has a fixed batch of 1; verification runs it once per sample",
+    ]
+    widened = lowered.widened_layers
+    if widened:
+        notes.append(
+            f"{len(widened)} layer(s) requested fewer than 8 bits and executed as int8 "
+            f"({', '.join(widened)}): XNNPACK has no narrower kernels, so the program computes a "
+            "wider model than the one the search scored, and is larger than the prediction"
+        )
+    return _Written(
+        path=path,
+        files=[path],
+        runner=runner,
+        latency_ms=latency,
+        latency_runtime=f"ExecuTorch {executorch_version()} XNNPACK delegate CPU, {threads} "
+        f"thread{'s' * (threads != 1)}, batch 1, this host",
+        layers=[layer.to_dict() for layer in lowered.layers],
+        checks=checks,
+        notes=notes,
+        reference=as_executed(model, plan),
     )
 
 

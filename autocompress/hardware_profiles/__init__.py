@@ -4,14 +4,15 @@ Registered profiles (``list_hardware_profiles()``):
 
 - ``analytic``: roofline + energy per operation from a cited device spec, bit-width aware;
 - ``measured``: real inference timed on this host (float kernels: architecture and pruning
-  only), with NVML GPU energy on CUDA;
+  only; or int8 kernels through ExecuTorch's XNNPACK delegate), with NVML GPU energy on CUDA;
 - ``remote``: the same timing done by ``autocompress agent`` on a target device over HTTP;
 - ``lut``: per-layer latencies measured once (``autocompress profile build-lut``), or imported
   from a table measured elsewhere (``profile import-lut``, :func:`import_lut_csv`), and summed;
 - ``learned``: a per-layer gradient-boosted predictor with a model-level correction, trained
   from measurements (``autocompress profile fit``, or :func:`fit_latency_predictor`).
 
-onnxruntime and scikit-learn are imported only when a profile that needs them is used.
+onnxruntime, ExecuTorch and scikit-learn are imported only when a profile that needs them is
+used.
 """
 
 from autocompress.hardware_profiles._base import (

@@ -1,4 +1,5 @@
-"""Wall-clock latency of batch-1 inference on this host (PyTorch, ONNX Runtime or LiteRT).
+"""Wall-clock latency of batch-1 inference on this host (PyTorch, ONNX Runtime, ExecuTorch or
+LiteRT).
 
 On a CUDA device with NVML available (``pynvml``, from the ``gpu`` extra), energy per inference
 is read from the GPU's total-energy counter around the timed runs.
@@ -43,7 +44,9 @@ from autocompress.hardware_profiles.timing import (
 
 __all__ = ["MeasuredProfile"]
 
-_BACKENDS = ("torch", "onnxruntime", "litert")
+_BACKENDS = ("torch", "onnxruntime", "executorch", "litert")
+# Backends that run a converted program and only ever time it as deployed.
+_CONVERTED = ("executorch", "litert")
 _HOST_NOTE = (
     "Measured with float kernels on the host (quant_enabled=False): latency reflects "
     "architecture and pruning, not bit-widths."
@@ -99,6 +102,11 @@ class MeasuredProfile(HardwareProfile):
     <= 8, float32 elsewhere, so unlike the float backends it times that split;
     ``details["layer_precision"]`` says what each layer ran in.
 
+    ``backend="executorch"`` (CPU only; needs the ``executorch`` extra) lowers the model to an
+    XNNPACK ``.pte`` (:mod:`~.executorch_backend`: int8 kernels for layers of <= 8 weight and
+    input bits, float32 for the rest; ``details["layers"]`` says which layer ran in which) and
+    times it with ExecuTorch's runtime; ``threads`` sizes the XNNPACK threadpool.
+
     Energy, first that applies (``details["energy_source"]`` says which):
 
     * ``"nvml"``: on a CUDA device with NVML (``pynvml`` from the ``gpu`` extra) and a GPU that
@@ -118,7 +126,7 @@ class MeasuredProfile(HardwareProfile):
     def __init__(
         self,
         *,
-        backend: Literal["torch", "onnxruntime", "litert"] = "torch",
+        backend: Literal["torch", "onnxruntime", "executorch", "litert"] = "torch",
         warmup: int = 5,
         repeats: int = 30,
         threads: int | None = None,
@@ -152,20 +160,20 @@ class MeasuredProfile(HardwareProfile):
             )
         if quantized and backend == "torch":
             raise ValueError(
-                "The 'quantized' parameter of MeasuredProfile can only be true with "
-                "backend='onnxruntime' or 'litert' (eager torch has no integer kernels for these "
-                "layers). Got quantized=True with backend='torch'."
+                "The 'quantized' parameter of MeasuredProfile can only be true with backend "
+                "'onnxruntime', 'executorch' or 'litert' (eager torch has no integer kernels for "
+                "these layers). Got quantized=True with backend='torch'."
             )
-        if not quantized and backend == "litert":
+        if not quantized and backend in _CONVERTED:
             raise ValueError(
                 "The 'quantized' parameter of MeasuredProfile must be true with backend "
-                "'litert' (it times the converted model as deployed). Got quantized=False."
+                f"{backend!r} (it times the converted program as deployed). Got quantized=False."
             )
         self.quantized = quantized
-        if backend == "litert" and self.device.type != "cpu":
+        if backend in _CONVERTED and self.device.type != "cpu":
             raise ValueError(
-                "The 'device' parameter of MeasuredProfile must be 'cpu' with backend 'litert' "
-                f"(the LiteRT interpreter runs on the CPU). Got {device!r} instead."
+                f"The 'device' parameter of MeasuredProfile must be 'cpu' with backend {backend!r} "
+                f"(its runtime runs on the CPU). Got {device!r} instead."
             )
 
     def __repr__(self) -> str:
@@ -195,6 +203,8 @@ class MeasuredProfile(HardwareProfile):
                     timing = self._time_torch(float_copy(model), x, meter=meter)
                 elif self.backend == "litert":
                     timing = self._time(litert_run, meter=meter)
+                elif self.backend == "executorch":
+                    timing, precision = self._time_executorch(model, shape, meter=meter)
                 else:
                     deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
                     timing, precision = self._time_onnxruntime(deployed, shape, meter=meter)
@@ -320,6 +330,19 @@ class MeasuredProfile(HardwareProfile):
             "precision_note": precision_summary(deployed.requested, executed),
         }
         return timing, precision
+
+    def _time_executorch(
+        self, model: nn.Module, shape: tuple[int, ...], *, meter: _NvmlEnergyMeter | None
+    ) -> tuple[TimingResult, dict[str, Any]]:
+        from autocompress.hardware_profiles import executorch_backend as et
+
+        x = seeded_input(shape)
+        program = et.lower_to_executorch(model, input_shape=shape, seed=0)
+        # The method is loaded inside: a threadpool change invalidates methods loaded before.
+        with et.executorch_threads(self.threads) as threads:
+            method = et.load_method(program.buffer)
+            timing = self._time(lambda: method.execute([x]), meter=meter)
+        return timing, et.measured_details(program, threads=threads)
 
     def _time(
         self,
