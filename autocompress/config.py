@@ -182,8 +182,10 @@ class SurrogateConfig(_Section):
     (random-forest mean + kappa x std) at its known hardware cost adds the most hypervolume to
     the front. The pool persists: each proposal draws ``refresh`` new candidates (the tried and
     the oldest make room), so pricing and the proxy cost ``refresh`` candidates per trial, not a
-    whole pool. The sampler draws every trial nobody queued. Optuna backend and workers only:
-    the Ray backend runs without it (and logs so)."""
+    whole pool. The sampler draws every trial nobody queued. Every backend: the Ray driver
+    queues proposals in the study as the Optuna backend and workers do; running trials count
+    as pending results at their optimistic accuracy (a constant liar), so concurrent proposals
+    spread over the front."""
 
     enabled: bool = True
     min_trials: int = Field(

@@ -5,6 +5,12 @@ the config can check the name when it is loaded; optuna is imported only to buil
 
 Budget violations are stored on each trial with ``Trial.set_constraint``; the NSGA-II and TPE
 samplers read them and rank infeasible trials below every feasible one.
+
+Concurrent trials: TPE treats running trials as bad results (``constant_liar``). NSGA-II needs
+nothing of the kind: each child is bred at random from completed parents, and a generation
+advances once ``population_size`` of its trials completed, so running trials neither block nor
+steer it. A child that repeats a candidate evaluated or running elsewhere is skipped untrained
+by the search (``search.study.DUPLICATE_ATTR``) and does not count towards ``n_trials``.
 """
 
 from __future__ import annotations
@@ -52,7 +58,12 @@ def tpe(*, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
     import optuna
 
     # The first population_size trials are drawn at random, as NSGA-II's first generation is.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=population_size)
+    # constant_liar: trials running at once (n_jobs, workers, Ray) count as bad results, so
+    # concurrent draws avoid their neighbourhood. It is Optuna's default too; spelled out
+    # because concurrent runs rely on it. With one trial at a time it changes nothing.
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=population_size, constant_liar=True
+    )
 
 
 @register_sampler("random")

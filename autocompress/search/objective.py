@@ -9,8 +9,9 @@ import json
 import math
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -91,6 +92,8 @@ class TrialObjective:
         self.score = self.task.score  # the primary metric: what an untrained trial lacks
         self.limits = setup.config.hardware.budget.limits()
         self._keys: dict[int, str] = {}  # trial number -> its candidate's JSON
+        self._callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None
+        self._callbacks_lock = threading.Lock()
         self.prescreener: Prescreener | None = None
         if self.config.search.prescreen.enabled and self.config.score_objective() is not None:
             self.prescreener = Prescreener(
@@ -245,7 +248,15 @@ class TrialObjective:
         return scored[self.task.primary]
 
     def callbacks(self) -> list[Callable[[optuna.Study, FrozenTrial], None]]:
-        """``study.optimize`` callbacks the run's config asks for (``search.surrogate``)."""
+        """``study.optimize`` callbacks the run's config asks for (``search.surrogate``), to
+        call after each finished trial. Built once per objective: the Ray driver asks for them
+        after every trial, and the surrogate's pool must persist between proposals."""
+        with self._callbacks_lock:
+            if self._callbacks is None:
+                self._callbacks = self._make_callbacks()
+        return list(self._callbacks)
+
+    def _make_callbacks(self) -> list[Callable[[optuna.Study, FrozenTrial], None]]:
         score = self.config.score_objective()  # what the predictor learns
         if not self.config.search.surrogate.enabled or score is None:
             return []
@@ -255,13 +266,19 @@ class TrialObjective:
                 space=self.setup.space,
                 objectives=self.objectives,
                 price=self.price_candidate,
-                budget_left=lambda trials: count_done(trials) < self.config.search.n_trials,
+                budget_left=self._budget_left,
                 proxy=self.proxy_score if self.config.search.surrogate.proxy else None,
                 seed=self.config.seed,
                 score=score,
                 score_range=self.task.range_of(score.name),
             )
         ]
+
+    def _budget_left(self, trials: Sequence[FrozenTrial]) -> bool:
+        # Running trials will count too (unless skipped): a proposal queued when they fill the
+        # budget would never be taken and would sit in the study as WAITING.
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        return count_done(trials) + running < self.config.search.n_trials
 
     def train(self, number: int, priced: Priced) -> TrialOutcome:
         """Fine-tune a priced candidate if it is within budget; its objective values and the

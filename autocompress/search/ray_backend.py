@@ -11,7 +11,10 @@ Who does what:
   once, so NSGA-II ranks over-budget trials exactly as with the Optuna backend;
 * a Ray worker trains the candidate (``Objective.train``, as everywhere) and reports;
 * the driver records the result on the study trial (:class:`StudySearcher`) and, for trials
-  whose Ray worker failed ``max_failures + 1`` times, the error (:class:`StudyCallback`).
+  whose Ray worker failed ``max_failures + 1`` times, the error (:class:`StudyCallback`);
+* after each result the driver runs the callbacks the Optuna backend passes to
+  ``study.optimize`` (``search.surrogate``): a proposal is queued in the study, and the next
+  ``OptunaSearch`` ask takes it, as it takes ``search.warm_start``'s queued candidates.
 
 Fault tolerance: a trial whose worker dies is restarted by Ray Tune (``FailureConfig``), with
 the same Optuna trial. A driver that dies leaves a Tune experiment under ``<run>/ray/``; running
@@ -182,6 +185,7 @@ class StudySearcher(OptunaSearch):
 
     def __init__(self, space: PricingSpace, *, n_trials: int, **kwargs: Any) -> None:
         super().__init__(space, **kwargs)
+        self._pricing = space
         self._n_trials = n_trials
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -225,6 +229,12 @@ class StudySearcher(OptunaSearch):
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         else:
             self._ot_study.tell(ot_trial, [result[name] for name in self.metric])
+        # Looked up, not held: Tune pickles the searcher into its checkpoints, and the
+        # proposer (a lock, a fitted forest, its pool) is per process, like the objective.
+        objective = shared_objective(self._pricing.config, self._pricing.run_dir)
+        finished = storage.get_trial(ot_trial._trial_id)
+        for callback in objective.callbacks():
+            callback(self._ot_study, finished)
 
 
 class StudyCallback(tune.Callback):
@@ -334,8 +344,6 @@ def run_ray_search(
     ``sampler`` (default: the config's, continuing the study) proposing every experiment's
     trials."""
     run_dir = run_dir.resolve()  # Ray workers run in their trial folders
-    if config.search.surrogate.enabled:
-        logger.info("search.surrogate is not used by the Ray backend (the sampler draws all).")
     study, storage = open_study(config, run_dir, sampler=sampler)
     write_config(config, run_dir)
     sampler = study.sampler

@@ -14,6 +14,16 @@ would cost several trials' worth.
 The sampler still draws the trials nobody queued (the first ``min_trials``; any trial when no
 pool candidate would add volume), so the search keeps exploring.
 
+Trials running at once (``search.n_jobs`` threads, workers, Ray) are pending results: a
+constant liar. Each RUNNING trial counts, while proposals are ranked, as if it had already
+reached its optimistic point (the one it would be ranked by as a pool candidate) at its exact
+costs. A candidate identical to a running one is never proposed, and one close to it in the
+objective space (similar costs, no better hopes) gains little or nothing, so concurrent
+proposals spread over the front instead of all taking the same best guess. The lie is the
+optimistic point, not a pessimistic one: a worst-accuracy lie is dominated, adds nothing to the
+front and would change no ranking. Without running trials (one process, one thread) the
+ranking is exactly the sequential one.
+
 Everything goes through Optuna's public API: a queued trial is an ordinary trial with fixed
 parameters, so resumes, workers sharing a study and the trial accounting are unchanged.
 """
@@ -90,6 +100,8 @@ class Proposer:
         self._lock = threading.Lock()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # The whole proposal, enqueue included, holds the lock: a thread that saw no WAITING
+        # trial must not rank the same pool before the previous proposal is in the study.
         with self._lock:
             trials = study.get_trials(deepcopy=False)
             if any(t.state == TrialState.WAITING for t in trials) or not self.budget_left(trials):
@@ -97,14 +109,36 @@ class Proposer:
             completed = trained_trials(trials)
             if len(completed) < self.config.min_trials:
                 return
-            proposal = self._propose(completed, tried={_candidate_key(t) for t in trials})
-        if proposal is not None:
-            params, attrs = proposal
-            study.enqueue_trial(params, user_attrs={PROPOSED_ATTR: attrs})
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            pending = [c for c in map(self._candidate_of, running) if c is not None]
+            tried = {_candidate_key(t) for t in trials} | {_key(c) for c in pending}
+            proposal = self._propose(completed, pending=pending, tried=tried)
+            if proposal is not None:
+                params, attrs = proposal
+                # Another process may have queued the same candidate meanwhile (workers, each
+                # with its own proposer): one copy is enough.
+                study.enqueue_trial(params, user_attrs={PROPOSED_ATTR: attrs}, skip_if_exists=True)
+
+    def _candidate_of(self, trial: FrozenTrial) -> Candidate | None:
+        """A trial's candidate: recorded when it was priced, or, for a queued trial taken but
+        not priced yet, rebuilt from its fixed parameters (else a proposal that has just left
+        the queue would look untried). None for a sampler's draw still being suggested."""
+        recorded = trial.user_attrs.get("candidate")
+        if recorded is not None:
+            return Candidate.from_dict(recorded)
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed is None:
+            return None
+        try:
+            return self.space.suggest(optuna.trial.FixedTrial(fixed))
+        except ValueError:  # parameters missing: the sampler draws them, nothing to go by
+            return None
 
     def _propose(
-        self, completed: list[FrozenTrial], *, tried: set[str]
+        self, completed: list[FrozenTrial], *, pending: Sequence[Candidate], tried: set[str]
     ) -> tuple[dict[str, Any], dict[str, float]] | None:
+        """The pool candidate whose optimistic point adds the most hypervolume to the front
+        of ``completed`` and of the ``pending`` (running) candidates' optimistic points."""
         score_at = self.names.index(self.score.name)
         done = [Candidate.from_dict(t.user_attrs["candidate"]) for t in completed]
         scores = [self.score.maximised(t.values[score_at]) for t in completed]
@@ -112,22 +146,29 @@ class Proposer:
         pool = self._pool(tried)
         if not pool:
             return None
-        candidates = [c for c, _, _ in pool]
+        lies = []  # the running candidates' points, believed reached
+        for candidate in pending:
+            metrics, feasible = self._price(candidate)
+            if feasible:  # one over budget is not trained: it claims no part of the front
+                lies.append((candidate, {}, metrics))
+        candidates = [c for c, _, _ in pool + lies]
         prediction = self.predictor.predict(
             candidates, return_std=True, extra=self._extra(candidates)
         )
         optimistic = self.score.maximised(prediction.mean + self.config.kappa * prediction.std)
         optimistic = np.clip(optimistic, *self.score_range)
         values = np.array([list(t.values) for t in completed], dtype=float)
-        rows = np.array(
+        points = np.array(
             [
                 [optimistic[i] if name == self.score.name else metrics[name] for name in self.names]
-                for i, (_, _, metrics) in enumerate(pool)
+                for i, (_, _, metrics) in enumerate(pool + lies)
             ],
             dtype=float,
         )
-        reference = reference_from_values(np.vstack([values, rows]), self.objectives)
-        front = values[non_dominated_mask(values, self.directions)]
+        rows = points[: len(pool)]
+        believed = np.vstack([values, points[len(pool) :]])
+        reference = reference_from_values(np.vstack([believed, rows]), self.objectives)
+        front = believed[non_dominated_mask(believed, self.directions)]
         base = hypervolume(front, self.directions, reference)
         gains = [
             hypervolume(np.vstack([front, row]), self.directions, reference) - base for row in rows
@@ -176,12 +217,16 @@ class Proposer:
             if key in seen:
                 continue
             seen.add(key)
-            if key not in self._prices:
-                self._prices[key] = self.price(candidate)
-            metrics, feasible = self._prices[key]
+            metrics, feasible = self._price(candidate)
             if feasible:
                 pool.append((candidate, dict(trial.params), metrics))
         return pool
+
+    def _price(self, candidate: Candidate) -> tuple[dict[str, float], bool]:
+        key = _key(candidate)  # cached: a candidate's price never changes
+        if key not in self._prices:
+            self._prices[key] = self.price(candidate)
+        return self._prices[key]
 
 
 def _candidate_key(trial: FrozenTrial) -> str:

@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from autocompress.config import parse_config
-from autocompress.evaluators import CandidateError
+from autocompress.evaluators import CandidateError, TaskMetrics
 from autocompress.evaluators.train import TrainEvaluator
 from autocompress.search import run_search
 
@@ -178,10 +178,9 @@ def _complete_trials(db: Path) -> int:
         return 0
 
 
-def test_a_trial_failing_in_the_trainable_is_failed_with_its_reason(
-    tmp_path, ray_config, monkeypatch
-):
-    """The driver-side searcher and the trainable, wired by hand (no cluster needed)."""
+def _hand_wired(config, run_dir: Path, *, n_trials: int):
+    """The driver-side searcher of a new run, and ``finish(trial_id, params)``, which trains a
+    suggested trial as a Ray worker would and reports it: wired by hand, no cluster needed."""
     from ray.tune.utils import flatten_dict
 
     from autocompress.search.ray_backend import (
@@ -193,31 +192,68 @@ def test_a_trial_failing_in_the_trainable_is_failed_with_its_reason(
     from autocompress.search.samplers import make_sampler
     from autocompress.search.study import open_study
 
-    def diverges(self, model, candidate):
-        raise CandidateError("non-finite training loss at epoch 0, step 3")
-
-    monkeypatch.setattr(TrainEvaluator, "evaluate", diverges)
-    ray_config["search"]["early_stopping"] = {"enabled": False}  # evaluate is patched
-    config = parse_config(ray_config)
-    run_dir = tmp_path / "tiny"
     run_dir.mkdir()
-    study, storage = open_study(config, run_dir)
+    _, storage = open_study(config, run_dir)
     shared_objective(config, run_dir)
     searcher = StudySearcher(
         PricingSpace(config, run_dir),
-        n_trials=1,
+        n_trials=n_trials,
         metric=["accuracy", "latency_ms", "size_kb"],
         mode=["max", "min", "min"],
         sampler=make_sampler(config),
         storage=storage,
         study_name="tiny",
     )
-    params = searcher.suggest("t1")
-    result = train_trial(params, config=config, run_dir=run_dir)
-    searcher.on_trial_complete("t1", result=flatten_dict(result))
+
+    def finish(trial_id: str, params: dict) -> None:
+        result = train_trial(params, config=config, run_dir=run_dir)
+        searcher.on_trial_complete(trial_id, result=flatten_dict(result))
+
+    return searcher, finish
+
+
+def test_a_trial_failing_in_the_trainable_is_failed_with_its_reason(
+    tmp_path, ray_config, monkeypatch
+):
+    def diverges(self, model, candidate):
+        raise CandidateError("non-finite training loss at epoch 0, step 3")
+
+    monkeypatch.setattr(TrainEvaluator, "evaluate", diverges)
+    ray_config["search"]["early_stopping"] = {"enabled": False}  # evaluate is patched
+    run_dir = tmp_path / "tiny"
+    searcher, finish = _hand_wired(parse_config(ray_config), run_dir, n_trials=1)
+    finish("t1", searcher.suggest("t1"))
 
     trial = _study(run_dir).trials[0]
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("CandidateError: non-finite")
     assert trial.user_attrs["latency_ms"] > 0  # priced before it was trained
     assert searcher.suggest("t2") == searcher.FINISHED  # the budget of 1 trial is spent
+
+
+def test_the_surrogate_proposes_ray_trials_through_the_study(tmp_path, ray_config, monkeypatch):
+    """After each result the driver queues the surrogate's proposal, which the next
+    OptunaSearch ask takes; none is queued once the running trials fill the budget."""
+    from autocompress.search.surrogate import PROPOSED_ATTR
+
+    def evaluate(self, model, candidate):  # no training: accuracy grows with the weight bits
+        bits = [c.w_bits for c in candidate.layers.values()]
+        return TaskMetrics(accuracy=0.5 + 0.05 * sum(bits) / len(bits), loss=1.0, epochs=1)
+
+    monkeypatch.setattr(TrainEvaluator, "evaluate", evaluate)
+    ray_config["search"].update(
+        early_stopping={"enabled": False},
+        surrogate={"enabled": True, "min_trials": 2, "pool_size": 8, "proxy": False},
+    )
+    run_dir = tmp_path / "tiny"
+    searcher, finish = _hand_wired(parse_config(ray_config), run_dir, n_trials=4)
+    params = {tid: searcher.suggest(tid) for tid in ("t1", "t2")}
+    finish("t1", params["t1"])
+    finish("t2", params["t2"])  # two completed trials: the surrogate proposes the third
+    params["t3"] = searcher.suggest("t3")
+    assert PROPOSED_ATTR in _study(run_dir).trials[params["t3"]["optuna_trial"]].user_attrs
+    params["t4"] = searcher.suggest("t4")
+    finish("t3", params["t3"])  # 3 done + 1 running fill the budget of 4: nothing is queued
+    finish("t4", params["t4"])
+    trials = _study(run_dir).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4

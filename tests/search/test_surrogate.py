@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from optuna import create_study
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FixedTrial, TrialState, create_trial
 
 from autocompress.config import parse_config
 from autocompress.evaluators import TaskMetrics
+from autocompress.evaluators.accuracy_predictor import Prediction
 from autocompress.evaluators.train import TrainEvaluator
 from autocompress.search import run_search
 from autocompress.search.study import count_done
@@ -198,3 +200,60 @@ def test_pool_persists_and_only_refresh_new_candidates_are_priced_per_proposal(s
     survivors = [k for k in first_pool if k not in tried][-12:]
     assert second_pool[:12] == survivors
     assert len(priced) <= 4  # only the new draws were priced (a re-drawn old one is cached)
+
+
+def _take(study, space):
+    """What a worker does with the queued trial: take it, then price it (record its candidate);
+    the trial stays RUNNING while it trains."""
+    trial = study.ask()
+    candidate = space.suggest(trial)
+    trial.set_user_attr("candidate", candidate.to_dict())
+    return candidate
+
+
+def _queued(study) -> list[dict]:
+    return [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))]
+
+
+def test_a_proposal_taken_but_not_priced_yet_is_not_proposed_again(small):
+    config, space, candidates = small
+    study = _study_with(candidates[:5], [0.9, 0.5, 0.6, 0.7, 0.8])
+    proposer = _proposer(config, space, pool_size=128)
+    proposer(study, study.trials[-1])
+    [first] = _queued(study)
+    study.ask()  # another thread took it and has not recorded its candidate yet
+    proposer(study, study.trials[-1])
+    [second] = _queued(study)
+    taken = space.suggest(FixedTrial(first))
+    assert _key(space.suggest(FixedTrial(second)).to_dict()) != _key(taken.to_dict())
+
+
+class _SizePredictor:
+    """Stand-in forest: the predicted accuracy grows with the stand-in size, with no spread, so
+    candidates of one size are the same point of the objective space."""
+
+    feature_names: list[str] = []
+
+    def fit(self, candidates, scores, extra=None):
+        return self
+
+    def predict(self, candidates, *, return_std=False, extra=None):
+        sizes = np.array([_size(c) for c in candidates], dtype=float)
+        return Prediction(mean=0.5 + sizes / 1000, std=np.zeros(len(sizes)))
+
+
+def test_concurrent_proposals_spread_over_the_front_instead_of_repeating_a_point(small):
+    config, space, candidates = small
+    study = _study_with(candidates[:5], [0.1] * 5)
+    proposer = _proposer(config, space, pool_size=128)
+    proposer.predictor = _SizePredictor()
+    running = []
+    for _ in range(4):  # four workers, each taking the proposal queued when it asked
+        proposer(study, study.trials[-1])
+        assert len(_queued(study)) == 1
+        running.append(_take(study, space))
+    # Every proposal is a new point: none repeats the cost (and so the predicted accuracy) of a
+    # candidate already running, though the space has several candidates at each size.
+    sizes = [_size(c) for c in running]
+    assert len(set(sizes)) == len(sizes), sizes
+    assert len({_key(c.to_dict()) for c in running}) == 4
