@@ -136,8 +136,7 @@ def export_trial(
     see :mod:`autocompress.export.packing`), ``executorch`` -> ``model.pte`` (XNNPACK, int8 where
     the candidate has <= 8 bits, calibrated on :data:`CALIBRATION_BATCHES` training batches; see
     :mod:`autocompress.hardware_profiles.executorch_backend`), ``litert`` -> ``model.tflite``
-    (int8 where the
-    search chose <= 8 bits, float32 elsewhere, calibrated on training batches; see
+    (int8 where the search chose <= 8 bits, float32 elsewhere, calibrated on training batches; see
     :mod:`autocompress.hardware_profiles.litert`). ``candidate.yaml``, ``export_report.json``
     and the ONNX model's metadata carry the input preprocessing
     (:mod:`autocompress.export.metadata`).
