@@ -34,7 +34,7 @@ from autocompress.config import load_config, parse_config
 from autocompress.core import load_trials, pareto_front
 from autocompress.export.onnx_export import export_onnx
 from autocompress.export.trial import export_trial
-from autocompress.export.verify import onnx_runner, time_runner
+from autocompress.export.verify import INTEGER_KERNELS, onnx_runner, time_runner
 from autocompress.search import run_search
 
 ROUNDS = 3
@@ -144,6 +144,16 @@ def slower_reasons(report: Any) -> list[str]:
     widened = report.checks.get("widened_layers") or []
     if widened:
         reasons.append(f"{len(widened)} layer(s) below 8 bits run as int8")
+    ops = report.checks.get("onnxruntime_ops")
+    if ops is not None:
+        integer = sum(n for op, n in ops.items() if op in INTEGER_KERNELS)
+        emulated = sum(layer.get("weight_format") != "float32" for layer in report.layers)
+        if integer < emulated:
+            reasons.append(
+                f"{emulated - integer} of {emulated} quantized layer(s) got no fused integer "
+                "kernel: DequantizeLinear + float Conv/Gemm (the QDQ export keeps the fake-quant "
+                "model's float layer outputs)"
+            )
     if not reasons:
         reasons.append(
             "every layer runs int8: the runtime's int8 kernels are no faster than fp32 for "
