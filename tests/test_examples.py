@@ -18,11 +18,12 @@ pytestmark = pytest.mark.slow
 def test_resnet18_from_a_checkpoint_and_a_config_only(run_process, run_cli, tmp_path):
     folder = shutil.copytree(EXAMPLES / "resnet18_checkpoint", tmp_path / "example")
     assert "saved resnet18.pt" in run_process(sys.executable, "train_checkpoint.py", cwd=folder)
-    output = run_cli("search", "resnet18.yaml", cwd=folder)
+    # 4 of the example's 6 trials: the warm start's queued candidates, enough for every command.
+    output = run_cli("search", "resnet18.yaml", "--set", "search.n_trials=4", cwd=folder)
     assert "Teacher loaded from resnet18.pt" in output and "Training the teacher" not in output
     run = folder / "runs" / "resnet18"
     trials = pd.read_csv(run / "trials.csv")
-    assert trials["state"].eq("COMPLETE").sum() >= 5
+    assert trials["state"].eq("COMPLETE").sum() >= 4
     assert trials["accuracy"].max() > 0.8
     # The stem was excluded: float and unpruned in every candidate.
     stems = [json.loads(c)["layers"]["conv1"] for c in trials["candidate"]]
