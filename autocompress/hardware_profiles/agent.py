@@ -17,9 +17,11 @@ Protocol (answers are JSON; an error is ``{"error": message}`` with a 4xx/5xx st
 * ``GET /info``: facts about the device (platform, CPU count, onnxruntime version and
   execution providers) and the agent's limits.
 * ``POST /time?warmup=5&repeats=30&threads=2&input_shape=1,3,32,32``: the body is the raw bytes
-  of an ONNX model. The agent runs it with onnxruntime's CPU execution provider on random
-  inputs (fixed seed; see :mod:`~autocompress.hardware_profiles.onnx_timing`), ``warmup``
-  untimed runs then ``repeats`` timed ones, and answers
+  of an ONNX model, an ExecuTorch program (``.pte``) or a LiteRT model (``.tflite``). The agent
+  runs it with onnxruntime's CPU execution provider, ExecuTorch's runtime or the LiteRT
+  interpreter on random inputs (fixed seed; see
+  :mod:`~autocompress.hardware_profiles.onnx_timing`), by the timing rule of
+  :mod:`~autocompress.hardware_profiles.timing`, and answers
   ``{median_ms, p10_ms, p90_ms, min_ms, max_ms, repeats, warmup, threads, samples_ms, ...}``.
   ``input_shape`` (full shape, batch included) is needed only when the model's single input has
   dynamic dimensions. Timings are serialised: concurrent requests wait for each other.
@@ -35,6 +37,7 @@ no request can stop the server.
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -58,7 +61,7 @@ from autocompress.hardware_profiles.onnx_timing import (
     MAX_INPUT_ELEMS,
     BadModelError,
     RuntimeMissingError,
-    time_onnx_model,
+    time_model,
 )
 
 __all__ = [
@@ -259,7 +262,7 @@ class _AgentHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         with self.server.timing_lock:
             try:
-                return time_onnx_model(body, **params)
+                return time_model(body, **params)
             except BadModelError as err:
                 raise _HttpError(HTTPStatus.BAD_REQUEST, str(err)) from None
             except RuntimeMissingError as err:
@@ -413,6 +416,11 @@ def _device_info(server: AgentServer) -> dict[str, Any]:
         "max_model_bytes": server.max_model_bytes,
         "max_repeats": server.max_repeats,
         "onnxruntime": None,
+    }
+    # Which runtimes can time a .pte or .tflite body here (found, not imported: they are heavy).
+    info["runtimes"] = {
+        "executorch": importlib.util.find_spec("executorch") is not None,
+        "litert": importlib.util.find_spec("ai_edge_litert") is not None,
     }
     try:
         import onnxruntime as ort

@@ -27,7 +27,7 @@ from autocompress.hardware_profiles._base import (
 )
 from autocompress.hardware_profiles.agent_protocol import check_token, clip_message
 from autocompress.hardware_profiles.checks import check_power, check_seconds, check_threads
-from autocompress.hardware_profiles.deployed import deployed_onnx, precision_summary
+from autocompress.hardware_profiles.deployed import deployed_onnx, precision_summary, seeded_input
 from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
 from autocompress.hardware_profiles.measured import power_energy
 
@@ -37,6 +37,7 @@ _REMOTE_NOTE = (
     "Measured on the remote device with onnxruntime's CPU provider, as deployed: layers with at "
     "most 8-bit weights and inputs as int8 QDQ, the others fp32."
 )
+_RUNTIMES = ("onnxruntime", "executorch", "litert")
 # How repeatable the agent's figure is (agents with round-based timing send these).
 _REPEATABILITY_KEYS = ("statistic", "rounds", "round_medians_ms", "repeatability", "stable")
 _REMOTE_FLOAT_NOTE = (
@@ -49,13 +50,16 @@ _REMOTE_FLOAT_NOTE = (
 class RemoteProfile(HardwareProfile):
     """Time real batch-1 inference on a remote device that runs the agent.
 
-    Like ``MeasuredProfile(backend="onnxruntime")``, but the timing happens on the device: the
-    model is exported to ONNX in memory as deployed (``quantized=True``, the default: layers
-    with at most 8-bit weights and inputs as int8 QDQ, the others fp32; ``quantized=False``: the
-    float twin) and POSTed to ``{url}/time``. ``latency_ms`` is the agent's figure (the smallest
-    round median; an older agent's median); ``details`` has its spread, repeatability and
-    samples, and each layer's planned precision. ``size_bytes`` and ``peak_mem_bytes`` are
-    computed here from the model's bits (same functions as the other profiles).
+    Like ``MeasuredProfile(backend="onnxruntime")``, but the timing happens on the device: with
+    ``runtime="onnxruntime"`` (the default) the model is exported to ONNX in memory as deployed
+    (``quantized=True``, the default: layers with at most 8-bit weights and inputs as int8 QDQ,
+    the others fp32; ``quantized=False``: the float twin) and POSTed to ``{url}/time``.
+    ``runtime="executorch"`` / ``"litert"`` converts the model here as ``MeasuredProfile`` with
+    that backend does (int8 where the bits allow) and sends the ``.pte`` / ``.tflite``; the
+    agent needs that runtime installed. ``latency_ms`` is the agent's figure (the smallest round
+    median; an older agent's median); ``details`` has its spread, repeatability and samples,
+    and each layer's precision. ``size_bytes`` and ``peak_mem_bytes`` are computed here from the
+    model's bits (same functions as the other profiles).
 
     ``url``: the agent's base URL, e.g. ``"http://192.168.1.20:8765"``. ``token``: the agent's
     token, sent as ``Authorization: Bearer <token>``. ``warmup``/``repeats``/``threads``: as in
@@ -79,6 +83,7 @@ class RemoteProfile(HardwareProfile):
         timeout_s: float = 60.0,
         power_w: float | None = None,
         quantized: bool = True,
+        runtime: str = "onnxruntime",
     ) -> None:
         self.url = _check_url(url)
         self.token = check_token(token, where="RemoteProfile")
@@ -93,13 +98,24 @@ class RemoteProfile(HardwareProfile):
                 f"Got {quantized!r} instead."
             )
         self.quantized = quantized
+        if runtime not in _RUNTIMES:
+            raise ValueError(
+                f"The 'runtime' parameter of RemoteProfile must be one of {list(_RUNTIMES)}. "
+                f"Got {runtime!r} instead."
+            )
+        if runtime != "onnxruntime" and not quantized:
+            raise ValueError(
+                f"The 'quantized' parameter of RemoteProfile must be true with runtime "
+                f"{runtime!r} (the device runs the converted program as deployed)."
+            )
+        self.runtime = runtime
 
     def __repr__(self) -> str:
         token = None if self.token is None else "***"
         return (
             f"RemoteProfile(url={self.url!r}, token={token!r}, warmup={self.warmup}, "
             f"repeats={self.repeats}, threads={self.threads}, timeout_s={self.timeout_s}, "
-            f"power_w={self.power_w}, quantized={self.quantized})"
+            f"power_w={self.power_w}, quantized={self.quantized}, runtime={self.runtime!r})"
         )
 
     def info(self) -> dict[str, Any]:
@@ -109,8 +125,7 @@ class RemoteProfile(HardwareProfile):
     def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
         shape = check_input_shape(input_shape, caller="RemoteProfile.profile")
         costs = layer_costs(model, input_shape=shape)
-        deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
-        onnx_bytes = deployed.model_bytes
+        onnx_bytes, precision = self._program(model, shape)
         query = {"warmup": self.warmup, "repeats": self.repeats}
         if self.threads is not None:
             query["threads"] = self.threads
@@ -128,15 +143,40 @@ class RemoteProfile(HardwareProfile):
             "onnx_bytes": len(onnx_bytes),
             "onnxruntime": result.get("onnxruntime"),
             "quantized": self.quantized,
-            # Planned, not read back: the agent does not send its optimised graph.
-            "precisions": deployed.planned,
-            "precision_note": precision_summary(deployed.requested, deployed.planned),
+            "runtime": self.runtime,
             "note": _REMOTE_NOTE if self.quantized else _REMOTE_FLOAT_NOTE,
+            **precision,
             **energy_details,
         }
         return metrics_with_memory(
             model, costs, latency_ms=latency_ms, energy_mj=energy_mj, details=details
         )
+
+    def _program(self, model: nn.Module, shape: tuple[int, ...]) -> tuple[bytes, dict[str, Any]]:
+        """The bytes the device runs, converted here, and what they say about each layer's
+        precision (planned for ONNX: the agent does not send its optimised graph back)."""
+        if self.runtime == "executorch":
+            from autocompress.hardware_profiles import executorch_backend as et
+
+            program = et.lower_to_executorch(model, input_shape=shape)
+            details = et.measured_details(program, threads=self.threads or 0)
+            details.pop("executorch_threads")  # the device's, not this host's
+            return program.buffer, details
+        if self.runtime == "litert":
+            from autocompress.hardware_profiles.litert import convert_litert
+
+            # One seeded input calibrates the ranges: they change the results, not the kernels.
+            calibration = [seeded_input(shape).numpy()]
+            converted = convert_litert(model, input_shape=shape, calibration=calibration)
+            return converted.content, {
+                "layer_precision": {layer.name: layer.precision for layer in converted.layers},
+                "litert_input_layout": converted.input_layout,
+            }
+        deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
+        return deployed.model_bytes, {
+            "precisions": deployed.planned,
+            "precision_note": precision_summary(deployed.requested, deployed.planned),
+        }
 
     def _request(
         self,

@@ -184,7 +184,7 @@ def test_unexpected_error_answers_500_and_keeps_serving(agent, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(agent_module, "time_onnx_model", broken)
+    monkeypatch.setattr(agent_module, "time_model", broken)
     status, _, payload = _raw(agent.url, "POST", "/time", body=b"x")
     assert status == 500 and "disk on fire" in payload["error"]
     assert _raw(agent.url, "GET", "/info")[0] == 200
