@@ -110,7 +110,9 @@ def test_remote_latency_close_to_local_onnxruntime(agent):
     assert math.isfinite(m.latency_ms) and m.latency_ms > 0
     d = m.details
     assert d["repeats"] == 20 and len(d["samples_ms"]) >= 20 and d["threads"] == 1
-    assert d["min_ms"] <= d["p10_ms"] <= m.latency_ms <= d["p90_ms"] <= d["max_ms"]
+    # The figure is the smallest round median: within the samples, not necessarily p10..p90.
+    assert d["min_ms"] <= m.latency_ms <= d["max_ms"] and d["p10_ms"] <= d["p90_ms"]
+    assert m.latency_ms == pytest.approx(min(d["round_medians_ms"]))
     assert m.energy_mj == pytest.approx(2.5 * m.latency_ms) and d["energy_source"] == "power_w"
     assert m.size_bytes == model_size_bytes(model) and m.peak_mem_bytes > 0
     assert model[0].quant_enabled is True and model.training  # only a float copy travelled
