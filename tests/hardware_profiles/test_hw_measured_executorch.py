@@ -17,7 +17,8 @@ def test_executorch_backend_times_the_program_and_says_each_layers_precision(mix
     metrics = profile.profile(model, input_shape=shape)
     assert math.isfinite(metrics.latency_ms) and metrics.latency_ms > 0
     details = metrics.details
-    assert details["backend"] == "executorch" and len(details["samples_ms"]) == 5
+    # At least the 5 asked for: the timing rule adds rounds until two agree.
+    assert details["backend"] == "executorch" and len(details["samples_ms"]) >= 5
     assert details["executorch_threads"] == 1 and details["pte_bytes"] > 0
     precision = {layer["name"]: layer["precision"] for layer in details["layers"]}
     assert precision == {
