@@ -47,6 +47,7 @@ __all__ = [
     "executed_precisions",
     "float_copy",
     "precision_summary",
+    "runs_int8",
 ]
 
 INT8 = "int8"
@@ -77,6 +78,14 @@ def deployed_precision(w_bits: int, a_bits: int) -> str:
     """The precision a host runtime computes a layer with these bits at: int8 when both fit in
     8 bits, fp32 otherwise (a weight-only or 16-bit layer has no integer CPU kernel)."""
     return INT8 if max(w_bits, a_bits) <= INT8_MAX_BITS else FP32
+
+
+def runs_int8(module: nn.Module, *, name: str = "") -> bool:
+    """Whether a deployed runtime (onnxruntime, ExecuTorch, LiteRT) runs this layer with int8
+    kernels: its bits fit (:func:`deployed_precision`) and its fake-quant is on (a layer with
+    no fake-quant switch is judged by its bits alone)."""
+    enabled = bool(getattr(module, "quant_enabled", True))
+    return enabled and deployed_precision(*layer_bits(module, name=name)) == INT8
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from autocompress.compression.quantization import FLOAT_BITS, QuantConv2d, QuantLinear
+from autocompress.hardware_profiles.deployed import INT8, INT8_MAX_BITS, runs_int8
 from autocompress.hardware_profiles.graph import is_costed_layer, layer_bits, layer_quantizer
 from autocompress.spaces.candidate import UNIFORM
 
@@ -64,9 +65,7 @@ __all__ = [
     "precision_plan",
 ]
 
-INT8 = "int8"
 FLOAT32 = "float32"
-INT8_MAX_BITS = 8  # XNNPACK's narrowest integer kernels are 8-bit
 INSTALL_HINT = "pip install 'autocompress[executorch]'"
 # Calibration inputs when the caller has no data (the measured profile): seeded normal inputs.
 # They fix the int8 scales only; the kernels and so the latency do not depend on them.
@@ -156,16 +155,13 @@ def _require(what: str) -> None:
 
 def precision_plan(model: nn.Module) -> dict[str, str]:
     """``{layer: "int8" | "float32"}`` for every Conv/Linear layer of ``model``, in module
-    order: int8 for a QuantConv2d / QuantLinear with its fake-quant enabled and at most 8
-    weight and input bits; float32 for every other layer."""
-    plan = {}
-    for name, module in model.named_modules():
-        if not is_costed_layer(module):
-            continue
-        w_bits, a_bits = layer_bits(module, name=name)
-        quantized = isinstance(module, QuantConv2d | QuantLinear) and module.quant_enabled
-        plan[name] = INT8 if quantized and max(w_bits, a_bits) <= INT8_MAX_BITS else FLOAT32
-    return plan
+    order: int8 where :func:`~.deployed.runs_int8` says so (fake-quant on, at most 8 weight and
+    input bits), float32 for every other layer."""
+    return {
+        name: INT8 if runs_int8(module, name=name) else FLOAT32
+        for name, module in model.named_modules()
+        if is_costed_layer(module)
+    }
 
 
 def float_model(model: nn.Module) -> nn.Module:

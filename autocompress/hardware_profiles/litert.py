@@ -56,9 +56,9 @@ from torch import nn
 
 from autocompress.compression.quantization import QuantConv2d, QuantLinear
 from autocompress.core.validation import check_int
+from autocompress.hardware_profiles.deployed import INT8, INT8_MAX_BITS, runs_int8
 
 __all__ = [
-    "INT8_MAX_BITS",
     "LayerPrecision",
     "LiteRTConversion",
     "convert_litert",
@@ -70,9 +70,6 @@ __all__ = [
     "litert_versions",
 ]
 
-#: A layer runs int8 when its weight and input bits are both at most this.
-INT8_MAX_BITS = 8
-INT8 = "int8"
 FLOAT32 = "float32"
 # Ops that do a layer's multiply-accumulates: their inputs' dtypes say what precision it ran in.
 _COMPUTE_OPS = frozenset(
@@ -147,10 +144,10 @@ class LiteRTConversion:
 
 
 def int8_layers(model: nn.Module) -> dict[str, bool]:
-    """``{layer: runs int8}`` for every fake-quant layer of ``model``: True when its ``w_bits``
-    and ``a_bits`` are both <= :data:`INT8_MAX_BITS` and its fake-quant is on."""
+    """``{layer: runs int8}`` for every fake-quant layer of ``model``, by the rule every runtime
+    deploys by (:func:`~.deployed.runs_int8`)."""
     return {
-        name: bool(m.quant_enabled) and m.w_bits <= INT8_MAX_BITS and m.a_bits <= INT8_MAX_BITS
+        name: runs_int8(m, name=name)
         for name, m in model.named_modules()
         if isinstance(m, QuantConv2d | QuantLinear)
     }
