@@ -14,7 +14,6 @@ predictor corrects for them.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
-from autocompress.hardware_profiles.deployed import deployed_precision
+from autocompress.hardware_profiles.deployed import deployed_precision, float_copy
 from autocompress.hardware_profiles.device_spec import DeviceSpec
 from autocompress.hardware_profiles.graph import (
     check_input_shape,
@@ -69,10 +68,7 @@ def model_layers(
             "The 'precision' parameter of model_layers must be a str or a DeviceSpec. "
             f"Got {precision!r} instead."
         )
-    traced = copy.deepcopy(model).eval()
-    for module in traced.modules():
-        if hasattr(module, "quant_enabled"):
-            module.quant_enabled = False
+    traced = float_copy(model)
     names = {module: name for name, module in traced.named_modules()}
     calls: list[tuple[nn.Module, Any, Any]] = []
     counter = _OpCounter()

@@ -309,9 +309,9 @@ class MeasuredProfile(HardwareProfile):
         if self.device.type == "cuda":
             provider_options = [{"device_id": self.device.index or 0}]
         with tempfile.TemporaryDirectory(prefix="autocompress-ort-") as folder:
-            # The graph onnxruntime really runs, to read which layers got integer kernels.
             optimized = Path(folder) / "optimized.onnx"
-            options.optimized_model_filepath = str(optimized)
+            if self.quantized:  # the graph onnxruntime runs says which layers got int8 kernels
+                options.optimized_model_filepath = str(optimized)
             session = ort.InferenceSession(
                 deployed.model_bytes,
                 sess_options=options,
