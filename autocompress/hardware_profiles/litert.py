@@ -68,6 +68,7 @@ __all__ = [
     "litert_runner",
     "litert_timed_run",
     "litert_versions",
+    "timing_conversion",
 ]
 
 FLOAT32 = "float32"
@@ -235,25 +236,13 @@ def litert_runner(content: bytes, *, threads: int | None = None) -> Callable:
     return run
 
 
-def litert_timed_run(
-    model: nn.Module, x: torch.Tensor, *, threads: int | None
-) -> tuple[Callable[[], Any], dict[str, Any]]:
-    """For :class:`~.measured.MeasuredProfile`: ``model`` converted (calibrated on ``x``
-    alone: activation ranges change the results, not the kernels' speed) and a no-argument
-    call that runs it once on ``x``, plus the details that say what ran."""
+def timing_conversion(model: nn.Module, x: torch.Tensor) -> tuple[bytes, dict[str, Any]]:
+    """``model`` converted for timing (calibrated on ``x`` alone: activation ranges change the
+    results, not the kernels' speed), and the details that say what runs: shared by
+    :class:`~.measured.MeasuredProfile` and :class:`~.remote.RemoteProfile`."""
     converted = convert_litert(model, input_shape=tuple(x.shape[1:]), calibration=[x.numpy()])
-    interpreter = litert_interpreter(converted.content, threads=threads)
-    source = interpreter.get_input_details()[0]["index"]
-    target = interpreter.get_output_details()[0]["index"]
-    sample = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-
-    def run() -> np.ndarray:
-        interpreter.set_tensor(source, sample)
-        interpreter.invoke()
-        return interpreter.get_tensor(target)
-
     counts = ", ".join(f"{n} {p}" for p, n in sorted(converted.precision_counts().items()))
-    return run, {
+    return converted.content, {
         "note": (
             "Measured with the LiteRT interpreter (XNNPACK, CPU) on the candidate converted by "
             f"litert-torch: int8 kernels where w_bits and a_bits are <= {INT8_MAX_BITS}, "
@@ -265,6 +254,25 @@ def litert_timed_run(
         "litert_versions": litert_versions(),
         "litert_bytes": len(converted.content),
     }
+
+
+def litert_timed_run(
+    model: nn.Module, x: torch.Tensor, *, threads: int | None
+) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """For :class:`~.measured.MeasuredProfile`: ``model`` converted (:func:`timing_conversion`)
+    and a no-argument call that runs it once on ``x``, plus the details that say what ran."""
+    content, details = timing_conversion(model, x)
+    interpreter = litert_interpreter(content, threads=threads)
+    source = interpreter.get_input_details()[0]["index"]
+    target = interpreter.get_output_details()[0]["index"]
+    sample = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+
+    def run() -> np.ndarray:
+        interpreter.set_tensor(source, sample)
+        interpreter.invoke()
+        return interpreter.get_tensor(target)
+
+    return run, details
 
 
 def litert_versions() -> str:

@@ -34,8 +34,8 @@ from autocompress.hardware_profiles.measured import power_energy
 __all__ = ["RemoteProfile"]
 
 _REMOTE_NOTE = (
-    "Measured on the remote device with onnxruntime's CPU provider, as deployed: layers with at "
-    "most 8-bit weights and inputs as int8 QDQ, the others fp32."
+    "Measured on the remote device with {runtime} on its CPU, as deployed: layers with at most "
+    "8-bit weights and inputs run int8 kernels, the others float."
 )
 _RUNTIMES = ("onnxruntime", "executorch", "litert")
 # How repeatable the agent's figure is (agents with round-based timing send these).
@@ -144,8 +144,11 @@ class RemoteProfile(HardwareProfile):
             "onnxruntime": result.get("onnxruntime"),
             "quantized": self.quantized,
             "runtime": self.runtime,
-            "note": _REMOTE_NOTE if self.quantized else _REMOTE_FLOAT_NOTE,
+            # After the conversion's details: their note speaks of this host, not the device.
             **precision,
+            "note": _REMOTE_NOTE.format(runtime=self.runtime)
+            if self.quantized
+            else _REMOTE_FLOAT_NOTE,
             **energy_details,
         }
         return metrics_with_memory(
@@ -163,15 +166,9 @@ class RemoteProfile(HardwareProfile):
             details.pop("executorch_threads")  # the device's, not this host's
             return program.buffer, details
         if self.runtime == "litert":
-            from autocompress.hardware_profiles.litert import convert_litert
+            from autocompress.hardware_profiles.litert import timing_conversion
 
-            # One seeded input calibrates the ranges: they change the results, not the kernels.
-            calibration = [seeded_input(shape).numpy()]
-            converted = convert_litert(model, input_shape=shape, calibration=calibration)
-            return converted.content, {
-                "layer_precision": {layer.name: layer.precision for layer in converted.layers},
-                "litert_input_layout": converted.input_layout,
-            }
+            return timing_conversion(model, seeded_input(shape))
         deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
         return deployed.model_bytes, {
             "precisions": deployed.planned,
