@@ -66,8 +66,7 @@ from autocompress.compression import QuantConv2d, QuantLinear
 from autocompress.config import RunConfig, parse_config
 from autocompress.data import DataConfig, load_data, make_loaders
 from autocompress.evaluators import TrainEvaluator
-from autocompress.evaluators.supernet import recalibrate_bn_
-from autocompress.evaluators.train import evaluate_accuracy, train_epochs
+from autocompress.evaluators.train import evaluate_accuracy, recalibrate_bn_, train_epochs
 from autocompress.search import run_search
 from autocompress.search.objective import TrialObjective, trial_metrics
 from autocompress.search.setup import prepare_setup
@@ -157,11 +156,16 @@ def network_kwargs(model: str, args: argparse.Namespace) -> dict:
 
 def train_checkpoint(model: str, path: Path, args: argparse.Namespace) -> float:
     """Train ``model`` from scratch on the run's data, save its state_dict to ``path``; returns
-    its validation accuracy."""
+    its validation accuracy. With ``--reuse-checkpoint``, a checkpoint already at ``path`` is
+    only evaluated (the BatchNorm momentum does not change the trained weights: the running
+    statistics are re-estimated at the end)."""
     data = load_data(DataConfig(**data_settings(args)), seed=args.seed)
     train_loader, val_loader = make_loaders(data, batch_size=64, num_workers=0, seed=args.seed)
     torch.manual_seed(args.seed)
     network = torchvision_network(**network_kwargs(model, args))
+    if args.reuse_checkpoint and path.is_file():
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return evaluate_accuracy(network, val_loader, device=torch.device("cpu"))[0]
     epochs = 1 if args.quick else CHECKPOINT_EPOCHS[model]
     device = torch.device("cpu")
     train_epochs(network, train_loader, epochs=epochs, lr=3e-3, weight_decay=1e-4, device=device)
@@ -387,6 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny data, 1 epoch: a smoke test")
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reuse-checkpoint",
+        action="store_true",
+        help="use OUT/<model>.pt when present instead of training it again (same --seed, --quick)",
+    )
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.threads:

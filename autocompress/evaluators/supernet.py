@@ -30,9 +30,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,7 +40,6 @@ import torch
 from torch import nn
 
 from ..compression.apply import build_compressed
-from ..compression.calibration import recalibrate_batchnorm_
 from ..compression.inherit import inherit_weights_, scatter_grads_
 from ..compression.serialization import SPEC_FILE, load_model, read_spec, save_model
 from ..data import DataBundle, make_loaders
@@ -49,7 +47,7 @@ from ..spaces import Candidate, JointSearchSpace, build_model
 from ..spaces.sampling import sample_arch, smallest_arch
 from ..tasks import Classification, Task, to_device
 from ._base import CandidateError, Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
-from .train import candidate_failures, train_step_, validation_metrics
+from .train import candidate_failures, recalibrate_bn_, train_step_, validation_metrics
 
 __all__ = [
     "SUPERNET_CONFIG_VERSION",
@@ -58,7 +56,6 @@ __all__ = [
     "SupernetEvaluator",
     "get_supernet",
     "rank_correlation",
-    "recalibrate_bn_",
     "supernet_fingerprint",
     "train_supernet",
 ]
@@ -285,34 +282,6 @@ def get_supernet(
 
 
 # --- scoring a candidate -----------------------------------------------------------------------
-
-
-@torch.no_grad()
-def recalibrate_bn_(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    batches: int,
-    device: torch.device,
-    task: Task | None = None,
-) -> int:
-    """Re-estimate every BatchNorm's running statistics on ``batches`` training batches.
-
-    Inherited running stats belong to the supernet (the largest network's activations); a
-    sub-network, pruned and quantized, has its own. The stats are reset and replaced by the
-    exact average over the batches (``momentum=None``), in train mode without gradients; fake-
-    quant layers observe their input ranges on the same batches. Ends in eval mode. Returns the
-    number of batches used (fewer if the loader is shorter). ``task`` reads the batches
-    (default: classification's ``(x, y)`` or a dict batch).
-    """
-    task = task or Classification()
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ValueError(
-            "The 'batches' parameter of recalibrate_bn_ must be an int >= 1. "
-            f"Got {batches!r} instead."
-        )
-    inputs = (to_device(task.split(batch)[0], device) for batch in islice(loader, batches))
-    return recalibrate_batchnorm_(model.to(device), inputs, observe_ranges=True)
 
 
 class SupernetEvaluator(Evaluator):

@@ -17,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..compression.calibration import calibrate_activations_, post_training_quantize_
+from ..compression.calibration import (
+    calibrate_activations_,
+    post_training_quantize_,
+    recalibrate_batchnorm_,
+)
 from ..compression.feature_distillation import (
     FeatureDistiller,
     feature_distiller,
@@ -50,7 +54,12 @@ class TrainConfig(OmitAtDefault):
     model_config = ConfigDict(extra="forbid")
     # Fields that came later, left out of every dump while at their defaults, so configs, run
     # fingerprints and the teacher's cache key stay those of runs made before they existed.
-    omit_at_default: ClassVar[tuple[str, ...]] = ("feature_kd", "lsq", "ptq_fallback")
+    omit_at_default: ClassVar[tuple[str, ...]] = (
+        "feature_kd",
+        "lsq",
+        "ptq_fallback",
+        "bn_batches",
+    )
 
     epochs: int = Field(default=3, ge=0)
     lr: float = Field(default=3e-3, gt=0)
@@ -68,6 +77,12 @@ class TrainConfig(OmitAtDefault):
         default=False,
         description="train only: also score each candidate post-training quantized (no "
         "training) and keep that model when the fine-tune ends worse",
+    )
+    bn_batches: int = Field(
+        default=16,
+        ge=0,
+        description="train only: training batches BatchNorm statistics are re-estimated on "
+        "after the fine-tune (0: keep the running averages)",
     )
 
     @field_validator("device")
@@ -238,6 +253,37 @@ class PTQStart:
     state: Mapping[str, torch.Tensor]
 
 
+@torch.no_grad()
+def recalibrate_bn_(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    batches: int,
+    device: torch.device,
+    task: Task | None = None,
+    observe_ranges: bool = True,
+) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` training batches.
+
+    Inherited running stats belong to a larger network (the teacher's or the supernet's
+    activations), and the running averages of a fine-tune lag its weights; a pruned, quantized
+    or fine-tuned network has its own. The stats are reset and replaced by the exact average
+    over the batches (``momentum=None``), in train mode without gradients; with
+    ``observe_ranges``, fake-quant layers observe their input ranges on the same batches (else
+    they keep theirs). Ends in eval mode. Returns the
+    number of batches used (fewer if the loader is shorter). ``task`` reads the batches
+    (default: classification's ``(x, y)`` or a dict batch).
+    """
+    task = task or Classification()
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ValueError(
+            "The 'batches' parameter of recalibrate_bn_ must be an int >= 1. "
+            f"Got {batches!r} instead."
+        )
+    inputs = (to_device(task.split(batch)[0], device) for batch in islice(loader, batches))
+    return recalibrate_batchnorm_(model.to(device), inputs, observe_ranges=observe_ranges)
+
+
 class TrainEvaluator(Evaluator):
     """QAT fine-tuning of a compressed candidate, distilled from the uncompressed teacher."""
 
@@ -260,8 +306,10 @@ class TrainEvaluator(Evaluator):
         lsq: bool = False,
         sparsity_importance: str = "magnitude",
         ptq_fallback: bool = False,
+        bn_batches: int = 0,
     ) -> None:
         self.data = data
+        self.bn_batches = bn_batches
         self.lsq = lsq
         # LSQ learns the weight steps: a post-training quantized state has none to keep.
         self.ptq_fallback = ptq_fallback and not lsq
@@ -291,8 +339,10 @@ class TrainEvaluator(Evaluator):
         """The evaluator a run's ``train`` section describes (``epochs`` overrides its count;
         ``extra``: the keyword arguments a subclass adds, e.g. early stopping's ``table``)."""
         train = context.train
-        settings = train.model_dump(
-            include={
+        # Read field by field: a dump leaves out the fields at their defaults (OmitAtDefault).
+        settings = {
+            key: getattr(train, key)
+            for key in (
                 "lr",
                 "weight_decay",
                 "batch_size",
@@ -300,8 +350,9 @@ class TrainEvaluator(Evaluator):
                 "kd_temperature",
                 "lsq",
                 "ptq_fallback",
-            }
-        )
+                "bn_batches",
+            )
+        }
         return cls(
             data=context.data,
             epochs=train.epochs if epochs is None else epochs,
@@ -387,23 +438,25 @@ class TrainEvaluator(Evaluator):
         if self.lsq:  # before the optimizer is made: the steps are among its parameters
             enable_lsq_(model)
         began = time.perf_counter()
-        with candidate_failures(), self._feature_distiller(model) as features:
-            for epoch in train_epochwise(
-                model,
-                train_loader,
-                epochs=self.epochs,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                device=self.device,
-                teacher=self.teacher,
-                kd_alpha=self.kd_alpha,
-                kd_temperature=self.kd_temperature,
-                task=self.task,
-                features=features,
-                sparsity_importance=self.sparsity_importance,
-            ):
-                if after_epoch is not None:
-                    after_epoch(epoch, val_loader)
+        with candidate_failures():
+            with self._feature_distiller(model) as features:
+                for epoch in train_epochwise(
+                    model,
+                    train_loader,
+                    epochs=self.epochs,
+                    lr=self.lr,
+                    weight_decay=self.weight_decay,
+                    device=self.device,
+                    teacher=self.teacher,
+                    kd_alpha=self.kd_alpha,
+                    kd_temperature=self.kd_temperature,
+                    task=self.task,
+                    features=features,
+                    sparsity_importance=self.sparsity_importance,
+                ):
+                    if after_epoch is not None:
+                        after_epoch(epoch, val_loader)
+            self.recalibrate_bn(model, train_loader)
             metrics = validation_metrics(model, val_loader, device=self.device, task=self.task)
         seconds = time.perf_counter() - began
         kept = start is not None and self.better(start.metrics, than=metrics)
@@ -414,6 +467,22 @@ class TrainEvaluator(Evaluator):
         return TaskMetrics(
             metrics=metrics, loss=loss, epochs=self.epochs, train_seconds=seconds, kept_ptq=kept
         )
+
+    def recalibrate_bn(self, model: nn.Module, loader: Iterable) -> None:
+        """Re-estimate ``model``'s BatchNorm statistics on ``bn_batches`` training batches,
+        for the weights the fine-tune ended with. The running averages lag them, by a lot with
+        a low momentum: torchvision's MobileNetV3 (0.01) would keep mostly the teacher's
+        statistics after a short fine-tune of a pruned network."""
+        norms = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if norms and self.bn_batches and self.epochs:
+            recalibrate_bn_(
+                model,
+                loader,
+                batches=self.bn_batches,
+                device=self.device,
+                task=self.task,
+                observe_ranges=False,  # QAT learned them
+            )
 
     def better(self, metrics: Mapping[str, float], *, than: Mapping[str, float]) -> bool:
         """Whether ``metrics`` beat ``than`` on the task's primary metric (ties do not)."""

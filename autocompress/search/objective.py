@@ -27,7 +27,7 @@ from ..core.files import write_text_atomic
 from ..core.trials import RETRY_ATTR, TASK_METRICS_ATTR, retried_trials
 from ..data import make_loaders
 from ..evaluators import CandidateError, CandidateStopped, TrialContext
-from ..evaluators.supernet import recalibrate_bn_
+from ..evaluators.train import recalibrate_bn_
 from ..hardware_profiles import HardwareMetrics
 from ..spaces import Candidate
 from .prescreen import SKIPPED_ATTR, Prescreener, cost_vector

@@ -13,9 +13,8 @@ from autocompress.evaluators.supernet import (
     SupernetEvaluator,
     get_supernet,
     rank_correlation,
-    recalibrate_bn_,
 )
-from autocompress.evaluators.train import evaluate_accuracy
+from autocompress.evaluators.train import evaluate_accuracy, recalibrate_bn_
 from autocompress.spaces import Candidate, JointSearchSpace, LayerChoice, SpaceConfig, build_model
 from autocompress.spaces.sampling import sample_arch, sample_candidates, smallest_arch
 

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -6,14 +7,15 @@ from torch import nn
 
 from autocompress.compression.apply import build_compressed
 from autocompress.data import DataConfig, load_data, make_loaders
-from autocompress.evaluators import CandidateError
+from autocompress.evaluators import CandidateError, EvaluatorContext
 from autocompress.evaluators.train import (
+    TrainConfig,
     TrainEvaluator,
     evaluate_accuracy,
     resolve_device,
     train_epochs,
 )
-from autocompress.spaces import Candidate, LayerChoice
+from autocompress.spaces import Candidate, JointSearchSpace, LayerChoice, SpaceConfig
 
 CPU = torch.device("cpu")
 
@@ -84,3 +86,48 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="train.device"):
             resolve_device("cuda")
+
+
+def test_fine_tune_ends_with_batchnorm_statistics_of_its_own_weights(digits):
+    """Running averages that never move (momentum 0, as an extreme of MobileNetV3's 0.01)
+    keep statistics that describe another network; the fine-tune re-estimates them."""
+    teacher, cand = small_cnn()
+    norms = [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    for m in norms:
+        m.momentum = 0.0
+        m.running_mean.fill_(3.0)
+        m.running_var.fill_(0.01)
+    scores = {}
+    for bn_batches in (0, 8):
+        model = copy.deepcopy(teacher)
+        evaluator = TrainEvaluator(
+            data=digits,
+            epochs=5,
+            lr=0.01,
+            weight_decay=0.0,
+            batch_size=64,
+            device=CPU,
+            bn_batches=bn_batches,
+        )
+        scores[bn_batches] = evaluator.evaluate(model, cand).accuracy
+        means = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert all(bool(torch.all(mean == 3.0)) == (bn_batches == 0) for mean in means)
+    assert scores[0] < 0.5 < 0.85 < scores[8]
+
+
+@pytest.mark.parametrize(
+    "train",
+    [TrainConfig(batch_size=64), TrainConfig(batch_size=64, bn_batches=0, ptq_fallback=True)],
+)
+def test_the_train_section_reaches_the_evaluator_defaults_included(digits, train):
+    """Fields left out of dumps at their defaults (OmitAtDefault) still configure it."""
+    space = JointSearchSpace(SpaceConfig(family="small_cnn"), num_classes=10, input_shape=(1, 8, 8))
+    context = EvaluatorContext(data=digits, space=space, train=train, device=CPU)
+    evaluator = TrainEvaluator.from_context(context)
+    assert (
+        evaluator.bn_batches
+        == train.bn_batches
+        == (16 if train == TrainConfig(batch_size=64) else 0)
+    )
+    assert evaluator.ptq_fallback == train.ptq_fallback
