@@ -2,13 +2,14 @@
 
     python benchmarks/ptq_fidelity.py [--config configs/quickstart.yaml] [--candidates 12]
                                       [--set FIELD=VALUE ...] [--runs-dir DIR] [--seed 0]
-                                      [--calibration mse] [--no-bias-correction] [--threads 1]
-                                      [--cheap-epochs 1]
+                                      [--calibration mse] [--no-bias-correction] [--adaround 0]
+                                      [--threads 1] [--cheap-epochs 1]
 
 Draws ``--candidates`` random candidates of the config's space that fit its hardware budget,
 and scores each three times, each time freshly built from the teacher as the search builds it:
-with the ``ptq`` evaluator (``--calibration``, bias correction unless turned off), with a short
-QAT fine-tune of ``--cheap-epochs`` epochs (the other cheap evaluator; 0 leaves it out), and
+with the ``ptq`` evaluator (``--calibration``, bias correction unless turned off, ``--adaround``
+steps per layer), with a short QAT fine-tune of ``--cheap-epochs`` epochs (the other cheap
+evaluator; 0 leaves it out), and
 with the ``train`` evaluator (QAT + distillation for ``train.epochs``, no early stopping, no
 ``ptq_fallback``: the reference). Prints the scores per candidate, the seconds per candidate of
 each evaluator, how many candidates each scores per CPU-hour (one thread: wall = CPU time) and
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibration", default="mse")
     parser.add_argument("--no-bias-correction", action="store_true")
+    parser.add_argument(
+        "--adaround", type=int, default=0, help="AdaRound steps per layer (0: round to nearest)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--cheap-epochs", type=int, default=1, help="epochs of the short QAT; 0: leave it out"
@@ -119,7 +123,11 @@ def main() -> None:
         return TrainEvaluator.from_context(context)  # the full budget: no early stopping
 
     setup = prepare_setup(config, runs_dir / config.name, evaluator=train_evaluator)
-    options = {"calibration": args.calibration, "bias_correction": not args.no_bias_correction}
+    options = {
+        "calibration": args.calibration,
+        "bias_correction": not args.no_bias_correction,
+        "adaround_iterations": args.adaround,
+    }
     cheap = {"ptq": Timed(create_evaluator("ptq", context=contexts[0], **options))}
     if args.cheap_epochs > 0:
         short = TrainEvaluator.from_context(contexts[0], epochs=args.cheap_epochs)

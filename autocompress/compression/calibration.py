@@ -14,13 +14,13 @@ correction follows Nagel et al., 2019 (empirical variant).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..spaces.candidate import FLOAT_BITS
+from .adaround import adaround_
 from .quantization import (
     CODEBOOK,
     QuantConv2d,
@@ -28,6 +28,7 @@ from .quantization import (
     activation_qparams,
     clip_weight_,
     float_output,
+    quantization_disabled,
     quantize_weight_nonuniform,
     set_activation_range_,
 )
@@ -119,20 +120,6 @@ def _quant_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
     return {
         name: m for name, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)
     }
-
-
-@contextmanager
-def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model``'s fake-quant layers as their float layers inside the block."""
-    layers = _quant_layers(model).values()
-    before = [m.quant_enabled for m in layers]
-    for m in layers:
-        m.quant_enabled = False
-    try:
-        yield model
-    finally:
-        for m, enabled in zip(layers, before, strict=True):
-            m.quant_enabled = enabled
 
 
 @torch.no_grad()
@@ -295,6 +282,7 @@ def post_training_quantize_(
     method: str = "mse",
     percentile: float = 99.99,
     bias_correction: bool = True,
+    adaround_iterations: int = 0,
     seed: int = 0,
 ) -> nn.Module:
     """Calibrate a compressed model's fake-quant layers on the batches ``inputs``, in place:
@@ -303,6 +291,8 @@ def post_training_quantize_(
        network's inherited statistics are wrong, and the ranges below are read from it;
     2. weights clipped per output channel by ``method`` (:func:`clip_weights_`);
     3. activation ranges per layer by ``method`` (:func:`calibrate_activations_`);
+    3b. with ``adaround_iterations``, each uniform weight rounded up or down by AdaRound, that
+       many optimizer steps per layer (:func:`~autocompress.compression.adaround.adaround_`);
     4. ``bias_correction``: BatchNorm statistics re-estimated on the quantized network (it
        removes the mean shift of the bias-less layers before them), then the bias of the other
        layers corrected against the float weights of step 1 (:func:`correct_bias_`).
@@ -320,6 +310,8 @@ def post_training_quantize_(
     }
     clip_weights_(model, method=method, percentile=percentile)
     calibrate_activations_(model, inputs, method=method, percentile=percentile, seed=seed)
+    if adaround_iterations:
+        adaround_(model, inputs, iterations=adaround_iterations, seed=seed)
     if bias_correction:
         recalibrate_batchnorm_(model, inputs)
         correct_bias_(model, inputs, float_weights=float_weights)

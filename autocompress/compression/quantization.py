@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -271,7 +272,7 @@ class _QuantMixin:
             if self.weight_mask is not None:
                 return self._layer(x, weight)
             return super().forward(x)  # type: ignore[misc]
-        x = self._quantize_input(x)
+        x = self.quantize_input(x)
         if self.training and self.w_quantizer == CODEBOOK:
             self.refit_codebook_()
         return self._layer(x, self.quantized_weight())
@@ -382,7 +383,9 @@ class _QuantMixin:
         self.act_max.copy_(torch.where(first, batch_max, self.act_max.lerp(batch_max, MOMENTUM)))
         self.act_initialized.fill_(True)
 
-    def _quantize_input(self, x: Tensor) -> Tensor:
+    def quantize_input(self, x: Tensor) -> Tensor:
+        """``x`` fake-quantized at ``a_bits`` with this layer's input range (observed first in
+        training mode); ``x`` itself at 32 bits."""
         if self.a_bits >= FLOAT_BITS:
             return x
         if self.training:
@@ -456,6 +459,20 @@ def clip_weight_(module: nn.Module, max_abs: Tensor) -> None:
     bound = max_abs.to(module.weight).view(-1, *([1] * (module.weight.dim() - 1)))
     module.weight.copy_(torch.minimum(torch.maximum(module.weight, -bound), bound))
     module.refit_codebook_()
+
+
+@contextmanager
+def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model``'s fake-quant layers as their float layers inside the block."""
+    layers = [m for m in model.modules() if isinstance(m, _QuantMixin)]
+    before = [m.quant_enabled for m in layers]
+    for m in layers:
+        m.quant_enabled = False
+    try:
+        yield model
+    finally:
+        for m, enabled in zip(layers, before, strict=True):
+            m.quant_enabled = enabled
 
 
 def float_output(module: nn.Module, x: Tensor, weight: Tensor | None = None) -> Tensor:

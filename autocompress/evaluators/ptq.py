@@ -30,6 +30,9 @@ class PTQOptions(BaseModel):
     calibration: Literal["minmax", "percentile", "mse"] = "mse"
     percentile: float = Field(default=99.99, gt=50, le=100)
     bias_correction: bool = True
+    adaround_iterations: int = Field(
+        default=0, ge=0, description="AdaRound optimizer steps per layer (0: round to nearest)"
+    )
     batch_size: int | None = Field(default=None, gt=0, description="default: train.batch_size")
 
 
@@ -100,6 +103,7 @@ class PTQEvaluator(Evaluator):
                 method=options.calibration,
                 percentile=options.percentile,
                 bias_correction=options.bias_correction,
+                adaround_iterations=options.adaround_iterations,
                 seed=self.seed,
             )
             metrics = validation_metrics(model, val_loader, device=self.device, task=self.task)

@@ -79,10 +79,11 @@ class TrainConfig(OmitAtDefault):
         "training) and keep that model when the fine-tune ends worse",
     )
     bn_batches: int = Field(
-        default=16,
+        default=64,
         ge=0,
-        description="train only: training batches BatchNorm statistics are re-estimated on "
-        "after the fine-tune (0: keep the running averages)",
+        description="train only: training batches (at most; the whole split when it has fewer) "
+        "BatchNorm statistics are re-estimated on after the fine-tune (0: keep the running "
+        "averages)",
     )
 
     @field_validator("device")

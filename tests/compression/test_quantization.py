@@ -118,7 +118,7 @@ def test_activation_range_always_contains_zero() -> None:
     layer = QuantLinear(3, 1, w_bits=32, a_bits=4).train()
     layer(torch.rand(8, 3, generator=_gen()) + 1.0)
     x = torch.zeros(1, 3)
-    assert torch.equal(layer._quantize_input(x), x)
+    assert torch.equal(layer.quantize_input(x), x)
 
 
 def _relative_error(bits: int) -> float:

@@ -128,6 +128,6 @@ def test_the_train_section_reaches_the_evaluator_defaults_included(digits, train
     assert (
         evaluator.bn_batches
         == train.bn_batches
-        == (16 if train == TrainConfig(batch_size=64) else 0)
+        == (64 if train == TrainConfig(batch_size=64) else 0)
     )
     assert evaluator.ptq_fallback == train.ptq_fallback
