@@ -227,6 +227,12 @@ def main() -> None:
     simulated.add_argument("--hv-trials", type=int, default=150)
     simulated.add_argument("--hv-seeds", type=int, default=2)
     simulated.add_argument("--parts", default="throughput,overhead,hv")
+    simulated.add_argument(
+        "--throughput-surrogate",
+        action="store_true",
+        help="proposals on in the throughput runs too (seconds of CPU per trial each: more "
+        "workers than cores cannot run them)",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.simulate:

@@ -264,9 +264,7 @@ class TabularEvaluator(Evaluator):
                 if rung >= self.epochs:
                     break
                 self.trained_epochs[context.number] = rung
-                record = RungRecord(
-                    trial=context.number, score=row["curve"][rung - 1], costs=costs
-                )
+                record = RungRecord(trial=context.number, score=row["curve"][rung - 1], costs=costs)
                 self.base.table.judge(rung, record)  # raises CandidateStopped
             self.trained_epochs[context.number] = self.epochs
         return TaskMetrics(

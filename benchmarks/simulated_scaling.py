@@ -204,10 +204,17 @@ def worker_main(argv: list[str]) -> None:
 
 # ---------------------------------------------------------------- configurations
 def search_config(
-    base: dict, *, name: str, table: Path, time_scale: float, n_trials: int, seed: int = 0
+    base: dict,
+    *,
+    name: str,
+    table: Path,
+    time_scale: float,
+    n_trials: int,
+    seed: int = 0,
+    surrogate: bool = True,
 ) -> dict:
     """``base`` (a search_efficiency config) with the simulated evaluator and the defaults of
-    the search (NSGA-II, early stopping, surrogate)."""
+    the search (NSGA-II, early stopping, surrogate unless ``surrogate`` is False)."""
     config = json.loads(json.dumps(base))
     config.update(name=name, seed=seed)
     config["evaluator"] = {
@@ -220,6 +227,7 @@ def search_config(
         "n_trials": n_trials,
         "save_models": False,
         "worker": {"threads": 1},
+        "surrogate": {"enabled": surrogate},
     }
     return config
 
@@ -266,9 +274,11 @@ def run_workers(
         _, err = proc.communicate()
         if proc.returncode:
             raise RuntimeError(f"worker failed: {err[-3000:]}")
-    times: dict[int, dict[str, float]] = {}
-    for out in outs:
-        times.update({int(n): steps for n, steps in json.loads(out.read_text()).items()})
+    times: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for out in outs:  # a process may time a step of another's trial (e.g. a stale trial's tell)
+        for number, steps in json.loads(out.read_text()).items():
+            for step, seconds in steps.items():
+                times[int(number)][step] += seconds
     study = optuna.load_study(study_name=config["name"], storage=make_storage(storage))
     del run
     return study, times, released
@@ -322,9 +332,14 @@ def throughput(
 STEPS = ("ask", "price", "tell", "proposal")
 
 
-def overhead(times: dict[int, dict[str, float]]) -> dict[str, float]:
-    """Median milliseconds per trial: the steps, their sum, storage within them, the sampler."""
-    rows = [steps for steps in times.values() if "ask" in steps and "tell" in steps]
+def overhead(times: dict[int, dict[str, float]], *, priced: bool = True) -> dict[str, float]:
+    """Median milliseconds per trial: the steps, their sum, storage within them, the sampler.
+    ``priced``: count only trials that were priced (a search's, not a no-op objective's)."""
+    rows = [
+        steps
+        for steps in times.values()
+        if "ask" in steps and "tell" in steps and ("price" in steps or not priced)
+    ]
     if not rows:
         return {}
     found = {}
@@ -430,7 +445,8 @@ def main(args: argparse.Namespace, *, local_postgres, overhead_ms) -> None:
             )
             print(
                 f"throughput: trials sleep 9 epochs x {args.time_scale} s x (1 - mean prune / 2)"
-                " unless stopped early; NSGA-II + early stopping + surrogate (the defaults)",
+                " unless stopped early; NSGA-II + early stopping, surrogate "
+                f"{'on' if args.throughput_surrogate else 'off'}",
                 flush=True,
             )
             print(HEADER, flush=True)
@@ -444,7 +460,12 @@ def main(args: argparse.Namespace, *, local_postgres, overhead_ms) -> None:
                     name = f"{backend}{workers}"
                     n_trials = max(3 * workers, 8)
                     run_config = search_config(
-                        base, name=name, table=table, time_scale=args.time_scale, n_trials=n_trials
+                        base,
+                        name=name,
+                        table=table,
+                        time_scale=args.time_scale,
+                        n_trials=n_trials,
+                        surrogate=args.throughput_surrogate,
                     )
                     shutil.copytree(teacher_run / "teacher", root / name / "teacher")
                     if backend == "ray":
@@ -484,7 +505,7 @@ def main(args: argparse.Namespace, *, local_postgres, overhead_ms) -> None:
                 totals = overhead_ms(make_storage(storage), [1000, 10000])
                 for size, total in totals.items():
                     window = {n: s for n, s in _TIMES.items() if size - 100 <= n < size}
-                    found = overhead(window)
+                    found = overhead(window, priced=False)
                     print(
                         f"  {name:10s} at {size:5d} trials: {total:6.1f} ms per trial; ask "
                         f"{found['ask']:5.1f}, tell {found['tell']:5.1f}, storage "
@@ -556,7 +577,7 @@ def hypervolume_figures(args, *, root: Path, storage: str | None, search_efficie
                 seed=seed,
             )
             shutil.copytree(teacher_run / "teacher", root / name / "teacher")
-            study, _, released = run_workers(
+            study, times, released = run_workers(
                 config, workers=workers, procs=args.procs, storage=storage, root=root
             )
             history = hv_history(study, reference)
@@ -566,8 +587,12 @@ def hypervolume_figures(args, *, root: Path, storage: str | None, search_efficie
                 seconds = [t.datetime_complete.timestamp() - released for t in evaluated(study)]
             reached = first_reaching(history, target)
             secs = f"{seconds[reached - 1]:9.0f}" if reached else f"{'n/a':>9s}"
+            steps = overhead(times)
             print(
-                f"  {workers:7d} {seed:4d} {reached or 'n/a':>14} {secs} {history[-1]:7.1%}",
+                f"  {workers:7d} {seed:4d} {reached or 'n/a':>14} {secs} {history[-1]:7.1%}"
+                f"   median ms per trial: orchestration {steps['total']:.0f}, of which proposal "
+                f"{steps['proposal']:.0f}, price {steps['price']:.0f}, storage "
+                f"{steps['storage']:.0f}",
                 flush=True,
             )
 
