@@ -240,7 +240,7 @@ def main() -> None:
             sys.path.insert(0, str(HERE))
         import simulated_scaling
 
-        simulated_scaling.main(args, local_postgres=local_postgres, overhead_ms=overhead_ms)
+        simulated_scaling.main(args, local_postgres=local_postgres)
         return
 
     print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f} (1 min)")

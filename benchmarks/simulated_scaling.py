@@ -412,9 +412,9 @@ def sequential_seconds(study: optuna.Study, table: dict, *, time_scale: float) -
 
 
 # ---------------------------------------------------------------- the benchmark
-def main(args: argparse.Namespace, *, local_postgres, overhead_ms) -> None:
-    """``scaling.py --simulate`` (see the module docstrings); ``local_postgres`` and
-    ``overhead_ms`` are scaling.py's."""
+def main(args: argparse.Namespace, *, local_postgres) -> None:
+    """``scaling.py --simulate`` (see the module docstrings); ``local_postgres`` is
+    scaling.py's."""
     from autocompress.config import parse_config
     from autocompress.evaluators.simulated import synthetic_table
     from autocompress.search.samplers import make_sampler
@@ -489,8 +489,8 @@ def main(args: argparse.Namespace, *, local_postgres, overhead_ms) -> None:
                     print_row(backend, workers, found, base_rate)
         if "overhead" in parts:
             print(
-                "orchestration at 1,000 and 10,000 trials (no-op objective, NSGA-II; median ms"
-                " per trial over the last 100):",
+                "orchestration at 1,000 and 10,000 trials (no-op objective, NSGA-II; median ms "
+                "per trial over 100 trials run after the study was padded to that size):",
                 flush=True,
             )
             config = parse_config({**search_efficiency.base_config(space="large", epochs=9)})
@@ -499,22 +499,45 @@ def main(args: argparse.Namespace, *, local_postgres, overhead_ms) -> None:
                 ("postgresql", url),
                 ("journal", f"journal:{root}/overhead.log"),
             ):
-                if storage is None:
-                    continue
-                _TIMES.clear()
-                totals = overhead_ms(make_storage(storage), [1000, 10000])
-                for size, total in totals.items():
-                    window = {n: s for n, s in _TIMES.items() if size - 100 <= n < size}
-                    found = overhead(window, priced=False)
-                    print(
-                        f"  {name:10s} at {size:5d} trials: {total:6.1f} ms per trial; ask "
-                        f"{found['ask']:5.1f}, tell {found['tell']:5.1f}, storage "
-                        f"{found['storage']:5.1f}, sampler per ask {found['sampler']:5.2f}",
-                        flush=True,
-                    )
+                if storage is not None:
+                    padded_overhead(name, make_storage(storage), config, sizes=(1000, 10000))
         if "hv" in parts:
             hypervolume_figures(args, root=root, storage=url, search_efficiency=search_efficiency)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def padded_overhead(name: str, storage, config, *, sizes: tuple[int, ...]) -> None:
+    """Per-trial ask/tell/storage/sampler times of 100 no-op trials (scaling.py's ``NoOp``) run
+    on a study of each size: 100 trials run, then copies of them added (``add_trials``: far
+    faster than running them) up to the size. The copies keep their NSGA-II generation, so the
+    sampler sees as many trials per generation as the size brings: the storage and the sampler
+    see the study's size."""
+    from scaling import NoOp
+
+    from autocompress.search.samplers import make_sampler
+
+    study = optuna.create_study(
+        storage=storage,
+        directions=["maximize", "minimize", "minimize"],
+        sampler=make_sampler(config),
+    )
+    study.optimize(NoOp(), n_trials=100)
+    seed_trials = study.get_trials(deepcopy=True)
+    for size in sizes:
+        missing = size - 100 - len(study.get_trials(deepcopy=False))
+        copies = [seed_trials[i % len(seed_trials)] for i in range(max(missing, 0))]
+        study.add_trials(copies)
+        _TIMES.clear()
+        start = time.perf_counter()
+        study.optimize(NoOp(), n_trials=100)
+        total = 1000 * (time.perf_counter() - start) / 100
+        found = overhead(dict(_TIMES), priced=False)
+        print(
+            f"  {name:10s} at {size:5d} trials: {total:6.1f} ms per trial; ask "
+            f"{found['ask']:5.1f}, tell {found['tell']:5.1f}, storage {found['storage']:5.1f}, "
+            f"sampler per ask {found['sampler']:5.2f}",
+            flush=True,
+        )
 
 
 def _ray_throughput(config: dict, *, workers: int, root: Path) -> dict[str, float]:

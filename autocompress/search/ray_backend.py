@@ -29,7 +29,7 @@ Multi-machine clusters: every node must be able to import autocompress and reach
 
 from __future__ import annotations
 
-import copy
+import io
 import json
 import logging
 import math
@@ -46,7 +46,7 @@ import optuna
 import ray
 import torch
 from optuna.trial import FrozenTrial, TrialState
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -192,12 +192,14 @@ class StudySearcher(OptunaSearch):
 
     def __getstate__(self) -> dict:
         # Tune pickles the searcher into the experiment it creates and checkpoints.
-        return _lock_free(self.__dict__)
+        return {"pickled": _pickle_lock_free(self.__dict__)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(pickle.loads(state["pickled"]))
 
     def save(self, checkpoint_path: str) -> None:
-        # OptunaSearch.save pickles its __dict__ itself, past __getstate__.
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(_lock_free(self.__dict__), file)
+        # OptunaSearch.save pickles its __dict__ itself, past __getstate__; restore loads it.
+        Path(checkpoint_path).write_bytes(_pickle_lock_free(self.__dict__.copy()))
 
     def suggest(self, trial_id: str) -> dict | None:
         if trial_id not in self._ot_trials and self._budget_spent():
@@ -251,39 +253,30 @@ class StudySearcher(OptunaSearch):
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 
 
-def _lock_free(state: dict[str, Any]) -> dict[str, Any]:
-    """A searcher's ``state`` whose sampler pickles without its locks and gets new ones when
-    loaded: Optuna's NSGA-II sampler holds a ``threading.Lock``, which does not pickle. The
-    study refers to the same sampler, and still does once loaded."""
-    state = dict(state)
-    sampler = state.get("_sampler")
-    if sampler is None or not any(isinstance(v, _LOCK_TYPES) for v in vars(sampler).values()):
-        return state
-    stand_in = _Relocked(sampler)
-    state["_sampler"] = stand_in
-    study = state.get("_ot_study")
-    if study is not None and study.sampler is sampler:
-        state["_ot_study"] = copy.copy(study)
-        state["_ot_study"].sampler = stand_in
-    return state
+class _LockFreePickler(cloudpickle.Pickler):
+    """Pickles samplers without their locks, which get new ones when loaded: Optuna's NSGA-II
+    sampler holds a ``threading.Lock``, which does not pickle. Every reference to a sampler
+    (the searcher's, the study's, its trials') loads as the same sampler."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, optuna.samplers.BaseSampler):
+            fields = vars(obj)
+            # name -> whether it is reentrant
+            locks = {
+                name: isinstance(v, _LOCK_TYPES[1])
+                for name, v in fields.items()
+                if isinstance(v, _LOCK_TYPES)
+            }
+            if locks:
+                state = {name: v for name, v in fields.items() if name not in locks}
+                return _relocked, (type(obj), state, locks)
+        return super().reducer_override(obj)
 
 
-class _Relocked:
-    """Pickles as ``obj`` with its lock attributes made anew (see :func:`_lock_free`)."""
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __reduce__(self) -> tuple:
-        fields = vars(self.obj)
-        # name -> whether it is reentrant
-        locks = {
-            name: isinstance(v, _LOCK_TYPES[1])
-            for name, v in fields.items()
-            if isinstance(v, _LOCK_TYPES)
-        }
-        state = {name: v for name, v in fields.items() if name not in locks}
-        return (_relocked, (type(self.obj), state, locks))
+def _pickle_lock_free(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _LockFreePickler(buffer).dump(obj)
+    return buffer.getvalue()
 
 
 def _relocked(cls: type, state: dict[str, Any], locks: dict[str, bool]) -> Any:

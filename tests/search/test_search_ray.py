@@ -272,7 +272,9 @@ def test_the_searcher_pickles_with_the_nsga2_sampler(tmp_path, ray_config):
     assert loaded._ot_study.sampler is loaded._sampler
     with loaded._sampler._thread_lock:  # made anew
         pass
+    assert searcher.suggest("t1")["optuna_trial"] == 0  # its trial refers to the sampler too
     searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.restore(str(tmp_path / "searcher.pkl"))
     assert searcher._ot_study.sampler is searcher._sampler
-    assert searcher.suggest("t1")["optuna_trial"] == 0
+    assert searcher._ot_trials["t1"].study.sampler is searcher._sampler
+    assert searcher.suggest("t2")["optuna_trial"] == 1
