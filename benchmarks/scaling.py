@@ -3,6 +3,8 @@ per trial of each study storage.
 
     python benchmarks/scaling.py [--workers 1,2,4] [--trials-per-worker 6] [--no-ray]
                                  [--overhead-trials 100,1000] [--postgres-url URL]
+    python benchmarks/scaling.py --simulate [--sim-workers 1,4,16,32,64] [--procs 8]
+                                 [--time-scale 2] [--ray-max 16] [--table FILE]
 
 1. Throughput: a fixed tiny search (digits, small CNN, 20 QAT epochs per trial) run by 1, 2,
    4, ... workers (up to the cores here), as ``autocompress worker`` processes sharing a journal
@@ -14,6 +16,14 @@ per trial of each study storage.
    a constraint as a tiny trial, NSGA-II) run in one process against SQLite, a journal file and
    PostgreSQL (``--postgres-url``, or a throwaway local server when Debian's postgresql package
    is installed): milliseconds per trial over the first 100 trials and over trials 901-1000.
+
+3. ``--simulate``: the coordination layer at 1-64 workers, with trials that sleep their recorded
+   training time instead of training (see ``simulated_scaling.py``): throughput, parallel
+   efficiency and per-trial orchestration time of workers on PostgreSQL and on a journal file
+   and of the Ray backend; the overhead of 1. at 1,000 and 10,000 trials with the sampler's time
+   per ask; and the hypervolume 16 simulated workers reach per trial and per second against one
+   worker, on the recorded table of ``search_efficiency.py`` (``--table``; trained first if
+   missing, ~10 min on one core).
 
 The figures depend on the machine: the script prints the core count and load average with them.
 """
@@ -40,6 +50,8 @@ from autocompress.config import parse_config
 from autocompress.search.samplers import make_sampler
 from autocompress.search.setup import prepare_setup
 from autocompress.search.storage import make_storage
+
+HERE = Path(__file__).resolve().parent
 
 SEARCH = {
     "name": "scaling",
@@ -199,8 +211,37 @@ def main() -> None:
     parser.add_argument("--overhead-trials", default="100,1000")
     parser.add_argument("--postgres-url", default=None, help="default: a throwaway local server")
     parser.add_argument("--skip-throughput", action="store_true")
+    simulated = parser.add_argument_group("--simulate")
+    simulated.add_argument("--simulate", action="store_true", help="see 3. above")
+    simulated.add_argument("--sim-workers", default="1,4,16,32,64")
+    simulated.add_argument("--sim-backends", default="postgresql,journal,ray")
+    simulated.add_argument(
+        "--procs", type=int, default=8, help="worker processes at most (the rest are threads)"
+    )
+    simulated.add_argument("--ray-max", type=int, default=16, help="Ray actors at most")
+    simulated.add_argument(
+        "--time-scale", type=float, default=2.0, help="sleep = recorded training seconds x this"
+    )
+    simulated.add_argument("--table", type=Path, default=None, help="recorded table (--hv)")
+    simulated.add_argument("--hv-workers", type=int, default=16)
+    simulated.add_argument("--hv-trials", type=int, default=150)
+    simulated.add_argument("--hv-seeds", type=int, default=2)
+    simulated.add_argument("--parts", default="throughput,overhead,hv")
+    simulated.add_argument(
+        "--throughput-surrogate",
+        action="store_true",
+        help="proposals on in the throughput runs too (seconds of CPU per trial each: more "
+        "workers than cores cannot run them)",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.simulate:
+        if str(HERE) not in sys.path:
+            sys.path.insert(0, str(HERE))
+        import simulated_scaling
+
+        simulated_scaling.main(args, local_postgres=local_postgres)
+        return
 
     print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.1f} (1 min)")
     if not args.skip_throughput:

@@ -55,6 +55,7 @@ from autocompress.config import parse_config
 from autocompress.core import hypervolume, nadir_reference, non_dominated_mask
 from autocompress.evaluators import Evaluator, TaskMetrics, TrialContext
 from autocompress.evaluators.early_stopping import EarlyStoppingTrainEvaluator, RungRecord
+from autocompress.evaluators.simulated import table_key
 from autocompress.evaluators.supernet import SupernetConfig, SupernetEvaluator, get_supernet
 from autocompress.evaluators.train import TrainEvaluator, evaluate_accuracy
 from autocompress.search.objective import TrialObjective
@@ -108,8 +109,7 @@ def base_config(*, space: str, epochs: int) -> dict[str, Any]:
     }
 
 
-def key(candidate: Candidate) -> str:
-    return json.dumps(candidate.to_dict(), sort_keys=True)
+key = table_key  # the simulated evaluator reads this script's table (evaluator: simulated)
 
 
 # ---------------------------------------------------------------- the table
@@ -264,9 +264,7 @@ class TabularEvaluator(Evaluator):
                 if rung >= self.epochs:
                     break
                 self.trained_epochs[context.number] = rung
-                record = RungRecord(
-                    trial=context.number, accuracy=row["curve"][rung - 1], costs=costs
-                )
+                record = RungRecord(trial=context.number, score=row["curve"][rung - 1], costs=costs)
                 self.base.table.judge(rung, record)  # raises CandidateStopped
             self.trained_epochs[context.number] = self.epochs
         return TaskMetrics(

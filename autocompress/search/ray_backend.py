@@ -29,10 +29,12 @@ Multi-machine clusters: every node must be able to import autocompress and reach
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
+import pickle
 import threading
 import time
 import warnings
@@ -44,7 +46,7 @@ import optuna
 import ray
 import torch
 from optuna.trial import FrozenTrial, TrialState
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -188,6 +190,17 @@ class StudySearcher(OptunaSearch):
         self._pricing = space
         self._n_trials = n_trials
 
+    def __getstate__(self) -> dict:
+        # Tune pickles the searcher into the experiment it creates and checkpoints.
+        return {"pickled": _pickle_lock_free(self.__dict__)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(pickle.loads(state["pickled"]))
+
+    def save(self, checkpoint_path: str) -> None:
+        # OptunaSearch.save pickles its __dict__ itself, past __getstate__; restore loads it.
+        Path(checkpoint_path).write_bytes(_pickle_lock_free(self.__dict__.copy()))
+
     def suggest(self, trial_id: str) -> dict | None:
         if trial_id not in self._ot_trials and self._budget_spent():
             return Searcher.FINISHED
@@ -235,6 +248,43 @@ class StudySearcher(OptunaSearch):
         finished = storage.get_trial(ot_trial._trial_id)
         for callback in objective.callbacks():
             callback(self._ot_study, finished)
+
+
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+class _LockFreePickler(cloudpickle.Pickler):
+    """Pickles samplers without their locks, which get new ones when loaded: Optuna's NSGA-II
+    sampler holds a ``threading.Lock``, which does not pickle. Every reference to a sampler
+    (the searcher's, the study's, its trials') loads as the same sampler."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, optuna.samplers.BaseSampler):
+            fields = vars(obj)
+            # name -> whether it is reentrant
+            locks = {
+                name: isinstance(v, _LOCK_TYPES[1])
+                for name, v in fields.items()
+                if isinstance(v, _LOCK_TYPES)
+            }
+            if locks:
+                state = {name: v for name, v in fields.items() if name not in locks}
+                return _relocked, (type(obj), state, locks)
+        return super().reducer_override(obj)
+
+
+def _pickle_lock_free(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _LockFreePickler(buffer).dump(obj)
+    return buffer.getvalue()
+
+
+def _relocked(cls: type, state: dict[str, Any], locks: dict[str, bool]) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    for name, reentrant in locks.items():
+        setattr(obj, name, threading.RLock() if reentrant else threading.Lock())
+    return obj
 
 
 class StudyCallback(tune.Callback):
