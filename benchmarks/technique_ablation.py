@@ -2,9 +2,10 @@
 compression technique alone and all of them together, same trials and seeds, on several devices.
 
     python benchmarks/technique_ablation.py [--models quickstart user] [--user-model NAME]
-                                            [--devices cortex_a72 edgetpu] [--variants V ...]
-                                            [--trials N] [--reference box|nadir] [--quick]
-                                            [--out DIR] [--seed 0] [--threads T]
+                                            [--devices cortex_a72 jetson_orin_nano]
+                                            [--variants V ...] [--trials N]
+                                            [--reference box|nadir] [--quick] [--out DIR]
+                                            [--seed 0] [--threads T] [--table-only]
 
 Variants, each a list of config overrides (as the CLI's ``--set``) on top of the base config:
 
@@ -47,14 +48,15 @@ project's default search (NSGA-II, early stopping, surrogate), ``hardware: {prof
 device: <device>}`` and the objectives accuracy, latency_ms and size_kb (the quickstart config
 also names energy_mj: left out so both models are compared on the same three).
 
-Devices (``--devices``, default ``cortex_a72 edgetpu``): one CPU and one accelerator. The Edge
-TPU is the accelerator: it is the shipped ``kind: accelerator`` spec, and the one that says how
-the new techniques execute (``quantizers: {pot, apot, codebook: executes_as: int8}``);
-jetson_nano (``kind: gpu``) declares nothing of the kind and runs int8 as fp16. No shipped spec
-declares sparse kernels or shift arithmetic, so on both devices sparse and non-uniform weights
-pay in size, not in latency. What differs is what sets latency: the A72 runs everything on its
-NEON units (bits above 8 at half the int8 rate), the Edge TPU runs layers at <= 8 bits on a
-2 TMAC/s int8 array behind a 400 MB/s host link and sends wider ones to its host CPU.
+Devices (``--devices``, default ``cortex_a72 jetson_orin_nano``): a CPU and an accelerator
+with sparse kernels. jetson_orin_nano (``kind: gpu``) is the one shipped spec that declares a
+``sparse: {"2:4": ...}`` kernel (Ampere sparse tensor cores, priced at a 1.5x MAC-time speedup),
+so there 2:4 layers can pay in latency; on the A72 every sparse layer is priced dense. Neither
+declares shift arithmetic: non-uniform weights are priced as int8 compute on both and pay in
+size. What sets latency differs: the A72 runs everything on its NEON units (bits above 8 at half
+the int8 rate), the Orin runs layers at <= 8 bits on 1e13 MAC/s of int8 tensor cores, where a
+small network's latency is mostly the per-layer launch overhead (10 us a layer). ``edgetpu``
+(``kind: accelerator``, int8 only, a 400 MB/s host link) is the other accelerator to try.
 
 Hypervolume: per (model, device), one reference point over the trained, feasible, COMPLETE
 trials of all variants together, so the variants' hypervolumes are comparable: ``--reference
@@ -69,6 +71,9 @@ Printed per (model, device): variant, trials, trained trials, front size, hyperv
 ``today``, best accuracy, lowest latency and size on the front, and the search's wall seconds;
 then whether ``all`` reaches at least 1.03 x today's hypervolume (the target: on at least one
 device). The rows are also written to ``OUT/ablation.csv`` (rewritten after each model and device).
+``--table-only``: search nothing, tabulate the finished runs already in ``--out`` (same
+``--models``, ``--devices``, ``--variants`` and ``--trials``; a run without exactly that many
+trials is left out), e.g. to read one device's table while another still runs.
 ``--quick``: a smoke run (3 trials, 1-epoch fine-tunes, a 2-epoch teacher, byo_baselines'
 128/64-sample data for the user model). Measured figures: docs/benchmarks.md.
 """
@@ -91,7 +96,13 @@ import pandas as pd
 import torch
 
 from autocompress.config import RunConfig, apply_overrides, load_config, parse_config
-from autocompress.core import RunDir, nadir_reference, non_dominated_mask, reference_from_values
+from autocompress.core import (
+    RunDir,
+    load_trials,
+    nadir_reference,
+    non_dominated_mask,
+    reference_from_values,
+)
 from autocompress.core.pareto import hypervolume, to_loss
 from autocompress.search import prepare_setup, run_search
 
@@ -102,7 +113,7 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 MODELS = ("quickstart", "user")
 USER_MODELS = ("resnet18", "mobilenet_v3_small")
-DEVICES = ("cortex_a72", "edgetpu")
+DEVICES = ("cortex_a72", "jetson_orin_nano")
 OBJECTIVES = ["accuracy", "latency_ms", "size_kb"]
 TRIALS = {"quickstart": 20, "user": 8}
 TARGET = 1.03  # all techniques: at least 3% more hypervolume than today's space
@@ -237,9 +248,42 @@ def train_teacher(config: RunConfig, out: Path) -> tuple[Path, float, float]:
     return run.teacher_dir, accuracy, time.perf_counter() - start
 
 
+def finished(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials that ran: a warm-start candidate queued beyond n_trials is left WAITING."""
+    return trials[trials["state"].isin(["COMPLETE", "PRUNED", "FAIL"])]
+
+
+def summary(
+    trials: pd.DataFrame, config: RunConfig, *, seconds: float, cpu_seconds: float
+) -> dict[str, Any]:
+    """A run's counts, the trials that can be on its front (``points``) and its seconds."""
+    done = finished(trials)
+    return {
+        "trials": len(done),
+        "trained": int(done["trained"].eq(True).sum()),
+        "points": eligible(trials, objective_names(config)),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+    }
+
+
+def finished_variant(config: RunConfig, out: Path) -> dict[str, Any] | None:
+    """The finished search of ``config`` in ``out / config.name`` read back (``--table-only``)
+    as :func:`run_variant` summarises it, its seconds NaN (the run folder does not keep the
+    wall time); None when the folder is missing or its search has not run exactly
+    ``search.n_trials`` trials (unfinished, or a run of another budget)."""
+    path = out / config.name
+    if not path.is_dir():
+        return None
+    trials = load_trials(path)
+    if len(finished(trials)) != config.search.n_trials:
+        return None
+    return summary(trials, config, seconds=math.nan, cpu_seconds=math.nan)
+
+
 def run_variant(config: RunConfig, out: Path, teacher: Path) -> dict[str, Any]:
     """One fresh search of ``config`` into ``out / config.name``, distilling from ``teacher``;
-    its counts, the trials that can be on its front (``points``) and its seconds."""
+    its :func:`summary`."""
     run = RunDir(out / config.name)
     shutil.rmtree(run.path, ignore_errors=True)  # a fresh run, never a resumed one
     # The teacher's fingerprint (seed, data, architecture, teacher section, checkpoint) is the
@@ -248,16 +292,7 @@ def run_variant(config: RunConfig, out: Path, teacher: Path) -> dict[str, Any]:
     start, cpu = time.perf_counter(), time.process_time()
     result = run_search(config, runs_dir=out)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    trials = result.trials
-    # Finished trials: a warm-start candidate queued beyond n_trials is left WAITING.
-    done = trials[trials["state"].isin(["COMPLETE", "PRUNED", "FAIL"])]
-    return {
-        "trials": len(done),
-        "trained": int(done["trained"].eq(True).sum()),
-        "points": eligible(trials, objective_names(config)),
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-    }
+    return summary(result.trials, config, seconds=seconds, cpu_seconds=cpu_seconds)
 
 
 # ---------------------------------------------------------------- hypervolume
@@ -357,9 +392,8 @@ def print_table(rows: list[dict[str, Any]], reference: np.ndarray, names: list[s
 def bench_model(model: str, out: Path, args: argparse.Namespace, table: list[dict]) -> None:
     network = network_of(model, args)
     print(f"== {model} ({network})", flush=True)
-    checkpoint = None
-    if model == "user":
-        checkpoint = out / f"{network}.pt"
+    checkpoint = out / f"{network}.pt" if model == "user" else None
+    if checkpoint is not None and not args.table_only:
         start = time.perf_counter()
         accuracy = byo_module().train_checkpoint(network, checkpoint, byo_args(args, DEVICES[0]))
         print(
@@ -378,8 +412,9 @@ def bench_model(model: str, out: Path, args: argparse.Namespace, table: list[dic
         source=source,
         folder=folder,
     )
-    teacher, accuracy, seconds = train_teacher(teacher_config, out)
-    print(f"  teacher accuracy {accuracy:.2%} ({seconds:.0f} s, not counted)", flush=True)
+    if not args.table_only:
+        teacher, accuracy, seconds = train_teacher(teacher_config, out)
+        print(f"  teacher accuracy {accuracy:.2%} ({seconds:.0f} s, not counted)", flush=True)
     print(
         f"  search.n_trials {base['search']['n_trials']}, seed {args.seed}, objectives "
         f"{base['search']['objectives']}, train.epochs {base['train']['epochs']}, warm start "
@@ -399,13 +434,25 @@ def bench_model(model: str, out: Path, args: argparse.Namespace, table: list[dic
                 source=f"{source}, {variant}",
                 folder=folder,
             )
-            runs[variant] = run_variant(config, out, teacher)
-            run = runs[variant]
+            if args.table_only:
+                run = finished_variant(config, out)
+                if run is None:
+                    print(
+                        f"  {variant:<11} no finished {config.search.n_trials}-trial run in "
+                        f"{out / config.name}: left out",
+                        flush=True,
+                    )
+                    continue
+                runs[variant] = run
+            else:
+                runs[variant] = run = run_variant(config, out, teacher)
             print(
                 f"  {variant:<11} {run['trials']} trials ({run['trained']} trained) in "
                 f"{run['seconds']:.0f} s; {' '.join(overrides) or 'no overrides'}",
                 flush=True,
             )
+        if not runs:  # --table-only, nothing finished on this device
+            continue
         rows, reference = table_rows(model, device, runs, config, args.reference)
         print_table(rows, reference, objective_names(config))
         table.extend(rows)
@@ -416,7 +463,7 @@ def print_target(table: list[dict[str, Any]]) -> None:
     """Per model and device, ``all`` against ``today``; the target is met for a model when it
     holds on at least one device."""
     frame = pd.DataFrame(table)
-    if not {"today", "all"} <= set(frame["variant"]):
+    if frame.empty or not {"today", "all"} <= set(frame["variant"]):
         print("target: needs the variants today and all")
         return
     print(f"target: all >= {TARGET:.2f} x today's hypervolume on at least one device")
@@ -452,12 +499,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run")
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="search nothing: the tables of the finished runs already in --out",
+    )
     args = parser.parse_args(argv)
     if "today" not in args.variants:
         args.variants.insert(0, "today")  # the ratios are to today's space
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.table_only and args.out is None:
+        parser.error("--table-only reads the runs of --out: give --out")
     out = args.out or Path(tempfile.mkdtemp(prefix="autocompress-ablation-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"torch threads {torch.get_num_threads()}, out {out}", flush=True)

@@ -61,3 +61,13 @@ def test_quick_run_prints_and_writes_the_hypervolume_of_each_variant(tmp_path, m
     )
     # Every variant distilled from the one teacher trained for the model.
     assert (tmp_path / "ablation-quickstart-cortex_a72-all" / "teacher" / "model.pt").is_file()
+
+    # --table-only searches nothing: it reads the finished runs back, same hypervolumes.
+    module.main(
+        ["--quick", "--models", "quickstart", "--variants", "today", "all"]
+        + ["--devices", "cortex_a72", "--out", str(tmp_path), "--table-only"]
+    )
+    assert "teacher accuracy" not in capsys.readouterr().out
+    again = pd.read_csv(tmp_path / "ablation.csv").set_index("variant")
+    assert again["hypervolume"].tolist() == pytest.approx(rows["hypervolume"].tolist())
+    assert again["trials"].tolist() == rows["trials"].tolist()

@@ -24,7 +24,15 @@ def _numbers(value):
 
 
 def test_required_devices_are_shipped():
-    required = {"cortex_a72", "bitfusion", "cortex_m7", "cortex_a53", "jetson_nano", "edgetpu"}
+    required = {
+        "cortex_a72",
+        "bitfusion",
+        "cortex_m7",
+        "cortex_a53",
+        "jetson_nano",
+        "jetson_orin_nano",
+        "edgetpu",
+    }
     assert required <= set(list_devices())
 
 
@@ -198,6 +206,21 @@ def test_jetson_nano_fp16_is_twice_fp32_and_has_no_int8():
     assert fp16.energy_pj < fp32.energy_pj
     assert spec.mac_cost(w_bits=8, a_bits=8) == fp16  # sm_53 has no int8 path: runs as fp16
     assert spec.memory_bandwidth_bytes_per_s == pytest.approx(25.6e9)
+
+
+def test_jetson_orin_nano_has_int8_tensor_cores_and_a_2_4_sparse_kernel():
+    spec = load_device("jetson_orin_nano")
+    int8, fp16, fp32 = (spec.mac_cost(w_bits=b, a_bits=b) for b in (8, 16, 32))
+    assert int8.peak_macs_per_s == pytest.approx(1.024e13)  # 20 dense INT8 TOPS
+    assert int8.peak_macs_per_s == pytest.approx(2 * fp16.peak_macs_per_s)
+    assert fp16.peak_macs_per_s > fp32.peak_macs_per_s
+    assert spec.mac_cost(w_bits=4, a_bits=4) == int8  # no int4 conv kernels: runs as int8
+    # the data sheet's 2x (40 sparse / 20 dense TOPS) is an upper bound of the 2:4 speedup
+    assert list(spec.sparse) == ["2:4"] and 1 < spec.sparse["2:4"].speedup <= 2
+    # no shift kernels: non-uniform weights are decoded to int8
+    assert all(q.executes_as == "int8" for q in spec.quantizers.values())
+    assert spec.weight_compute_bits(3, "pot") == 8
+    assert spec.memory_bandwidth_bytes_per_s == pytest.approx(68e9)
 
 
 def test_cortex_a53_is_a_slower_a72():

@@ -85,7 +85,7 @@ def test_quantizer_costs_are_validated_and_optional():
     with pytest.raises(ValueError):
         _spec(quantizers={"uniform": {"executes_as": "int8", "source": "x"}})
     assert "quantizers" not in _spec().model_dump()
-    for name in ("cortex_m7", "edgetpu"):
+    for name in ("cortex_m7", "edgetpu", "jetson_orin_nano"):
         spec = load_device(name)
         assert {q.executes_as for q in spec.quantizers.values()} == {"int8"}
         assert all(q.source for q in spec.quantizers.values())

@@ -88,6 +88,20 @@ def test_sparse_layers_are_priced_dense_unless_the_device_declares_a_kernel(devi
     assert unstructured.latency_ms == a.latency_ms
 
 
+@pytest.mark.parametrize(("device", "cheaper"), [("jetson_orin_nano", True), ("cortex_a72", False)])
+def test_shipped_sparse_kernel_prices_a_2_4_layer_cheaper(device, cheaper) -> None:
+    # 37.7 M MACs in the 2:4 layer: compute-bound on the Orin, so the kernel's speedup shows
+    profile = AnalyticProfile(device=device)
+    dense = profile.profile(_model(0), input_shape=(16, 32, 32))
+    sparse = profile.profile(_model("2:4"), input_shape=(16, 32, 32))
+    if cheaper:
+        assert sparse.latency_ms < dense.latency_ms and sparse.energy_mj < dense.energy_mj
+        row = [r for r in sparse.details["layers"] if r["name"] == "2"][0]
+        assert row["sparse_speedup"] == load_device(device).sparse["2:4"].speedup
+    else:  # no sparse kernel: the zeros are multiplied
+        assert sparse.latency_ms == dense.latency_ms and sparse.energy_mj == dense.energy_mj
+
+
 def test_device_spec_sparse_keys_must_be_nm_patterns() -> None:
     data = load_device("jetson_nano").model_dump()
     for key in ("unstructured", "4:2", "0.5"):
