@@ -31,6 +31,7 @@ from .core.samplers import list_samplers
 from .data import DataConfig
 from .evaluators import TrainConfig, list_evaluators
 from .evaluators.ptq import ptq_options
+from .evaluators.simulated import simulated_options
 from .spaces import ModelConfig, SpaceConfig, get_family
 from .tasks import Task, create_task
 
@@ -246,10 +247,12 @@ class EvaluatorConfig(_Section):
         return name
 
     @model_validator(mode="after")
-    def _ptq_options(self) -> EvaluatorConfig:
+    def _evaluator_options(self) -> EvaluatorConfig:
         # Checked on load too, not only when the evaluator is built (after the teacher trained).
         if self.name == "ptq":
             ptq_options(self.options)
+        elif self.name == "simulated":
+            simulated_options(self.options)
         return self
 
 

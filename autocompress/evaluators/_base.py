@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from ..tasks import Classification, Task
 
 if TYPE_CHECKING:
     from ..core.rundir import RunDir
+    from .early_stopping import RungTable
     from .train import TrainConfig
 
 
@@ -109,6 +110,15 @@ class Evaluator(ABC):
         :class:`CandidateStopped`.
         """
         return self.evaluate(model, candidate)
+
+    def with_early_stopping(
+        self, table: RungTable, *, cost_names: Sequence[str]
+    ) -> Evaluator | None:
+        """This evaluator judged at ``table``'s rungs (``search.early_stopping``), its records
+        holding the costs ``cost_names`` of ``TrialContext.costs``; or None (the default) when
+        it cannot stop a candidate early. The search calls it once, when building the evaluator.
+        """
+        return None
 
 
 @dataclass(frozen=True)

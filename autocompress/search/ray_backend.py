@@ -29,10 +29,12 @@ Multi-machine clusters: every node must be able to import autocompress and reach
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
+import pickle
 import threading
 import time
 import warnings
@@ -188,6 +190,15 @@ class StudySearcher(OptunaSearch):
         self._pricing = space
         self._n_trials = n_trials
 
+    def __getstate__(self) -> dict:
+        # Tune pickles the searcher into the experiment it creates and checkpoints.
+        return _lock_free(self.__dict__)
+
+    def save(self, checkpoint_path: str) -> None:
+        # OptunaSearch.save pickles its __dict__ itself, past __getstate__.
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(_lock_free(self.__dict__), file)
+
     def suggest(self, trial_id: str) -> dict | None:
         if trial_id not in self._ot_trials and self._budget_spent():
             return Searcher.FINISHED
@@ -235,6 +246,52 @@ class StudySearcher(OptunaSearch):
         finished = storage.get_trial(ot_trial._trial_id)
         for callback in objective.callbacks():
             callback(self._ot_study, finished)
+
+
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def _lock_free(state: dict[str, Any]) -> dict[str, Any]:
+    """A searcher's ``state`` whose sampler pickles without its locks and gets new ones when
+    loaded: Optuna's NSGA-II sampler holds a ``threading.Lock``, which does not pickle. The
+    study refers to the same sampler, and still does once loaded."""
+    state = dict(state)
+    sampler = state.get("_sampler")
+    if sampler is None or not any(isinstance(v, _LOCK_TYPES) for v in vars(sampler).values()):
+        return state
+    stand_in = _Relocked(sampler)
+    state["_sampler"] = stand_in
+    study = state.get("_ot_study")
+    if study is not None and study.sampler is sampler:
+        state["_ot_study"] = copy.copy(study)
+        state["_ot_study"].sampler = stand_in
+    return state
+
+
+class _Relocked:
+    """Pickles as ``obj`` with its lock attributes made anew (see :func:`_lock_free`)."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __reduce__(self) -> tuple:
+        fields = vars(self.obj)
+        # name -> whether it is reentrant
+        locks = {
+            name: isinstance(v, _LOCK_TYPES[1])
+            for name, v in fields.items()
+            if isinstance(v, _LOCK_TYPES)
+        }
+        state = {name: v for name, v in fields.items() if name not in locks}
+        return (_relocked, (type(self.obj), state, locks))
+
+
+def _relocked(cls: type, state: dict[str, Any], locks: dict[str, bool]) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    for name, reentrant in locks.items():
+        setattr(obj, name, threading.RLock() if reentrant else threading.Lock())
+    return obj
 
 
 class StudyCallback(tune.Callback):

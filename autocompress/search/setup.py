@@ -100,7 +100,8 @@ def make_evaluator(
     """The evaluator of ``config.evaluator`` (a :class:`ConfigError` for bad options). The
     ``train`` evaluator gets multi-objective early stopping when ``search.early_stopping`` is on,
     the task's primary metric (accuracy) is an objective and ``train.epochs`` leaves room for a
-    rung; its rung records live in ``study`` (shared by every process on its storage, kept across
+    rung (so does any evaluator whose ``with_early_stopping`` answers); its rung records live in
+    ``study`` (shared by every process on its storage, kept across
     resumes), else in this process's memory."""
     try:
         evaluator = create_evaluator(
@@ -115,7 +116,7 @@ def make_evaluator(
     if stopping.ptq_rung:  # rung 0: the post-training quantized candidate, before training
         rungs = (0, *rungs)
     score = config.score_objective()  # what rungs compare
-    if type(evaluator) is not TrainEvaluator or not (stopping.enabled and rungs and score):
+    if not (stopping.enabled and rungs and score):
         return evaluator
     table = RungTable(
         rungs=rungs,
@@ -125,7 +126,9 @@ def make_evaluator(
         store=InMemoryRungStore() if study is None else OptunaRungStore(study),
     )
     cost_names = [o.name for o in config.objectives() if o.name != score.name]
-    return EarlyStoppingTrainEvaluator.from_context(context, table=table, cost_names=cost_names)
+    if type(evaluator) is TrainEvaluator:
+        return EarlyStoppingTrainEvaluator.from_context(context, table=table, cost_names=cost_names)
+    return evaluator.with_early_stopping(table, cost_names=cost_names) or evaluator
 
 
 def prepare_setup(

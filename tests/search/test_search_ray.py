@@ -257,3 +257,22 @@ def test_the_surrogate_proposes_ray_trials_through_the_study(tmp_path, ray_confi
     finish("t4", params["t4"])
     trials = _study(run_dir).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+
+
+def test_the_searcher_pickles_with_the_nsga2_sampler(tmp_path, ray_config):
+    # Tune pickles the searcher into its experiment; NSGA-II's sampler holds a threading.Lock.
+    from optuna.samplers import NSGAIISampler
+    from ray import cloudpickle
+
+    ray_config["search"]["sampler"] = "nsga2"
+    searcher, _ = _hand_wired(parse_config(ray_config), tmp_path / "tiny", n_trials=2)
+    assert isinstance(searcher._sampler, NSGAIISampler)
+    loaded = cloudpickle.loads(cloudpickle.dumps(searcher))
+    assert isinstance(loaded._sampler, NSGAIISampler)
+    assert loaded._ot_study.sampler is loaded._sampler
+    with loaded._sampler._thread_lock:  # made anew
+        pass
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.restore(str(tmp_path / "searcher.pkl"))
+    assert searcher._ot_study.sampler is searcher._sampler
+    assert searcher.suggest("t1")["optuna_trial"] == 0
