@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -46,11 +47,15 @@ import pandas as pd
 import yaml
 from optuna.trial import TrialState
 
-from autocompress.config import load_config
+from autocompress.config import load_config, parse_config
 from autocompress.core import RunDir, pareto_front
 from autocompress.core.trials import RETRY_ATTR, trials_dataframe
+from autocompress.evaluators.simulated import synthetic_table
+from autocompress.search.setup import prepare_setup
 from autocompress.search.storage import make_storage
 from autocompress.search.study import count_done, counted
+from autocompress.spaces import JointSearchSpace
+from autocompress.spaces.sampling import enumerate_candidates
 
 RUN_NAME = "chaos"
 # How often each strike is chosen, relative to the others possible at the moment: processes die
@@ -59,10 +64,11 @@ STRIKE_WEIGHTS = {"kill_worker": 4, "kill_trial": 4, "kill_driver": 1, "stop_db"
 
 
 def chaos_config(
-    *, n_trials: int, workers: int, backend: str, storage: str, evaluator: dict | None
+    *, n_trials: int, workers: int, backend: str, storage: str | None, table: Path, seconds: float
 ) -> dict:
-    """The run config: the tiny digits search, heartbeats every second, a short grace period
-    (the chaos cuts many trials off; each waits that long to be retried)."""
+    """The run config: the tiny digits search (3456 candidates), each trial answered by the
+    simulated evaluator from ``table`` after about ``seconds``; heartbeats every second and a
+    short grace period (the chaos cuts many trials off; each waits that long to be retried)."""
     config = {
         "name": RUN_NAME,
         "seed": 0,
@@ -76,12 +82,17 @@ def chaos_config(
         },
         "teacher": {"epochs": 1, "lr": 0.01},
         "train": {"epochs": 1, "lr": 0.01},
+        "evaluator": {
+            "name": "simulated",
+            "options": {"table": str(table), "trial_seconds": seconds, "jitter": 0.3},
+        },
         "hardware": {"profile": "analytic", "device": "cortex_a72"},
         "search": {
             "n_trials": n_trials,
             "sampler": "random",
             "objectives": ["accuracy", "latency_ms", "size_kb"],
             "storage": storage,
+            "save_models": True,  # export reads them
             "backend": "ray" if backend == "ray" else "optuna",
             "early_stopping": {"enabled": False},
             "worker": {"heartbeat_interval": 1, "grace_period": 3, "max_retry": 5, "threads": 1},
@@ -89,9 +100,19 @@ def chaos_config(
             "ray": {"workers": workers, "cpus_per_trial": 0.1, "max_failures": 5},
         },
     }
-    if evaluator is not None:
-        config["evaluator"] = evaluator
+    if storage is None:
+        del config["search"]["storage"]
     return config
+
+
+def write_table(config: dict, path: Path) -> None:
+    """The simulated evaluator's table: every candidate of the config's space, synthetic."""
+    parsed = parse_config(config)
+    space = JointSearchSpace(parsed.space, num_classes=10, input_shape=(1, 8, 8))
+    table = synthetic_table(
+        enumerate_candidates(space), epochs=parsed.train.epochs, seed=parsed.seed
+    )
+    path.write_text(json.dumps(table))
 
 
 class LocalPostgres:
@@ -152,6 +173,10 @@ class ChaosLog:
     events: Counter = field(default_factory=Counter)  # kill_worker, kill_driver, stop_db ...
     crashes: list[str] = field(default_factory=list)  # exits the chaos did not cause
     seconds: float = 0.0
+    trace: list[str] = field(default_factory=list)  # what happened when, one line each
+
+    def note(self, started: float, text: str) -> None:
+        self.trace.append(f"{time.monotonic() - started:7.1f} s  {text}")
 
 
 class Process:
@@ -168,6 +193,8 @@ class Process:
         self.killed = False  # by the chaos, so its exit is expected
         self.restart_at: float | None = None
         self.clean_exit = False
+        self.started_at = 0.0
+        self.started_wall = 0.0
 
     def start(self) -> None:
         self.generation += 1
@@ -177,14 +204,28 @@ class Process:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=self.session,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # a killed process's log is complete
         )
         log.close()  # the child holds its own descriptor
         self.killed = False
         self.restart_at = None
         self.clean_exit = False
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def settled(self, seconds: float, markers: list[tuple[int, float]]) -> bool:
+        """Alive for ``seconds`` and past its start-up (imports, joining the study, which on a
+        loaded machine take many seconds): it (a worker) or a Ray worker of its cluster (a
+        driver) has started a trial since it started. ``markers``: (pid, time written) of the
+        trials' worker files. Killing it sooner would only ever hit the start-up."""
+        if not self.alive() or time.monotonic() - self.started_at < seconds:
+            return False
+        if self.session:
+            return any(written >= self.started_wall for _, written in markers)
+        return any(pid == self.proc.pid for pid, _ in markers)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -212,15 +253,22 @@ class Chaos:
         n_trials: int,
         rng: random.Random,
         mean_gap: float,
+        settle: float,
         postgres: LocalPostgres | None,
         run_dir: Path,
         log: ChaosLog,
+        milestones: list[tuple[float, str]] = (),
     ) -> None:
         self.processes = processes
         self.storage_url = storage_url
         self.n_trials = n_trials
         self.rng = rng
         self.mean_gap = mean_gap
+        self.settle = settle
+        # (fraction of n_trials done, strike): struck once that many trials are done (as soon
+        # as the strike is possible), whatever the random strikes did: a short run is sure to
+        # see each kind.
+        self.milestones = sorted(milestones)
         self.postgres = postgres
         self.run_dir = run_dir
         self.log = log
@@ -230,12 +278,13 @@ class Chaos:
         self.max_crashes = 10 + 2 * len(processes)
 
     def run(self, *, timeout: float) -> None:
-        start = time.monotonic()
+        start = self.started = time.monotonic()
         for process in self.processes:
             process.start()
-        next_event = start + self.rng.expovariate(1 / self.mean_gap)
+        next_event = start + self._gap()
         next_poll = start
         done = False
+        count = 0
         while not done:
             now = time.monotonic()
             if now - start > timeout:
@@ -244,12 +293,20 @@ class Chaos:
             if self._db_back_at is not None and now >= self._db_back_at:
                 self.postgres.start()
                 self._db_back_at = None
+                self.log.note(self.started, "database started")
             if now >= next_event:
-                self._strike(now)
-                next_event = now + self.rng.expovariate(1 / self.mean_gap)
+                self._strike(now, self.actions())
+                next_event = now + self._gap()
+            if self.milestones and count >= self.milestones[0][0] * self.n_trials:
+                if self.milestones[0][1] in self.actions():
+                    self._strike(now, [self.milestones.pop(0)[1]])
             if now >= next_poll:
-                done = self._trials_done() >= self.n_trials
-                next_poll = now + 1.0
+                found = self._trials_done()
+                if found > count:
+                    self.log.note(self.started, f"{found} trials done")
+                count = max(count, found)
+                done = count >= self.n_trials
+                next_poll = now + 0.5
             time.sleep(0.05)
         # The target is reached: no more chaos. Start what is down, wait for all to finish.
         if self._db_back_at is not None:
@@ -282,14 +339,19 @@ class Chaos:
                                 + self.log.crashes[-1]
                             )
                     process.restart_at = now + self.rng.uniform(0.2, 2.0)
+                    self.log.note(self.started, f"{process.name} exited with {code}")
             if restart and process.restart_at is not None and now >= process.restart_at:
                 process.start()
+                self.log.note(self.started, f"{process.name} started (pid {process.proc.pid})")
 
-    def _strike(self, now: float) -> None:
-        actions = self.actions()
+    def _gap(self) -> float:
+        return math.inf if self.mean_gap <= 0 else self.rng.expovariate(1 / self.mean_gap)
+
+    def _strike(self, now: float, actions: list[str]) -> None:
         if not actions:
             return
         action = self.rng.choices(actions, weights=[STRIKE_WEIGHTS[a] for a in actions])[0]
+        self.log.note(self.started, f"strike: {action}")
         if action == "stop_db":
             self.postgres.stop()
             self._db_back_at = now + self.rng.uniform(1.0, 4.0)
@@ -304,9 +366,9 @@ class Chaos:
     def actions(self) -> list[str]:
         """The strikes possible now."""
         found = []
-        if any(p.alive() and not p.session for p in self.processes):
+        if self._targets("kill_worker"):
             found.append("kill_worker")
-        if any(p.alive() and p.session for p in self.processes):
+        if self._targets("kill_driver"):
             found.append("kill_driver")
         if self._running_trial_pids():
             found.append("kill_trial")
@@ -318,7 +380,20 @@ class Chaos:
         if action == "kill_trial":
             return self._running_trial_pids()
         session = action == "kill_driver"
-        return [p for p in self.processes if p.alive() and p.session == session]
+        markers = self._markers()
+        return [
+            p for p in self.processes if p.session == session and p.settled(self.settle, markers)
+        ]
+
+    def _markers(self) -> list[tuple[int, float]]:
+        """(pid, time written) of every trial's worker file: which process trained it."""
+        found = []
+        for marker in RunDir(self.run_dir).path.glob("trials/*/worker.json"):
+            try:
+                found.append((json.loads(marker.read_text())["pid"], marker.stat().st_mtime))
+            except (OSError, ValueError, KeyError):
+                continue  # being written
+        return found
 
     def _running_trial_pids(self) -> list[int]:
         """Ray worker processes training a trial now (the markers of trials whose process is
@@ -326,15 +401,7 @@ class Chaos:
         own = {p.proc.pid for p in self.processes if p.proc is not None}
         if not any(p.session for p in self.processes):
             return []  # workers are killed as a whole ("kill_worker")
-        pids = []
-        for marker in RunDir(self.run_dir).path.glob("trials/*/worker.json"):
-            try:
-                pid = json.loads(marker.read_text())["pid"]
-            except (OSError, ValueError, KeyError):
-                continue  # being written
-            if pid not in own and _alive(pid):
-                pids.append(pid)
-        return sorted(set(pids))
+        return sorted({pid for pid, _ in self._markers() if pid not in own and _alive(pid)})
 
     def _trials_done(self) -> int:
         if self.postgres is not None and not self.postgres.running:
@@ -466,12 +533,14 @@ def run_chaos(
     mean_gap: float,
     seed: int,
     postgres: LocalPostgres | None,
-    evaluator: dict | None,
+    trial_seconds: float,
+    settle: float = 10.0,
+    milestones: list[tuple[float, str]] = (),
     timeout: float = 3600,
 ) -> tuple[ChaosLog, Outcome]:
-    """One chaos run of ``backend`` ("workers" or "ray") in ``root``; the study lives on
-    ``postgres`` (required for workers; without it the Ray run uses its run folder's SQLite and
-    the database is not stopped)."""
+    """One chaos run of ``backend`` ("workers" or "ray") in ``root``, trials of about
+    ``trial_seconds``; the study lives on ``postgres`` (required for workers; without it the Ray
+    run uses its run folder's SQLite and the database is not stopped)."""
     root.mkdir(parents=True, exist_ok=True)
     runs = root / "runs"
     logs = root / "logs"
@@ -479,11 +548,19 @@ def run_chaos(
     if postgres is None and backend == "workers":
         raise ValueError("The workers backend needs a PostgreSQL server.")
     storage = postgres.url if postgres is not None else None
+    table = root / "table.json"
     config = chaos_config(
-        n_trials=n_trials, workers=workers, backend=backend, storage=storage, evaluator=evaluator
+        n_trials=n_trials,
+        workers=workers,
+        backend=backend,
+        storage=storage,
+        table=table,
+        seconds=trial_seconds,
     )
-    if storage is None:
-        del config["search"]["storage"]
+    write_table(config, table)
+    # The teacher is trained once, before the chaos: what is under test is the search, and on a
+    # loaded machine a teacher trained by workers that keep being killed may never finish.
+    prepare_setup(parse_config(config), runs / RUN_NAME)
     config_file = root / "chaos.yaml"
     config_file.write_text(yaml.safe_dump(config))
     cli = [sys.executable, "-m", "autocompress.cli"]
@@ -502,9 +579,11 @@ def run_chaos(
         n_trials=n_trials,
         rng=random.Random(seed),
         mean_gap=mean_gap,
+        settle=settle,
         postgres=postgres,
         run_dir=run_dir,
         log=log,
+        milestones=milestones,
     )
     try:
         chaos.run(timeout=timeout)
@@ -512,6 +591,7 @@ def run_chaos(
         for process in processes:
             if process.alive():
                 process.kill()
+        (logs / "chaos.log").write_text("\n".join(log.trace) + "\n")
     return log, check_run(run_dir, storage_url=url, n_trials=n_trials)
 
 
@@ -520,7 +600,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["workers", "ray", "both"], default="both")
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--workers", type=int, default=16)
-    parser.add_argument("--mean-gap", type=float, default=2.0, help="seconds between strikes")
+    parser.add_argument(
+        "--mean-gap", type=float, default=2.0, help="mean seconds between strikes (0: none)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="seconds a process lives before it may be hit"
+    )
+    parser.add_argument("--trial-seconds", type=float, default=1.0, help="simulated trial time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
@@ -543,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
                 mean_gap=args.mean_gap,
                 seed=args.seed,
                 postgres=postgres,
-                evaluator=None,
+                trial_seconds=args.trial_seconds,
+                settle=args.settle,
             )
         finally:
             postgres.close()
