@@ -227,6 +227,11 @@ for _name in (
     "get_best_trial",
     "record_heartbeat",
     "_get_stale_trial_ids",
+    # What Optuna's _CachedStorage (which wraps every RDBStorage a Study holds) calls instead.
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_trials",
+    "_get_best_trial_id",
 ):
     setattr(PatientRDBStorage, _name, _patient(getattr(PatientRDBStorage, _name)))
 
