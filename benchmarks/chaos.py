@@ -60,6 +60,9 @@ from autocompress.spaces.sampling import enumerate_candidates
 RUN_NAME = "chaos"
 # How often each strike is chosen, relative to the others possible at the moment: processes die
 # more often than the database goes away, and a Ray driver holds the whole run.
+# The database stays up at least this long between stops: else, while no process is working
+# (all starting up, say) stopping it is the only strike possible, and it would be down for good.
+DB_UP_MIN_S = 15.0
 STRIKE_WEIGHTS = {"kill_worker": 4, "kill_trial": 4, "kill_driver": 1, "stop_db": 1}
 
 
@@ -119,17 +122,18 @@ class LocalPostgres:
     """A throwaway PostgreSQL server on 127.0.0.1 that can be stopped (as in a crash) and
     started again on the same port; run as the 'postgres' user when this process is root."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self) -> None:
         bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         initdb = shutil.which("initdb") or (str(bins[-1]) if bins else None)
         if initdb is None:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found")
         self.initdb = initdb
         self.pg_ctl = str(Path(initdb).with_name("pg_ctl"))
-        self.root = root
+        # Its own folder in /tmp: the 'postgres' user must reach it, and may not reach the
+        # caller's (pytest's tmp_path is private to root, say).
+        self.root = root = Path(tempfile.mkdtemp(prefix="chaos-pg-"))
         self.data = root / "data"
         self.as_user: list[str] = []
-        root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:  # the server refuses to run as root
             shutil.chown(root, user="postgres")
             self.as_user = ["runuser", "-u", "postgres", "--"]
@@ -159,6 +163,7 @@ class LocalPostgres:
     def close(self) -> None:
         if self.running:
             self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, *command: str) -> None:
         done = subprocess.run([*self.as_user, *command], capture_output=True, text=True)
@@ -274,6 +279,7 @@ class Chaos:
         self.log = log
         self._storage = None
         self._db_back_at: float | None = None
+        self._db_up_since = -math.inf
         # A process that keeps crashing (a bad config, a bug) would be restarted forever.
         self.max_crashes = 10 + 2 * len(processes)
 
@@ -293,6 +299,7 @@ class Chaos:
             if self._db_back_at is not None and now >= self._db_back_at:
                 self.postgres.start()
                 self._db_back_at = None
+                self._db_up_since = time.monotonic()
                 self.log.note(self.started, "database started")
             if now >= next_event:
                 self._strike(now, self.actions())
@@ -372,7 +379,12 @@ class Chaos:
             found.append("kill_driver")
         if self._running_trial_pids():
             found.append("kill_trial")
-        if self.postgres is not None and self._db_back_at is None and self.postgres.running:
+        if (
+            self.postgres is not None
+            and self._db_back_at is None
+            and self.postgres.running
+            and time.monotonic() - self._db_up_since >= DB_UP_MIN_S
+        ):
             found.append("stop_db")
         return found
 
@@ -618,9 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     backends = ["workers", "ray"] if args.backend == "both" else [args.backend]
     failed = False
     for backend in backends:
-        postgres = LocalPostgres(root / backend / "pg")
-        postgres.init()
+        postgres = LocalPostgres()
         try:
+            postgres.init()
             log, outcome = run_chaos(
                 backend,
                 root=root / backend,

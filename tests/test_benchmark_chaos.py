@@ -21,19 +21,27 @@ def chaos():
     path = BENCHMARKS / "chaos.py"
     spec = importlib.util.spec_from_file_location("chaos_bench", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture
-def postgres(chaos, tmp_path):
+def postgres(chaos):
     """A PostgreSQL server of the test's own, which the chaos stops and starts, or a skip."""
     if not any(importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")):
         pytest.skip("no PostgreSQL driver: pip install autocompress[postgres]")
     try:
-        server = chaos.LocalPostgres(tmp_path / "pg")
+        server = chaos.LocalPostgres()
+    except (FileNotFoundError, LookupError) as err:
+        pytest.skip(f"cannot start a PostgreSQL server: {err}")
+    try:
         server.init()
-    except (FileNotFoundError, LookupError, RuntimeError) as err:
+    except RuntimeError as err:
+        server.close()
         pytest.skip(f"cannot start a PostgreSQL server: {err}")
     yield server
     server.close()

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -172,7 +173,9 @@ def _work(
                     # Every trial still needed is running: wait for them to finish, or for
                     # their heartbeats to stop (then they are failed and queued again).
                     time.sleep(config.search.worker.heartbeat_interval)
-                    fail_stale_trials(study)
+                    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        fail_stale_trials(study)
                     continue
             try:
                 study.optimize(
