@@ -286,9 +286,11 @@ def _open_rdb(url: str, *, engine_kwargs: dict, beat: dict) -> RDBStorage:
                 if patient:
                     return PatientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
-        except SQLAlchemyError as err:
+        except (SQLAlchemyError, StorageInternalError) as err:
+            # RDBStorage's set-up raises either, depending on the step that lost the server.
             if not (patient and _connection_lost(err) and time.monotonic() < deadline):
-                raise DamagedFileError(unreadable_storage_message(url, err)) from None
+                cause = err.__cause__ if isinstance(err, StorageInternalError) else err
+                raise DamagedFileError(unreadable_storage_message(url, cause or err)) from None
             time.sleep(0.5)
 
 
