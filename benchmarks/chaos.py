@@ -447,6 +447,7 @@ class Outcome:
     complete: int = 0
     failed: int = 0
     retried: int = 0
+    given_up: int = 0  # failed, not retried, with its reason
     problems: list[str] = field(default_factory=list)
 
 
@@ -489,10 +490,11 @@ def check_run(run_dir: Path, *, storage_url: str, n_trials: int) -> Outcome:
         out.problems.append(f"{len(repeats)} candidate(s) evaluated by more than one trial")
     for t in trials:
         if t.state == TrialState.FAIL and t.number not in retried:
+            # Given up with its reason (e.g. asked by a Ray driver killed before Tune's
+            # checkpoint: no Tune trial will run it, and the budget takes another candidate).
+            out.given_up += 1
             if not t.user_attrs.get("fail_reason"):
                 out.problems.append(f"trial {t.number} failed without a reason or a retry")
-            elif t.user_attrs.get("interrupted"):
-                out.problems.append(f"interrupted trial {t.number} was not retried")
     # What the files say against what the study says.
     run = RunDir(run_dir)
     table = pd.read_csv(run.trials_table)
@@ -653,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"  study: {outcome.trials} trials, {outcome.counted} count, {outcome.complete} "
-            f"complete, {outcome.failed} failed ({outcome.retried} retried)"
+            f"complete, {outcome.failed} failed ({outcome.retried} retried, {outcome.given_up} "
+            "given up with their reason)"
         )
         for crash in log.crashes:
             print("  crash: " + crash.replace("\n", "\n    "))
