@@ -168,6 +168,7 @@ def _work(
             else:
                 batch = budget.free_slots(study, n_jobs=config.search.n_jobs)
                 if batch is None:
+                    budget.drop_waiting(study)
                     break
                 if batch == 0:
                     # Every trial still needed is running: wait for them to finish, or for
@@ -219,6 +220,19 @@ class StudyBudget:
             return None
         running = sum(t.state == TrialState.RUNNING for t in trials)
         return max(0, min(n_jobs, self.target - done - running))
+
+    def drop_waiting(self, study: optuna.Study) -> None:
+        """Close the trials still queued once the study is done, as pruned (they never ran and
+        do not count) with that reason: no worker will take them (e.g. a retry queued twice
+        when the database lost its answer to the first request)."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            storage = study._storage
+            reason = f"not needed: the study holds its {self.target} trials"
+            try:
+                storage.set_trial_user_attr(trial._trial_id, "pruned_reason", reason)
+                storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
+            except UpdateFinishedTrialError:
+                pass  # another worker got there first
 
     def guard(self, objective: Callable[[optuna.Trial], list[float]]) -> Callable:
         def guarded(trial: optuna.Trial) -> list[float]:

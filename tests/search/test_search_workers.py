@@ -287,6 +287,12 @@ def test_the_budget_lets_exactly_n_trials_start_across_workers():
     assert [t.user_attrs["retry_of"] for t in waiting] == [retry.number]
     study.tell(first, [0.5])
     assert budget.free_slots(study, n_jobs=4) is None  # 2 done: the study is complete
+    # The retry queued again is not needed any more: closed, unrun, with the reason.
+    budget.drop_waiting(study)
+    dropped = study.trials[-1]
+    assert (
+        dropped.state == TrialState.PRUNED and "not needed" in dropped.user_attrs["pruned_reason"]
+    )
 
 
 def test_a_lost_database_connection_is_waited_out(tmp_path, monkeypatch):
