@@ -195,7 +195,10 @@ class TrialObjective:
                 other.state == TrialState.PRUNED and STOPPED_ATTR in other.user_attrs
             )
             evaluated |= other.state == TrialState.FAIL and other.number not in retried
-            if other.number == trial.number or not evaluated:
+            # Of two trials running the same candidate at once, the later one is the repeat
+            # (else each would skip itself as the other's repeat, and neither count).
+            later = other.state == TrialState.RUNNING and other.number > trial.number
+            if other.number == trial.number or not evaluated or later:
                 continue
             if self._candidate_key(other) == key:
                 return other.number

@@ -6,7 +6,13 @@
 With heartbeats on, each running trial records a heartbeat every ``heartbeat_interval`` seconds;
 before asking for a trial, every worker fails the RUNNING trials whose heartbeat is older than
 ``grace_period`` (their worker died) and queues their parameters again through
-:class:`RetryStaleTrial`, so another worker evaluates them.
+:class:`RetryStaleTrial`, so another worker evaluates them. A trial that never beat (its worker
+died between creating it and its first heartbeat) is stale ``grace_period`` seconds after it
+started, by the clock of the worker that finds it.
+
+A database server that is briefly unreachable (restarted, failed over, a network blip) does not
+stop the processes that share it: :class:`PatientRDBStorage` retries each call that failed on
+the connection, for up to ``DB_PATIENCE_S`` seconds.
 
 Optuna 5's ``RDBStorage`` implements heartbeats; its ``JournalStorage`` does not, so
 :class:`HeartbeatJournalStorage` adds them (a heartbeat is a system attribute holding the
@@ -15,27 +21,35 @@ worker's wall-clock time: the workers' clocks must agree to within the grace per
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import time
 import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryCallback
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models as rdb_models
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from ..config import WorkerConfig
 from ..core.errors import ConfigError, DamagedFileError
 from ..core.trials import RETRY_ATTR, unreadable_storage_message
 from ..evaluators.early_stopping import RUNG_ATTR_PREFIX
 
+logger = logging.getLogger(__name__)
+
 HEARTBEAT_ATTR = "autocompress:heartbeat"
+# How long a process waits for an unreachable database server before it gives up (and fails).
+DB_PATIENCE_S = 120.0
 
 
 class RetryStaleTrial(_RetryCallback):
@@ -92,7 +106,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return [
             t._trial_id
             for t in running
-            if HEARTBEAT_ATTR in t.system_attrs and now - t.system_attrs[HEARTBEAT_ATTR] > grace
+            if now - t.system_attrs.get(HEARTBEAT_ATTR, _started(t)) > grace
         ]
 
     def get_heartbeat_interval(self) -> int | None:
@@ -102,6 +116,124 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self,
     ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self.heartbeat_stale_trial_callback
+
+
+def _started(trial: FrozenTrial) -> float:
+    # Optuna stamps datetime_start with the creating process's local (naive) time.
+    start = trial.datetime_start
+    return start.timestamp() if start is not None else time.time()
+
+
+def _connection_lost(err: Exception) -> bool:
+    """Whether a storage error says the database could not be reached (worth waiting for), not
+    that the request was wrong. ``RDBStorage`` wraps SQLAlchemy's errors in
+    ``StorageInternalError``."""
+    cause = err.__cause__ if isinstance(err, StorageInternalError) else err
+    if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+        return True
+    return isinstance(cause, (OperationalError, InterfaceError))
+
+
+def _patient(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def call(self: PatientRDBStorage, *args, **kwargs):
+        deadline = time.monotonic() + self.patience_s
+        delay = 0.1
+        retrying = False
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except UpdateFinishedTrialError:
+                # The attempt that lost its connection had committed the new state after all.
+                if retrying and method.__name__ == "set_trial_state_values":
+                    state = kwargs["state"] if "state" in kwargs else args[1]
+                    if RDBStorage.get_trial(self, args[0]).state == state:
+                        return True
+                raise
+            except (StorageInternalError, SQLAlchemyError) as err:
+                if not _connection_lost(err) or time.monotonic() + delay > deadline:
+                    raise
+                if not retrying:
+                    logger.warning(
+                        "The database is unreachable (%s); retrying for up to %.0f s.",
+                        _reason(err),
+                        self.patience_s,
+                    )
+                retrying = True
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+
+    return call
+
+
+def _reason(err: Exception) -> str:
+    cause = err.__cause__ if isinstance(err, StorageInternalError) else err
+    return str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
+
+
+class PatientRDBStorage(RDBStorage):
+    """``RDBStorage`` that waits out a database server that is briefly unreachable instead of
+    failing the calling process: a call that failed on the connection is retried, with backoff,
+    for up to ``patience_s`` seconds (then its error is raised). The pool pings connections
+    before use, so those cut by a restart are replaced.
+
+    Retrying a write whose commit reached the server but whose answer was lost is safe for the
+    writes a search makes: attributes and parameters are upserts, a state change that turns out
+    to be done already counts as done, and a trial created twice is a RUNNING trial without
+    heartbeats, which heartbeats fail as stale (see :meth:`_get_stale_trial_ids`)."""
+
+    patience_s = DB_PATIENCE_S
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        # Optuna's RDBStorage skips RUNNING trials that never recorded a heartbeat: one whose
+        # process died right after creating it would stay RUNNING forever.
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
+        # Optuna stores trial times as naive UTC.
+        oldest = datetime.now(UTC).replace(tzinfo=None) - grace
+        with self.scoped_session() as session:
+            never_beat = (
+                session.query(rdb_models.TrialModel.trial_id)
+                .filter(rdb_models.TrialModel.study_id == study_id)
+                .filter(rdb_models.TrialModel.state == TrialState.RUNNING)
+                .filter(rdb_models.TrialModel._datetime_start_utc < oldest)
+                .filter(~rdb_models.TrialModel.heartbeats.any())
+                .all()
+            )
+            session.rollback()
+        return stale + [row[0] for row in never_beat if row[0] not in stale]
+
+
+for _name in (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+    # What Optuna's _CachedStorage (which wraps every RDBStorage a Study holds) calls instead.
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_trials",
+    "_get_best_trial_id",
+):
+    setattr(PatientRDBStorage, _name, _patient(getattr(PatientRDBStorage, _name)))
 
 
 def make_storage(url: str, *, heartbeat: WorkerConfig | None = None) -> BaseStorage:
@@ -133,17 +265,33 @@ def make_storage(url: str, *, heartbeat: WorkerConfig | None = None) -> BaseStor
         # Long trials leave pooled connections idle; the server may have closed them meanwhile.
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
-    except SQLAlchemyError as err:
-        raise DamagedFileError(unreadable_storage_message(url, err)) from None
+        return _open_rdb(url, engine_kwargs=engine_kwargs, beat=beat)
     except ImportError as err:  # Optuna re-raises the driver's ModuleNotFoundError as this
         missing = getattr(err.__cause__, "name", None) or "its database driver"
         raise ConfigError(
             f"The storage URL {redact(url)!r} needs {missing!r}, which is not installed "
             "(PostgreSQL: pip install autocompress[postgres])."
         ) from None
+
+
+def _open_rdb(url: str, *, engine_kwargs: dict, beat: dict) -> RDBStorage:
+    # A database server (not a SQLite file) that is unreachable may be restarting: wait for it
+    # as PatientRDBStorage does later on.
+    patient = not url.startswith("sqlite")
+    deadline = time.monotonic() + DB_PATIENCE_S
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                if patient:
+                    return PatientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except (SQLAlchemyError, StorageInternalError) as err:
+            # RDBStorage's set-up raises either, depending on the step that lost the server.
+            if not (patient and _connection_lost(err) and time.monotonic() < deadline):
+                cause = err.__cause__ if isinstance(err, StorageInternalError) else err
+                raise DamagedFileError(unreadable_storage_message(url, cause or err)) from None
+            time.sleep(0.5)
 
 
 def _postgres_driver(url: str) -> str:

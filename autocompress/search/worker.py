@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +30,15 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from optuna.trial import FrozenTrial
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
 
 from ..config import RunConfig
 from ..core.errors import ConfigError
 from ..core.files import RunLock, file_lock
 from ..core.rundir import RunDir
+from ..core.trials import RETRY_ATTR
 from .objective import TrialObjective
 from .results import SearchResult, write_run_results
 from .samplers import make_sampler
@@ -146,24 +151,103 @@ def _work(
         ran.append(trial.number)
         if on_trial is not None:
             on_trial(study, trial, target)
-        if n_trials is None and count_done(study.get_trials(deepcopy=False)) >= target:
-            study.stop()
 
+    budget = None if n_trials is not None else StudyBudget(target)
+    repeats = RepeatGuard()
+    timeout = config.search.timeout_s
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        if n_trials is not None or count_done(study.get_trials(deepcopy=False)) < target:
-            study.optimize(
-                objective,
-                n_trials=n_trials,
-                n_jobs=config.search.n_jobs,
-                timeout=config.search.timeout_s,
-                catch=(Exception,),
-                callbacks=[*objective.callbacks(), after_trial, RepeatGuard()],
-            )
+        while not repeats.exhausted:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            if budget is None:
+                batch = min(n_trials - len(ran), config.search.n_jobs)
+                if batch <= 0:
+                    break
+            else:
+                batch = budget.free_slots(study, n_jobs=config.search.n_jobs)
+                if batch is None:
+                    budget.drop_waiting(study)
+                    break
+                if batch == 0:
+                    # Every trial still needed is running: wait for them to finish, or for
+                    # their heartbeats to stop (then they are failed and queued again).
+                    time.sleep(config.search.worker.heartbeat_interval)
+                    with warnings.catch_warnings():  # "experimental" since Optuna 2.9
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        fail_stale_trials(study)
+                    continue
+            try:
+                study.optimize(
+                    objective if budget is None else budget.guard(objective),
+                    n_trials=batch,
+                    n_jobs=config.search.n_jobs,
+                    timeout=left,
+                    catch=(Exception,),
+                    callbacks=[*objective.callbacks(), after_trial, repeats],
+                )
+            except UpdateFinishedTrialError as err:
+                # Another worker failed this worker's trial as stale (its heartbeats were late,
+                # e.g. while the database was unreachable) and queued it again: the result is
+                # not needed, the worker is.
+                logger.warning("A trial of this worker was taken over by another: %s", err)
     finally:
         result = write_run_results(
             study, run, config.objectives(), teacher_metrics=setup.teacher_metrics
         )
     return WorkerResult(**vars(result), ran=len(ran))
+
+
+class StudyBudget:
+    """Exactly ``target`` trials that count (``study.counted``) across every worker of a study.
+
+    A worker asks for a trial only while finished and running trials leave room
+    (:meth:`free_slots`); workers that ask at the same moment for the last free slot can still
+    both get a trial, so each trial also checks, before its work, that the trials numbered before
+    it leave it room (:meth:`guard`): the later one is pruned unevaluated, as not needed.
+    Trial numbers order the claims: every worker sees the same order, so exactly one gets the
+    slot."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def free_slots(self, study: optuna.Study, *, n_jobs: int) -> int | None:
+        """Trials this worker may start now (0: wait), or None when the study is done."""
+        trials = study.get_trials(deepcopy=False)
+        done = count_done(trials)
+        if done >= self.target:
+            return None
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        return max(0, min(n_jobs, self.target - done - running))
+
+    def drop_waiting(self, study: optuna.Study) -> None:
+        """Close the trials still queued once the study is done, as pruned (they never ran and
+        do not count) with that reason: no worker will take them (e.g. a retry queued twice
+        when the database lost its answer to the first request)."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            storage = study._storage
+            reason = f"not needed: the study holds its {self.target} trials"
+            try:
+                storage.set_trial_user_attr(trial._trial_id, "pruned_reason", reason)
+                storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
+            except UpdateFinishedTrialError:
+                pass  # another worker got there first
+
+    def guard(self, objective: Callable[[optuna.Trial], list[float]]) -> Callable:
+        def guarded(trial: optuna.Trial) -> list[float]:
+            trials = trial.study.get_trials(deepcopy=False)
+            ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+            if count_done(trials) + ahead >= self.target:
+                reason = f"not needed: the {self.target} trials were all taken when it started"
+                if RETRY_ATTR in trial.user_attrs:  # a retry: its candidate is still owed
+                    trial.study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+                    reason += "; queued again"
+                trial.set_user_attr("pruned_reason", reason)
+                raise optuna.TrialPruned(reason)
+            return objective(trial)
+
+        return guarded
 
 
 def worker_seed(seed: int, *, index: int) -> int:

@@ -261,3 +261,81 @@ def test_a_plain_postgresql_url_uses_the_installed_driver(monkeypatch):
     with pytest.raises(ConfigError, match=r"autocompress\[postgres\]"):
         storage._postgres_driver(url)
     assert storage.redact("postgresql://me:secret@db/x") == "postgresql://me:***@db/x"
+
+
+def test_the_budget_lets_exactly_n_trials_start_across_workers():
+    from autocompress.search.worker import StudyBudget
+
+    study = optuna.create_study(directions=["maximize"])
+    study.tell(study.ask(), [1.0])
+    first, second = study.ask(), study.ask()  # two workers took the last free slot at once
+    budget = StudyBudget(2)
+    assert budget.free_slots(study, n_jobs=4) == 0  # 1 done + 2 running: wait
+
+    def objective(trial):
+        return [0.5]
+
+    assert budget.guard(objective)(first) == [0.5]  # numbered first: it has the slot
+    with pytest.raises(optuna.TrialPruned, match="not needed"):
+        budget.guard(objective)(second)
+    # A pruned retry is queued again: the candidate of the trial it retries is still owed.
+    retry = study.ask(fixed_distributions={})
+    retry.set_user_attr("retry_of", 0)
+    with pytest.raises(optuna.TrialPruned, match="queued again"):
+        budget.guard(objective)(retry)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["retry_of"] for t in waiting] == [retry.number]
+    study.tell(first, [0.5])
+    assert budget.free_slots(study, n_jobs=4) is None  # 2 done: the study is complete
+    # The retry queued again is not needed any more: closed, unrun, with the reason.
+    budget.drop_waiting(study)
+    dropped = study.trials[-1]
+    assert (
+        dropped.state == TrialState.PRUNED and "not needed" in dropped.user_attrs["pruned_reason"]
+    )
+
+
+def test_a_lost_database_connection_is_waited_out(tmp_path, monkeypatch):
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import OperationalError
+
+    from autocompress.search import storage as storages
+
+    db = storages.PatientRDBStorage(f"sqlite:///{tmp_path}/s.db")
+    study_id = db.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+    down = {"calls": 2}
+    original = optuna.storages.RDBStorage.get_study_directions
+
+    def flaky(self, study_id):
+        if down["calls"]:
+            down["calls"] -= 1
+            lost = OperationalError("SELECT", {}, Exception("server closed the connection"))
+            raise StorageInternalError("commit failed") from lost
+        return original(self, study_id)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "get_study_directions", flaky)
+    monkeypatch.setattr(
+        storages.PatientRDBStorage, "get_study_directions", storages._patient(flaky)
+    )
+    assert db.get_study_directions(study_id) == [optuna.study.StudyDirection.MAXIMIZE]
+    assert down["calls"] == 0
+    # Errors that are not about the connection are raised at once.
+    monkeypatch.setattr(
+        storages.PatientRDBStorage, "get_study_directions", storages._patient(lambda self, i: 1 / 0)
+    )
+    with pytest.raises(ZeroDivisionError):
+        db.get_study_directions(study_id)
+
+
+def test_a_trial_that_never_beat_is_stale_after_the_grace_period(tmp_path):
+    from autocompress.search.storage import PatientRDBStorage
+
+    db = PatientRDBStorage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=db, directions=["maximize"])
+    orphan = study.ask()  # its process died before its first heartbeat
+    beating = study.ask()
+    db.record_heartbeat(beating._trial_id)
+    assert db._get_stale_trial_ids(study._study_id) == []
+    time.sleep(2.2)
+    db.record_heartbeat(beating._trial_id)
+    assert db._get_stale_trial_ids(study._study_id) == [orphan._trial_id]
