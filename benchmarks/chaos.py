@@ -49,6 +49,7 @@ from optuna.trial import TrialState
 
 from autocompress.config import load_config, parse_config
 from autocompress.core import RunDir, pareto_front
+from autocompress.core.files import pid_alive
 from autocompress.core.trials import RETRY_ATTR, trials_dataframe
 from autocompress.evaluators.simulated import synthetic_table
 from autocompress.search.setup import prepare_setup
@@ -413,7 +414,7 @@ class Chaos:
         own = {p.proc.pid for p in self.processes if p.proc is not None}
         if not any(p.session for p in self.processes):
             return []  # workers are killed as a whole ("kill_worker")
-        return sorted({pid for pid, _ in self._markers() if pid not in own and _alive(pid)})
+        return sorted({pid for pid, _ in self._markers() if pid not in own and pid_alive(pid)})
 
     def _trials_done(self) -> int:
         if self.postgres is not None and not self.postgres.running:
@@ -426,16 +427,6 @@ class Chaos:
         except Exception:  # not created yet, or the database is restarting
             self._storage = None
             return -1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

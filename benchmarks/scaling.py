@@ -35,7 +35,6 @@ import contextlib
 import copy
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -164,41 +163,27 @@ def overhead_ms(storage: optuna.storages.BaseStorage, sizes: list[int]) -> dict[
 
 @contextlib.contextmanager
 def local_postgres() -> Iterator[str | None]:
-    """A throwaway PostgreSQL on 127.0.0.1 (as the 'postgres' user when run as root), or None."""
-    initdb = shutil.which("initdb") or next(
-        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None
-    )
-    if initdb is None:
+    """A throwaway PostgreSQL on 127.0.0.1 (``chaos.LocalPostgres``), its URL; or None when no
+    server can be started here."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from chaos import LocalPostgres
+
+    try:
+        server = LocalPostgres()
+    except (FileNotFoundError, LookupError):
         yield None
         return
-    root = tempfile.mkdtemp(prefix="scaling-pg-")
-    as_user = []
-    if os.geteuid() == 0:
-        shutil.chown(root, user="postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    pg_ctl, data = str(Path(initdb).with_name("pg_ctl")), f"{root}/data"
     try:
-        subprocess.run(
-            [*as_user, initdb, "-D", data, "-U", "postgres", "--auth=trust"],
-            check=True,
-            capture_output=True,
-        )
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", data, "-o", options, "-l", f"{root}/log", "-w", "start"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    except (subprocess.CalledProcessError, LookupError):
+        server.init()
+    except (RuntimeError, LookupError):
+        server.close()
         yield None
+        return
+    try:
+        yield server.url
     finally:
-        stop = [*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"]
-        subprocess.run(stop, check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.close()
 
 
 def main() -> None:
