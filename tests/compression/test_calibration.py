@@ -1,3 +1,6 @@
+import copy
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,6 +149,53 @@ def test_bias_correction_of_a_convolution_is_per_output_channel():
     assert mean_shift().abs().max() > 1e-2
     correct_bias_(model, inputs, float_weights={"0": weight})
     assert mean_shift().abs().max() < 1e-5
+
+
+def test_bias_correction_of_a_deep_network_holds_for_every_layer():
+    # Three biased layers corrected together: each pass re-measures a layer on the inputs the
+    # upstream corrections of the pass before produce, so three passes leave every layer's mean
+    # error against its float self (original bias) zero on the inputs it actually receives.
+    torch.manual_seed(0)
+    original = nn.Sequential(
+        QuantLinear(12, 12, w_bits=2, a_bits=4),
+        nn.ReLU(),
+        QuantLinear(12, 12, w_bits=2, a_bits=4),
+        nn.ReLU(),
+        QuantLinear(12, 12, w_bits=2, a_bits=4),
+    )
+    inputs = [torch.rand(64, 12, generator=_gen(i)) * 3 + 1 for i in range(4)]
+    calibrate_activations_(original, inputs, method="percentile", percentile=99.0)
+    float_layers = [
+        partial(
+            F.linear,
+            weight=original[i].weight.detach().clone(),
+            bias=original[i].bias.detach().clone(),
+        )
+        for i in (0, 2, 4)
+    ]
+
+    def errors(model: nn.Module) -> list[float]:
+        seen: dict[int, list[torch.Tensor]] = {i: [] for i in range(3)}
+        hooks = [
+            model[index].register_forward_hook(
+                lambda m, args, out, i=i: seen[i].append(out - float_layers[i](args[0]))
+            )
+            for i, index in enumerate((0, 2, 4))
+        ]
+        with torch.no_grad():
+            for x in inputs:
+                model(x)
+        for hook in hooks:
+            hook.remove()
+        return [float(torch.cat(seen[i]).mean(0).abs().max()) for i in range(3)]
+
+    assert min(errors(original)) > 1e-2
+    once, thrice = copy.deepcopy(original), copy.deepcopy(original)
+    correct_bias_(once, inputs, passes=1)
+    first, *later = errors(once)
+    assert first < 1e-5 and max(later) > 1e-4  # the first layer's inputs never move
+    correct_bias_(thrice, inputs, passes=3)
+    assert max(errors(thrice)) < 1e-5
 
 
 def test_batchnorm_recalibration_keeps_the_calibrated_ranges():
