@@ -373,7 +373,9 @@ class _QuantMixin:
         self.register_buffer("weight_mask", None)
 
     @torch.no_grad()
-    def _observe(self, x: Tensor) -> None:
+    def observe_input(self, x: Tensor) -> None:
+        """Move the input range toward ``x``'s extremes (an EMA of weight ``MOMENTUM``; the
+        first observed batch sets it): what training mode does before each forward."""
         batch_min = x.detach().amin().to(self.act_min.dtype)
         batch_max = x.detach().amax().to(self.act_max.dtype)
         # torch.where instead of ``if self.act_initialized``: no host-device sync per layer and
@@ -389,7 +391,7 @@ class _QuantMixin:
         if self.a_bits >= FLOAT_BITS:
             return x
         if self.training:
-            self._observe(x)
+            self.observe_input(x)
         # Evaluated before any training batch: use this batch's range without storing it, so
         # the observer is still initialised by the first real training batch.
         lo = torch.where(self.act_initialized, self.act_min, x.detach().amin().to(self.act_min))

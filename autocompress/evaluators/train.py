@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..compression.calibration import (
-    calibrate_activations_,
+    observe_activations_,
     post_training_quantize_,
     recalibrate_batchnorm_,
 )
@@ -374,7 +374,8 @@ class TrainEvaluator(Evaluator):
     def ptq_start(self, model: nn.Module, *, always: bool = False) -> PTQStart | None:
         """With ``ptq_fallback`` (or ``always``): ``model`` post-training quantized on
         ``PTQ_CALIB_BATCHES`` training batches, scored on the validation split; else None.
-        Two calibrations are tried and the better kept: the activation ranges alone (min/max;
+        Two calibrations are tried and the better kept: the activation ranges alone, as QAT's
+        observer sets them (:func:`~autocompress.compression.calibration.observe_activations_`;
         the weights and BatchNorm statistics as inherited, which for an unpruned checkpoint were
         estimated on more data than a few batches), and ``post_training_quantize_`` (BatchNorm
         re-estimated, as a pruned network needs, weights clipped and ranges set by MSE, biases
@@ -403,7 +404,7 @@ class TrainEvaluator(Evaluator):
                     if full:
                         post_training_quantize_(model, inputs, seed=self.seed)
                     else:
-                        calibrate_activations_(model, inputs, method="minmax")
+                        observe_activations_(model, inputs)
                     metrics = validation_metrics(
                         model, val_loader, device=self.device, task=self.task
                     )

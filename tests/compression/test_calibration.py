@@ -13,11 +13,13 @@ from autocompress.compression.calibration import (
     calibrate_activations_,
     clip_weights_,
     correct_bias_,
+    observe_activations_,
     post_training_quantize_,
     quantization_disabled,
     recalibrate_batchnorm_,
     weight_clip,
 )
+from autocompress.compression.quantization import MOMENTUM
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -196,6 +198,32 @@ def test_bias_correction_of_a_deep_network_holds_for_every_layer():
     assert first < 1e-5 and max(later) > 1e-4  # the first layer's inputs never move
     correct_bias_(thrice, inputs, passes=3)
     assert max(errors(thrice)) < 1e-5
+
+
+def test_observed_ranges_are_the_qat_observer_restarted_on_the_quantized_network():
+    net = Net()
+    inputs = batches()
+    net.train()
+    net(torch.full((2, 3, 6, 6), 100.0))  # a stale range, far too wide, and BatchNorm moved
+    net.eval()
+    stats = net.bn.running_mean.clone()
+    seen: list[torch.Tensor] = []
+    hook = net.fc.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    assert observe_activations_(net, inputs) == 4
+    hook.remove()
+    # fc's input is the quantized conv's output (on its observed range), and fc's range is the
+    # EMA of those batches' extremes from the first batch on: the stale range is gone.
+    lo, hi = seen[0].min(), seen[0].max()
+    for x in seen[1:]:
+        lo, hi = lo + MOMENTUM * (x.min() - lo), hi + MOMENTUM * (x.max() - hi)
+    assert torch.allclose(net.fc.act_min, lo) and torch.allclose(net.fc.act_max, hi)
+    with quantization_disabled(net):
+        float_inputs = []
+        hook = net.fc.register_forward_pre_hook(lambda m, args: float_inputs.append(args[0]))
+        net(inputs[0])
+        hook.remove()
+    assert not torch.equal(float_inputs[0], seen[0])  # what it saw was the quantized network's
+    assert torch.equal(net.bn.running_mean, stats) and not net.training  # nothing trained
 
 
 def test_batchnorm_recalibration_keeps_the_calibrated_ranges():
