@@ -129,7 +129,9 @@ class EvaluatorContext:
     ``data.batch_size``); ``num_workers``: DataLoader workers; ``teacher``: the uncompressed
     network to distil from (eval mode), if any; ``run_dir``: the run folder, where an evaluator may
     cache what it trains once (e.g. the supernet), or None for no cache; ``task``: what the
-    network is trained and scored for (loss, distillation loss, metrics).
+    network is trained and scored for (loss, distillation loss, metrics); ``teacher_metrics``:
+    the teacher's metrics on the validation split, when known (the reference a compressed
+    candidate is compared with).
     """
 
     data: DataBundle
@@ -141,6 +143,7 @@ class EvaluatorContext:
     seed: int = 0
     run_dir: RunDir | None = None
     task: Task = field(default_factory=Classification)
+    teacher_metrics: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.train.batch_size is None:

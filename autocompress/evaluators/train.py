@@ -308,8 +308,10 @@ class TrainEvaluator(Evaluator):
         sparsity_importance: str = "magnitude",
         ptq_fallback: bool = False,
         bn_batches: int = 0,
+        teacher_metrics: Mapping[str, float] | None = None,
     ) -> None:
         self.data = data
+        self.teacher_metrics = teacher_metrics
         self.bn_batches = bn_batches
         self.lsq = lsq
         # LSQ learns the weight steps: a post-training quantized state has none to keep.
@@ -364,6 +366,7 @@ class TrainEvaluator(Evaluator):
             task=context.task,
             feature_kd=train.feature_kd,
             sparsity_importance=context.space.config.sparsity_importance,
+            teacher_metrics=context.teacher_metrics,
             **settings,
             **extra,
         )
@@ -430,9 +433,16 @@ class TrainEvaluator(Evaluator):
         (e.g. early stopping's rung checks); it must leave ``model`` in train mode and may raise
         to end the fine-tune. ``start``: the post-training quantized model (default: made here
         with ``ptq_fallback``); ``model`` ends as that one when it scores better than the
-        fine-tuned one (``TaskMetrics.kept_ptq``)."""
+        fine-tuned one (``TaskMetrics.kept_ptq``). A start that already scores at least as well
+        as the teacher (``teacher_metrics``) is kept without a fine-tune: there is nothing left
+        for it to recover, and on a mild candidate the fine-tune costs as much as any other."""
         if start is None:
             start = self.ptq_start(model)
+        if start is not None and self.lossless(start.metrics):
+            model.load_state_dict(start.state)
+            metrics = dict(start.metrics)
+            loss = metrics.pop("loss")
+            return TaskMetrics(metrics=metrics, loss=loss, epochs=0, kept_ptq=True)
         # Loaders are made per call: a shared iterator would not survive --n-jobs threads.
         train_loader, val_loader = make_loaders(
             self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
@@ -485,6 +495,13 @@ class TrainEvaluator(Evaluator):
                 task=self.task,
                 observe_ranges=False,  # QAT learned them
             )
+
+    def lossless(self, metrics: Mapping[str, float]) -> bool:
+        """Whether ``metrics`` score at least the teacher's (False when that is unknown)."""
+        reference = self.teacher_metrics or {}
+        if self.task.score.name not in reference:
+            return False
+        return not self.better(reference, than=metrics)
 
     def better(self, metrics: Mapping[str, float], *, than: Mapping[str, float]) -> bool:
         """Whether ``metrics`` beat ``than`` on the task's primary metric (ties do not)."""

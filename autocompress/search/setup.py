@@ -4,7 +4,7 @@ and each Ray worker (and the Ray driver, which prices trials) build one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -78,6 +78,7 @@ def evaluator_context(
     device: torch.device,
     teacher: nn.Module | None,
     run_dir: RunDir | None,
+    teacher_metrics: Mapping[str, float] | None = None,
 ) -> EvaluatorContext:
     """What the evaluator of ``config`` is built from (``train.batch_size`` resolved)."""
     batch_size = config.train.batch_size or config.data.batch_size
@@ -91,6 +92,7 @@ def evaluator_context(
         seed=config.seed,
         run_dir=run_dir,
         task=config.make_task(),
+        teacher_metrics=teacher_metrics,
     )
 
 
@@ -158,7 +160,13 @@ def prepare_setup(
             config, space=space, data=data, directory=run.teacher_dir, device=device
         )
         context = evaluator_context(
-            config, data=data, space=space, device=device, teacher=teacher, run_dir=run
+            config,
+            data=data,
+            space=space,
+            device=device,
+            teacher=teacher,
+            run_dir=run,
+            teacher_metrics=teacher_metrics,
         )
         if evaluator is None:
             evaluator = make_evaluator(config, context, study=study)

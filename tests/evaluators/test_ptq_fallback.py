@@ -42,7 +42,7 @@ def _build(bits, state=None):
     return model, candidate
 
 
-def _evaluator(digits, *, lr, fallback):
+def _evaluator(digits, *, lr, fallback, teacher_metrics=None):
     return TrainEvaluator(
         data=digits,
         epochs=1,
@@ -51,6 +51,7 @@ def _evaluator(digits, *, lr, fallback):
         batch_size=64,
         device=CPU,
         ptq_fallback=fallback,
+        teacher_metrics=teacher_metrics,
     )
 
 
@@ -82,6 +83,22 @@ def test_a_fine_tune_that_helps_is_exactly_the_one_without_the_fallback(digits):
         states.append(model.state_dict())
     assert not results[0].kept_ptq and results[0].accuracy == results[1].accuracy
     assert all(torch.equal(states[0][k], v) for k, v in states[1].items())
+
+
+def test_a_start_as_accurate_as_the_teacher_is_kept_without_a_fine_tune(digits, teacher_state):
+    model, candidate = _build((8, 8, 0.0), teacher_state)
+    probe = _evaluator(digits, lr=0.01, fallback=True)
+    ptq = probe.ptq_start(copy.deepcopy(model)).metrics["accuracy"]
+    # The teacher scores what the start does: nothing to recover, so no epoch is trained.
+    kept = _evaluator(digits, lr=1.0, fallback=True, teacher_metrics={"accuracy": ptq})
+    result = kept.evaluate(model, candidate)
+    assert result.kept_ptq and result.epochs == 0 and result.accuracy == ptq
+    _, val = make_loaders(digits, batch_size=64, num_workers=0, seed=0)
+    assert evaluate_accuracy(model, val, device=CPU)[0] == ptq  # the start's weights
+    # A better teacher: the fine-tune runs (lr 1.0 wrecks it, so the start is kept after it).
+    trained = _evaluator(digits, lr=1.0, fallback=True, teacher_metrics={"accuracy": ptq + 0.01})
+    result = trained.evaluate(*_build((8, 8, 0.0), teacher_state))
+    assert result.kept_ptq and result.epochs == 1 and result.train_seconds > 0
 
 
 def test_the_fallback_is_off_by_default_and_left_out_of_dumps():

@@ -150,7 +150,10 @@ def test_objective_proxy_accuracy_is_the_untrained_compressed_model(tmp_path, sm
     from autocompress.search.setup import prepare_setup
 
     config, space, candidates = small
-    objective = TrialObjective(prepare_setup(config, tmp_path))
+    setup = prepare_setup(config, tmp_path)
+    objective = TrialObjective(setup)
+    # The evaluator knows the teacher's score (a lossless PTQ fallback skips its fine-tune).
+    assert setup.evaluator.teacher_metrics["accuracy"] == setup.teacher_metrics["accuracy"]
     eight_bit = next(c for c in candidates if all(x.w_bits == 8 for x in c.layers.values()))
     two_bit = next(c for c in candidates if all(x.w_bits == 2 for x in c.layers.values()))
     # 8-bit weights keep the (1-epoch) teacher's behaviour far better than 2-bit ones.
