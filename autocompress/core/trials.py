@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,16 @@ def _reason(err: Exception) -> str:
 def retried_trials(trials: Iterable[Any]) -> set[int]:
     """Numbers of the trials (Optuna ``FrozenTrial``) that a later trial retries."""
     return {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
+
+
+def retry_depth(trials: Sequence[Any], number: int) -> int:
+    """How many earlier attempts trial ``number`` retries (0 for a first attempt): the length
+    of its chain of ``RETRY_ATTR`` links. ``trials``: all the study's trials, by number."""
+    depth, attrs = 0, trials[number].user_attrs
+    while RETRY_ATTR in attrs:
+        depth += 1
+        attrs = trials[attrs[RETRY_ATTR]].user_attrs
+    return depth
 
 
 def candidate_summary(candidate: dict[str, Any] | None) -> str:

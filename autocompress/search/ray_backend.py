@@ -10,18 +10,20 @@ Who does what:
   hardware profile (cheap, and known at suggest time): the budget constraints are recorded at
   once, so NSGA-II ranks over-budget trials exactly as with the Optuna backend;
 * a Ray worker trains the candidate (``Objective.train``, as everywhere) and reports;
-* the driver records the result on the study trial (:class:`StudySearcher`) and, for trials
-  whose Ray worker failed ``max_failures + 1`` times, the error (:class:`StudyCallback`);
+* the driver records the result on the study trial (:class:`StudySearcher`) and, for a trial
+  whose Ray worker died, queues it again (as an interrupted trial is) up to ``max_failures``
+  times, then records the error (:class:`StudyCallback`);
 * after each result the driver runs the callbacks the Optuna backend passes to
   ``study.optimize`` (``search.surrogate``): a proposal is queued in the study, and the next
   ``OptunaSearch`` ask takes it, as it takes ``search.warm_start``'s queued candidates.
 
-Fault tolerance: a trial whose worker dies is restarted by Ray Tune (``FailureConfig``), with
-the same Optuna trial. A driver that dies leaves a Tune experiment under ``<run>/ray/``; running
-the same command restores it (``Tuner.restore``): finished trials are kept, unfinished ones run
-again. Two windows are covered by the study, which is the source of truth: a trial that finished
-after Tune's last experiment checkpoint is answered from its saved result (never retrained), and
-the trial budget is counted on the study, so such a trial is not replaced by an extra one.
+Fault tolerance: a trial whose worker dies is failed as interrupted (it does not count) and its
+candidate queued again in the study, which the next ask takes, in a new worker. A driver that
+dies leaves a Tune experiment under ``<run>/ray/``; running the same command restores it
+(``Tuner.restore``): finished trials are kept, unfinished ones run again. Two windows are
+covered by the study, which is the source of truth: a trial that finished after Tune's last
+experiment checkpoint is answered from its saved result (never retrained), and the trial budget
+is counted on the study, so such a trial is not replaced by an extra one.
 
 Multi-machine clusters: every node must be able to import autocompress and reach the run folder
 (a shared disk: workers read the teacher and write trained models there).
@@ -53,6 +55,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ..config import RayConfig, RunConfig, import_plugins
 from ..core.files import write_text_atomic
 from ..core.rundir import RunDir
+from ..core.trials import RETRY_ATTR, retry_depth
 from ..spaces import Candidate
 from .objective import Priced, TrialObjective, describe_failure
 from .results import SearchResult, write_run_results
@@ -291,9 +294,16 @@ class StudyCallback(tune.Callback):
     """Records trials whose Ray worker failed for good, and reports each finished trial."""
 
     def __init__(
-        self, *, study_name: str, storage: optuna.storages.BaseStorage, run_key: str, n_trials: int
+        self,
+        *,
+        study_name: str,
+        storage: optuna.storages.BaseStorage,
+        run_key: str,
+        n_trials: int,
+        max_failures: int = 0,
     ) -> None:
         self.study_name = study_name
+        self.max_failures = max_failures
         self.storage = storage
         self.run_key = run_key
         self.n_trials = n_trials
@@ -314,13 +324,24 @@ class StudyCallback(tune.Callback):
         number = trial.config.get(TRIAL_KEY)
         if number is not None:
             study = self.study()
-            frozen = study.get_trials(deepcopy=False)[number]
+            everything = study.get_trials(deepcopy=False)
+            frozen = everything[number]
             if frozen.state == TrialState.RUNNING:
-                reason = f"Ray trial failed {trial.run_metadata.num_failures} time(s): "
-                study._storage.set_trial_user_attr(
-                    frozen._trial_id, "fail_reason", reason + _last_error_line(trial)
-                )
-                study.tell(number, state=TrialState.FAIL)
+                attempts = 1 + retry_depth(everything, number)
+                error = _last_error_line(trial)
+                storage = study._storage
+                if attempts <= self.max_failures:
+                    # Not counted (interrupted) and queued again: the next ask takes it, in this
+                    # experiment or the driver's next one.
+                    storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
+                    reason = f"its Ray worker died (attempt {attempts}), queued again: {error}"
+                    storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
+                    study.tell(number, state=TrialState.FAIL)
+                    study.enqueue_trial(frozen.params, user_attrs={RETRY_ATTR: number})
+                else:
+                    reason = f"Ray trial failed {attempts} time(s): {error}"
+                    storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
+                    study.tell(number, state=TrialState.FAIL)
         self._report(trial)
 
     def _report(self, trial: Any) -> None:
@@ -493,6 +514,7 @@ def _new_tuner(
         storage=storage,
         run_key=str(run_dir),
         n_trials=config.search.n_trials,
+        max_failures=config.search.ray.max_failures,
     )
     return tune.Tuner(
         trainable,
@@ -507,7 +529,10 @@ def _new_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(RunDir(run_dir).ray_dir),
-            failure_config=tune.FailureConfig(max_failures=config.search.ray.max_failures),
+            # Retried through the study instead (StudyCallback.on_trial_error): Tune's own
+            # restart of a dead worker's trial can land on that worker's cached actor (reuse_actors)
+            # and count one death twice, giving the trial up after a single kill.
+            failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[callback],
             verbose=0,
         ),

@@ -49,6 +49,24 @@ from .warm_start import warm_start_
 
 logger = logging.getLogger(__name__)
 
+# How Optuna's tell refuses a trial that was finished meanwhile (e.g. failed as stale).
+TAKEN_OVER = "Cannot tell a "
+
+
+def taken_over(err: BaseException) -> BaseException | None:
+    """The error in ``err``'s chain saying that this worker's trial was finished by another
+    process, or None. Optuna raises ``UpdateFinishedTrialError`` when the trial was finished
+    before a write, and a ``ValueError`` from its tell when it was finished before the tell,
+    which its ``optimize`` then hides behind an ``AssertionError`` ("Should not reach")."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, UpdateFinishedTrialError) or (
+            isinstance(seen, ValueError) and str(seen).startswith(TAKEN_OVER)
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
 
 @dataclass(frozen=True)
 class WorkerResult(SearchResult):
@@ -187,11 +205,14 @@ def _work(
                     catch=(Exception,),
                     callbacks=[*objective.callbacks(), after_trial, repeats],
                 )
-            except UpdateFinishedTrialError as err:
+            except Exception as err:
                 # Another worker failed this worker's trial as stale (its heartbeats were late,
                 # e.g. while the database was unreachable) and queued it again: the result is
                 # not needed, the worker is.
-                logger.warning("A trial of this worker was taken over by another: %s", err)
+                reason = taken_over(err)
+                if reason is None:
+                    raise
+                logger.warning("A trial of this worker was taken over by another: %s", reason)
     finally:
         result = write_run_results(
             study, run, config.objectives(), teacher_metrics=setup.teacher_metrics

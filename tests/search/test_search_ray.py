@@ -96,12 +96,17 @@ def test_a_ray_worker_killed_mid_trial_loses_nothing(tmp_path, ray_config, ray_c
     trials = result.trials.set_index("number")
     assert (trials["state"] == "COMPLETE").sum() == 4, trials["fail_reason"]
     # Ray saw the trial whose worker died (the killed process may have moved on to another
-    # trial than the one its marker named) and ran it again, to completion, in a new worker.
-    errors = list((tmp_path / "tiny" / "ray").glob("exp0/trial_*/error.txt"))
+    # trial than the one its marker named): it failed as interrupted, not counted, and its
+    # candidate was queued again and ran to completion in a new worker.
+    errors = list((tmp_path / "tiny" / "ray").glob("exp*/trial_*/error.txt"))
     assert len(errors) == 1
     number = json.loads((errors[0].parent / "params.json").read_text())["optuna_trial"]
-    assert trials.loc[number, "state"] == "COMPLETE"
-    rerun = json.loads((trials_dir / str(number) / "worker.json").read_text())
+    assert trials.loc[number, "state"] == "FAIL"
+    assert trials.loc[number, "fail_reason"].startswith("its Ray worker died (attempt 1)")
+    study = _study(result.run_dir)
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == number]
+    assert retry.state == TrialState.COMPLETE and retry.params == study.trials[number].params
+    rerun = json.loads((trials_dir / str(retry.number) / "worker.json").read_text())
     assert rerun["pid"] != killed["pid"]
 
 

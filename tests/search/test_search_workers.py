@@ -339,3 +339,35 @@ def test_a_trial_that_never_beat_is_stale_after_the_grace_period(tmp_path):
     time.sleep(2.2)
     db.record_heartbeat(beating._trial_id)
     assert db._get_stale_trial_ids(study._study_id) == [orphan._trial_id]
+
+
+@pytest.mark.slow
+def test_a_trial_taken_over_by_another_worker_does_not_stop_this_one(
+    tmp_path, fast_config, monkeypatch
+):
+    """While the database was unreachable, another worker failed this worker's running trial as
+    stale and queued it again; Optuna then refuses this worker's tell ("Cannot tell a FAIL
+    trial"). The worker drops that result and goes on with the study."""
+    from autocompress.search.objective import TrialObjective
+
+    fast_config["search"]["n_trials"] = 3
+    original = TrialObjective.__call__
+    taken: list[int] = []
+
+    def taken_over(self, trial):
+        values = original(self, trial)
+        if not taken:  # as RetryStaleTrial does in the other worker
+            taken.append(trial.number)
+            trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        return values
+
+    monkeypatch.setattr(TrialObjective, "__call__", taken_over)
+    storage = f"sqlite:///{tmp_path}/study.db"
+    result = run_worker(parse_config(fast_config), storage=storage, runs_dir=tmp_path / "runs")
+
+    trials = {t.number: t for t in result.study.trials}
+    assert trials[taken[0]].state == TrialState.FAIL
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == taken[0]]
+    assert retry.state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 3
