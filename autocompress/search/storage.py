@@ -38,7 +38,13 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    PendingRollbackError,
+    SQLAlchemyError,
+)
 
 from ..config import WorkerConfig
 from ..core.errors import ConfigError, DamagedFileError
@@ -127,11 +133,13 @@ def _started(trial: FrozenTrial) -> float:
 def _connection_lost(err: Exception) -> bool:
     """Whether a storage error says the database could not be reached (worth waiting for), not
     that the request was wrong. ``RDBStorage`` wraps SQLAlchemy's errors in
-    ``StorageInternalError``."""
+    ``StorageInternalError``. A pooled connection that the server dropped mid-transaction can
+    surface as ``PendingRollbackError`` on the next use; the failed session is rolled back, so
+    a retry starts clean."""
     cause = err.__cause__ if isinstance(err, StorageInternalError) else err
     if isinstance(cause, DBAPIError) and cause.connection_invalidated:
         return True
-    return isinstance(cause, (OperationalError, InterfaceError))
+    return isinstance(cause, (OperationalError, InterfaceError, PendingRollbackError))
 
 
 def _patient(method: Callable) -> Callable:

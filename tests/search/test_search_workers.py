@@ -297,20 +297,25 @@ def test_the_budget_lets_exactly_n_trials_start_across_workers():
 
 def test_a_lost_database_connection_is_waited_out(tmp_path, monkeypatch):
     from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import OperationalError, PendingRollbackError
 
     from autocompress.search import storage as storages
 
     db = storages.PatientRDBStorage(f"sqlite:///{tmp_path}/s.db")
     study_id = db.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
-    down = {"calls": 2}
+    # The server closed the connection; then the session that held it cannot reconnect until
+    # rolled back (what a PostgreSQL restart mid-commit gives).
+    errors = [
+        OperationalError("SELECT", {}, Exception("server closed the connection")),
+        PendingRollbackError("Can't reconnect until invalid transaction is rolled back."),
+    ]
+    down = {"calls": len(errors)}
     original = optuna.storages.RDBStorage.get_study_directions
 
     def flaky(self, study_id):
         if down["calls"]:
             down["calls"] -= 1
-            lost = OperationalError("SELECT", {}, Exception("server closed the connection"))
-            raise StorageInternalError("commit failed") from lost
+            raise StorageInternalError("commit failed") from errors[down["calls"]]
         return original(self, study_id)
 
     monkeypatch.setattr(optuna.storages.RDBStorage, "get_study_directions", flaky)
