@@ -5,23 +5,13 @@ done twice, and the run folder must work with pareto, report and export."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-# Opt-in until it passes repeatedly beside the rest of the suite: in one full run both tests
-# failed (a worker crashed on a commit while the database stopped; the Ray run ended one
-# trial short), though they passed alone on a quiet machine.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("AUTOCOMPRESS_CHAOS_TESTS") != "1",
-        reason="chaos tests are opt-in: AUTOCOMPRESS_CHAOS_TESTS=1",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
