@@ -253,6 +253,11 @@ class PTQStart:
     metrics: Mapping[str, float]
     state: Mapping[str, torch.Tensor]
 
+    def restore_(self, model: nn.Module) -> dict[str, float]:
+        """Load this state into ``model``; a copy of its metrics."""
+        model.load_state_dict(self.state)
+        return dict(self.metrics)
+
 
 @torch.no_grad()
 def recalibrate_bn_(
@@ -439,10 +444,8 @@ class TrainEvaluator(Evaluator):
         if start is None:
             start = self.ptq_start(model)
         if start is not None and self.lossless(start.metrics):
-            model.load_state_dict(start.state)
-            metrics = dict(start.metrics)
-            loss = metrics.pop("loss")
-            return TaskMetrics(metrics=metrics, loss=loss, epochs=0, kept_ptq=True)
+            metrics = start.restore_(model)
+            return TaskMetrics(metrics=metrics, loss=metrics.pop("loss"), epochs=0, kept_ptq=True)
         # Loaders are made per call: a shared iterator would not survive --n-jobs threads.
         train_loader, val_loader = make_loaders(
             self.data, batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed
@@ -473,8 +476,7 @@ class TrainEvaluator(Evaluator):
         seconds = time.perf_counter() - began
         kept = start is not None and self.better(start.metrics, than=metrics)
         if kept:
-            model.load_state_dict(start.state)
-            metrics = dict(start.metrics)
+            metrics = start.restore_(model)
         loss = metrics.pop("loss")
         return TaskMetrics(
             metrics=metrics, loss=loss, epochs=self.epochs, train_seconds=seconds, kept_ptq=kept
