@@ -27,6 +27,7 @@ run of hundreds of trials takes minutes and what is measured is the orchestratio
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -59,6 +60,17 @@ from autocompress.spaces import JointSearchSpace
 from autocompress.spaces.sampling import enumerate_candidates
 
 RUN_NAME = "chaos"
+# The tiny digits search's data and space (3,456 candidates), shared with scaling.py.
+TINY_DIGITS = {
+    "data": {"dataset": "digits", "val_fraction": 0.25, "batch_size": 128},
+    "space": {
+        "family": "small_cnn",
+        "arch": {"depths": [2], "widths": [8, 16], "kernel_sizes": [3], "strides": [1, 2]},
+        "w_bits": [2, 4, 8],
+        "a_bits": [4, 8],
+        "prune_ratios": [0.0, 0.5],
+    },
+}
 # How often each strike is chosen, relative to the others possible at the moment: processes die
 # more often than the database goes away, and a Ray driver holds the whole run.
 # The database stays up at least this long between stops: else, while no process is working
@@ -76,14 +88,7 @@ def chaos_config(
     config = {
         "name": RUN_NAME,
         "seed": 0,
-        "data": {"dataset": "digits", "val_fraction": 0.25, "batch_size": 128},
-        "space": {
-            "family": "small_cnn",
-            "arch": {"depths": [2], "widths": [8, 16], "kernel_sizes": [3], "strides": [1, 2]},
-            "w_bits": [2, 4, 8],
-            "a_bits": [4, 8],
-            "prune_ratios": [0.0, 0.5],
-        },
+        **copy.deepcopy(TINY_DIGITS),
         "teacher": {"epochs": 1, "lr": 0.01},
         "train": {"epochs": 1, "lr": 0.01},
         "evaluator": {

@@ -51,18 +51,14 @@ from autocompress.search.setup import prepare_setup
 from autocompress.search.storage import make_storage
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # chaos.py beside this file
+    sys.path.insert(0, str(HERE))
+from chaos import TINY_DIGITS, LocalPostgres  # noqa: E402
 
 SEARCH = {
     "name": "scaling",
     "seed": 0,
-    "data": {"dataset": "digits", "val_fraction": 0.25, "batch_size": 128},
-    "space": {
-        "family": "small_cnn",
-        "arch": {"depths": [2], "widths": [8, 16], "kernel_sizes": [3], "strides": [1, 2]},
-        "w_bits": [2, 4, 8],
-        "a_bits": [4, 8],
-        "prune_ratios": [0.0, 0.5],
-    },
+    **TINY_DIGITS,  # deep-copied where used
     "teacher": {"epochs": 4, "lr": 0.01},
     "train": {"epochs": 20, "lr": 0.01},  # about 1 s per trial on one core
     "hardware": {"profile": "analytic", "device": "cortex_a72"},
@@ -165,10 +161,6 @@ def overhead_ms(storage: optuna.storages.BaseStorage, sizes: list[int]) -> dict[
 def local_postgres() -> Iterator[str | None]:
     """A throwaway PostgreSQL on 127.0.0.1 (``chaos.LocalPostgres``), its URL; or None when no
     server can be started here."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from chaos import LocalPostgres
-
     try:
         server = LocalPostgres()
     except (FileNotFoundError, LookupError):
@@ -221,8 +213,6 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.simulate:
-        if str(HERE) not in sys.path:
-            sys.path.insert(0, str(HERE))
         import simulated_scaling
 
         simulated_scaling.main(args, local_postgres=local_postgres)
