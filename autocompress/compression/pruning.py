@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import Tensor, nn
 
 from ..spaces.attention import SplitAttention, query_projections
@@ -20,6 +24,7 @@ from ..spaces.groups import (
     build_dependency_graph,
     check_ignored,
     check_module_names,
+    is_depthwise,
     leader_groups,
     out_channels,
     prunable_layers,
@@ -28,10 +33,12 @@ from ..spaces.groups import (
 
 __all__ = [
     "PRUNING_IMPORTANCES",
+    "ChannelMasks",
     "count_parameters",
     "inherited_scores",
     "prunable_layers",
     "prune_",
+    "zeroed_columns",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +138,96 @@ def prune_(
             without_bn,
         )
     return model
+
+
+class ChannelMasks:
+    """What ``prune_(model, {leader: ratio})`` takes away, without copying or changing the model.
+
+    :meth:`columns` names, for a leader and a ratio, the input columns of every Conv2d/Linear
+    that reads the channels ``prune_`` would remove (the same ones: lowest L1 norm). With those
+    columns zeroed (:func:`zeroed_columns`) the network computes exactly what the pruned one
+    does, provided nothing between the removed channels and those layers mixes channels: their
+    other members must be BatchNorms, depthwise convolutions, element-wise operations, pooling
+    over space, concatenations and reshapes. For any other group (a norm over channels, an
+    attention's heads, channels that reach the model's output) it returns None, and only
+    ``prune_`` on a copy measures it. One dependency graph serves every leader; ``prune_``
+    traces the network on each call. ``ignored`` as in ``prune_``."""
+
+    def __init__(
+        self, model: nn.Module, example_inputs: ExampleInputs, *, ignored: Iterable[str] = ()
+    ) -> None:
+        ignored_names = check_ignored(model, ignored, where="ChannelMasks")
+        self._graph = build_dependency_graph(model, example_inputs)
+        self._leaders = leader_groups(model, self._graph, ignored_names)
+        self._heads = query_projections(model)
+
+    def columns(self, leader: str, ratio: float) -> list[tuple[Tensor, list[int]]] | None:
+        """(weight, input columns) pairs standing in for pruning ``leader`` at ``ratio``, or
+        None when zeroing columns would not give the pruned network's outputs."""
+        module = self._leaders[leader]
+        if leader in self._heads:
+            return None
+        idxs = _lowest(_l1(module.weight), _removed(out_channels(module), ratio))
+        if not idxs:
+            return []
+        graph = self._graph
+        group = graph.get_pruning_group(
+            module, graph.get_pruner_of_module(module).prune_out_channels, idxs
+        )
+        found = []
+        for dep, dep_idxs in group:
+            target = dep.target.module
+            reads = not graph.is_out_channel_pruning_fn(dep.handler)
+            if reads and isinstance(target, nn.Linear | nn.Conv2d) and not is_depthwise(target):
+                if isinstance(target, nn.Conv2d) and target.groups != 1:
+                    return None
+                found.append((target.weight, sorted({int(getattr(i, "idx", i)) for i in dep_idxs})))
+            elif not _channelwise(target, dep.target.grad_fn):
+                return None
+        return found
+
+
+# Autograd nodes that act on each channel on its own (T: a Linear's weight transposed for its
+# matmul, whose node is the Linear's own).
+_CHANNELWISE_OPS = re.compile(
+    r"(T|Relu|Hardtanh|Hardswish|Hardsigmoid|Sigmoid|Silu|Gelu|Tanh|LeakyRelu|Elu|Mish|Add|Sub|Mul"
+    r"|Div|Neg|Clone|MaxPool2DWithIndices|AvgPool2D|AdaptiveAvgPool2D|AdaptiveMaxPool2D"
+    r"|Permute|View|Reshape|Flatten)Backward\d*"
+)
+
+
+def _channelwise(target: Any, node: Any) -> bool:
+    """Whether a channel group member keeps channels apart (see :class:`ChannelMasks`)."""
+    if isinstance(target, nn.Conv2d | nn.Linear | nn.modules.batchnorm._BatchNorm):
+        return True  # writes the channels (a leader, a residual partner) or, depthwise, both
+    if isinstance(target, tp.ops._ReshapeOp | tp.ops._ConcatOp | tp.ops._SplitOp):
+        return True  # Torch-Pruning maps the channel indices through them
+    if not isinstance(target, tp.ops._ElementWiseOp):
+        return False
+    name = node.name() if node is not None else ""
+    if name.startswith("MeanBackward"):  # a mean over space (global pooling), not channels
+        rank = len(node._saved_self_sym_sizes)
+        dims = [int(d) - 2**64 if int(d) >= 2**63 else int(d) for d in node._saved_dim]
+        return rank > 2 and all(d % rank != 1 for d in dims)
+    return _CHANNELWISE_OPS.fullmatch(name) is not None
+
+
+@contextmanager
+def zeroed_columns(columns: Sequence[tuple[Tensor, list[int]]]) -> Iterator[None]:
+    """Zero the given input columns of each weight (as :meth:`ChannelMasks.columns` names
+    them) for the duration of the block, then put them back."""
+    saved = []
+    with torch.no_grad():
+        for weight, idxs in columns:
+            index = torch.tensor(idxs, device=weight.device)
+            saved.append((weight, index, weight.index_select(1, index).clone()))
+            weight.index_fill_(1, index, 0.0)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, index, values in reversed(saved):
+                weight.index_copy_(1, index, values)
 
 
 def inherited_scores(

@@ -23,6 +23,7 @@ generation; they are not results of their own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -212,6 +213,7 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
     config, space, data = setup.config, setup.space, setup.data
     layers, prunable = space.layer_dimensions(arch)
 
+    @functools.cache  # uniform int8 is both the reference and a point of the grid
     def price(w: int, a: int, ratio: float) -> dict[str, float]:
         candidate = space.uniform_candidate(arch, w_bits=w, a_bits=a, prune_ratio=ratio)
         model = build_compressed(

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from autocompress.compression.pruning import prune_
 from autocompress.compression.quantization import quantize_weight
 from autocompress.compression.sensitivity import (
+    faster_layout,
     flat_output,
     measure_sensitivity,
     output_distortion,
@@ -119,3 +121,58 @@ def test_a_block_dropped_is_its_identity(inputs):
     without[2] = nn.Identity()
     reference = [flat_output(model(x)).detach() for x in inputs]
     assert s.drop["2"] == pytest.approx(output_distortion(without, inputs, reference))
+
+
+class _NormedNet(nn.Module):
+    """conv1's channels meet a GroupNorm over channels: only a pruned copy measures them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.conv1(x)))
+        return self.fc(torch.relu(self.conv2(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "pruned-copy"])
+def test_pruning_distortion_is_the_pruned_networks(inputs, masked):
+    model, leaders = (_net(), ["0"]) if masked else (_NormedNet().eval(), ["conv1", "conv2"])
+    ignored = ["5"] if masked else ["fc"]
+    s = measure_sensitivity(
+        model,
+        inputs,
+        layers=[],
+        w_bits=[8],
+        a_bits=[8],
+        prune_leaders=leaders,
+        prune_ratios=[0.0, 0.25, 0.5],
+        ignored=ignored,
+    )
+    reference = [flat_output(model(x)).detach() for x in inputs]
+    for leader in leaders:
+        for ratio in (0.25, 0.5):
+            pruned = prune_(copy.deepcopy(model), {leader: ratio}, inputs[0][:1], ignored=ignored)
+            expected = output_distortion(pruned, inputs, reference)
+            assert expected > 0
+            assert s.prune[leader][ratio] == pytest.approx(expected, rel=1e-4)
+
+
+def test_faster_layout_keeps_outputs_and_puts_the_model_back(inputs):
+    model = _net()
+    expected = [model(x).detach() for x in inputs]
+    own = [t for t in [*model.parameters(), *model.buffers()]]
+    data = [t.data for t in own]
+    with faster_layout(model, inputs) as laid_out:
+        channels_last = model[0].weight.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        for x, out in zip(laid_out, expected, strict=True):
+            assert x.is_contiguous(memory_format=layout)
+            torch.testing.assert_close(model(x).detach(), out)
+    assert all(t.data_ptr() == d.data_ptr() for t, d in zip(own, data, strict=True))
+    flat = [torch.randn(4, 20)]
+    with faster_layout(nn.Linear(20, 3), flat) as laid_out:
+        assert laid_out[0] is flat[0]
