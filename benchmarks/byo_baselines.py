@@ -362,7 +362,7 @@ def bench_model(model: str, out: Path, args: argparse.Namespace) -> tuple[int, i
     return dominated, len(points)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--epochs", type=int, default=3, help="train.epochs (QAT baselines too)")
@@ -395,7 +395,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="use OUT/<model>.pt when present instead of training it again (same --seed, --quick)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)

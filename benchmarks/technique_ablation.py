@@ -166,18 +166,14 @@ def byo_module():
 
 
 def byo_args(args: argparse.Namespace, device: str) -> argparse.Namespace:
-    """The namespace byo_baselines' functions read: its defaults, this run's seed and --quick."""
-    return argparse.Namespace(
-        seed=args.seed,
-        quick=args.quick,
-        bn_momentum=0.1,  # byo_baselines' default: MobileNetV3's own 0.01 lags a short fine-tune
-        epochs=1 if args.quick else 3,
-        lr=1e-3,
-        device=device,
-        w_bits=None,  # the project's default space
-        a_bits=None,
-        prune_ratios=None,
-    )
+    """The namespace byo_baselines' functions read: its command line's defaults (the project's
+    default space, the network's own BatchNorm momentum, 3 epochs at lr 1e-3), this run's seed,
+    --quick and device."""
+    argv = ["--seed", str(args.seed), "--device", device] + (["--quick"] * args.quick)
+    byo = byo_module().build_parser().parse_args(argv)
+    if args.quick:
+        byo.epochs = 1  # as byo_baselines' main does
+    return byo
 
 
 def base_data(model: str, args: argparse.Namespace, checkpoint: Path | None) -> dict[str, Any]:
@@ -478,7 +474,7 @@ def print_target(table: list[dict[str, Any]]) -> None:
         print(f"  {model}: " + (f"met ({', '.join(met)})" if met else "not met"))
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--user-model", choices=USER_MODELS, default="mobilenet_v3_small")
@@ -504,6 +500,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="search nothing: the tables of the finished runs already in --out",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if "today" not in args.variants:
         args.variants.insert(0, "today")  # the ratios are to today's space

@@ -71,3 +71,22 @@ def test_quick_run_prints_and_writes_the_hypervolume_of_each_variant(tmp_path, m
     again = pd.read_csv(tmp_path / "ablation.csv").set_index("variant")
     assert again["hypervolume"].tolist() == pytest.approx(rows["hypervolume"].tolist())
     assert again["trials"].tolist() == rows["trials"].tolist()
+
+
+def test_the_user_model_gets_byo_baselines_own_arguments(tmp_path, monkeypatch):
+    """The user model's checkpoint and config come from byo_baselines' functions, with that
+    script's command-line defaults: a quick checkpoint trains and its config parses."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    path = BENCHMARKS / "technique_ablation.py"
+    spec = importlib.util.spec_from_file_location("technique_ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "technique_ablation", module)
+    spec.loader.exec_module(module)
+    args = module.build_parser().parse_args(["--quick", "--models", "user", "--seed", "3"])
+    byo = module.byo_args(args, "jetson_orin_nano")
+    assert (byo.seed, byo.quick, byo.epochs, byo.device) == (3, True, 1, "jetson_orin_nano")
+    checkpoint = tmp_path / "mobilenet_v3_small.pt"
+    accuracy = module.byo_module().train_checkpoint("mobilenet_v3_small", checkpoint, byo)
+    assert checkpoint.is_file() and 0 <= accuracy <= 1
+    config = module.byo_module().run_config("mobilenet_v3_small", checkpoint, byo)
+    assert config.hardware.device == "jetson_orin_nano" and config.train.epochs == 1
