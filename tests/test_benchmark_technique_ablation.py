@@ -17,7 +17,9 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 pytestmark = pytest.mark.slow
 
 
-def test_quick_run_prints_and_writes_the_hypervolume_of_each_variant(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def module(monkeypatch):
+    """benchmarks/technique_ablation.py, imported."""
     # The benchmark may put benchmarks/ and the example's folder on sys.path: undone after.
     monkeypatch.setattr(sys, "path", list(sys.path))
     path = BENCHMARKS / "technique_ablation.py"
@@ -25,6 +27,10 @@ def test_quick_run_prints_and_writes_the_hypervolume_of_each_variant(tmp_path, m
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "technique_ablation", module)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_prints_and_writes_the_hypervolume_of_each_variant(tmp_path, module, capsys):
 
     module.main(
         [
@@ -73,15 +79,9 @@ def test_quick_run_prints_and_writes_the_hypervolume_of_each_variant(tmp_path, m
     assert again["trials"].tolist() == rows["trials"].tolist()
 
 
-def test_the_user_model_gets_byo_baselines_own_arguments(tmp_path, monkeypatch):
+def test_the_user_model_gets_byo_baselines_own_arguments(tmp_path, module):
     """The user model's checkpoint and config come from byo_baselines' functions, with that
     script's command-line defaults: a quick checkpoint trains and its config parses."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    path = BENCHMARKS / "technique_ablation.py"
-    spec = importlib.util.spec_from_file_location("technique_ablation", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "technique_ablation", module)
-    spec.loader.exec_module(module)
     args = module.build_parser().parse_args(["--quick", "--models", "user", "--seed", "3"])
     byo = module.byo_args(args, "jetson_orin_nano")
     assert (byo.seed, byo.quick, byo.epochs, byo.device) == (3, True, 1, "jetson_orin_nano")
