@@ -24,6 +24,7 @@ channels apart), else on a pruned copy.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -104,7 +105,12 @@ def faster_layout(model: nn.Module, inputs: Sequence[Any]) -> Iterator[list[Any]
     def seconds(layout: torch.memory_format) -> float:
         model.to(memory_format=layout)
         x = inputs[0].contiguous(memory_format=layout)
-        model(x)  # the first call of a layout pays for oneDNN's kernel selection
+        try:
+            model(x)  # the first call of a layout pays for oneDNN's kernel selection
+        except RuntimeError:
+            if layout == torch.contiguous_format:
+                raise
+            return math.inf  # e.g. a ``.view`` that needs NCHW strides
         start = time.perf_counter()
         model(x)
         return time.perf_counter() - start

@@ -176,3 +176,26 @@ def test_faster_layout_keeps_outputs_and_puts_the_model_back(inputs):
     flat = [torch.randn(4, 20)]
     with faster_layout(nn.Linear(20, 3), flat) as laid_out:
         assert laid_out[0] is flat[0]
+
+
+class _Viewed(nn.Module):
+    """Flattens by ``.view``, which channels-last strides do not allow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_a_model_that_runs_only_in_nchw_is_measured_in_nchw(inputs):
+    model = _Viewed().eval()
+    with faster_layout(model, inputs) as laid_out:
+        assert all(x.is_contiguous() for x in laid_out)
+        model(laid_out[0])
+    s = measure_sensitivity(
+        model, inputs, layers=["conv"], w_bits=[4, 8], a_bits=[8], ignored=["fc"]
+    )
+    assert s.w_bits["conv"][4] > s.w_bits["conv"][8] > 0
