@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_resnet18_from_a_checkpoint_and_a_config_only(run_process, run_cli, tmp_path):
     folder = shutil.copytree(EXAMPLES / "resnet18_checkpoint", tmp_path / "example")
     assert "saved resnet18.pt" in run_process(sys.executable, "train_checkpoint.py", cwd=folder)
-    # 4 of the example's 6 trials: the warm start's queued candidates, enough for every command;
+    # 4 of the example's 6 trials (the first ones the warm start's), enough for every command;
     # their fine-tunes on 256 of the 1400 training images (the checkpoint saw them all).
     output = run_cli(
         "search",

@@ -178,10 +178,9 @@ class ChannelMasks:
         for dep, dep_idxs in group:
             target = dep.target.module
             reads = not graph.is_out_channel_pruning_fn(dep.handler)
+            # (leader_groups offers no group holding a grouped, non-depthwise conv)
             if reads and isinstance(target, nn.Linear | nn.Conv2d) and not is_depthwise(target):
-                if isinstance(target, nn.Conv2d) and target.groups != 1:
-                    return None
-                found.append((target.weight, sorted({int(getattr(i, "idx", i)) for i in dep_idxs})))
+                found.append((target.weight, sorted(set(_plain_indices(dep_idxs)))))
             elif not _channelwise(target, dep.target.grad_fn):
                 return None
         return found
@@ -274,9 +273,14 @@ def _channel_importance(
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             if len(idxs) != channels:
                 continue
-            index = torch.tensor([int(getattr(i, "idx", i)) for i in idxs])
+            index = torch.tensor(_plain_indices(idxs))
             return module.weight.detach().abs()[index.to(module.weight.device)].to(leader.weight)
     return None
+
+
+def _plain_indices(idxs: Iterable[Any]) -> list[int]:
+    """Channel indices of a Torch-Pruning group member (its ``_HybridIndex`` objects or ints)."""
+    return [int(getattr(i, "idx", i)) for i in idxs]
 
 
 def _removed(count: int, ratio: float) -> int:

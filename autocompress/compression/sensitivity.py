@@ -157,87 +157,77 @@ def measure_sensitivity(
     model.eval()
     # Traced before the layout changes: channels-last adds restrides that read as mixing.
     masks = ChannelMasks(model, inputs[0][:1], ignored=ignored) if prune_leaders else None
-    with faster_layout(model, inputs) as laid_out:
-        return _measure(
-            model,
-            laid_out,
-            masks,
-            layers=layers,
-            w_bits=w_bits,
-            a_bits=a_bits,
-            prune_leaders=prune_leaders,
-            prune_ratios=prune_ratios,
-            blocks=blocks,
-            ignored=ignored,
-            frozen=frozen,
-        )
+    with faster_layout(model, inputs) as inputs:
+        modules = dict(model.named_modules())
+        result = Sensitivity()
+        ranges: dict[str, list[float]] = {}
 
+        def observe(name: str):
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                x = args[0].detach()
+                lo, hi = float(x.min()), float(x.max())
+                seen = ranges.setdefault(name, [lo, hi])
+                seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+                per_sample = output.numel() // max(x.shape[0], 1)
+                result.macs[name] = per_sample * module.weight[0].numel()
 
-def _measure(
-    model: nn.Module,
-    inputs: Sequence[Any],
-    masks: ChannelMasks | None,
-    *,
-    layers: Sequence[str],
-    w_bits: Sequence[int],
-    a_bits: Sequence[int],
-    prune_leaders: Sequence[str],
-    prune_ratios: Sequence[float],
-    blocks: Sequence[str],
-    ignored: Sequence[str],
-    frozen: Sequence[str],
-) -> Sensitivity:
-    modules = dict(model.named_modules())
-    result = Sensitivity()
-    ranges: dict[str, list[float]] = {}
+            return hook
 
-    def observe(name: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            x = args[0].detach()
-            lo, hi = float(x.min()), float(x.max())
-            seen = ranges.setdefault(name, [lo, hi])
-            seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
-            per_sample = output.numel() // max(x.shape[0], 1)
-            result.macs[name] = per_sample * module.weight[0].numel()
-
-        return hook
-
-    handles = [modules[n].register_forward_hook(observe(n)) for n in [*layers, *frozen]]
-    try:
-        reference = [flat_output(model(x)) for x in inputs]
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    result.params = {n: modules[n].weight.numel() for n in [*layers, *frozen]}
-    w_probe, a_probe = _probe(w_bits), _probe(a_bits)
-    for name in layers:
-        weight = modules[name].weight
-        result.w_bits[name] = _weight_sensitivity(model, weight, w_bits, w_probe, inputs, reference)
-        result.a_bits[name] = _activation_sensitivity(
-            model, modules[name], ranges[name], a_bits, a_probe, inputs, reference
-        )
-    if masks is not None:
-        example = inputs[0][:1]
-        for name in prune_leaders:
-            result.prune[name] = {0.0: 0.0}
-            for ratio in prune_ratios:
-                if ratio <= 0:
-                    continue
-                columns = masks.columns(name, ratio)
-                if columns is None:  # only the pruned network itself says
-                    pruned = prune_(copy.deepcopy(model), {name: ratio}, example, ignored=ignored)
-                    result.prune[name][ratio] = output_distortion(pruned, inputs, reference)
-                    continue
-                with zeroed_columns(columns):
-                    result.prune[name][ratio] = output_distortion(model, inputs, reference)
-    for name in blocks:
-        handle = modules[name].register_forward_hook(lambda module, args, output: args[0])
+        handles = [modules[n].register_forward_hook(observe(n)) for n in [*layers, *frozen]]
         try:
-            result.drop[name] = output_distortion(model, inputs, reference)
+            reference = [flat_output(model(x)) for x in inputs]
         finally:
-            handle.remove()
-    return result
+            for handle in handles:
+                handle.remove()
+
+        result.params = {n: modules[n].weight.numel() for n in [*layers, *frozen]}
+        w_probe, a_probe = _probe(w_bits), _probe(a_bits)
+        for name in layers:
+            weight = modules[name].weight
+            result.w_bits[name] = _weight_sensitivity(
+                model, weight, w_bits, w_probe, inputs, reference
+            )
+            result.a_bits[name] = _activation_sensitivity(
+                model, modules[name], ranges[name], a_bits, a_probe, inputs, reference
+            )
+        if masks is not None:
+            result.prune = {
+                name: _pruning_sensitivity(
+                    model, masks, name, prune_ratios, inputs, reference, ignored
+                )
+                for name in prune_leaders
+            }
+        for name in blocks:
+            handle = modules[name].register_forward_hook(lambda module, args, output: args[0])
+            try:
+                result.drop[name] = output_distortion(model, inputs, reference)
+            finally:
+                handle.remove()
+        return result
+
+
+def _pruning_sensitivity(
+    model: nn.Module,
+    masks: ChannelMasks,
+    leader: str,
+    ratios: Sequence[float],
+    inputs: Sequence[Any],
+    reference: Sequence[Tensor],
+    ignored: Sequence[str],
+) -> dict[float, float]:
+    distortions = {0.0: 0.0}
+    for ratio in ratios:
+        if ratio <= 0:
+            continue
+        columns = masks.columns(leader, ratio)
+        if columns is None:  # only the pruned network itself says
+            example = inputs[0][:1]
+            pruned = prune_(copy.deepcopy(model), {leader: ratio}, example, ignored=ignored)
+            distortions[ratio] = output_distortion(pruned, inputs, reference)
+            continue
+        with zeroed_columns(columns):
+            distortions[ratio] = output_distortion(model, inputs, reference)
+    return distortions
 
 
 def _weight_sensitivity(

@@ -330,18 +330,18 @@ class StudyCallback(tune.Callback):
                 attempts = 1 + retry_depth(everything, number)
                 error = _last_error_line(trial)
                 storage = study._storage
-                if attempts <= self.max_failures:
-                    # Not counted (interrupted) and queued again: the next ask takes it, in this
-                    # experiment or the driver's next one.
+                # Not counted (interrupted) and queued again while attempts are left: the next
+                # ask takes it, in this experiment or the driver's next one.
+                retry = attempts <= self.max_failures
+                if retry:
                     storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
                     reason = f"its Ray worker died (attempt {attempts}), queued again: {error}"
-                    storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
-                    study.tell(number, state=TrialState.FAIL)
-                    study.enqueue_trial(frozen.params, user_attrs={RETRY_ATTR: number})
                 else:
                     reason = f"Ray trial failed {attempts} time(s): {error}"
-                    storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
-                    study.tell(number, state=TrialState.FAIL)
+                storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
+                study.tell(number, state=TrialState.FAIL)
+                if retry:
+                    study.enqueue_trial(frozen.params, user_attrs={RETRY_ATTR: number})
         self._report(trial)
 
     def _report(self, trial: Any) -> None:
