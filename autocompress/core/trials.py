@@ -145,10 +145,10 @@ def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
         row["params"] = attrs.get("params", np.nan)
         row["train_seconds"] = attrs.get("train_seconds", np.nan)
         row["duration_s"] = attrs.get("duration_s", np.nan)
-        row["fail_reason"] = attrs.get("fail_reason", "")
+        row["fail_reason"] = ""
+        if t.state.name == "FAIL":
+            row["fail_reason"] = _failure(attrs.get("fail_reason", ""), t.number, retried_as)
         row["pruned_reason"] = attrs.get("pruned_reason", "")
-        if t.state.name == "FAIL" and not row["fail_reason"]:
-            row["fail_reason"] = _silent_failure(t.number, retried_as)
         row["summary"] = candidate_summary(attrs.get("candidate"))
         row["candidate"] = json.dumps(attrs["candidate"]) if "candidate" in attrs else ""
         rows.append(row)
@@ -183,13 +183,18 @@ def task_metric_names(trials: Iterable[optuna.trial.FrozenTrial]) -> list[str]:
     return list(names) or ["accuracy"]
 
 
-def _silent_failure(number: int, retried_as: dict[int, int]) -> str:
-    # A worker killed mid-trial cannot record why; its heartbeat went stale and another worker
-    # failed the trial (Optuna's heartbeat protocol), queueing it again unless out of retries.
+def _failure(reason: str, number: int, retried_as: dict[int, int]) -> str:
+    # A worker killed mid-trial cannot record why: the worker that fails it as stale records it
+    # (runs from before that hold none) and queues it again unless out of retries.
+    if not reason:
+        reason = (
+            "stale: its worker stopped sending heartbeats"
+            if number in retried_as
+            else "no reason recorded: the process running it died"
+        )
     if number in retried_as:
-        retry = retried_as[number]
-        return f"stale: its worker stopped sending heartbeats (retried as trial {retry})"
-    return "no reason recorded: the process running it died"
+        return f"{reason} (retried as trial {retried_as[number]})"
+    return reason
 
 
 def load_trials(run_dir: str | Path | RunDir) -> pd.DataFrame:

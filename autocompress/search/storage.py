@@ -54,6 +54,7 @@ from ..evaluators.early_stopping import RUNG_ATTR_PREFIX
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_ATTR = "autocompress:heartbeat"
+STALE_REASON = "stale: its worker stopped sending heartbeats"
 # How long a process waits for an unreachable database server before it gives up (and fails).
 DB_PATIENCE_S = 120.0
 
@@ -109,11 +110,12 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         grace = self.grace_period or 2 * self.heartbeat_interval
         now = time.time()
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return [
+        stale = [
             t._trial_id
             for t in running
             if now - t.system_attrs.get(HEARTBEAT_ATTR, _started(t)) > grace
         ]
+        return _label_stale(self, stale)
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval
@@ -179,18 +181,8 @@ def _reason(err: Exception) -> str:
     return str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
 
 
-class PatientRDBStorage(RDBStorage):
-    """``RDBStorage`` that waits out a database server that is briefly unreachable instead of
-    failing the calling process: a call that failed on the connection is retried, with backoff,
-    for up to ``patience_s`` seconds (then its error is raised). The pool pings connections
-    before use, so those cut by a restart are replaced.
-
-    Retrying a write whose commit reached the server but whose answer was lost is safe for the
-    writes a search makes: attributes and parameters are upserts, a state change that turns out
-    to be done already counts as done, and a trial created twice is a RUNNING trial without
-    heartbeats, which heartbeats fail as stale (see :meth:`_get_stale_trial_ids`)."""
-
-    patience_s = DB_PATIENCE_S
+class HeartbeatRDBStorage(RDBStorage):
+    """``RDBStorage`` whose heartbeats also fail trials that never beat, each with its reason."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
@@ -209,7 +201,36 @@ class PatientRDBStorage(RDBStorage):
                 .all()
             )
             session.rollback()
-        return stale + [row[0] for row in never_beat if row[0] not in stale]
+        return _label_stale(self, stale + [row[0] for row in never_beat if row[0] not in stale])
+
+
+class PatientRDBStorage(HeartbeatRDBStorage):
+    """``RDBStorage`` that waits out a database server that is briefly unreachable instead of
+    failing the calling process: a call that failed on the connection is retried, with backoff,
+    for up to ``patience_s`` seconds (then its error is raised). The pool pings connections
+    before use, so those cut by a restart are replaced.
+
+    Retrying a write whose commit reached the server but whose answer was lost is safe for the
+    writes a search makes: attributes and parameters are upserts, a state change that turns out
+    to be done already counts as done, and a trial created twice is a RUNNING trial without
+    heartbeats, which heartbeats fail as stale (see :meth:`_get_stale_trial_ids`)."""
+
+    patience_s = DB_PATIENCE_S
+
+
+def _label_stale(storage: BaseStorage, trial_ids: list[int]) -> list[int]:
+    """Record why each stale trial is about to be failed, while it can still be written (Optuna
+    fails it first and queues its retry after): a process that dies in between, or a retry
+    callback out of retries, still leaves a failed trial with its reason. A trial that finished
+    meanwhile is not stale after all and is left out."""
+    labelled = []
+    for trial_id in trial_ids:
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON)
+        except UpdateFinishedTrialError:
+            continue
+        labelled.append(trial_id)
+    return labelled
 
 
 for _name in (
@@ -291,9 +312,8 @@ def _open_rdb(url: str, *, engine_kwargs: dict, beat: dict) -> RDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                if patient:
-                    return PatientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
-                return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+                kind = PatientRDBStorage if patient else HeartbeatRDBStorage
+                return kind(url, engine_kwargs=engine_kwargs, **beat)
         except (SQLAlchemyError, StorageInternalError) as err:
             # RDBStorage's set-up raises either, depending on the step that lost the server.
             if not (patient and _connection_lost(err) and time.monotonic() < deadline):

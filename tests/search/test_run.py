@@ -175,10 +175,10 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_retries_the_cut_one(
     assert trials.loc[:1, "accuracy"].tolist() == kept  # finished trials untouched
     assert (trials["state"] == "COMPLETE").sum() == 4
     cut = trials[trials["state"] == "FAIL"].iloc[0]
-    assert cut["fail_reason"] == "interrupted by the user"
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/tiny/study.db")
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == int(cut["number"])]
     assert len(retry) == 1 and retry[0].params == study.trials[int(cut["number"])].params
+    assert cut["fail_reason"] == f"interrupted by the user (retried as trial {retry[0].number})"
 
 
 def test_params_and_peak_memory_can_be_objectives(tmp_path, tiny_config_dict):

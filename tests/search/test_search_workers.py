@@ -21,12 +21,13 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from autocompress.cli import app
-from autocompress.config import ConfigError, parse_config
+from autocompress.config import ConfigError, WorkerConfig, parse_config
 from autocompress.core import RunLockedError, trials_dataframe
 from autocompress.core.files import RunLock
 from autocompress.search import run_search, run_worker
 from autocompress.search.storage import (
     HEARTBEAT_ATTR,
+    STALE_REASON,
     HeartbeatJournalStorage,
     RetryStaleTrial,
     make_storage,
@@ -204,8 +205,10 @@ def test_journal_storage_heartbeats_fail_and_retry_stale_trials(tmp_path):
 
     states = {t.number: t.state for t in study.trials}
     assert states[alive.number] == TrialState.RUNNING and states[dead.number] == TrialState.FAIL
+    assert study.trials[dead.number].user_attrs["fail_reason"] == STALE_REASON
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == dead.number
+    assert "fail_reason" not in waiting[0].user_attrs
     assert waiting[0].params == {"x": dead.params["x"]}
     assert HEARTBEAT_ATTR not in waiting[0].system_attrs  # else it would look stale at once
     assert "rung.1" not in waiting[0].user_attrs  # the retry measures its own rungs
@@ -330,6 +333,33 @@ def test_a_lost_database_connection_is_waited_out(tmp_path, monkeypatch):
     )
     with pytest.raises(ZeroDivisionError):
         db.get_study_directions(study_id)
+
+
+@pytest.mark.parametrize("url", ["journal:{}/journal.log", "sqlite:///{}/study.db"])
+def test_a_stale_trial_failed_by_a_process_that_dies_before_its_retry_keeps_its_reason(
+    tmp_path, url
+):
+    beat = WorkerConfig(heartbeat_interval=1, grace_period=1)
+    storage = make_storage(url.format(tmp_path), heartbeat=beat)
+    study = optuna.create_study(storage=storage, directions=["maximize"])
+    dead = study.ask()
+    dead.suggest_categorical("x", [1, 2])
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.2)  # SQLite's clock has 1 s steps
+
+    class Killed(BaseException):
+        pass
+
+    def killed_before_the_retry(study, trial):
+        raise Killed
+
+    storage.heartbeat_stale_trial_callback = killed_before_the_retry
+    with pytest.raises(Killed):
+        optuna.storages.fail_stale_trials(study)
+
+    failed = study.trials[dead.number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == STALE_REASON
+    assert trials_dataframe(study).loc[0, "fail_reason"] == STALE_REASON
 
 
 def test_a_trial_that_never_beat_is_stale_after_the_grace_period(tmp_path):
