@@ -16,6 +16,13 @@ perturbation is small (second-order model of the output), so
   ``step = range / (2^b - 1)``, so the probe's distortion scales by
   ``((2^p - 1) / (2^b - 1))^2``.
 
+The same gain prices the other changes a layer's weights can get, each by its exact error
+energy and no probe of its own: a non-uniform quantizer (``||Q(W) - W||^2`` on its levels), a
+fine-grained sparsity (the energy of the smallest-magnitude weights it zeroes) and a low-rank
+factorization (the energy of the discarded singular values). They perturb the weights alone,
+as quantization does; a factorization's error is less like noise (it removes whole directions),
+so its figure is the rougher one.
+
 Pruning ratios and dropped blocks are measured one by one: a group's ratio by zeroing the
 inputs that read its removed channels (``pruning.ChannelMasks``, exact where the group keeps
 channels apart), else on a pruned copy.
@@ -34,9 +41,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..spaces.candidate import FLOAT_BITS
+from ..spaces.candidate import (
+    CODEBOOK,
+    DENSE,
+    FLOAT_BITS,
+    FULL_RANK,
+    NONUNIFORM_MAX_BITS,
+    UNIFORM,
+    Sparsity,
+    factorizable_shape,
+    low_rank,
+    low_rank_pays,
+)
 from .pruning import ChannelMasks, prune_, zeroed_columns
-from .quantization import activation_qparams, fake_quantize, quantize_weight
+from .quantization import (
+    activation_qparams,
+    fake_quantize,
+    fit_codebook,
+    quantize_weight,
+    quantize_weight_nonuniform,
+)
+from .sparsity import sparsity_mask
 
 __all__ = [
     "Sensitivity",
@@ -55,8 +80,13 @@ class Sensitivity:
     a_bits: dict[str, dict[int, float]] = field(default_factory=dict)
     prune: dict[str, dict[float, float]] = field(default_factory=dict)
     drop: dict[str, float] = field(default_factory=dict)
+    # Weight-only changes besides uniform bits, priced by the layer's gain (module doc):
+    quantizer: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
+    sparsity: dict[str, dict[Sparsity, float]] = field(default_factory=dict)
+    rank: dict[str, dict[float, float]] = field(default_factory=dict)  # ratios that pay only
     params: dict[str, int] = field(default_factory=dict)  # weights of each layer
     macs: dict[str, int] = field(default_factory=dict)  # multiply-accumulates per sample
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # factorizable matrices
 
 
 def flat_output(output: Any) -> Tensor:
@@ -146,6 +176,9 @@ def measure_sensitivity(
     blocks: Sequence[str] = (),
     ignored: Sequence[str] = (),
     frozen: Sequence[str] = (),
+    quantizers: Sequence[str] = (),
+    sparsities: Sequence[Sparsity] = (),
+    rank_ratios: Sequence[float] = (),
 ) -> Sensitivity:
     """Sensitivity of the eval-mode ``model`` to each choice, on the batches ``inputs``.
 
@@ -153,7 +186,8 @@ def measure_sensitivity(
     leaders pruned at each of ``prune_ratios`` (``ignored``: layers whose channels stay, as in
     ``prune_``); ``blocks``: modules replaced by the identity one at a time. ``model`` is left
     as it was. ``frozen``: layers that keep their precision, whose size (``params``, ``macs``)
-    is recorded all the same."""
+    is recorded all the same. ``quantizers`` (non-uniform ones, at each of ``w_bits`` up to
+    8), ``sparsities`` and ``rank_ratios`` are priced from each layer's weight gain."""
     model.eval()
     # Traced before the layout changes: channels-last adds restrides that read as mixing.
     masks = ChannelMasks(model, inputs[0][:1], ignored=ignored) if prune_leaders else None
@@ -184,8 +218,11 @@ def measure_sensitivity(
         w_probe, a_probe = _probe(w_bits), _probe(a_bits)
         for name in layers:
             weight = modules[name].weight
-            result.w_bits[name] = _weight_sensitivity(
+            result.w_bits[name], gain = _weight_sensitivity(
                 model, weight, w_bits, w_probe, inputs, reference
+            )
+            _weight_changes(
+                result, name, modules[name], gain, w_bits, quantizers, sparsities, rank_ratios
             )
             result.a_bits[name] = _activation_sensitivity(
                 model, modules[name], ranges[name], a_bits, a_probe, inputs, reference
@@ -237,17 +274,61 @@ def _weight_sensitivity(
     probe: int | None,
     inputs: Sequence[Any],
     reference: Sequence[Tensor],
-) -> dict[int, float]:
-    errors = {b: float((quantize_weight(weight, b) - weight).pow(2).sum()) for b in bits}
+) -> tuple[dict[int, float], float]:
+    """The distortion of each width, and the layer's gain: distortion per unit of weight error
+    energy."""
+    errors = {b: _energy(quantize_weight(weight, b) - weight) for b in bits}
     if probe is None or errors[probe] == 0:
-        return {b: 0.0 for b in bits}
+        return {b: 0.0 for b in bits}, 0.0
     original = weight.detach().clone()
     weight.copy_(quantize_weight(weight, probe))
     try:
         per_energy = output_distortion(model, inputs, reference) / errors[probe]
     finally:
         weight.copy_(original)
-    return {b: per_energy * errors[b] for b in bits}
+    return {b: per_energy * errors[b] for b in bits}, per_energy
+
+
+def _energy(error: Tensor) -> float:
+    return float(error.double().pow(2).sum())
+
+
+def _weight_changes(
+    result: Sensitivity,
+    name: str,
+    module: nn.Module,
+    gain: float,
+    w_bits: Sequence[int],
+    quantizers: Sequence[str],
+    sparsities: Sequence[Sparsity],
+    rank_ratios: Sequence[float],
+) -> None:
+    """Record in ``result`` the distortion of each non-uniform quantizer, sparsity and paying
+    rank ratio of layer ``name``: its gain times the change's weight error energy."""
+    w = module.weight.detach().contiguous()  # the probes may run channels-last
+    result.quantizer[name] = {}
+    for quantizer in quantizers:
+        if quantizer == UNIFORM:
+            continue
+        for bits in w_bits:
+            if bits <= NONUNIFORM_MAX_BITS:
+                codebook = fit_codebook(w, bits) if quantizer == CODEBOOK else None
+                quantized = quantize_weight_nonuniform(w, bits, quantizer, codebook)
+                result.quantizer[name][(quantizer, bits)] = gain * _energy(quantized - w)
+    result.sparsity[name] = {
+        value: gain * _energy(w[~sparsity_mask(w.abs(), value)])
+        for value in sparsities
+        if value != DENSE
+    }
+    shape = factorizable_shape(module)
+    paying = [r for r in rank_ratios if shape is not None and low_rank_pays(r, *shape)]
+    if not paying:
+        return
+    result.shapes[name] = shape
+    # Energy beyond the rank: the discarded singular values (lowrank's channel SVD matrix).
+    squared = torch.linalg.svdvals(w.reshape(shape).double()).pow(2)
+    tail = squared.flip(0).cumsum(0).flip(0).tolist() + [0.0]
+    result.rank[name] = {r: gain * tail[low_rank(r, *shape)] for r in paying if r < FULL_RANK}
 
 
 def _activation_sensitivity(

@@ -14,7 +14,9 @@ see the mild, accurate corner of its front. ``sensitivity`` starts from the chec
 3. for each cost level (from 0.8 down to 0.15 of uniform int8), give every layer the choice
    that minimises ``distortion + lambda x cost`` (distortions add up for small perturbations),
    with ``lambda`` found by bisection so the network meets the level: HAWQ-style bit
-   allocation, extended to pruning and depth.
+   allocation, extended to pruning and depth, and to the rank ratio, weight quantizer and
+   sparsity where the space searches them (their distortions extrapolated from each layer's
+   weight gain, see :mod:`compression.sensitivity`).
 
 The candidates are queued (``study.enqueue_trial``) and then trained, priced on the real
 hardware profile and kept or not like any other trial: they seed the sampler's first
@@ -28,9 +30,9 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import islice
-from typing import Any
+from dataclasses import dataclass, field
+from itertools import islice, product
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -39,7 +41,18 @@ from ..compression import build_compressed
 from ..compression.sensitivity import Sensitivity, measure_sensitivity
 from ..data import make_loaders
 from ..spaces import JointSearchSpace, matching
-from ..spaces.candidate import CHANNEL, FLOAT_BITS, UNIFORM, sparsity_fraction
+from ..spaces.candidate import (
+    CHANNEL,
+    CODEBOOK,
+    DENSE,
+    FLOAT_BITS,
+    FULL_RANK,
+    NONUNIFORM_MAX_BITS,
+    UNIFORM,
+    Sparsity,
+    low_rank,
+    sparsity_fraction,
+)
 from ..spaces.groups import output_layer
 from .objective import trial_metrics
 from .setup import SearchSetup
@@ -75,12 +88,24 @@ def coverage_order(n: int) -> list[int]:
     return order
 
 
+class Choice(NamedTuple):
+    """One layer's compression as the allocation sees it (``rank``: the space's rank ratio,
+    which acts only where it pays)."""
+
+    w_bits: int
+    a_bits: int
+    prune: float
+    rank: float = FULL_RANK
+    quantizer: str = UNIFORM
+    sparsity: Sparsity = DENSE
+
+
 @dataclass(frozen=True)
 class _Options:
-    """One layer's allowed (w_bits, a_bits, prune_ratio) choices, their summed distortion and
-    their cost (a fraction of the whole network at uniform int8)."""
+    """One layer's allowed choices, their summed distortion and their cost (a fraction of the
+    whole network at uniform int8)."""
 
-    choices: list[tuple[int, int, float]]
+    choices: list[Choice]
     distortion: np.ndarray
     cost: np.ndarray
 
@@ -91,21 +116,36 @@ class CostModel:
 
     Per metric: ``share``, what a layer's part of the whole follows (``"params"``: weight
     size; ``"macs"``: compute time and energy); ``bits[(w, a)]`` and ``prune[ratio]``, the whole
-    network's cost at uniform bits or a uniform pruning ratio relative to uniform int8. A layer's
-    cost is ``share x bits[(w, a)] x prune[ratio]``, averaged over the metrics: 1.0 for the
-    network at uniform int8. :func:`device_cost_model` measures the ratios on the run's
-    hardware profile (a device that runs 4-bit layers as int8 gains nothing from them there);
-    :meth:`proxies` are the hardware-agnostic weight bits and bit-operations."""
+    network's cost at uniform bits or a uniform pruning ratio relative to uniform int8;
+    ``quantizer[(q, w)]``, a non-uniform quantizer's cost relative to uniform at the same bits,
+    and ``sparsity[s]``, relative to dense (1.0 where not given). A layer's cost is
+    ``share x bits[(w, a)] x prune[ratio] x quantizer x sparsity``, times its factors' share of
+    the layer when factorized, averaged over the metrics: 1.0 for the network at uniform int8.
+    :func:`device_cost_model` measures the ratios on the run's hardware profile (a device that
+    runs 4-bit layers as int8 gains nothing from them there, one without sparse kernels nothing
+    in time from sparsity); :meth:`proxies` are the hardware-agnostic weight bits and
+    bit-operations."""
 
     share: dict[str, str]
     bits: dict[str, dict[tuple[int, int], float]]
     prune: dict[str, dict[float, float]]
+    quantizer: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
+    sparsity: dict[str, dict[Sparsity, float]] = field(default_factory=dict)
 
     @classmethod
-    def proxies(cls, w_bits: Sequence[int], a_bits: Sequence[int], ratios: Sequence[float]):
+    def proxies(
+        cls,
+        w_bits: Sequence[int],
+        a_bits: Sequence[int],
+        ratios: Sequence[float],
+        sparsities: Sequence[Sparsity] = (),
+    ):
         ref = _REFERENCE_BITS
         pairs = [(w, a) for w in [*w_bits, FLOAT_BITS] for a in [*a_bits, FLOAT_BITS]]
         prune = {r: 1.0 - r for r in [0.0, *ratios]}
+        # Sparse weights are stored with a bitmask (one bit per weight, at int8: 1/8) and run
+        # dense.
+        sparse = {s: min(1.0, 1 / ref + 1 - sparsity_fraction(s)) for s in sparsities if s}
         return cls(
             share={"size": "params", "bops": "macs"},
             bits={
@@ -113,9 +153,15 @@ class CostModel:
                 "bops": {(w, a): w * a / ref**2 for w, a in pairs},
             },
             prune={"size": prune, "bops": prune},
+            sparsity={"size": sparse},
         )
 
-    def layer_cost(self, s: Sensitivity, name: str, w: int, a: int, ratio: float) -> float:
+    def layer_cost(self, s: Sensitivity, name: str, choice: Choice) -> float:
+        w, a, ratio = choice.w_bits, choice.a_bits, choice.prune
+        factors = 1.0
+        if choice.rank in s.rank.get(name, {}):  # a ratio that pays: the two factors' share
+            rows, cols = s.shapes[name]
+            factors = low_rank(choice.rank, rows, cols) * (rows + cols) / (rows * cols)
         total = 0.0
         for metric, share in self.share.items():
             sizes = s.params if share == "params" else s.macs
@@ -123,7 +169,10 @@ class CostModel:
             bits = self.bits[metric].get((w, a))
             if bits is None:  # a width the profile was not asked about (a layer kept in float)
                 bits = w / _REFERENCE_BITS if share == "params" else w * a / _REFERENCE_BITS**2
-            total += part * bits * self.prune[metric].get(ratio, 1.0 - ratio)
+            quantizer = self.quantizer.get(metric, {}).get((choice.quantizer, w), 1.0)
+            sparsity = self.sparsity.get(metric, {}).get(choice.sparsity, 1.0)
+            prune = self.prune[metric].get(ratio, 1.0 - ratio)
+            total += part * bits * prune * quantizer * sparsity * factors
         return total / len(self.share)
 
 
@@ -140,39 +189,63 @@ class Allocator:
     ) -> None:
         cfg = space.config
         self.sensitivity = sensitivity
-        self.costs = costs or CostModel.proxies(cfg.w_bits, cfg.a_bits, cfg.prune_ratios)
+        self.costs = costs or CostModel.proxies(
+            cfg.w_bits, cfg.a_bits, cfg.prune_ratios, cfg.sparsity
+        )
         layers, prunable = space.layer_dimensions(arch)
         self.blocks = {b: [n for n in layers if n.startswith(b + ".")] for b in sensitivity.drop}
         self.fixed: dict[str, float] = {}  # layers kept in float: not chosen, still costed
         self.options: dict[str, _Options] = {}
         for name in layers:
             if matching(cfg.exclude, name):
-                self.fixed[name] = self._cost(name, FLOAT_BITS, FLOAT_BITS, 0.0)
+                self.fixed[name] = self._cost(name, Choice(FLOAT_BITS, FLOAT_BITS, 0.0))
                 continue
-            fixed = space.fixed_choices(name)
-            ratios = [0.0]
-            if name in prunable:
-                ratios = [fixed.prune_ratio] if fixed.prune_ratio is not None else cfg.prune_ratios
-            choices = [
-                (w, a, r)
-                for w in ([fixed.w_bits] if fixed.w_bits else cfg.w_bits)
-                for a in ([fixed.a_bits] if fixed.a_bits else cfg.a_bits)
-                for r in ratios
-            ]
+            choices = self._choices(space, name, name in prunable)
             self.options[name] = _Options(
                 choices=choices,
-                distortion=np.array([self._distortion(name, *c) for c in choices]),
-                cost=np.array([self._cost(name, *c) for c in choices]),
+                distortion=np.array([self._distortion(name, c) for c in choices]),
+                cost=np.array([self._cost(name, c) for c in choices]),
             )
 
-    def _cost(self, name: str, w: int, a: int, ratio: float) -> float:
-        return self.costs.layer_cost(self.sensitivity, name, w, a, ratio)
+    @staticmethod
+    def _choices(space: JointSearchSpace, name: str, prunable: bool) -> list[Choice]:
+        """Every combination the space offers layer ``name``, as :meth:`JointSearchSpace.suggest`
+        constrains it: non-uniform quantizers up to 8 bits, codebook layers dense."""
+        cfg, fixed = space.config, space.fixed_choices(name)
+        ratios = [0.0]
+        if prunable:
+            ratios = [fixed.prune_ratio] if fixed.prune_ratio is not None else cfg.prune_ratios
+        ranks = [fixed.rank_ratio] if fixed.rank_ratio is not None else cfg.rank_ratios
+        quantizers = [fixed.quantizer] if fixed.quantizer is not None else cfg.quantizers
+        sparsities = [fixed.sparsity] if fixed.sparsity is not None else cfg.sparsity
+        choices = []
+        for w, a, r, rank in product(
+            [fixed.w_bits] if fixed.w_bits else cfg.w_bits,
+            [fixed.a_bits] if fixed.a_bits else cfg.a_bits,
+            ratios,
+            ranks,
+        ):
+            for quantizer in quantizers if w <= NONUNIFORM_MAX_BITS else [UNIFORM]:
+                for sparsity in [DENSE] if quantizer == CODEBOOK else sparsities:
+                    choices.append(Choice(w, a, r, rank, quantizer, sparsity))
+        return choices
 
-    def _distortion(self, name: str, w: int, a: int, ratio: float) -> float:
+    def _cost(self, name: str, choice: Choice) -> float:
+        return self.costs.layer_cost(self.sensitivity, name, choice)
+
+    def _distortion(self, name: str, choice: Choice) -> float:
         s = self.sensitivity
-        return s.w_bits[name][w] + s.a_bits[name][a] + s.prune.get(name, {}).get(ratio, 0.0)
+        w = choice.w_bits
+        weights = s.quantizer.get(name, {}).get((choice.quantizer, w), s.w_bits[name][w])
+        return (
+            weights
+            + s.a_bits[name][choice.a_bits]
+            + s.prune.get(name, {}).get(choice.prune, 0.0)
+            + s.rank.get(name, {}).get(choice.rank, 0.0)
+            + s.sparsity.get(name, {}).get(choice.sparsity, 0.0)
+        )
 
-    def allocate(self, lam: float) -> tuple[dict[str, tuple[int, int, float]], set[str], float]:
+    def allocate(self, lam: float) -> tuple[dict[str, Choice], set[str], float]:
         """(choice per layer, dropped blocks, total cost) minimising distortion + lam x cost."""
         chosen, cost = {}, {}
         for name, opt in self.options.items():
@@ -187,7 +260,7 @@ class Allocator:
         gone = {n for b in dropped for n in self.blocks[b]}
         return chosen, dropped, sum(c for n, c in cost.items() if n not in gone)
 
-    def for_level(self, level: float) -> tuple[dict[str, tuple[int, int, float]], set[str], float]:
+    def for_level(self, level: float) -> tuple[dict[str, Choice], set[str], float]:
         """The allocation of the smallest lambda whose cost is at most ``level`` (the cheapest
         one when no lambda gets there)."""
         lo, hi = -12.0, 12.0  # log10 lambda
@@ -214,8 +287,12 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
     layers, prunable = space.layer_dimensions(arch)
 
     @functools.cache  # uniform int8 is both the reference and a point of the grid
-    def price(w: int, a: int, ratio: float) -> dict[str, float]:
-        candidate = space.uniform_candidate(arch, w_bits=w, a_bits=a, prune_ratio=ratio)
+    def price(
+        w: int, a: int, ratio: float, quantizer: str = UNIFORM, sparsity: Sparsity = DENSE
+    ) -> dict[str, float]:
+        candidate = space.uniform_candidate(
+            arch, w_bits=w, a_bits=a, prune_ratio=ratio, quantizer=quantizer, sparsity=sparsity
+        )
         model = build_compressed(
             candidate,
             num_classes=data.num_classes,
@@ -241,7 +318,26 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
             priced = price(_REFERENCE_BITS, _REFERENCE_BITS, ratio)
             for m in metrics:
                 prune[m][ratio] = priced[m] / base[m]
-    return CostModel(share={m: _SHARE[m] for m in metrics}, bits=bits, prune=prune)
+    quantizer: dict[str, dict[tuple[str, int], float]] = {m: {} for m in metrics}
+    for q in space.config.quantizers:
+        for w in space.config.w_bits if q != UNIFORM else []:
+            if w <= NONUNIFORM_MAX_BITS:
+                priced, plain = price(w, _REFERENCE_BITS, 0.0, q), price(w, _REFERENCE_BITS, 0.0)
+                for m in metrics:
+                    quantizer[m][(q, w)] = priced[m] / plain[m]
+    sparsity: dict[str, dict[Sparsity, float]] = {m: {} for m in metrics}
+    for value in space.config.sparsity:
+        if value != DENSE:
+            priced = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0, sparsity=value)
+            for m in metrics:
+                sparsity[m][value] = priced[m] / base[m]
+    return CostModel(
+        share={m: _SHARE[m] for m in metrics},
+        bits=bits,
+        prune=prune,
+        quantizer=quantizer,
+        sparsity=sparsity,
+    )
 
 
 class _Replay:
@@ -261,8 +357,8 @@ class _Replay:
 
 
 def _mildest(name: str, choices: Sequence[Any]) -> Any:
-    """The choice of a dimension the allocation does not decide (a rank, a quantizer, a
-    sparsity, a group only a smaller architecture has) that compresses least."""
+    """The choice of a dimension the allocation does not decide (a factorization kind, a group
+    only a smaller architecture has) that compresses least."""
     kind = name.rpartition(".")[2]
     if all(isinstance(c, bool) for c in choices):
         return False  # arch.drop.<block>: keep it
@@ -311,6 +407,9 @@ def warm_start_candidates(setup: SearchSetup) -> list[tuple[dict[str, Any], dict
         blocks=blocks,
         ignored=[output_layer(model, example), *excluded],
         frozen=excluded,
+        quantizers=space.config.quantizers,
+        sparsities=space.config.sparsity,
+        rank_ratios=space.config.rank_ratios,
     )
     costs = device_cost_model(setup, arch)
     logger.info(
@@ -322,8 +421,15 @@ def warm_start_candidates(setup: SearchSetup) -> list[tuple[dict[str, Any], dict
     for level in cost_levels(min(options.candidates, config.search.n_trials)):
         chosen, dropped, cost = allocator.for_level(level)
         wanted: dict[str, Any] = {f"arch.drop.{b}": b in dropped for b in blocks}
-        for name, (w, a, r) in chosen.items():
-            wanted |= {f"{name}.w_bits": w, f"{name}.a_bits": a, f"{name}.prune": r}
+        for name, c in chosen.items():
+            wanted |= {
+                f"{name}.w_bits": c.w_bits,
+                f"{name}.a_bits": c.a_bits,
+                f"{name}.prune": c.prune,
+                f"{name}.rank": c.rank,
+                f"{name}.quantizer": c.quantizer,
+                f"{name}.sparsity": c.sparsity,
+            }
         replay = _Replay(wanted)
         space.suggest(replay)
         if all(replay.params != params for params, _ in queued):

@@ -369,17 +369,29 @@ class JointSearchSpace(SearchSpace):
         return dict(self._shapes[json.dumps(arch, sort_keys=True, default=str)])
 
     def uniform_candidate(
-        self, arch: dict[str, Any], *, w_bits: int, a_bits: int, prune_ratio: float = 0.0
+        self,
+        arch: dict[str, Any],
+        *,
+        w_bits: int,
+        a_bits: int,
+        prune_ratio: float = 0.0,
+        quantizer: str = UNIFORM,
+        sparsity: Sparsity = DENSE,
     ) -> Candidate:
-        """The same bits on every Conv2d/Linear layer of ``arch`` and the same pruning ratio on
-        every prunable channel group (the layers of ``space.exclude`` stay float and whole): a
-        one-shot recipe, priced and compressed as any candidate."""
+        """The same bits (and weight quantizer, where it applies, and sparsity) on every
+        Conv2d/Linear layer of ``arch`` and the same pruning ratio on every prunable channel
+        group (the layers of ``space.exclude`` stay float and whole): a one-shot recipe, priced
+        and compressed as any candidate."""
         layers, prunable = self.layer_dimensions(arch)
         choices = {
             name: LayerChoice()
             if matching(self.config.exclude, name)
             else LayerChoice(
-                w_bits=w_bits, a_bits=a_bits, prune_ratio=prune_ratio if name in prunable else 0.0
+                w_bits=w_bits,
+                a_bits=a_bits,
+                prune_ratio=prune_ratio if name in prunable else 0.0,
+                quantizer=quantizer if w_bits <= NONUNIFORM_MAX_BITS else UNIFORM,
+                sparsity=sparsity,
             )
             for name in layers
         }

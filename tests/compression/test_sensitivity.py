@@ -8,14 +8,21 @@ import pytest
 import torch
 from torch import nn
 
+from autocompress.compression.lowrank import truncated_svd
 from autocompress.compression.pruning import prune_
-from autocompress.compression.quantization import quantize_weight
+from autocompress.compression.quantization import (
+    fit_codebook,
+    quantize_weight,
+    quantize_weight_nonuniform,
+)
 from autocompress.compression.sensitivity import (
     faster_layout,
     flat_output,
     measure_sensitivity,
     output_distortion,
 )
+from autocompress.compression.sparsity import sparsity_mask
+from autocompress.spaces.candidate import factorizable_shape, low_rank
 
 
 class Residual(nn.Module):
@@ -112,6 +119,53 @@ def test_weight_widths_are_extrapolated_from_the_probe_by_error_energy(inputs):
                 weight.copy_(original)
             assert 0.25 < s.w_bits[layer][bits] / measured < 4, (layer, bits)
         assert s.w_bits[layer][2] > 100 * s.w_bits[layer][8]
+
+
+def test_quantizers_sparsity_and_ranks_are_priced_by_the_weight_gain(inputs):
+    """Each weight-only change is the layer's gain (its 4-bit probe's distortion per unit of
+    weight error energy) times the change's own error energy; measured by applying it, the
+    quantizers and sparsities land within a factor of 4 of that (the rank, a structured error,
+    within 10); a rank ratio whose factors would not shrink the layer is left out."""
+    model = _net()
+    s = _measure(
+        model,
+        inputs,
+        quantizers=["uniform", "pot", "codebook"],
+        sparsities=[0.0, 0.5, "2:4"],
+        rank_ratios=[1.0, 0.5, 0.95],
+    )
+    reference = [flat_output(model(x)).detach() for x in inputs]
+    modules = dict(model.named_modules())
+    for layer in ("0", "2.conv", "5"):
+        weight = modules[layer].weight
+        original = weight.detach().clone()
+        gain = s.w_bits[layer][4] / float((quantize_weight(original, 4) - original).pow(2).sum())
+        changed = {
+            ("quantizer", ("pot", 4)): quantize_weight_nonuniform(original, 4, "pot"),
+            ("quantizer", ("codebook", 2)): quantize_weight_nonuniform(
+                original, 2, "codebook", fit_codebook(original, 2)
+            ),
+            ("sparsity", 0.5): original * sparsity_mask(original.abs(), 0.5),
+            ("sparsity", "2:4"): original * sparsity_mask(original.abs(), "2:4"),
+        }
+        shape = factorizable_shape(modules[layer])
+        # Rank 0.5 pays on all three (e.g. 2.conv, 8 x 72: 4 x 80 < 576); 0.95 keeps all 8 rows.
+        assert set(s.rank[layer]) == {0.5} and s.shapes[layer] == shape
+        left, right = truncated_svd(original.reshape(shape), low_rank(0.5, *shape))
+        changed["rank", 0.5] = (left @ right).reshape(original.shape)
+        for (kind, key), new in changed.items():
+            predicted = getattr(s, kind)[layer][key]
+            energy = float((new - original).pow(2).sum())
+            assert predicted == pytest.approx(gain * energy, rel=1e-4), (layer, kind, key)
+            with torch.no_grad():
+                weight.copy_(new)
+            measured = output_distortion(model, inputs, reference)
+            with torch.no_grad():
+                weight.copy_(original)
+            bound = 10 if kind == "rank" else 4
+            assert 1 / bound < predicted / measured < bound, (layer, kind, key)
+        widths = {(q, b) for q in ("pot", "codebook") for b in (2, 4, 6, 8)}
+        assert set(s.quantizer[layer]) == widths
 
 
 def test_a_block_dropped_is_its_identity(inputs):

@@ -11,11 +11,13 @@ import torch
 from autocompress.compression.sensitivity import Sensitivity
 from autocompress.config import ConfigError, parse_config
 from autocompress.search import run_search
+from autocompress.search.setup import prepare_setup
 from autocompress.search.warm_start import (
     WARM_START_ATTR,
     Allocator,
     cost_levels,
     coverage_order,
+    device_cost_model,
 )
 from autocompress.spaces import JointSearchSpace
 
@@ -135,11 +137,56 @@ def test_the_ray_backend_trains_the_warm_start_candidates_first(net, monkeypatch
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
 
 
-def test_dimensions_the_allocation_leaves_open_get_their_mildest_choice(net):
-    """Ranks, quantizers, sparsity and factorizations are not allocated: a warm-start candidate
-    keeps those layers whole, uniform and dense."""
-    config = _config(warm_start={"candidates": 1})
-    config["search"]["n_trials"] = 1
+def test_ranks_quantizers_and_sparsity_are_allocated_where_they_cost_least(net):
+    """The fc loses little to rank 0.25 and the block's convs little to 2:4 sparsity or PoT
+    weights: squeezed, the allocation takes those before it narrows the sensitive stem."""
+    config = _config()
+    config["space"] |= {
+        "rank_ratios": [1.0, 0.25],
+        "quantizers": ["uniform", "pot"],
+        "sparsity": [0.0, "2:4"],
+    }
+    space = JointSearchSpace(parse_config(config).space, num_classes=10, input_shape=(1, 8, 8))
+    arch = space.family.largest_arch()
+    s = _sensitivity()
+    s.rank = {"fc": {0.25: 0.0}, "stem": {0.25: 1e3}}
+    s.shapes = {"fc": (10, 8), "stem": (8, 9)}
+    convs = ("block.conv1", "block.conv2")
+    s.sparsity = {n: {"2:4": 0.0} for n in convs} | {"stem": {"2:4": 1e3}, "fc": {"2:4": 1e3}}
+    s.quantizer = {n: {("pot", b): 0.0 for b in (2, 4, 8)} for n in convs}
+    allocator = Allocator(space, s, arch=arch)
+    assert allocator.allocate(1e-12)[0]["stem"] == (8, 8, 0.0, 1.0, "uniform", 0.0)
+    chosen, _, cost = allocator.for_level(0.5)
+    assert cost <= 0.5
+    assert chosen["fc"].rank == 0.25 and chosen["stem"].rank == 1.0
+    assert all(chosen[n].sparsity == "2:4" for n in convs) and chosen["stem"].sparsity == 0.0
+    # PoT costs what uniform does on the proxies; free of distortion here, 2 bits of it are.
+    assert all(chosen[n].w_bits == 2 and chosen[n].quantizer == "pot" for n in convs)
+    assert chosen["stem"].w_bits >= 4
+    # A rank that the allocator never measured (one that does not pay) costs the whole layer.
+    assert allocator._cost("stem", chosen["stem"]._replace(rank=0.5)) == allocator._cost(
+        "stem", chosen["stem"]
+    )
+
+
+def test_the_allocated_ranks_quantizers_and_sparsity_reach_the_queued_trials(net, monkeypatch):
+    """Measured as free of distortion, factorization and sparsity are taken by the hardest
+    warm-start candidate, and the trial builds and trains them; the factorization kind, which
+    the allocation does not decide, is the mildest (channel)."""
+    from autocompress.search import warm_start
+
+    measure = warm_start.measure_sensitivity
+
+    def free(*args, **kwargs):
+        s = measure(*args, **kwargs)
+        for table in (s.rank, s.sparsity):
+            for layer in table.values():
+                layer.update(dict.fromkeys(layer, 0.0))
+        return s
+
+    monkeypatch.setattr(warm_start, "measure_sensitivity", free)
+    config = _config(warm_start={"candidates": 2})
+    config["search"]["n_trials"] = 2
     config["space"] |= {
         "rank_ratios": [0.25, 1.0],
         "factorizations": ["spatial", "channel"],
@@ -148,10 +195,13 @@ def test_dimensions_the_allocation_leaves_open_get_their_mildest_choice(net):
     }
     result = run_search(parse_config(config), runs_dir=net / "runs")
     study = optuna.load_study(study_name="warm", storage=f"sqlite:///{result.run_dir}/study.db")
-    (trial,) = study.trials
-    assert WARM_START_ATTR in trial.user_attrs and trial.state.is_finished()
-    for layer in trial.user_attrs["candidate"]["layers"].values():
-        assert set(layer) <= {"w_bits", "a_bits", "prune_ratio"}, layer  # defaults left out
+    hardest = min(study.trials, key=lambda t: t.user_attrs[WARM_START_ATTR]["level"])
+    assert hardest.state == optuna.trial.TrialState.COMPLETE
+    layers = hardest.user_attrs["candidate"]["layers"]
+    factorized = [n for n, c in layers.items() if c.get("rank_ratio", 1.0) < 1.0]
+    sparse = [n for n, c in layers.items() if c.get("sparsity", 0.0)]
+    assert factorized and sparse, layers
+    assert all(layers[n].get("factorization", "channel") == "channel" for n in factorized)
 
 
 def test_the_cost_range_is_spanned_first():
@@ -160,3 +210,28 @@ def test_the_cost_range_is_spanned_first():
     for n in range(1, 12):
         order = coverage_order(n)
         assert sorted(order) == list(range(n)) and order[: min(n, 2)] == [n - 1, 0][: min(n, 2)]
+
+
+@pytest.mark.parametrize("device", ["cortex_a72", "jetson_orin_nano"])
+def test_the_device_prices_sparsity_and_quantizers_as_it_runs_them(net, device):
+    """2:4 sparsity saves storage everywhere and time only on a device with sparse kernels (the
+    Orin's tensor cores); PoT weights decoded to int8 cost no less time than uniform ones."""
+    from tiny_net import build
+
+    # Wide enough that the Orin's time is in its multiply-accumulates, not per-layer overhead.
+    torch.save(build(width=128).state_dict(), net / "wide.pt")
+    config = _config()
+    config["model"] |= {"kwargs": {"width": 128}, "checkpoint": "wide.pt"}
+    config["hardware"] = {"profile": "analytic", "device": device}
+    config["search"]["objectives"] = ["accuracy", "latency_ms", "size_kb"]
+    config["space"] |= {"quantizers": ["uniform", "pot"], "sparsity": [0.0, "2:4"]}
+    setup = prepare_setup(parse_config(config), net / "run")
+    costs = device_cost_model(setup, setup.space.family.largest_arch())
+    assert costs.sparsity["size_kb"]["2:4"] < 0.8
+    if device == "cortex_a72":
+        assert costs.sparsity["latency_ms"]["2:4"] == pytest.approx(1.0)
+    else:
+        assert costs.sparsity["latency_ms"]["2:4"] < 0.97
+    assert set(costs.quantizer["latency_ms"]) == {("pot", 2), ("pot", 4), ("pot", 8)}
+    assert costs.quantizer["latency_ms"]["pot", 4] >= 1.0
+    assert costs.quantizer["size_kb"]["pot", 4] == pytest.approx(1.0, abs=0.02)
