@@ -34,9 +34,8 @@ Models (``--models``):
   It is also the compact network on which byo_baselines' search fell short, where techniques
   that keep accuracy at a lower cost have the most to win.
   ``search.warm_start`` stays at its default, which for a checkpoint queues 4 sensitivity-
-  allocated candidates as the first trials: the same for every variant (the allocation knows
-  bits, pruning and dropped blocks only, so those 4 trials differ between variants only by
-  ``taylor``'s channel choice and ``feature-kd``'s training).
+  allocated candidates as the first trials, over the variant's own space (ranks, quantizers
+  and sparsity included where the variant searches them).
 
 For each model the teacher is trained (quickstart) or loaded (user) once, in
 ``OUT/ablation-<model>-teacher``, and copied into every run folder (its fingerprint does not

@@ -119,18 +119,25 @@ class CostModel:
     network's cost at uniform bits or a uniform pruning ratio relative to uniform int8;
     ``quantizer[(q, w)]``, a non-uniform quantizer's cost relative to uniform at the same bits,
     and ``sparsity[s]``, relative to dense (1.0 where not given). A layer's cost is
-    ``share x bits[(w, a)] x prune[ratio] x quantizer x sparsity``, times its factors' share of
-    the layer when factorized, averaged over the metrics: 1.0 for the network at uniform int8.
+    ``share x bits[(w, a)] x prune[ratio] x quantizer x sparsity``, averaged over the metrics:
+    1.0 for the network at uniform int8. A factorized layer's is also times its factors' share
+    of its weights and MACs, scaled so that the network with every layer factorized at ``r``
+    costs ``rank[r]`` (given only where measured: two thin layers may run slower than one).
     :func:`device_cost_model` measures the ratios on the run's hardware profile (a device that
     runs 4-bit layers as int8 gains nothing from them there, one without sparse kernels nothing
     in time from sparsity); :meth:`proxies` are the hardware-agnostic weight bits and
-    bit-operations."""
+    bit-operations. One cost model serves one :class:`Sensitivity` (it caches the rank
+    scales)."""
 
     share: dict[str, str]
     bits: dict[str, dict[tuple[int, int], float]]
     prune: dict[str, dict[float, float]]
     quantizer: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
     sparsity: dict[str, dict[Sparsity, float]] = field(default_factory=dict)
+    rank: dict[str, dict[float, float]] = field(default_factory=dict)
+    _rank_scales: dict[tuple[str, float], float] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def proxies(
@@ -158,22 +165,51 @@ class CostModel:
 
     def layer_cost(self, s: Sensitivity, name: str, choice: Choice) -> float:
         w, a, ratio = choice.w_bits, choice.a_bits, choice.prune
-        factors = 1.0
-        if choice.rank in s.rank.get(name, {}):  # a ratio that pays: the two factors' share
-            rows, cols = s.shapes[name]
-            factors = low_rank(choice.rank, rows, cols) * (rows + cols) / (rows * cols)
+        factorized = choice.rank in s.rank.get(name, {})  # only ratios that pay are there
         total = 0.0
         for metric, share in self.share.items():
-            sizes = s.params if share == "params" else s.macs
-            part = sizes[name] / max(sum(sizes.values()), 1)
             bits = self.bits[metric].get((w, a))
             if bits is None:  # a width the profile was not asked about (a layer kept in float)
                 bits = w / _REFERENCE_BITS if share == "params" else w * a / _REFERENCE_BITS**2
             quantizer = self.quantizer.get(metric, {}).get((choice.quantizer, w), 1.0)
             sparsity = self.sparsity.get(metric, {}).get(choice.sparsity, 1.0)
             prune = self.prune[metric].get(ratio, 1.0 - ratio)
-            total += part * bits * prune * quantizer * sparsity * factors
+            factors = 1.0
+            if factorized:
+                factors = _factor_share(s, name, choice.rank) * self._rank_scale(
+                    s, metric, choice.rank
+                )
+            total += _part(s, share, name) * bits * prune * quantizer * sparsity * factors
         return total / len(self.share)
+
+    def _rank_scale(self, s: Sensitivity, metric: str, ratio: float) -> float:
+        """What the factorized layers' shares are scaled by so that the network factorized at
+        ``ratio`` everywhere costs what the device says (1.0 where it was not measured)."""
+        key = (metric, ratio)
+        if key not in self._rank_scales:
+            measured = self.rank.get(metric, {}).get(ratio)
+            share = self.share[metric]
+            layers = [n for n in s.rank if ratio in s.rank[n]]
+            whole = sum(_part(s, share, n) for n in layers)
+            factored = sum(_part(s, share, n) * _factor_share(s, n, ratio) for n in layers)
+            scale = 1.0
+            if measured is not None and factored > 0:
+                rest = 1.0 - whole
+                scale = max((measured - rest) / factored, 0.05)
+            self._rank_scales[key] = scale
+        return self._rank_scales[key]
+
+
+def _part(s: Sensitivity, share: str, name: str) -> float:
+    """Layer ``name``'s part of the network's weights (``share == "params"``) or MACs."""
+    sizes = s.params if share == "params" else s.macs
+    return sizes[name] / max(sum(sizes.values()), 1)
+
+
+def _factor_share(s: Sensitivity, name: str, ratio: float) -> float:
+    """The two factors' weights (and MACs) at ``ratio`` over those of layer ``name`` whole."""
+    rows, cols = s.shapes[name]
+    return low_rank(ratio, rows, cols) * (rows + cols) / (rows * cols)
 
 
 class Allocator:
@@ -288,10 +324,21 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
 
     @functools.cache  # uniform int8 is both the reference and a point of the grid
     def price(
-        w: int, a: int, ratio: float, quantizer: str = UNIFORM, sparsity: Sparsity = DENSE
+        w: int,
+        a: int,
+        ratio: float,
+        quantizer: str = UNIFORM,
+        sparsity: Sparsity = DENSE,
+        rank: float = FULL_RANK,
     ) -> dict[str, float]:
         candidate = space.uniform_candidate(
-            arch, w_bits=w, a_bits=a, prune_ratio=ratio, quantizer=quantizer, sparsity=sparsity
+            arch,
+            w_bits=w,
+            a_bits=a,
+            prune_ratio=ratio,
+            quantizer=quantizer,
+            sparsity=sparsity,
+            rank_ratio=rank,
         )
         model = build_compressed(
             candidate,
@@ -331,12 +378,19 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
             priced = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0, sparsity=value)
             for m in metrics:
                 sparsity[m][value] = priced[m] / base[m]
+    rank: dict[str, dict[float, float]] = {m: {} for m in metrics}
+    for ratio in space.config.rank_ratios if space.factorizable_shapes(arch) else []:
+        if ratio < FULL_RANK:
+            priced = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0, rank=ratio)
+            for m in metrics:
+                rank[m][ratio] = priced[m] / base[m]
     return CostModel(
         share={m: _SHARE[m] for m in metrics},
         bits=bits,
         prune=prune,
         quantizer=quantizer,
         sparsity=sparsity,
+        rank=rank,
     )
 
 

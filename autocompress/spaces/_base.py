@@ -377,12 +377,14 @@ class JointSearchSpace(SearchSpace):
         prune_ratio: float = 0.0,
         quantizer: str = UNIFORM,
         sparsity: Sparsity = DENSE,
+        rank_ratio: float = FULL_RANK,
     ) -> Candidate:
-        """The same bits (and weight quantizer, where it applies, and sparsity) on every
-        Conv2d/Linear layer of ``arch`` and the same pruning ratio on every prunable channel
-        group (the layers of ``space.exclude`` stay float and whole): a one-shot recipe, priced
-        and compressed as any candidate."""
+        """The same bits (and weight quantizer, where it applies, sparsity and rank ratio, where
+        it pays) on every Conv2d/Linear layer of ``arch`` and the same pruning ratio on every
+        prunable channel group (the layers of ``space.exclude`` stay float and whole): a
+        one-shot recipe, priced and compressed as any candidate."""
         layers, prunable = self.layer_dimensions(arch)
+        shapes = self.factorizable_shapes(arch)
         choices = {
             name: LayerChoice()
             if matching(self.config.exclude, name)
@@ -392,6 +394,9 @@ class JointSearchSpace(SearchSpace):
                 prune_ratio=prune_ratio if name in prunable else 0.0,
                 quantizer=quantizer if w_bits <= NONUNIFORM_MAX_BITS else UNIFORM,
                 sparsity=sparsity,
+                rank_ratio=rank_ratio
+                if name in shapes and low_rank_pays(rank_ratio, *shapes[name])
+                else FULL_RANK,
             )
             for name in layers
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import optuna
@@ -15,6 +16,8 @@ from autocompress.search.setup import prepare_setup
 from autocompress.search.warm_start import (
     WARM_START_ATTR,
     Allocator,
+    Choice,
+    CostModel,
     cost_levels,
     coverage_order,
     device_cost_model,
@@ -224,7 +227,11 @@ def test_the_device_prices_sparsity_and_quantizers_as_it_runs_them(net, device):
     config["model"] |= {"kwargs": {"width": 128}, "checkpoint": "wide.pt"}
     config["hardware"] = {"profile": "analytic", "device": device}
     config["search"]["objectives"] = ["accuracy", "latency_ms", "size_kb"]
-    config["space"] |= {"quantizers": ["uniform", "pot"], "sparsity": [0.0, "2:4"]}
+    config["space"] |= {
+        "quantizers": ["uniform", "pot"],
+        "sparsity": [0.0, "2:4"],
+        "rank_ratios": [1.0, 0.25],
+    }
     setup = prepare_setup(parse_config(config), net / "run")
     costs = device_cost_model(setup, setup.space.family.largest_arch())
     assert costs.sparsity["size_kb"]["2:4"] < 0.8
@@ -235,3 +242,33 @@ def test_the_device_prices_sparsity_and_quantizers_as_it_runs_them(net, device):
     assert set(costs.quantizer["latency_ms"]) == {("pot", 2), ("pot", 4), ("pot", 8)}
     assert costs.quantizer["latency_ms"]["pot", 4] >= 1.0
     assert costs.quantizer["size_kb"]["pot", 4] == pytest.approx(1.0, abs=0.02)
+    # Rank 0.25 cuts weights and MACs by ~3.5x; on the Orin each extra layer is another launch.
+    assert costs.rank["size_kb"][0.25] < 0.4
+    assert (costs.rank["latency_ms"][0.25] < 0.5) == (device == "cortex_a72")
+
+
+def test_a_factorization_the_device_runs_slower_is_costed_so(net):
+    """Measured on the device, the network factorized at 0.25 everywhere takes 2x the time of
+    the whole one: a factorized layer then costs more than the whole layer, not the 45% its
+    shape says, and the network factorized everywhere costs exactly the measured 2x."""
+    space = JointSearchSpace(parse_config(_config()).space, num_classes=10, input_shape=(1, 8, 8))
+    s = _sensitivity()
+    s.rank = {"fc": {0.25: 0.0}, "block.conv1": {0.25: 0.0}}
+    s.shapes = {"fc": (10, 8), "block.conv1": (8, 72)}
+    proxies = CostModel.proxies([8], [8], [0.0])
+    slow = CostModel(share={"bops": "macs"}, bits=proxies.bits, prune=proxies.prune)
+    slow = dataclasses.replace(slow, rank={"bops": {0.25: 2.0}})
+    whole, factorized = Choice(8, 8, 0.0), Choice(8, 8, 0.0, rank=0.25)
+    assert slow.layer_cost(s, "fc", factorized) > slow.layer_cost(s, "fc", whole)
+    network = sum(slow.layer_cost(s, n, factorized if n in s.rank else whole) for n in s.macs)
+    assert network == pytest.approx(2.0)
+    unmeasured = CostModel(share={"bops": "macs"}, bits=proxies.bits, prune=proxies.prune)
+    assert unmeasured.layer_cost(s, "fc", factorized) == pytest.approx(
+        unmeasured.layer_cost(s, "fc", whole) * 2 * 18 / 80
+    )
+    assert (
+        Allocator(space, s, arch=space.family.largest_arch(), costs=slow)
+        .for_level(0.9)[0]["block.conv1"]
+        .rank
+        == 1.0
+    )
