@@ -326,7 +326,7 @@ def _weight_changes(
         return
     result.shapes[name] = shape
     # Energy beyond the rank: the discarded singular values (lowrank's channel SVD matrix).
-    squared = torch.linalg.svdvals(w.reshape(shape).double()).pow(2)
+    squared = torch.linalg.svdvals(w.reshape(shape)).double().pow(2)
     tail = squared.flip(0).cumsum(0).flip(0).tolist() + [0.0]
     result.rank[name] = {r: gain * tail[low_rank(r, *shape)] for r in paying if r < FULL_RANK}
 

@@ -117,12 +117,13 @@ class CostModel:
     Per metric: ``share``, what a layer's part of the whole follows (``"params"``: weight
     size; ``"macs"``: compute time and energy); ``bits[(w, a)]`` and ``prune[ratio]``, the whole
     network's cost at uniform bits or a uniform pruning ratio relative to uniform int8;
-    ``quantizer[(q, w)]``, a non-uniform quantizer's cost relative to uniform at the same bits,
-    and ``sparsity[s]``, relative to dense (1.0 where not given). A layer's cost is
-    ``share x bits[(w, a)] x prune[ratio] x quantizer x sparsity``, averaged over the metrics:
-    1.0 for the network at uniform int8. A factorized layer's is also times its factors' share
-    of its weights and MACs, scaled so that the network with every layer factorized at ``r``
-    costs ``rank[r]`` (given only where measured: two thin layers may run slower than one).
+    ``quantizer[q]``, a non-uniform quantizer's cost relative to uniform at the same bits
+    (measured at one width), and ``sparsity[s]``, relative to dense (1.0 where not given). A
+    layer's cost is ``share x bits[(w, a)] x prune[ratio] x quantizer x sparsity``, averaged
+    over the metrics: 1.0 for the network at uniform int8. A factorized layer's is also times
+    its factors' share of its weights and MACs, scaled so that the network with every layer
+    factorized at ``r`` costs ``rank[r]`` (given only where measured: two thin layers may run
+    slower than one).
     :func:`device_cost_model` measures the ratios on the run's hardware profile (a device that
     runs 4-bit layers as int8 gains nothing from them there, one without sparse kernels nothing
     in time from sparsity); :meth:`proxies` are the hardware-agnostic weight bits and
@@ -132,7 +133,7 @@ class CostModel:
     share: dict[str, str]
     bits: dict[str, dict[tuple[int, int], float]]
     prune: dict[str, dict[float, float]]
-    quantizer: dict[str, dict[tuple[str, int], float]] = field(default_factory=dict)
+    quantizer: dict[str, dict[str, float]] = field(default_factory=dict)
     sparsity: dict[str, dict[Sparsity, float]] = field(default_factory=dict)
     rank: dict[str, dict[float, float]] = field(default_factory=dict)
     _rank_scales: dict[tuple[str, float], float] = field(
@@ -171,7 +172,7 @@ class CostModel:
             bits = self.bits[metric].get((w, a))
             if bits is None:  # a width the profile was not asked about (a layer kept in float)
                 bits = w / _REFERENCE_BITS if share == "params" else w * a / _REFERENCE_BITS**2
-            quantizer = self.quantizer.get(metric, {}).get((choice.quantizer, w), 1.0)
+            quantizer = self.quantizer.get(metric, {}).get(choice.quantizer, 1.0)
             sparsity = self.sparsity.get(metric, {}).get(choice.sparsity, 1.0)
             prune = self.prune[metric].get(ratio, 1.0 - ratio)
             factors = 1.0
@@ -365,13 +366,19 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
             priced = price(_REFERENCE_BITS, _REFERENCE_BITS, ratio)
             for m in metrics:
                 prune[m][ratio] = priced[m] / base[m]
-    quantizer: dict[str, dict[tuple[str, int], float]] = {m: {} for m in metrics}
-    for q in space.config.quantizers:
-        for w in space.config.w_bits if q != UNIFORM else []:
-            if w <= NONUNIFORM_MAX_BITS:
-                priced, plain = price(w, _REFERENCE_BITS, 0.0, q), price(w, _REFERENCE_BITS, 0.0)
-                for m in metrics:
-                    quantizer[m][(q, w)] = priced[m] / plain[m]
+    # One width per quantizer (each pricing builds and traces the network): the narrowest of at
+    # least 4 bits, as the sensitivity probe.
+    narrow = [w for w in space.config.w_bits if w <= NONUNIFORM_MAX_BITS]
+    width = next((w for w in sorted(narrow) if w >= 4), max(narrow, default=None))
+    quantizer: dict[str, dict[str, float]] = {m: {} for m in metrics}
+    for q in space.config.quantizers if width is not None else []:
+        if q != UNIFORM:
+            priced, plain = (
+                price(width, _REFERENCE_BITS, 0.0, q),
+                price(width, _REFERENCE_BITS, 0.0),
+            )
+            for m in metrics:
+                quantizer[m][q] = priced[m] / plain[m]
     sparsity: dict[str, dict[Sparsity, float]] = {m: {} for m in metrics}
     for value in space.config.sparsity:
         if value != DENSE:
