@@ -61,7 +61,14 @@ from .objective import Priced, TrialObjective, describe_failure
 from .results import SearchResult, write_run_results
 from .setup import prepare_setup
 from .storage import make_storage
-from .study import REPEAT_LIMIT, count_done, open_study, repeat_streak, write_config
+from .study import (
+    REPEAT_LIMIT,
+    count_done,
+    fail_as_interrupted,
+    open_study,
+    repeat_streak,
+    write_config,
+)
 from .warm_start import warm_start_
 
 logger = logging.getLogger(__name__)
@@ -546,11 +553,7 @@ def _fit(tuner: tune.Tuner, experiment: Path, study: optuna.Study) -> None:
     # died; no Tune trial will finish it.
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        storage.set_trial_user_attr(
-            trial._trial_id, "fail_reason", "interrupted: the Ray driver stopped"
-        )
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fail_as_interrupted(storage, trial._trial_id, "the Ray driver stopped")
     experiment.mkdir(parents=True, exist_ok=True)
     (experiment / FINISHED_FILE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 

@@ -125,14 +125,19 @@ def retry_interrupted(
         if not (stale or stopped) or trial.number in already_retried:
             continue
         if stale:
-            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            storage.set_trial_user_attr(
-                trial._trial_id, "fail_reason", "interrupted: the search process stopped"
-            )
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            fail_as_interrupted(storage, trial._trial_id, "the search process stopped")
         study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
         retried += 1
     return retried
+
+
+def fail_as_interrupted(storage: optuna.storages.BaseStorage, trial_id: int, why: str) -> None:
+    """Fail a trial that a stopped process left RUNNING, as interrupted (it does not count
+    towards n_trials) with the reason ``"interrupted: " + why``. The attributes are written
+    first: a process that dies in between leaves a running trial, never a reasonless failure."""
+    storage.set_trial_user_attr(trial_id, "interrupted", True)
+    storage.set_trial_user_attr(trial_id, "fail_reason", f"interrupted: {why}")
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def counted(trial: FrozenTrial, retried: frozenset[int] | set[int] = frozenset()) -> bool:
