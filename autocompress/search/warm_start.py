@@ -121,9 +121,10 @@ class CostModel:
     (measured at one width), and ``sparsity[s]``, relative to dense (1.0 where not given). A
     layer's cost is ``share x bits[(w, a)] x prune[ratio] x quantizer x sparsity``, averaged
     over the metrics: 1.0 for the network at uniform int8. A factorized layer's is also times
-    its factors' share of its weights and MACs, scaled so that the network with every layer
-    factorized at ``r`` costs ``rank[r]`` (given only where measured: two thin layers may run
-    slower than one).
+    ``layer_rank[(name, r)]``, what its two factors cost relative to the whole layer where the
+    profile prices layers one by one; else its factors' share of its weights and MACs, scaled
+    so that the network with every layer factorized at ``r`` costs ``rank[r]`` (where measured:
+    two thin layers may run slower than one).
     :func:`device_cost_model` measures the ratios on the run's hardware profile (a device that
     runs 4-bit layers as int8 gains nothing from them there, one without sparse kernels nothing
     in time from sparsity); :meth:`proxies` are the hardware-agnostic weight bits and
@@ -136,6 +137,7 @@ class CostModel:
     quantizer: dict[str, dict[str, float]] = field(default_factory=dict)
     sparsity: dict[str, dict[Sparsity, float]] = field(default_factory=dict)
     rank: dict[str, dict[float, float]] = field(default_factory=dict)
+    layer_rank: dict[str, dict[tuple[str, float], float]] = field(default_factory=dict)
     _rank_scales: dict[tuple[str, float], float] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -175,13 +177,16 @@ class CostModel:
             quantizer = self.quantizer.get(metric, {}).get(choice.quantizer, 1.0)
             sparsity = self.sparsity.get(metric, {}).get(choice.sparsity, 1.0)
             prune = self.prune[metric].get(ratio, 1.0 - ratio)
-            factors = 1.0
-            if factorized:
-                factors = _factor_share(s, name, choice.rank) * self._rank_scale(
-                    s, metric, choice.rank
-                )
+            factors = self._factors(s, metric, name, choice.rank) if factorized else 1.0
             total += _part(s, share, name) * bits * prune * quantizer * sparsity * factors
         return total / len(self.share)
+
+    def _factors(self, s: Sensitivity, metric: str, name: str, ratio: float) -> float:
+        """What layer ``name`` factorized at ``ratio`` costs relative to it whole, in ``metric``."""
+        measured = self.layer_rank.get(metric, {}).get((name, ratio))
+        if measured is not None:
+            return measured
+        return _factor_share(s, name, ratio) * self._rank_scale(s, metric, ratio)
 
     def _rank_scale(self, s: Sensitivity, metric: str, ratio: float) -> float:
         """What the factorized layers' shares are scaled by so that the network factorized at
@@ -331,7 +336,9 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
         quantizer: str = UNIFORM,
         sparsity: Sparsity = DENSE,
         rank: float = FULL_RANK,
-    ) -> dict[str, float]:
+    ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+        """The network's metrics with every layer so, and its per-layer rows by name (where the
+        profile gives them: ``details["layers"]``)."""
         candidate = space.uniform_candidate(
             arch,
             w_bits=w,
@@ -347,9 +354,11 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
             input_shape=data.input_shape,
             teacher_state=setup.teacher_state,
         )
-        return trial_metrics(setup.profile.profile(model, input_shape=data.input_shape))
+        hw = setup.profile.profile(model, input_shape=data.input_shape)
+        rows = {r["name"]: r for r in hw.details.get("layers", []) if "name" in r}
+        return trial_metrics(hw), rows
 
-    base = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0)
+    base, base_rows = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0)
     wanted = [o.name for o in config.objectives() if o.name in _SHARE]
     metrics = [m for m in wanted or ["latency_ms", "size_kb"] if 0 < base[m] < math.inf]
     if not metrics:
@@ -357,13 +366,13 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
     bits: dict[str, dict[tuple[int, int], float]] = {m: {} for m in metrics}
     for w in space.config.w_bits:
         for a in space.config.a_bits:
-            priced = price(w, a, 0.0)
+            priced = price(w, a, 0.0)[0]
             for m in metrics:
                 bits[m][(w, a)] = priced[m] / base[m]
     prune: dict[str, dict[float, float]] = {m: {0.0: 1.0} for m in metrics}
     for ratio in space.config.prune_ratios if prunable else []:
         if ratio > 0:
-            priced = price(_REFERENCE_BITS, _REFERENCE_BITS, ratio)
+            priced = price(_REFERENCE_BITS, _REFERENCE_BITS, ratio)[0]
             for m in metrics:
                 prune[m][ratio] = priced[m] / base[m]
     # One width per quantizer (each pricing builds and traces the network): the narrowest of at
@@ -373,24 +382,28 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
     quantizer: dict[str, dict[str, float]] = {m: {} for m in metrics}
     for q in space.config.quantizers if width is not None else []:
         if q != UNIFORM:
-            priced, plain = (
-                price(width, _REFERENCE_BITS, 0.0, q),
-                price(width, _REFERENCE_BITS, 0.0),
-            )
+            priced = price(width, _REFERENCE_BITS, 0.0, q)[0]
+            plain = price(width, _REFERENCE_BITS, 0.0)[0]
             for m in metrics:
                 quantizer[m][q] = priced[m] / plain[m]
     sparsity: dict[str, dict[Sparsity, float]] = {m: {} for m in metrics}
     for value in space.config.sparsity:
         if value != DENSE:
-            priced = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0, sparsity=value)
+            priced = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0, sparsity=value)[0]
             for m in metrics:
                 sparsity[m][value] = priced[m] / base[m]
     rank: dict[str, dict[float, float]] = {m: {} for m in metrics}
+    layer_rank: dict[str, dict[tuple[str, float], float]] = {m: {} for m in metrics}
     for ratio in space.config.rank_ratios if space.factorizable_shapes(arch) else []:
         if ratio < FULL_RANK:
-            priced = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0, rank=ratio)
+            priced, rows = price(_REFERENCE_BITS, _REFERENCE_BITS, 0.0, rank=ratio)
             for m in metrics:
                 rank[m][ratio] = priced[m] / base[m]
+                for name, row in base_rows.items():
+                    # A factorized layer's two factors are rows ``<name>.0`` and ``<name>.1``.
+                    pair = [rows.get(f"{name}.{i}", {}).get(m) for i in (0, 1)]
+                    if None not in pair and row.get(m, 0) > 0:
+                        layer_rank[m][(name, ratio)] = sum(pair) / row[m]
     return CostModel(
         share={m: _SHARE[m] for m in metrics},
         bits=bits,
@@ -398,6 +411,7 @@ def device_cost_model(setup: SearchSetup, arch: dict[str, Any]) -> CostModel | N
         quantizer=quantizer,
         sparsity=sparsity,
         rank=rank,
+        layer_rank=layer_rank,
     )
 
 

@@ -245,6 +245,13 @@ def test_the_device_prices_sparsity_and_quantizers_as_it_runs_them(net, device):
     # Rank 0.25 cuts weights and MACs by ~3.5x; on the Orin each extra layer is another launch.
     assert costs.rank["size_kb"][0.25] < 0.4
     assert (costs.rank["latency_ms"][0.25] < 0.5) == (device == "cortex_a72")
+    # The analytic profile prices layers one by one: each factorized layer's own ratio.
+    layers = costs.layer_rank["latency_ms"]
+    assert {name for name, _ in layers} == {"stem", "block.conv1", "block.conv2", "fc"}
+    if device == "cortex_a72":  # the wide convs gain; a stem of 9 inputs per channel may not
+        assert layers["block.conv1", 0.25] < 0.5 and layers["block.conv2", 0.25] < 0.5
+    else:
+        assert all(ratio > 1 for ratio in layers.values())
 
 
 def test_a_factorization_the_device_runs_slower_is_costed_so(net):
