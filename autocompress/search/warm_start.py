@@ -8,9 +8,10 @@ see the mild, accurate corner of its front. ``sensitivity`` starts from the chec
 1. measure, on a few training batches, how far the checkpoint's output moves when one layer
    alone is quantized at each width, pruned at each ratio, or one block dropped
    (:func:`compression.sensitivity.measure_sensitivity`);
-2. price each layer's choices by two hardware-agnostic proxies, weight bits (size) and
-   bit-operations (MACs x w_bits x a_bits, compute), each relative to the network at uniform
-   int8;
+2. price each layer's choices relative to the network at uniform int8, from the run's hardware
+   profile (:func:`device_cost_model`: the network at each uniform choice, and each factorized
+   layer's own rows where the profile gives them), else by two hardware-agnostic proxies,
+   weight bits (size) and bit-operations (MACs x w_bits x a_bits, compute);
 3. for each cost level (from 0.8 down to 0.15 of uniform int8), give every layer the choice
    that minimises ``distortion + lambda x cost`` (distortions add up for small perturbations),
    with ``lambda`` found by bisection so the network meets the level: HAWQ-style bit
