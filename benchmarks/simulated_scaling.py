@@ -135,9 +135,20 @@ def instrument(sampler_class: type) -> None:
         setattr(sampler_class, name, _timed_sampler(method))
     from optuna.storages import JournalStorage, RDBStorage
 
-    for storage_class in (RDBStorage, JournalStorage):
+    from autocompress.search import storage
+
+    # The subclasses' own methods too: PatientRDBStorage's retrying wrappers call the originals.
+    # Optuna's cache in front of an RDBStorage calls these private ones instead of the public.
+    cached = {"_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id"}
+    for storage_class in (
+        RDBStorage,
+        JournalStorage,
+        storage.HeartbeatRDBStorage,
+        storage.PatientRDBStorage,
+        storage.HeartbeatJournalStorage,
+    ):
         for name, member in vars(storage_class).items():
-            if callable(member) and not name.startswith("_"):
+            if callable(member) and (not name.startswith("_") or name in cached):
                 setattr(storage_class, name, _timed_storage(member))
 
 

@@ -93,3 +93,25 @@ def test_ray_backend_loses_nothing(chaos, postgres, tmp_path):
     )
     _check(log, outcome, strikes={"kill_trial", "stop_db", "kill_driver"}, n_trials=10)
     print(f"ray chaos: {time.monotonic() - start:.0f} s, {dict(log.events)}", file=sys.stderr)
+
+
+def test_a_storage_whose_server_restarted_between_calls_carries_on(postgres):
+    """Connections that a restart cut are replaced: asking, suggesting, reading and writing
+    attributes and telling all work after the server came back."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from autocompress.search.storage import make_storage
+
+    storage = make_storage(postgres.url)
+    study = optuna.create_study(storage=storage, study_name="restart", directions=["maximize"])
+    study.enqueue_trial({"x": 1.0})
+    for _ in range(2):
+        postgres.stop()
+        postgres.start()
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 2.0)
+        trial.set_user_attr("seen", True)
+        assert trial.user_attrs["seen"]
+        study.tell(trial, 1.0)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
