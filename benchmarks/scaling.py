@@ -3,8 +3,8 @@ per trial of each study storage.
 
     python benchmarks/scaling.py [--workers 1,2,4] [--trials-per-worker 6] [--no-ray]
                                  [--overhead-trials 100,1000] [--postgres-url URL]
-    python benchmarks/scaling.py --simulate [--sim-workers 1,4,16,32,64] [--procs 8]
-                                 [--time-scale 2] [--ray-max 16] [--table FILE]
+    python benchmarks/scaling.py --simulate [--sim-workers 1,4,16,32,64] [--sim-trials 3]
+                                 [--procs 8] [--time-scale 2] [--ray-max 16] [--table FILE]
 
 1. Throughput: a fixed tiny search (digits, small CNN, 20 QAT epochs per trial) run by 1, 2,
    4, ... workers (up to the cores here), as ``autocompress worker`` processes sharing a journal
@@ -191,6 +191,12 @@ def main() -> None:
     simulated = parser.add_argument_group("--simulate")
     simulated.add_argument("--simulate", action="store_true", help="see 3. above")
     simulated.add_argument("--sim-workers", default="1,4,16,32,64")
+    simulated.add_argument(
+        "--sim-trials",
+        type=int,
+        default=3,
+        help="trials per worker (8 at least in all); the steady state is the middle N x (this - 2)",
+    )
     simulated.add_argument("--sim-backends", default="postgresql,journal,ray")
     simulated.add_argument(
         "--procs", type=int, default=8, help="worker processes at most (the rest are threads)"

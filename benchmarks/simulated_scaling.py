@@ -12,10 +12,13 @@ proposes and tells on its own, as a process would). A process importing torch ta
 so 64 processes do not fit a 23 GB machine shared with others. The Ray backend runs one Ray
 actor process per concurrent trial, so ``--ray-max`` caps it.
 
-Measured per configuration: steady trials per hour (completions after the first N, as
-``scaling.py`` counts them), parallel efficiency rate(N) / (N x rate(1)), utilisation (seconds
-the workers spent in the evaluator / (N x wall seconds)), and per trial the orchestration time
-of each step, timed by wrapping the real functions in this process (or each worker process):
+Measured per configuration: trials per hour (completions after the first N, as ``scaling.py``
+counts them) and the parallel efficiency rate(N) / (N x rate(1)); the same in the steady state
+(after the first N completions and before the last N, the drain in which workers run out of
+trials one by one) with ``busy``, the share of the N workers' time inside evaluations there;
+utilisation (seconds the workers spent in the evaluator / (N x wall seconds), start-up and drain
+included), and per trial the orchestration time of each step, timed by wrapping the real
+functions in this process (or each worker process):
 ``ask`` (create the trial, relative sampling), ``price`` (suggest, build and price the candidate,
 the duplicate check), ``tell`` and ``proposal`` (the surrogate's callback), each with the part
 spent in the storage, and the sampler's own time per trial.
@@ -329,15 +332,35 @@ def throughput(
 ) -> dict[str, float]:
     trials = evaluated(study)
     done = [t.datetime_complete.timestamp() for t in trials]
-    rate = float("nan")
+
+    def busy(trial: optuna.trial.FrozenTrial) -> float:
+        # The Ray driver does not see its actors' evaluations: their trial's duration_s then.
+        return times.get(trial.number, {}).get("evaluate", trial.user_attrs.get("duration_s", 0))
+
+    rate = steady = steady_busy = float("nan")
     if len(done) > workers:
         rate = 3600 * (len(done) - workers) / (done[-1] - done[workers - 1])
-    # The Ray driver does not see its actors' evaluations: their trial's duration_s then.
-    busy = sum(
-        times.get(t.number, {}).get("evaluate", t.user_attrs.get("duration_s", 0.0)) for t in trials
-    )
-    utilisation = busy / (workers * (done[-1] - released)) if done else float("nan")
-    return {"trials": len(trials), "rate": rate, "utilisation": utilisation, **overhead(times)}
+    # Steady state: after the first wave of N trials, before the last N completions (the drain,
+    # when workers run out of trials one by one and idle while the others finish).
+    first, last = workers - 1, len(done) - workers
+    if last > first:
+        lo, hi = done[first], done[last]
+        steady = 3600 * (last - first) / (hi - lo)
+        # Each evaluation ends just before its trial completes: its overlap with the window.
+        inside = sum(
+            max(0.0, min(end, hi) - max(end - busy(t), lo))
+            for t, end in zip(trials, done, strict=True)
+        )
+        steady_busy = inside / (workers * (hi - lo))
+    utilisation = sum(busy(t) for t in trials) / (workers * (done[-1] - released))
+    return {
+        "trials": len(trials),
+        "rate": rate,
+        "steady": steady,
+        "steady_busy": steady_busy,
+        "utilisation": utilisation if done else float("nan"),
+        **overhead(times),
+    }
 
 
 STEPS = ("ask", "price", "tell", "proposal")
@@ -367,10 +390,12 @@ def overhead(times: dict[int, dict[str, float]], *, priced: bool = True) -> dict
     return found
 
 
-def print_row(label: str, workers: int, found: dict[str, float], base_rate: float) -> None:
-    efficiency = found["rate"] / (workers * base_rate)
+def print_row(label: str, workers: int, found: dict[str, float], one: dict[str, float]) -> None:
+    efficiency = found["rate"] / (workers * one["rate"])
+    steady = found["steady"] / (workers * one["steady"])
     print(
         f"  {label:10s} {workers:3d} {found['trials']:5d} {found['rate']:9.0f} {efficiency:7.1%}"
+        f" {found['steady']:9.0f} {steady:7.1%} {found['steady_busy']:7.1%}"
         f" {found['utilisation']:7.1%} {found.get('total', float('nan')):8.1f}"
         f" {found.get('p90', float('nan')):7.1f}"
         + "".join(f" {found.get(s, float('nan')):7.1f}" for s in (*STEPS, "storage", "sampler")),
@@ -379,7 +404,8 @@ def print_row(label: str, workers: int, found: dict[str, float], base_rate: floa
 
 
 HEADER = (
-    f"  {'backend':10s} {'N':>3s} {'done':>5s} {'trials/h':>9s} {'effic.':>7s} {'util.':>7s}"
+    f"  {'backend':10s} {'N':>3s} {'done':>5s} {'trials/h':>9s} {'effic.':>7s}"
+    f" {'steady/h':>9s} {'effic.':>7s} {'busy':>7s} {'util.':>7s}"
     f" {'ovh ms':>8s} {'p90':>7s}" + "".join(f" {s:>7s}" for s in (*STEPS, "storage", "sampler"))
 )
 
@@ -463,13 +489,13 @@ def main(args: argparse.Namespace, *, local_postgres) -> None:
             print(HEADER, flush=True)
             counts = [int(n) for n in args.sim_workers.split(",")]
             for backend in args.sim_backends.split(","):
-                base_rate = None
+                one = None  # the first row: the rates the others are compared with
                 for workers in counts:
                     if backend == "ray" and workers > args.ray_max:
                         print(f"  {backend:10s} {workers:3d}  skipped (--ray-max {args.ray_max})")
                         continue
                     name = f"{backend}{workers}"
-                    n_trials = max(3 * workers, 8)
+                    n_trials = max(args.sim_trials * workers, 8)
                     run_config = search_config(
                         base,
                         name=name,
@@ -496,8 +522,8 @@ def main(args: argparse.Namespace, *, local_postgres) -> None:
                             root=root,
                         )
                         found = throughput(study, times, workers=workers, released=released)
-                    base_rate = base_rate or found["rate"]
-                    print_row(backend, workers, found, base_rate)
+                    one = one or found
+                    print_row(backend, workers, found, one)
         if "overhead" in parts:
             print(
                 "orchestration at 1,000 and 10,000 trials (no-op objective, NSGA-II; median ms "

@@ -60,6 +60,10 @@ def test_rate_counts_evaluated_trials_after_the_first_n(bench):
     assert found["rate"] == pytest.approx(3600 * 2 / 10)
     # 4 evaluations of 9 s, by 2 workers over the 22 s since the release
     assert found["utilisation"] == pytest.approx(4 * 9.0 / (2 * 22))
+    # Steady state: between the first wave's end (12 s) and the drain's start (16 s), one
+    # completion in 4 s; the evaluations ([7, 16] and [13, 22]) fill 4 + 3 of the 2 x 4 s.
+    assert found["steady"] == pytest.approx(3600 / 4)
+    assert found["steady_busy"] == pytest.approx(7 / 8)
     assert found["total"] == pytest.approx(80.0)
     assert found["price"] == pytest.approx(50.0)
 

@@ -17,13 +17,16 @@ search is refused beside them, and they beside it); besides:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,21 +177,26 @@ def _work(
     repeats = RepeatGuard()
     timeout = config.search.timeout_s
     deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while not repeats.exhausted:
+    stop = threading.Event()
+    started = itertools.count(1)  # trials this worker started (with n_trials), across threads
+
+    def serve() -> None:
+        """Run trials one at a time while the study wants more. ``search.n_jobs`` threads each
+        serve on their own: a thread whose trial ends takes the next one at once, instead of
+        waiting for the other threads' trials to end."""
+        while not (repeats.exhausted or stop.is_set()):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
             if budget is None:
-                batch = min(n_trials - len(ran), config.search.n_jobs)
-                if batch <= 0:
+                if next(started) > n_trials:
                     break
             else:
-                batch = budget.free_slots(study, n_jobs=config.search.n_jobs)
-                if batch is None:
+                free = budget.free_slots(study, n_jobs=1)
+                if free is None:
                     budget.drop_waiting(study)
                     break
-                if batch == 0:
+                if free == 0:
                     # Every trial still needed is running: wait for them to finish, or for
                     # their heartbeats to stop (then they are failed and queued again).
                     time.sleep(config.search.worker.heartbeat_interval)
@@ -199,8 +207,7 @@ def _work(
             try:
                 study.optimize(
                     objective if budget is None else budget.guard(objective),
-                    n_trials=batch,
-                    n_jobs=config.search.n_jobs,
+                    n_trials=1,
                     timeout=left,
                     catch=(Exception,),
                     callbacks=[*objective.callbacks(), after_trial, repeats],
@@ -213,6 +220,19 @@ def _work(
                 if reason is None:
                     raise
                 logger.warning("A trial of this worker was taken over by another: %s", reason)
+
+    try:
+        if config.search.n_jobs == 1:
+            serve()
+        else:
+            with ThreadPoolExecutor(config.search.n_jobs) as pool:
+                threads = [pool.submit(serve) for _ in range(config.search.n_jobs)]
+                try:
+                    for thread in threads:
+                        thread.result()
+                except BaseException:
+                    stop.set()  # the other threads end after their current trial
+                    raise
     finally:
         result = write_run_results(
             study, run, config.objectives(), teacher_metrics=setup.teacher_metrics

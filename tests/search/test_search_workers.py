@@ -32,7 +32,7 @@ from autocompress.search.storage import (
     RetryStaleTrial,
     make_storage,
 )
-from autocompress.search.study import open_study
+from autocompress.search.study import count_done, open_study
 
 
 @pytest.fixture
@@ -360,6 +360,13 @@ def test_a_stale_trial_failed_by_a_process_that_dies_before_its_retry_keeps_its_
     failed = study.trials[dead.number]
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == STALE_REASON
     assert trials_dataframe(study).loc[0, "fail_reason"] == STALE_REASON
+    # Never retried, it leaves its place in n_trials to another candidate, as a retried one
+    # does; a trial that failed on its own (e.g. a NaN loss) uses its place.
+    assert count_done(study.trials) == 0
+    broken = study.ask()
+    broken.set_user_attr("fail_reason", "NaN loss")
+    study.tell(broken, state=TrialState.FAIL)
+    assert count_done(study.trials) == 1
 
 
 def test_a_trial_that_never_beat_is_stale_after_the_grace_period(tmp_path):
@@ -406,3 +413,38 @@ def test_a_trial_taken_over_by_another_worker_does_not_stop_this_one(
     (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == taken[0]]
     assert retry.state == TrialState.COMPLETE
     assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 3
+
+
+def test_a_workers_threads_each_take_the_next_trial_when_theirs_ends(
+    tmp_path, fast_config, monkeypatch
+):
+    """With ``search.n_jobs`` threads, a thread whose trial ended does not wait for the others'
+    trials: while one long trial runs, the other thread runs the short ones."""
+    from autocompress.search import worker as worker_module
+
+    fast_config["search"].update(n_trials=8, n_jobs=2)
+    config = parse_config(fast_config)
+    values = [1.0] * len(config.objectives())
+
+    class Timed:
+        def __init__(self, setup):
+            pass
+
+        def __call__(self, trial):
+            trial.suggest_int("x", 0, 10**6)
+            time.sleep(1.5 if trial.number == 0 else 0.05)
+            return values
+
+        def callbacks(self):
+            return []
+
+    monkeypatch.setattr(worker_module, "TrialObjective", Timed)
+    storage = f"journal:{tmp_path}/journal.log"
+    run_worker(config, storage=storage, runs_dir=tmp_path / "runs")
+
+    study = optuna.load_study(study_name=config.name, storage=make_storage(storage))
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 8
+    long = next(t for t in trials if t.number == 0)
+    during = [t for t in trials if t.number and t.datetime_complete < long.datetime_complete]
+    assert len(during) >= 4, [(t.number, t.datetime_complete) for t in trials]
