@@ -19,7 +19,7 @@ from ..core.files import write_text_atomic
 from ..core.rundir import RunDir
 from ..core.trials import RETRY_ATTR, retried_trials
 from .samplers import make_sampler
-from .storage import STALE_REASON, make_storage, redact
+from .storage import make_storage, redact
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +142,8 @@ def fail_as_interrupted(storage: optuna.storages.BaseStorage, trial_id: int, why
 
 def counted(trial: FrozenTrial, retried: frozenset[int] | set[int] = frozenset()) -> bool:
     """Trials that use up the budget of n_trials: finished, and not cut off by an interruption
-    or by the death of their worker, retried or not (``retried``: numbers of trials queued
-    again). A dead worker's trial left without a retry (past ``max_retry``, or the process that
-    failed it died before queueing it) leaves its place to another candidate. A trial stopped
-    early by ``search.early_stopping`` counts (it was trained); one skipped by
+    or by the death of their worker (``retried``: numbers of trials queued again). A trial
+    stopped early by ``search.early_stopping`` counts (it was trained); one skipped by
     ``search.prescreen`` or as a repeat of an earlier candidate does not."""
     if trial.state == TrialState.COMPLETE:
         return True
@@ -154,7 +152,6 @@ def counted(trial: FrozenTrial, retried: frozenset[int] | set[int] = frozenset()
     return (
         trial.state == TrialState.FAIL
         and not trial.user_attrs.get("interrupted")
-        and trial.user_attrs.get("fail_reason") != STALE_REASON
         and trial.number not in retried
     )
 
