@@ -352,13 +352,15 @@ def throughput(
             for t, end in zip(trials, done, strict=True)
         )
         steady_busy = inside / (workers * (hi - lo))
-    utilisation = sum(busy(t) for t in trials) / (workers * (done[-1] - released))
+    utilisation = float("nan")
+    if done:
+        utilisation = sum(busy(t) for t in trials) / (workers * (done[-1] - released))
     return {
         "trials": len(trials),
         "rate": rate,
         "steady": steady,
         "steady_busy": steady_busy,
-        "utilisation": utilisation if done else float("nan"),
+        "utilisation": utilisation,
         **overhead(times),
     }
 

@@ -192,11 +192,11 @@ def _work(
                 if next(started) > n_trials:
                     break
             else:
-                free = budget.free_slots(study, n_jobs=1)
-                if free is None:
+                room = budget.has_room(study)
+                if room is None:
                     budget.drop_waiting(study)
                     break
-                if free == 0:
+                if not room:
                     # Every trial still needed is running: wait for them to finish, or for
                     # their heartbeats to stop (then they are failed and queued again).
                     time.sleep(config.search.worker.heartbeat_interval)
@@ -244,7 +244,7 @@ class StudyBudget:
     """Exactly ``target`` trials that count (``study.counted``) across every worker of a study.
 
     A worker asks for a trial only while finished and running trials leave room
-    (:meth:`free_slots`); workers that ask at the same moment for the last free slot can still
+    (:meth:`has_room`); workers that ask at the same moment for the last free slot can still
     both get a trial, so each trial also checks, before its work, that the trials numbered before
     it leave it room (:meth:`guard`): the later one is pruned unevaluated, as not needed.
     Trial numbers order the claims: every worker sees the same order, so exactly one gets the
@@ -253,14 +253,14 @@ class StudyBudget:
     def __init__(self, target: int) -> None:
         self.target = target
 
-    def free_slots(self, study: optuna.Study, *, n_jobs: int) -> int | None:
-        """Trials this worker may start now (0: wait), or None when the study is done."""
+    def has_room(self, study: optuna.Study) -> bool | None:
+        """Whether a trial may start now (False: wait), or None when the study is done."""
         trials = study.get_trials(deepcopy=False)
         done = count_done(trials)
         if done >= self.target:
             return None
         running = sum(t.state == TrialState.RUNNING for t in trials)
-        return max(0, min(n_jobs, self.target - done - running))
+        return done + running < self.target
 
     def drop_waiting(self, study: optuna.Study) -> None:
         """Close the trials still queued once the study is done, as pruned (they never ran and

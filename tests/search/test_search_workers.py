@@ -273,7 +273,7 @@ def test_the_budget_lets_exactly_n_trials_start_across_workers():
     study.tell(study.ask(), [1.0])
     first, second = study.ask(), study.ask()  # two workers took the last free slot at once
     budget = StudyBudget(2)
-    assert budget.free_slots(study, n_jobs=4) == 0  # 1 done + 2 running: wait
+    assert budget.has_room(study) is False  # 1 done + 2 running: wait
 
     def objective(trial):
         return [0.5]
@@ -289,7 +289,7 @@ def test_the_budget_lets_exactly_n_trials_start_across_workers():
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.user_attrs["retry_of"] for t in waiting] == [retry.number]
     study.tell(first, [0.5])
-    assert budget.free_slots(study, n_jobs=4) is None  # 2 done: the study is complete
+    assert budget.has_room(study) is None  # 2 done: the study is complete
     # The retry queued again is not needed any more: closed, unrun, with the reason.
     budget.drop_waiting(study)
     dropped = study.trials[-1]
