@@ -3,14 +3,16 @@
     python benchmarks/ptq_fidelity.py [--config configs/quickstart.yaml] [--candidates 12]
                                       [--set FIELD=VALUE ...] [--runs-dir DIR] [--seed 0]
                                       [--calibration mse] [--no-bias-correction] [--adaround 0]
+                                      [--calib-batches 8] [--distill-steps 0 ...]
                                       [--threads 1] [--cheap-epochs 1]
 
 Draws ``--candidates`` random candidates of the config's space that fit its hardware budget,
-and scores each three times, each time freshly built from the teacher as the search builds it:
-with the ``ptq`` evaluator (``--calibration``, bias correction unless turned off, ``--adaround``
-steps per layer), with a short QAT fine-tune of ``--cheap-epochs`` epochs (the other cheap
-evaluator; 0 leaves it out), and
-with the ``train`` evaluator (QAT + distillation for ``train.epochs``, no early stopping, no
+and scores each, each time freshly built from the teacher as the search builds it: with the
+``ptq`` evaluator (``--calibration``, bias correction unless turned off, ``--adaround`` steps
+per layer, ``--calib-batches``) once per ``--distill-steps`` value (its ``distill_steps``: 0 is
+plain PTQ; ``--distill-steps 0 4 8`` compares three), with a short QAT fine-tune of
+``--cheap-epochs`` epochs (the other cheap evaluator; 0 leaves it out), and with the ``train``
+evaluator (QAT + distillation for ``train.epochs``, no early stopping, no
 ``ptq_fallback``: the reference). Prints the scores per candidate, the seconds per candidate of
 each evaluator, how many candidates each scores per CPU-hour (one thread: wall = CPU time) and
 the Kendall tau of each cheap ranking against the reference
@@ -100,6 +102,14 @@ def main() -> None:
     parser.add_argument(
         "--adaround", type=int, default=0, help="AdaRound steps per layer (0: round to nearest)"
     )
+    parser.add_argument("--calib-batches", type=int, default=8)
+    parser.add_argument(
+        "--distill-steps",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="the ptq evaluator's distill_steps, one ptq column per value (0: plain PTQ)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--cheap-epochs", type=int, default=1, help="epochs of the short QAT; 0: leave it out"
@@ -127,8 +137,14 @@ def main() -> None:
         "calibration": args.calibration,
         "bias_correction": not args.no_bias_correction,
         "adaround_iterations": args.adaround,
+        "calib_batches": args.calib_batches,
     }
-    cheap = {"ptq": Timed(create_evaluator("ptq", context=contexts[0], **options))}
+    cheap = {
+        ("ptq" if steps == 0 else f"ptq+{steps} st"): Timed(
+            create_evaluator("ptq", context=contexts[0], distill_steps=steps, **options)
+        )
+        for steps in args.distill_steps
+    }
     if args.cheap_epochs > 0:
         short = TrainEvaluator.from_context(contexts[0], epochs=args.cheap_epochs)
         cheap[f"qat {args.cheap_epochs} ep"] = Timed(short)

@@ -43,6 +43,9 @@ MSE_FRACTIONS = torch.logspace(0, -3, 100)
 # over a few batches, enough for a 99.99th percentile; few enough for the MSE grid to take
 # milliseconds.
 SAMPLES_PER_BATCH = 2**14
+# Elements of one vectorised step of the MSE grid search (256 kB of float32: larger
+# steps run out of cache and take longer than the loop they replace).
+_GRID_ELEMENTS = 2**16
 
 
 def _check_method(method: str, *, where: str) -> None:
@@ -64,10 +67,23 @@ def activation_range(
     if method == "percentile":
         lo, hi = _quantile(x, 1 - percentile / 100), _quantile(x, percentile / 100)
     elif method == "mse":
-        errors = torch.stack([activation_error(x, f * lo, f * hi, bits) for f in MSE_FRACTIONS])
-        best = MSE_FRACTIONS[int(errors.argmin())]
+        errors = torch.cat(
+            [
+                activation_error(x, fractions * lo, fractions * hi, bits)
+                for fractions in _fraction_chunks(x.numel(), like=x)
+            ]
+        )
+        best = MSE_FRACTIONS[int(errors.argmin())].to(x)  # the first of equals: the widest
         lo, hi = best * lo, best * hi
     return lo, hi
+
+
+def _fraction_chunks(values: int, *, like: Tensor) -> tuple[Tensor, ...]:
+    """``MSE_FRACTIONS`` in chunks that each broadcast against ``values`` values to at most
+    ``_GRID_ELEMENTS`` elements: one vectorised error computation per chunk, not per fraction
+    (per-fraction calls cost more in dispatch than in arithmetic on small layers)."""
+    size = max(1, _GRID_ELEMENTS // max(values, 1))
+    return MSE_FRACTIONS.to(like).split(size)
 
 
 def _quantile(x: Tensor, q: float) -> Tensor:
@@ -76,11 +92,14 @@ def _quantile(x: Tensor, q: float) -> Tensor:
 
 
 def activation_error(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """Mean squared error of quantizing ``x`` with the range ``[lo, hi]`` at ``bits`` bits."""
+    """Mean squared error of quantizing ``x`` (1-D) with the range ``[lo, hi]`` at ``bits``
+    bits; with ``lo`` and ``hi`` of shape ``[k]``, the ``k`` errors of ``k`` ranges."""
     scale, zero_point = activation_qparams(lo, hi, bits)
+    if scale.dim():
+        scale, zero_point, x = scale[:, None], zero_point[:, None], x[None]
     # fake_quantize's forward value, without the straight-through term no one differentiates.
     q = torch.clamp(torch.round(x / scale) + zero_point, 0, 2**bits - 1)
-    return ((q - zero_point) * scale - x).square().mean()
+    return ((q - zero_point) * scale - x).square().mean(dim=-1)
 
 
 def weight_clip(
@@ -103,18 +122,17 @@ def weight_clip(
         return torch.quantile(magnitudes, percentile / 100, dim=1)
     if method == "minmax" or bits >= FLOAT_BITS:
         return max_abs
-    best_error = torch.full_like(max_abs, torch.inf)
-    best = max_abs.clone()
-    shape = (-1, *([1] * (w.dim() - 1)))
-    for fraction in MSE_FRACTIONS:
-        bound = (fraction * max_abs).view(shape)
-        clipped = torch.minimum(torch.maximum(w, -bound), bound)
-        error = (quantize_weight_nonuniform(clipped, bits, quantizer) - w).square()
-        error = error.flatten(1).mean(dim=1)
-        better = error < best_error
-        best_error = torch.where(better, error, best_error)
-        best = torch.where(better, fraction * max_abs, best)
-    return best
+    rows = w.flatten(1)
+    errors = []
+    for fractions in _fraction_chunks(rows.numel(), like=rows):
+        # Every fraction's clipped copy at once, as rows of one weight: the quantizers scale
+        # each row (output channel) by its own largest |w|, which clipping sets to the bound.
+        bound = (fractions[:, None] * max_abs[None, :])[..., None]  # [k, C, 1]
+        clipped = torch.minimum(torch.maximum(rows, -bound), bound)
+        quantized = quantize_weight_nonuniform(clipped.flatten(0, 1), bits, quantizer)
+        errors.append((quantized.view_as(clipped) - rows).square().mean(dim=-1))
+    best = torch.cat(errors).argmin(dim=0)  # the first of equals: the widest clip
+    return MSE_FRACTIONS.to(w)[best] * max_abs
 
 
 def _quant_layers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:

@@ -1,24 +1,29 @@
 """Post-training quantization evaluator: calibrate the candidate as the search built it (teacher
-weights inherited, pruned, fake-quant layers) on a few training batches, then score it. No
-training: seconds per candidate."""
+weights inherited, pruned, fake-quant layers) on a few training batches, optionally match the
+teacher's outputs on those batches for a few steps, then score it. No fine-tune on the training
+split: seconds per candidate."""
 
 from __future__ import annotations
 
 import time
-from itertools import islice
+from itertools import cycle, islice
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from ..compression.calibration import CALIBRATIONS, post_training_quantize_
+from ..compression.calibration import (
+    CALIBRATIONS,
+    post_training_quantize_,
+    recalibrate_batchnorm_,
+)
 from ..compression.sparsity import apply_masks_, sparse_layers, sparsify_, taylor_scores
 from ..data import DataBundle, make_loaders
 from ..spaces import Candidate
 from ..tasks import Classification, Task, to_device
 from ._base import Evaluator, EvaluatorContext, TaskMetrics, register_evaluator
-from .train import candidate_failures, validation_metrics
+from .train import candidate_failures, train_step_, validation_metrics
 
 
 class PTQOptions(BaseModel):
@@ -33,6 +38,13 @@ class PTQOptions(BaseModel):
     adaround_iterations: int = Field(
         default=0, ge=0, description="AdaRound optimizer steps per layer (0: round to nearest)"
     )
+    distill_steps: int = Field(
+        default=0,
+        ge=0,
+        description="optimizer steps matching the teacher's outputs on the calibration batches "
+        "after calibration (0: none)",
+    )
+    distill_lr: float | None = Field(default=None, gt=0, description="default: train.lr")
     batch_size: int | None = Field(default=None, gt=0, description="default: train.batch_size")
 
 
@@ -74,14 +86,25 @@ class PTQEvaluator(Evaluator):
         seed: int = 0,
         task: Task | None = None,
         sparsity_importance: str = "magnitude",
+        teacher: nn.Module | None = None,
+        lr: float = 1e-3,
+        kd_temperature: float = 4.0,
     ) -> None:
         self.data = data
+        self.teacher, self.lr, self.kd_temperature = teacher, lr, kd_temperature
+        if teacher is not None:
+            teacher.to(device).eval()
         self.sparsity_importance = sparsity_importance
         self.batch_size, self.num_workers = batch_size, num_workers
         self.options = options or PTQOptions()
         self.device = device
         self.seed = seed
         self.task = task or Classification()
+        if self.options.distill_steps and teacher is None:
+            raise ValueError(
+                "The 'evaluator.options.distill_steps' field needs the teacher's outputs to "
+                f"match; this run has no teacher. Got {self.options.distill_steps} instead of 0."
+            )
 
     def evaluate(self, model: nn.Module, candidate: Candidate) -> TaskMetrics:
         options = self.options
@@ -102,15 +125,49 @@ class PTQEvaluator(Evaluator):
                 inputs,
                 method=options.calibration,
                 percentile=options.percentile,
-                bias_correction=options.bias_correction,
+                # The distillation steps move every layer's mean output, the biases included.
+                bias_correction=options.bias_correction and not options.distill_steps,
                 adaround_iterations=options.adaround_iterations,
                 seed=self.seed,
             )
+            if options.distill_steps:
+                self._distill(model, batches)
             metrics = validation_metrics(model, val_loader, device=self.device, task=self.task)
         loss = metrics.pop("loss")
         return TaskMetrics(
             metrics=metrics, loss=loss, epochs=0, train_seconds=time.perf_counter() - start
         )
+
+    def _distill(self, model: nn.Module, batches: list) -> None:
+        """``distill_steps`` AdamW steps (cosine schedule, no weight decay) that move the
+        weights so the quantized outputs match the teacher's on the calibration batches, in
+        turn: the outputs only, no labels, as a network-wise PTQ reconstruction. The whole model
+        stays in eval mode, so the calibrated activation ranges, the codebooks and the
+        BatchNorm statistics hold while the weights learn through the quantizers'
+        straight-through gradients; the statistics are then re-estimated on the moved weights
+        and the sparse layers' dropped weights zeroed again."""
+        steps = self.options.distill_steps
+        model.eval()
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=self.options.distill_lr or self.lr, weight_decay=0.0
+        )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        for step, (x, y) in zip(range(steps), cycle(batches), strict=False):
+            train_step_(
+                model,
+                x,
+                y,
+                teacher=self.teacher,
+                kd_alpha=1.0,
+                kd_temperature=self.kd_temperature,
+                optimizer=optimizer,
+                schedule=schedule,
+                where=f"distillation loss at step {step}",
+                task=self.task,
+            )
+        optimizer.zero_grad(set_to_none=True)
+        recalibrate_batchnorm_(model, [x for x, _ in batches])
+        apply_masks_(model)
 
     def _sparsify(self, model: nn.Module, batches: list) -> None:
         """One-shot sparsity before calibration (no training to prune gradually in): the masks
@@ -143,4 +200,7 @@ def ptq_evaluator(context: EvaluatorContext, **options: Any) -> PTQEvaluator:
         seed=context.seed,
         task=context.task,
         sparsity_importance=context.space.config.sparsity_importance,
+        teacher=context.teacher,
+        lr=context.train.lr,
+        kd_temperature=context.train.kd_temperature,
     )

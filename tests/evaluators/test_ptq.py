@@ -65,11 +65,53 @@ def test_every_calibration_runs_and_bias_correction_is_optional(digits, teacher_
     assert all(0.5 < score <= 1 for score in scores.values())
 
 
-def test_the_saved_model_scores_what_ptq_scored(digits, teacher_state, tmp_path):
+def float_teacher(teacher_state) -> torch.nn.Module:
+    return build_compressed(Candidate("small_cnn", ARCH), teacher_state=teacher_state, **SHAPES)
+
+
+@torch.no_grad()
+def distance_to(teacher: torch.nn.Module, model: torch.nn.Module, loader) -> float:
+    """Mean squared distance between the two networks' logits over ``loader``."""
+    teacher.eval(), model.eval()
+    return float(torch.stack([(model(x) - teacher(x)).square().mean() for x, _ in loader]).mean())
+
+
+def test_distillation_steps_move_the_quantized_outputs_towards_the_teachers(digits, teacher_state):
+    teacher = float_teacher(teacher_state)
+    _, val = make_loaders(digits, batch_size=64, num_workers=0, seed=0)
+    distances, scores = {}, {}
+    for steps in (0, 16):
+        options = PTQOptions(distill_steps=steps, calib_batches=4)
+        evaluator = PTQEvaluator(
+            data=digits, batch_size=64, device=CPU, options=options, teacher=teacher, lr=0.005
+        )
+        model = build_compressed(candidate(), teacher_state=teacher_state, **SHAPES)
+        scores[steps] = evaluator.evaluate(model, candidate())
+        distances[steps] = distance_to(teacher, model, val)
+    # On the validation split, which the steps never saw: 0.39 -> 0.26 (accuracy 82.7 -> 87.5%).
+    assert distances[16] < 0.8 * distances[0]
+    assert scores[16].accuracy >= scores[0].accuracy - 0.02 and scores[16].epochs == 0
+    # The teacher is only read.
+    assert all(not p.requires_grad or p.grad is None for p in teacher.parameters())
+
+
+def test_distillation_needs_a_teacher(digits):
+    with pytest.raises(ValueError, match="'evaluator.options.distill_steps' field needs"):
+        PTQEvaluator(data=digits, batch_size=64, device=CPU, options=PTQOptions(distill_steps=4))
+
+
+@pytest.mark.parametrize("steps", [0, 4])
+def test_the_saved_model_scores_what_ptq_scored(digits, teacher_state, tmp_path, steps):
     from autocompress.compression import save_model
 
     model = build_compressed(candidate(), teacher_state=teacher_state, **SHAPES)
-    evaluator = PTQEvaluator(data=digits, batch_size=64, device=CPU)
+    evaluator = PTQEvaluator(
+        data=digits,
+        batch_size=64,
+        device=CPU,
+        options=PTQOptions(distill_steps=steps),
+        teacher=float_teacher(teacher_state),
+    )
     scored = evaluator.evaluate(model, candidate()).accuracy
     save_model(tmp_path, model, candidate=candidate(), **SHAPES)
     reloaded, _ = load_model(tmp_path)
@@ -99,6 +141,8 @@ def test_the_factory_takes_the_options_and_the_train_batch_size(digits):
         ({"calib_batch": 4}, "'evaluator.options.calib_batch' field is not an option"),
         ({"calib_batches": 0}, "'evaluator.options.calib_batches' field is invalid"),
         ({"percentile": 10}, "'evaluator.options.percentile' field is invalid"),
+        ({"distill_steps": -1}, "'evaluator.options.distill_steps' field is invalid"),
+        ({"distill_lr": 0}, "'evaluator.options.distill_lr' field is invalid"),
     ],
 )
 def test_bad_options_are_config_errors_naming_the_field(tiny_config_dict, options, message):
