@@ -1,6 +1,7 @@
 """How well post-training quantization ranks candidates like QAT fine-tuning, and how much faster.
 
-    python benchmarks/ptq_fidelity.py [--config configs/quickstart.yaml] [--candidates 12]
+    python benchmarks/ptq_fidelity.py [--config configs/quickstart.yaml | --byo MODEL]
+                                      [--candidates 12]
                                       [--set FIELD=VALUE ...] [--runs-dir DIR] [--seed 0]
                                       [--calibration mse] [--no-bias-correction] [--adaround 0]
                                       [--calib-batches 8] [--distill-steps 0 ...]
@@ -20,12 +21,18 @@ the Kendall tau of each cheap ranking against the reference
 config fields as the CLI's ``--set`` does, e.g. ``--set space.arch.widths=[48]``. The teacher is
 trained once into ``--runs-dir`` (default: a temporary folder) and reused from there. Torch
 runs on ``--threads`` threads (tiny models train fastest on one, and shared CPUs time steadier).
+
+``--byo MODEL`` (resnet18 or mobilenet_v3_small) measures on a user model instead of a config:
+the torchvision network trained on generated digits and the run config of
+``benchmarks/byo_baselines.py`` (its default space, ``train`` section and device; the checkpoint
+trained once into ``--runs-dir`` and reused from there).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocompress.config import apply_overrides, load_config, parse_config
+from autocompress.config import RunConfig, apply_overrides, load_config, parse_config
 from autocompress.core.trials import candidate_summary
 from autocompress.evaluators import (
     Evaluator,
@@ -90,9 +97,26 @@ def within_budget(objective: TrialObjective, n: int, *, seed: int) -> list[Candi
     raise SystemExit(f"Fewer than {n} distinct candidates of the space fit its budget.")
 
 
+def byo_config(model: str, runs_dir: Path) -> RunConfig:
+    """``byo_baselines``' run config for ``model``, its checkpoint trained into ``runs_dir``
+    unless there."""
+    here = Path(__file__).resolve().parent
+    for folder in (here, here.parent / "examples" / "resnet18_checkpoint"):
+        if str(folder) not in sys.path:  # model.factory and data.dataset name modules there
+            sys.path.insert(0, str(folder))
+    import byo_baselines
+
+    args = byo_baselines.build_parser().parse_args(["--reuse-checkpoint"])
+    checkpoint = runs_dir / f"{model}.pt"
+    accuracy = byo_baselines.train_checkpoint(model, checkpoint, args)
+    print(f"checkpoint      {checkpoint}: accuracy {accuracy:.3f}", flush=True)
+    return byo_baselines.run_config(model, checkpoint, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/quickstart.yaml"))
+    parser.add_argument("--byo", choices=["resnet18", "mobilenet_v3_small"], default=None)
     parser.add_argument("--candidates", type=int, default=12)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--runs-dir", type=Path, default=None)
@@ -117,9 +141,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = apply_overrides(load_config(args.config).model_dump(mode="json"), args.overrides)
-    config = parse_config(data, source=f"{args.config} (with --set)")
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="autocompress-ptq-"))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    base = byo_config(args.byo, runs_dir) if args.byo else load_config(args.config)
+    data = apply_overrides(base.model_dump(mode="json"), args.overrides)
+    config = parse_config(data, source=f"{args.byo or args.config} (with --set)")
     contexts: list[EvaluatorContext] = []
 
     # Plain QAT: the reference and the short one are fine-tunes only (the search's fallback to
@@ -165,7 +191,7 @@ def main() -> None:
     }
 
     teacher = setup.teacher_metrics.get("accuracy", float("nan"))
-    print(f"config          {args.config} {' '.join(args.overrides)}")
+    print(f"config          {args.byo or args.config} {' '.join(args.overrides)}")
     print(f"teacher         accuracy {teacher:.3f} ({runs_dir / config.name})")
     print(f"ptq options     {options}")
     names = [*cheap, "train"]
