@@ -2,12 +2,15 @@
 
     python benchmarks/latency_fidelity.py [--quick] [--per-group N] [--repeats R] [--rounds K]
                                           [--seed S | --seeds S1 S2 S3] [--float] [--save DIR]
+                                          [--backend onnxruntime|executorch|litert]
 
 Samples candidates from four search spaces (mlp and small_cnn on 1x8x8 digits-sized inputs,
 small_cnn and mobilenetv2 on 3x32x32 CIFAR-sized inputs), builds each compressed model and
 measures it with ONNX Runtime as deployed (int8 kernels for layers of at most 8 bits, fp32 for
-the others; ``--float``: everything float) (1 thread, warm-up, the timing rule of
-``autocompress.hardware_profiles.timing`` over R timed runs), once in each of K rounds over all
+the others; ``--float``: everything float; ``--backend executorch``/``litert``: the XNNPACK
+``.pte`` / ``.tflite`` program instead, as deployed, and the LUT measured with it too)
+(1 thread, warm-up, the timing rule of ``autocompress.hardware_profiles.timing`` over R timed
+runs), once in each of K rounds over all
 models in shuffled order; the reference latency is the best of the K rounds
 (small cloud VMs have slower phases of a few seconds caused by their neighbours; contention
 only ever adds time, see ``build_lut``).
@@ -95,7 +98,12 @@ def main() -> None:
         "allow)",
     )
     parser.add_argument("--save", type=Path, default=None, help="write data and models here")
+    parser.add_argument(
+        "--backend", choices=["onnxruntime", "executorch", "litert"], default="onnxruntime"
+    )
     args = parser.parse_args()
+    if not args.quantized and args.backend != "onnxruntime":
+        parser.error(f"--float needs --backend onnxruntime ({args.backend} runs as deployed)")
     runs = {seed: run(args, seed) for seed in (args.seeds or [args.seed])}
     if len(runs) > 1:
         _summary(runs)
@@ -139,6 +147,7 @@ def run(args: argparse.Namespace, seed: int) -> tuple[list[tuple[str, Any]], flo
     # the reference is the best round (see build_lut: contention only ever adds time)
     timings = measure_models(
         [(m["model"], m["shape"]) for m in models],
+        backend=args.backend,
         threads=1,
         warmup=10,
         repeats=repeats,
@@ -168,7 +177,13 @@ def run(args: argparse.Namespace, seed: int) -> tuple[list[tuple[str, Any]], flo
 
     # ---- profiles from train data only
     t = time.perf_counter()
-    timing = {"threads": 1, "warmup": 10, "repeats": repeats, "quantized": args.quantized}
+    timing = {
+        "backend": args.backend,
+        "threads": 1,
+        "warmup": 10,
+        "repeats": repeats,
+        "quantized": args.quantized,
+    }
     lut = build_lut(pairs, **timing, rounds=lut_rounds)
     print(
         f"LUT: {len(lut)} layer entries from {len(train)} train models in "
@@ -234,7 +249,7 @@ def run(args: argparse.Namespace, seed: int) -> tuple[list[tuple[str, Any]], flo
     print()
     print(
         f"TEST set: {len(test)} models (train {len(train)}); latency "
-        f"{min(test_ms) * 1e3:.1f} .. {max(test_ms) * 1e3:.1f} us; onnxruntime "
+        f"{min(test_ms) * 1e3:.1f} .. {max(test_ms) * 1e3:.1f} us; {args.backend} "
         f"({'int8 where the bits allow' if args.quantized else 'float'}), 1 thread, "
         f"best of {rounds} rounds x median of {repeats} runs"
     )

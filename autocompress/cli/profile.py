@@ -54,7 +54,12 @@ Journal = Annotated[
 ConfigPath = Annotated[Path, typer.Option("--config", help="Run config YAML (its space: section).")]
 Out = Annotated[Path, typer.Option("--out", help="Output JSON file.")]
 Samples = Annotated[int, typer.Option(min=1, help="Candidates sampled from the search space.")]
-Backend = Annotated[str, typer.Option(help="onnxruntime | torch")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        help="onnxruntime | executorch (XNNPACK .pte) | litert (.tflite) | torch (eager, float)"
+    ),
+]
 Repeats = Annotated[int, typer.Option(min=1, help="Timed runs per measurement (median kept).")]
 Warmup = Annotated[int, typer.Option(min=0, help="Untimed runs before each measurement.")]
 Threads = Annotated[int, typer.Option(min=1, help="Intra-op threads of the runtime.")]
@@ -62,8 +67,8 @@ Quantized = Annotated[
     bool | None,
     typer.Option(
         "--quantized/--float",
-        help="Time layers as deployed (int8 kernels where the bits allow; the default with "
-        "onnxruntime) or as float (the default with torch).",
+        help="Time layers as deployed (int8 kernels where the bits allow; the default, and the "
+        "only choice with executorch and litert) or as float (the default with torch).",
     ),
 ]
 Rounds = Annotated[
@@ -364,11 +369,16 @@ def _describe(f: Any) -> str:
 
 def _check_quantized(quantized: bool | None, backend: str) -> bool:
     if quantized is None:
-        return backend == "onnxruntime"
-    if quantized and backend != "onnxruntime":
+        return backend != "torch"
+    if quantized and backend == "torch":
         fail(
-            f"The '--quantized' option needs '--backend onnxruntime' (eager {backend} has no "
-            "integer kernels for these layers); use --float."
+            "The '--quantized' option needs '--backend onnxruntime', executorch or litert "
+            "(eager torch has no integer kernels for these layers); use --float."
+        )
+    if not quantized and backend in ("executorch", "litert"):
+        fail(
+            f"The '--float' option needs '--backend onnxruntime' or torch: {backend} times the "
+            "converted program as deployed; drop --float."
         )
     return quantized
 
@@ -390,8 +400,11 @@ def _remote(
             "The 'DEVICE' argument must be 'host' (this machine) or the URL of an "
             f"`autocompress agent`, e.g. http://192.168.1.20:8765. Got {device!r} instead."
         )
-    if backend != "onnxruntime":
-        fail(f"A URL DEVICE times with onnxruntime: drop '--backend {backend}'.")
+    if backend == "torch":
+        fail(
+            "A URL DEVICE times with onnxruntime, executorch or litert (as its agent runs "
+            "them): drop '--backend torch'."
+        )
     from ..hardware_profiles.remote import RemoteProfile
 
     with reported_errors():
@@ -402,6 +415,7 @@ def _remote(
             repeats=repeats,
             threads=threads,
             quantized=quantized,
+            runtime=backend,
         )
 
 
@@ -410,8 +424,13 @@ def _journal_path(out: Path, journal: Path | None) -> Path:
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in ("onnxruntime", "torch"):
-        fail(f"The '--backend' option must be onnxruntime or torch. Got {backend!r} instead.")
+    from ..hardware_profiles.lut_table import LUT_BACKENDS
+
+    if backend not in LUT_BACKENDS:
+        fail(
+            f"The '--backend' option must be one of {', '.join(LUT_BACKENDS)}. "
+            f"Got {backend!r} instead."
+        )
 
 
 def _load(

@@ -155,20 +155,20 @@ def _profiler(
     quantized: bool | None,
 ) -> tuple[Any, dict[str, Any]]:
     """The profile that times (``remote`` or this host's MeasuredProfile; ``quantized``
-    defaults to True for onnxruntime) and the facts of where it times."""
+    defaults to True for every backend but torch) and the facts of where it times."""
     from autocompress.hardware_profiles.measured import MeasuredProfile
 
-    quantized = backend == "onnxruntime" if quantized is None else quantized
+    quantized = backend != "torch" if quantized is None else quantized
     if remote is None:
         profiler = MeasuredProfile(
             backend=backend, warmup=warmup, repeats=repeats, threads=threads, quantized=quantized
         )
         return profiler, host_facts(backend=backend, threads=threads)
-    if backend != "onnxruntime" or remote.quantized != quantized:
+    if backend != remote.runtime or remote.quantized != quantized:
         raise ValueError(
-            "A remote device times onnxruntime models as its RemoteProfile says: pass "
-            f"backend='onnxruntime' and quantized={remote.quantized}. Got backend={backend!r}, "
-            f"quantized={quantized}."
+            "A remote device times models as its RemoteProfile says: pass "
+            f"backend={remote.runtime!r} and quantized={remote.quantized}. Got "
+            f"backend={backend!r}, quantized={quantized}."
         )
     return remote, {"remote": remote.url, **remote.info(), "backend": backend, "threads": threads}
 
@@ -253,7 +253,7 @@ def context_module(
 def build_lut(
     items: Iterable[LayerKey | tuple[nn.Module, tuple[int, ...]]],
     *,
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime",
+    backend: Literal["onnxruntime", "torch", "executorch", "litert"] = "onnxruntime",
     threads: int = 1,
     warmup: int = 10,
     repeats: int = 30,
@@ -268,10 +268,12 @@ def build_lut(
 
     ``items``: :class:`LayerKey` objects (e.g. from :func:`layer_shapes_of_space`) and/or
     ``(model, input_shape)`` pairs whose layers are traced with :func:`model_layers`. Layers
-    without a key are skipped. ``quantized`` (default: True for onnxruntime, False for torch):
-    layers are timed as deployed, int8 keys with onnxruntime's int8 kernels (see
-    :class:`MeasuredProfile`), and the LUT's precision is :data:`DEPLOYED`; otherwise every key
-    must be :data:`HOST_PRECISION` and everything runs float. Every timing is a
+    without a key are skipped. ``quantized`` (default: True, False for torch): layers are timed
+    as deployed, int8 keys with the runtime's int8 kernels (onnxruntime's QDQ graph, an
+    ExecuTorch XNNPACK ``.pte``, a LiteRT ``.tflite``; see :class:`MeasuredProfile`), and the
+    LUT's precision is :data:`DEPLOYED`; otherwise every key must be :data:`HOST_PRECISION` and
+    everything runs float (torch and onnxruntime only: the converted runtimes time the program
+    as deployed). Every timing is a
     :class:`MeasuredProfile` figure (``backend``, ``threads``,
     ``warmup``, ``repeats``). Everything is timed once per round, rounds one after another, and
     each timing keeps its best (smallest) median over the rounds: on a shared machine, other
@@ -375,7 +377,7 @@ def _contexts(key: LayerKey) -> tuple[_Context, _Context]:
 def measure_models(
     models: Sequence[tuple[nn.Module, tuple[int, ...]]],
     *,
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime",
+    backend: Literal["onnxruntime", "torch", "executorch", "litert"] = "onnxruntime",
     threads: int = 1,
     warmup: int = 10,
     repeats: int = 30,

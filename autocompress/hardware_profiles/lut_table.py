@@ -57,7 +57,7 @@ LUT_FORMAT = "autocompress-latency-lut"
 LUT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 #: Runtimes a LUT can be measured with (MeasuredProfile backends).
-LUT_BACKENDS = ("onnxruntime", "torch")
+LUT_BACKENDS = ("onnxruntime", "torch", "executorch", "litert")
 #: The backend of a LUT imported from a table measured or simulated elsewhere.
 IMPORTED_BACKEND = "imported"
 _FLOAT_BITS = 32

@@ -82,7 +82,7 @@ def fit_latency_predictor(
     samples: int = 40,
     seed: int = 0,
     lut: LatencyLUT | str | os.PathLike[str] | None = None,
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime",
+    backend: Literal["onnxruntime", "torch", "executorch", "litert"] = "onnxruntime",
     quantized: bool | None = None,
     remote: RemoteProfile | None = None,
     journal: str | os.PathLike[str] | None = None,
@@ -99,7 +99,7 @@ def fit_latency_predictor(
     ``space``: a :class:`SpaceConfig` or its mapping form, built at ``input_shape`` (one sample,
     no batch dim) and ``num_classes``; candidates are drawn with ``seed``. Candidates that build
     the same host model (the same layers at the same host precisions) are timed once.
-    ``quantized`` (default: True for onnxruntime): models and layers are timed as deployed, int8
+    ``quantized`` (default: True, False for torch): models and layers are timed as deployed, int8
     where the bits allow (see :class:`MeasuredProfile`). ``remote``/``journal``: as in
     :func:`build_lut` (one journal holds the model and the layer timings); with ``remote`` the
     analytic spec is not calibrated, since its first guess describes this host. ``lut``: layer
@@ -128,7 +128,7 @@ def fit_latency_predictor(
             f"Got {holdout!r} instead."
         )
     # A LUT that cannot be used is reported before minutes of measuring, not after.
-    quantized = backend == "onnxruntime" if quantized is None else quantized
+    quantized = backend != "torch" if quantized is None else quantized
     precision = DEPLOYED if quantized else HOST_PRECISION
     layers = None
     if lut is not None:

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import yaml
 from torch import nn
 from typer.testing import CliRunner
@@ -89,13 +90,28 @@ def test_build_lut_and_fit_on_an_agent_url(tmp_path, tiny_config_dict, monkeypat
         assert LatencyPredictor.load(predictor).layer_keys
 
 
-def test_a_url_device_needs_onnxruntime_and_a_url(tmp_path, tiny_config_dict):
+def test_a_url_device_needs_a_deployed_runtime_and_a_url(tmp_path, tiny_config_dict):
     config = _config(tmp_path, tiny_config_dict)
     args = ["--config", str(config), "--out", str(tmp_path / "x.json")]
     result = runner.invoke(
         app, ["profile", "build-lut", "http://127.0.0.1:9", "--backend", "torch", *args]
     )
-    assert result.exit_code == 2 and "onnxruntime" in result.output
+    assert result.exit_code == 2 and "onnxruntime, executorch or litert" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--backend", "tflite"], "must be one of onnxruntime, torch, executorch, litert"),
+        (["--backend", "executorch", "--float"], "executorch times the converted program"),
+        (["--backend", "torch", "--quantized"], "eager torch has no integer kernels"),
+    ],
+)
+def test_backend_and_precision_are_checked(tmp_path, tiny_config_dict, options, message):
+    config = _config(tmp_path, tiny_config_dict)
+    args = ["--config", str(config), "--out", str(tmp_path / "x.json"), *options]
+    result = runner.invoke(app, ["profile", "build-lut", "host", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
 
 
 def _table_csv(tmp_path):
