@@ -20,6 +20,7 @@ as such rather than assumed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
@@ -27,7 +28,8 @@ import re
 import tempfile
 import threading
 import warnings
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ __all__ = [
     "FP32",
     "INT8",
     "INTEGER_KERNELS",
+    "ConversionReuse",
     "DeployedOnnx",
     "deployed_onnx",
     "deployed_precision",
@@ -96,6 +99,36 @@ class DeployedOnnx:
     model_bytes: bytes
     requested: dict[str, tuple[int, int]] = field(default_factory=dict)
     planned: dict[str, str] = field(default_factory=dict)
+
+
+class ConversionReuse:
+    """For profiles that convert a model before timing it (ONNX, ``.pte``, ``.tflite``):
+    :meth:`reusing_conversions` keeps each conversion for the next time the same model is
+    timed."""
+
+    _conversions: weakref.WeakKeyDictionary | None = None
+
+    @contextlib.contextmanager
+    def reusing_conversions(self) -> Iterator[None]:
+        """Within it, each model object is converted once per input shape, and later
+        ``profile`` calls of the same model time that conversion again: for callers that time
+        unchanged models several times (LUT rounds), where converting takes seconds and timing
+        milliseconds. The models must not change meanwhile. Conversions are dropped on exit,
+        or with their model."""
+        self._conversions = weakref.WeakKeyDictionary()
+        try:
+            yield
+        finally:
+            self._conversions = None
+
+    def _conversion(self, model: nn.Module, shape: tuple[int, ...], convert: Callable[[], Any]):
+        """``convert()``, or its result kept for ``(model, shape)`` while reusing."""
+        if self._conversions is None:
+            return convert()
+        kept = self._conversions.setdefault(model, {})
+        if shape not in kept:
+            kept[shape] = convert()
+        return kept[shape]
 
 
 def float_copy(model: nn.Module) -> nn.Module:

@@ -257,11 +257,11 @@ def timing_conversion(model: nn.Module, x: torch.Tensor) -> tuple[bytes, dict[st
 
 
 def litert_timed_run(
-    model: nn.Module, x: torch.Tensor, *, threads: int | None
-) -> tuple[Callable[[], Any], dict[str, Any]]:
-    """For :class:`~.measured.MeasuredProfile`: ``model`` converted (:func:`timing_conversion`)
-    and a no-argument call that runs it once on ``x``, plus the details that say what ran."""
-    content, details = timing_conversion(model, x)
+    converted: tuple[bytes, dict[str, Any]], x: torch.Tensor, *, threads: int | None
+) -> Callable[[], Any]:
+    """For :class:`~.measured.MeasuredProfile`: a no-argument call that runs the model that
+    :func:`timing_conversion` ``converted`` once on ``x``."""
+    content, _ = converted
     interpreter = litert_interpreter(content, threads=threads)
     source = interpreter.get_input_details()[0]["index"]
     target = interpreter.get_output_details()[0]["index"]
@@ -272,7 +272,7 @@ def litert_timed_run(
         interpreter.invoke()
         return interpreter.get_tensor(target)
 
-    return run, details
+    return run
 
 
 def litert_versions() -> str:

@@ -24,6 +24,7 @@ that space should hold).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -311,36 +312,48 @@ def build_lut(
     def time_ms(timing_id: str, module: nn.Module, shape: tuple[int, ...]) -> float:
         return timer(f"lut {timing_id}", module, shape)
 
+    # Every module is built once and timed in every round, so that a profile reusing its
+    # conversions (ONNX, .pte, .tflite: seconds each, the timing milliseconds) converts it once.
+    overhead_module = nn.ReLU()
+    context_modules = {c: context_module(*c[:2], precision=c[2]) for c in contexts}
+    layers = {key: layer_module(key, seed=seed + index) for index, key in enumerate(keys)}
+    # Fresh context ops in each sandwich: one module twice in a graph would share its weights
+    # (which ExecuTorch's XNNPACK delegate then cannot load).
+    sandwiches = {
+        key: nn.Sequential(
+            context_module(*before[:2], precision=before[2]),
+            layers[key],
+            context_module(*after[:2], precision=after[2]),
+        )
+        for key in keys
+        for before, after in [_contexts(key)]
+    }
     # A near-empty model: what one session run costs by itself. Sampled at the start, the middle
     # and the end of the build, and like every timing, the best sample is kept.
-    overheads = [time_ms("overhead 0", nn.ReLU(), (1,))]
     alone: dict[LayerKey, list[float]] = {k: [] for k in keys}
     chain: dict[LayerKey, list[float]] = {k: [] for k in keys}
     context_ms: dict[_Context, list[float]] = {c: [] for c in contexts}
-    for round_index in range(rounds):
-        measured: set[_Context] = set()
-        for index, key in enumerate(keys):
-            if round_index == rounds // 2 and index == len(keys) // 2:
-                overheads.append(time_ms("overhead 1", nn.ReLU(), (1,)))
-            before, after = _contexts(key)
-            # Context ops are timed next to the first layer that needs them, so both see the
-            # same load.
-            for context in (before, after):
-                if context not in measured:
-                    measured.add(context)
-                    module = context_module(*context[:2], precision=context[2])
-                    timing_id = f"{round_index} context {context}"
-                    context_ms[context].append(time_ms(timing_id, module, context[1]))
-            layer = layer_module(key, seed=seed + index)
-            alone[key].append(time_ms(f"{round_index} alone {key}", layer, key.input_shape))
-            sandwich = nn.Sequential(
-                context_module(*before[:2], precision=before[2]),
-                layer,
-                context_module(*after[:2], precision=after[2]),
-            )
-            chain[key].append(time_ms(f"{round_index} chain {key}", sandwich, key.input_shape))
-    while len(overheads) < _OVERHEAD_SAMPLES:
-        overheads.append(time_ms(f"overhead {len(overheads)}", nn.ReLU(), (1,)))
+    with _reusing_conversions(profiler):
+        overheads = [time_ms("overhead 0", overhead_module, (1,))]
+        for round_index in range(rounds):
+            measured: set[_Context] = set()
+            for index, key in enumerate(keys):
+                if round_index == rounds // 2 and index == len(keys) // 2:
+                    overheads.append(time_ms("overhead 1", overhead_module, (1,)))
+                # Context ops are timed next to the first layer that needs them, so both see
+                # the same load.
+                for context in _contexts(key):
+                    if context not in measured:
+                        measured.add(context)
+                        timing_id = f"{round_index} context {context}"
+                        module = context_modules[context]
+                        context_ms[context].append(time_ms(timing_id, module, context[1]))
+                timing_id = f"{round_index} alone {key}"
+                alone[key].append(time_ms(timing_id, layers[key], key.input_shape))
+                timing_id = f"{round_index} chain {key}"
+                chain[key].append(time_ms(timing_id, sandwiches[key], key.input_shape))
+        while len(overheads) < _OVERHEAD_SAMPLES:
+            overheads.append(time_ms(f"overhead {len(overheads)}", overhead_module, (1,)))
     entries = {}
     for key in keys:
         before, after = _contexts(key)
@@ -409,13 +422,20 @@ def measure_models(
     )
     rng = random.Random(seed)
     timings: list[list[float]] = [[] for _ in models]
-    for round_index in range(rounds):
-        order = list(range(len(models)))
-        rng.shuffle(order)
-        for i in order:
-            model, shape = models[i]
-            timings[i].append(time_ms(f"model {round_index} {i}", model, shape))
+    with _reusing_conversions(profiler):
+        for round_index in range(rounds):
+            order = list(range(len(models)))
+            rng.shuffle(order)
+            for i in order:
+                model, shape = models[i]
+                timings[i].append(time_ms(f"model {round_index} {i}", model, shape))
     return timings
+
+
+def _reusing_conversions(profiler: Any) -> contextlib.AbstractContextManager:
+    """The profiler's :meth:`~MeasuredProfile.reusing_conversions` where it has one."""
+    reuse = getattr(profiler, "reusing_conversions", None)
+    return reuse() if reuse is not None else contextlib.nullcontext()
 
 
 def _distinct_keys(items: Iterable[Any], *, precision: str) -> list[LayerKey]:

@@ -12,6 +12,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from autocompress.hardware_profiles._base import (
 from autocompress.hardware_profiles.checks import check_power, check_threads
 from autocompress.hardware_profiles.deployed import (
     FP32,
+    ConversionReuse,
     DeployedOnnx,
     deployed_onnx,
     executed_precisions,
@@ -74,7 +76,7 @@ _TIMING_LOCK = threading.Lock()
 
 
 @register_hardware_profile("measured")
-class MeasuredProfile(HardwareProfile):
+class MeasuredProfile(ConversionReuse, HardwareProfile):
     """Time real batch-1 inference on this machine.
 
     What runs: ``backend="onnxruntime"`` (needs the ``onnx`` extra) times the model as it is
@@ -183,16 +185,33 @@ class MeasuredProfile(HardwareProfile):
             f"power_w={self.power_w}, device={str(self.device)!r})"
         )
 
+    def _converted(self, model: nn.Module, shape: tuple[int, ...]) -> Any:
+        """The program the backend runs for ``model`` (None for torch), kept while
+        :meth:`reusing_conversions`."""
+        if self.backend == "litert":
+            from autocompress.hardware_profiles.litert import timing_conversion
+
+            convert = partial(timing_conversion, model, seeded_input(shape))
+        elif self.backend == "executorch":
+            from autocompress.hardware_profiles import executorch_backend as et
+
+            convert = partial(et.lower_to_executorch, model, input_shape=shape, seed=0)
+        elif self.backend == "onnxruntime":
+            convert = partial(deployed_onnx, model, input_shape=shape, quantized=self.quantized)
+        else:
+            return None
+        return self._conversion(model, shape, convert)
+
     def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
         shape = check_input_shape(input_shape, caller="MeasuredProfile.profile")
         costs = layer_costs(model, input_shape=shape)
         precision: dict[str, Any] = {}
-        if self.backend == "litert":  # converted before the lock: conversion is not timed
+        converted = self._converted(model, shape)  # before the lock: conversion is not timed
+        if self.backend == "litert":
             from autocompress.hardware_profiles.litert import litert_timed_run
 
-            litert_run, precision = litert_timed_run(
-                model, seeded_input(shape), threads=self.threads
-            )
+            litert_run = litert_timed_run(converted, seeded_input(shape), threads=self.threads)
+            precision = dict(converted[1])
         with _TIMING_LOCK:
             meter, nvml_problem = None, None
             if self.device.type == "cuda":
@@ -204,10 +223,9 @@ class MeasuredProfile(HardwareProfile):
                 elif self.backend == "litert":
                     timing = self._time(litert_run, meter=meter)
                 elif self.backend == "executorch":
-                    timing, precision = self._time_executorch(model, shape, meter=meter)
+                    timing, precision = self._time_executorch(converted, shape, meter=meter)
                 else:
-                    deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
-                    timing, precision = self._time_onnxruntime(deployed, shape, meter=meter)
+                    timing, precision = self._time_onnxruntime(converted, shape, meter=meter)
             finally:
                 if meter is not None:
                     meter.close()
@@ -332,12 +350,11 @@ class MeasuredProfile(HardwareProfile):
         return timing, precision
 
     def _time_executorch(
-        self, model: nn.Module, shape: tuple[int, ...], *, meter: _NvmlEnergyMeter | None
+        self, program: Any, shape: tuple[int, ...], *, meter: _NvmlEnergyMeter | None
     ) -> tuple[TimingResult, dict[str, Any]]:
         from autocompress.hardware_profiles import executorch_backend as et
 
         x = seeded_input(shape)
-        program = et.lower_to_executorch(model, input_shape=shape, seed=0)
         # The method is loaded inside: a threadpool change invalidates methods loaded before.
         with et.executorch_threads(self.threads) as threads:
             method = et.load_method(program.buffer)

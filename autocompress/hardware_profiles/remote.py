@@ -15,6 +15,7 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -27,7 +28,12 @@ from autocompress.hardware_profiles._base import (
 )
 from autocompress.hardware_profiles.agent_protocol import check_token, clip_message
 from autocompress.hardware_profiles.checks import check_power, check_seconds, check_threads
-from autocompress.hardware_profiles.deployed import deployed_onnx, precision_summary, seeded_input
+from autocompress.hardware_profiles.deployed import (
+    ConversionReuse,
+    deployed_onnx,
+    precision_summary,
+    seeded_input,
+)
 from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
 from autocompress.hardware_profiles.measured import power_energy
 
@@ -47,7 +53,7 @@ _REMOTE_FLOAT_NOTE = (
 
 
 @register_hardware_profile("remote")
-class RemoteProfile(HardwareProfile):
+class RemoteProfile(ConversionReuse, HardwareProfile):
     """Time real batch-1 inference on a remote device that runs the agent.
 
     Like ``MeasuredProfile(backend="onnxruntime")``, but the timing happens on the device: with
@@ -156,8 +162,12 @@ class RemoteProfile(HardwareProfile):
         )
 
     def _program(self, model: nn.Module, shape: tuple[int, ...]) -> tuple[bytes, dict[str, Any]]:
-        """The bytes the device runs, converted here, and what they say about each layer's
-        precision (planned for ONNX: the agent does not send its optimised graph back)."""
+        """The bytes the device runs, converted here (kept while :meth:`reusing_conversions`),
+        and what they say about each layer's precision (planned for ONNX: the agent does not
+        send its optimised graph back)."""
+        return self._conversion(model, shape, partial(self._convert, model, shape))
+
+    def _convert(self, model: nn.Module, shape: tuple[int, ...]) -> tuple[bytes, dict[str, Any]]:
         if self.runtime == "executorch":
             from autocompress.hardware_profiles import executorch_backend as et
 
@@ -192,7 +202,7 @@ class RemoteProfile(HardwareProfile):
         request = urllib.request.Request(url, data=body, headers=headers, method=method)
         # No ProxyHandler: an http_proxy from the environment must not see the model or token.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        what = f"{method} {path}" + ("" if body is None else f" ({len(body)} bytes of ONNX)")
+        what = f"{method} {path}" + ("" if body is None else f" ({len(body)} bytes of model)")
         try:
             with opener.open(request, timeout=self.timeout_s) as response:
                 data = response.read()

@@ -58,3 +58,33 @@ def test_a_lut_is_measured_on_an_agent_with_its_runtime():
 def test_the_converted_runtimes_time_as_deployed_only():
     with pytest.raises(ValueError, match="'quantized' parameter of MeasuredProfile"):
         build_lut([_int8_key()], backend="executorch", quantized=False, **_FAST)
+
+
+def test_a_lut_build_converts_each_module_once_over_its_rounds(monkeypatch):
+    from autocompress.hardware_profiles import measured
+
+    converted = []
+    convert = measured.deployed_onnx
+
+    def counting(model, **kwargs):
+        converted.append(id(model))
+        return convert(model, **kwargs)
+
+    monkeypatch.setattr(measured, "deployed_onnx", counting)
+    lut = build_lut([_int8_key()], backend="onnxruntime", **{**_FAST, "rounds": 3})
+    # The overhead op, the context op (one shape before and after this layer), the layer and
+    # the layer between two context ops: each converted once, though each is timed in every
+    # round (the overhead op 3 times).
+    assert len(converted) == len(set(converted)) == 4 and len(lut) == 1
+
+    # Outside a build, every profile call converts: a model may have changed in between.
+    converted.clear()
+    profile = measured.MeasuredProfile(backend="onnxruntime", warmup=0, repeats=2)
+    model = nn.Sequential(QuantConv2d(8, 8, 3, padding=1, w_bits=8, a_bits=8)).eval()
+    for _ in range(2):
+        profile.profile(model, input_shape=(8, 8, 8))
+    with profile.reusing_conversions():
+        for _ in range(2):
+            profile.profile(model, input_shape=(8, 8, 8))
+        profile.profile(model, input_shape=(8, 4, 4))  # another shape, another conversion
+    assert len(converted) == 2 + 1 + 1
