@@ -206,10 +206,10 @@ class MeasuredProfile(ConversionReuse, HardwareProfile):
         shape = check_input_shape(input_shape, caller="MeasuredProfile.profile")
         costs = layer_costs(model, input_shape=shape)
         precision: dict[str, Any] = {}
-        converted = self._converted(model, shape)  # before the lock: conversion is not timed
-        if self.backend == "litert":
+        if self.backend == "litert":  # converted before the lock: conversion is not timed
             from autocompress.hardware_profiles.litert import litert_timed_run
 
+            converted = self._converted(model, shape)
             litert_run = litert_timed_run(converted, seeded_input(shape), threads=self.threads)
             precision = dict(converted[1])
         with _TIMING_LOCK:
@@ -223,9 +223,11 @@ class MeasuredProfile(ConversionReuse, HardwareProfile):
                 elif self.backend == "litert":
                     timing = self._time(litert_run, meter=meter)
                 elif self.backend == "executorch":
-                    timing, precision = self._time_executorch(converted, shape, meter=meter)
+                    program = self._converted(model, shape)
+                    timing, precision = self._time_executorch(program, shape, meter=meter)
                 else:
-                    timing, precision = self._time_onnxruntime(converted, shape, meter=meter)
+                    deployed = self._converted(model, shape)
+                    timing, precision = self._time_onnxruntime(deployed, shape, meter=meter)
             finally:
                 if meter is not None:
                     meter.close()
