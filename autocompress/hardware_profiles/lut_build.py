@@ -314,6 +314,8 @@ def build_lut(
 
     # Every module is built once and timed in every round, so that a profile reusing its
     # conversions (ONNX, .pte, .tflite: seconds each, the timing milliseconds) converts it once.
+    # The price: every layer and its conversion stay in memory for the whole build (tens to
+    # hundreds of MB for a ResNet-sized space).
     overhead_module = nn.ReLU()
     context_modules = {c: context_module(*c[:2], precision=c[2]) for c in contexts}
     layers = {key: layer_module(key, seed=seed + index) for index, key in enumerate(keys)}
