@@ -64,10 +64,36 @@ def make_hardware_profile(config: RunConfig) -> HardwareProfile:
     hw = config.hardware
     try:
         if hw.profile == "analytic":
-            return create_hardware_profile("analytic", device=hw.device, **hw.options)
-        return create_hardware_profile(hw.profile, **hw.options)
+            profile = create_hardware_profile("analytic", device=hw.device, **hw.options)
+        else:
+            profile = create_hardware_profile(hw.profile, **hw.options)
     except (TypeError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"hardware: {err}") from None
+    wants_energy = "energy_mj" in {o.name for o in config.objectives()}
+    if wants_energy or hw.budget.max_energy_mj is not None:
+        problem = _energy_problem(profile)
+        if problem is not None:
+            raise ConfigError(
+                f"The run asks for energy (energy_mj in 'search.objectives' or "
+                f"'hardware.budget.max_energy_mj'), but {problem}. Drop energy_mj from "
+                "search.objectives (and the energy budget), or price with a profile that "
+                "reports energy: analytic, measured or remote with 'hardware.options.power_w', "
+                "or a LUT imported with an energy_mj column."
+            )
+    return profile
+
+
+def _energy_problem(profile: HardwareProfile) -> str | None:
+    """Why ``profile`` cannot price energy (every candidate's would be NaN), or None."""
+    from ..hardware_profiles import LearnedProfile, LUTProfile
+
+    if isinstance(profile, LearnedProfile):
+        return "the learned profile's predictor holds latency only"
+    if isinstance(profile, LUTProfile):
+        missing = sum(e.energy_mj is None for e in profile.lut.entries.values())
+        if missing:
+            return f"the LUT has no energy for {missing} of its {len(profile.lut)} layers"
+    return None
 
 
 def evaluator_context(

@@ -188,6 +188,45 @@ def test_learned_profile_and_lut_fallback(tmp_path):
     assert rows[0]["latency_ms"] == pytest.approx(predictor.predict_layers(keys[:1])[0])
 
 
+def test_a_run_that_wants_energy_refuses_a_profile_without_it(tmp_path, tiny_config_dict):
+    from autocompress.config import ConfigError, parse_config
+    from autocompress.search.setup import make_hardware_profile
+
+    table = _layer_table_of(_models())
+    predictor = fit_predictor(layers=table, overhead_ms=0.004).save(tmp_path / "p.json")
+
+    def lut_file(energy: float | None) -> str:
+        entries = {
+            k: LUTEntry(latency_ms=v, alone_ms=None, chain_ms=None, repeats=None, energy_mj=energy)
+            for k, v in table.items()
+        }
+        lut = LatencyLUT(
+            entries=entries,
+            overhead_ms=0.0,
+            backend="imported",
+            threads=None,
+            warmup=None,
+            repeats=None,
+        )
+        return str(lut.save(tmp_path / f"lut-{energy}.json"))
+
+    def config(hardware: dict, objectives: list[str]):
+        tiny_config_dict["hardware"] = hardware
+        tiny_config_dict["search"]["objectives"] = objectives
+        return parse_config(tiny_config_dict)
+
+    with_energy = ["accuracy", "latency_ms", "energy_mj"]
+    # Every candidate's energy would be NaN: refused up front, not trial by trial.
+    learned = {"profile": "learned", "options": {"predictor": str(predictor)}}
+    with pytest.raises(ConfigError, match="learned profile's predictor holds latency only"):
+        make_hardware_profile(config(learned, with_energy))
+    lut = {"profile": "lut", "options": {"lut": lut_file(None)}}
+    with pytest.raises(ConfigError, match=f"no energy for {len(table)} of its {len(table)}"):
+        make_hardware_profile(config(lut, with_energy))
+    assert make_hardware_profile(config(learned, ["accuracy", "latency_ms"]))
+    assert make_hardware_profile(config({**lut, "options": {"lut": lut_file(0.01)}}, with_energy))
+
+
 def test_calibration_recovers_efficiency_and_overhead():
     base = load_device("cortex_a72")
     truth = base.model_copy(update={"compute_efficiency": 0.23, "layer_overhead_s": 3e-5})
