@@ -29,7 +29,7 @@ import tempfile
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,9 +102,9 @@ class DeployedOnnx:
 
 
 class ConversionReuse:
-    """For profiles that convert a model before timing it (ONNX, ``.pte``, ``.tflite``):
-    :meth:`reusing_conversions` keeps each conversion for the next time the same model is
-    timed."""
+    """For profiles that convert a model before timing it: :meth:`_converted` makes what a
+    runtime runs (ONNX, ``.pte``, ``.tflite``), and :meth:`reusing_conversions` keeps each
+    conversion for the next time the same model is timed."""
 
     _conversions: weakref.WeakKeyDictionary | None = None
 
@@ -121,14 +121,29 @@ class ConversionReuse:
         finally:
             self._conversions = None
 
-    def _conversion(self, model: nn.Module, shape: tuple[int, ...], convert: Callable[[], Any]):
-        """``convert()``, or its result kept for ``(model, shape)`` while reusing."""
-        if self._conversions is None:
-            return convert()
-        kept = self._conversions.setdefault(model, {})
-        if shape not in kept:
-            kept[shape] = convert()
-        return kept[shape]
+    def _converted(
+        self, model: nn.Module, shape: tuple[int, ...], *, runtime: str, quantized: bool
+    ) -> Any:
+        """What ``runtime`` runs for ``model`` at input ``shape``, converted here: a
+        :class:`DeployedOnnx` (onnxruntime), an ExecuTorch ``LoweredProgram`` or LiteRT's
+        ``timing_conversion`` ``(bytes, details)``; kept for ``(model, shape)`` while
+        :meth:`reusing_conversions`."""
+        kept = None if self._conversions is None else self._conversions.setdefault(model, {})
+        if kept is not None and shape in kept:
+            return kept[shape]
+        if runtime == "litert":
+            from autocompress.hardware_profiles.litert import timing_conversion
+
+            converted = timing_conversion(model, seeded_input(shape))
+        elif runtime == "executorch":
+            from autocompress.hardware_profiles import executorch_backend as et
+
+            converted = et.lower_to_executorch(model, input_shape=shape, seed=0)
+        else:
+            converted = deployed_onnx(model, input_shape=shape, quantized=quantized)
+        if kept is not None:
+            kept[shape] = converted
+        return converted
 
 
 def float_copy(model: nn.Module) -> nn.Module:

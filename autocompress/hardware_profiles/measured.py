@@ -12,7 +12,6 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +29,6 @@ from autocompress.hardware_profiles.deployed import (
     FP32,
     ConversionReuse,
     DeployedOnnx,
-    deployed_onnx,
     executed_precisions,
     float_copy,
     precision_summary,
@@ -185,23 +183,6 @@ class MeasuredProfile(ConversionReuse, HardwareProfile):
             f"power_w={self.power_w}, device={str(self.device)!r})"
         )
 
-    def _converted(self, model: nn.Module, shape: tuple[int, ...]) -> Any:
-        """The program the backend runs for ``model`` (None for torch), kept while
-        :meth:`reusing_conversions`."""
-        if self.backend == "litert":
-            from autocompress.hardware_profiles.litert import timing_conversion
-
-            convert = partial(timing_conversion, model, seeded_input(shape))
-        elif self.backend == "executorch":
-            from autocompress.hardware_profiles import executorch_backend as et
-
-            convert = partial(et.lower_to_executorch, model, input_shape=shape, seed=0)
-        elif self.backend == "onnxruntime":
-            convert = partial(deployed_onnx, model, input_shape=shape, quantized=self.quantized)
-        else:
-            return None
-        return self._conversion(model, shape, convert)
-
     def profile(self, model: nn.Module, *, input_shape: tuple[int, ...]) -> HardwareMetrics:
         shape = check_input_shape(input_shape, caller="MeasuredProfile.profile")
         costs = layer_costs(model, input_shape=shape)
@@ -209,7 +190,7 @@ class MeasuredProfile(ConversionReuse, HardwareProfile):
         if self.backend == "litert":  # converted before the lock: conversion is not timed
             from autocompress.hardware_profiles.litert import litert_timed_run
 
-            converted = self._converted(model, shape)
+            converted = self._converted(model, shape, runtime="litert", quantized=True)
             litert_run = litert_timed_run(converted, seeded_input(shape), threads=self.threads)
             precision = dict(converted[1])
         with _TIMING_LOCK:
@@ -223,10 +204,12 @@ class MeasuredProfile(ConversionReuse, HardwareProfile):
                 elif self.backend == "litert":
                     timing = self._time(litert_run, meter=meter)
                 elif self.backend == "executorch":
-                    program = self._converted(model, shape)
+                    program = self._converted(model, shape, runtime="executorch", quantized=True)
                     timing, precision = self._time_executorch(program, shape, meter=meter)
                 else:
-                    deployed = self._converted(model, shape)
+                    deployed = self._converted(
+                        model, shape, runtime="onnxruntime", quantized=self.quantized
+                    )
                     timing, precision = self._time_onnxruntime(deployed, shape, meter=meter)
             finally:
                 if meter is not None:

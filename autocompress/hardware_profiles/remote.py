@@ -15,7 +15,6 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from functools import partial
 from typing import Any
 
 from torch import nn
@@ -28,12 +27,7 @@ from autocompress.hardware_profiles._base import (
 )
 from autocompress.hardware_profiles.agent_protocol import check_token, clip_message
 from autocompress.hardware_profiles.checks import check_power, check_seconds, check_threads
-from autocompress.hardware_profiles.deployed import (
-    ConversionReuse,
-    deployed_onnx,
-    precision_summary,
-    seeded_input,
-)
+from autocompress.hardware_profiles.deployed import ConversionReuse, precision_summary
 from autocompress.hardware_profiles.graph import check_input_shape, layer_costs, metrics_with_memory
 from autocompress.hardware_profiles.measured import power_energy
 
@@ -165,24 +159,18 @@ class RemoteProfile(ConversionReuse, HardwareProfile):
         """The bytes the device runs, converted here (kept while :meth:`reusing_conversions`),
         and what they say about each layer's precision (planned for ONNX: the agent does not
         send its optimised graph back)."""
-        return self._conversion(model, shape, partial(self._convert, model, shape))
-
-    def _convert(self, model: nn.Module, shape: tuple[int, ...]) -> tuple[bytes, dict[str, Any]]:
+        converted = self._converted(model, shape, runtime=self.runtime, quantized=self.quantized)
         if self.runtime == "executorch":
             from autocompress.hardware_profiles import executorch_backend as et
 
-            program = et.lower_to_executorch(model, input_shape=shape)
-            details = et.measured_details(program, threads=self.threads or 0)
+            details = et.measured_details(converted, threads=self.threads or 0)
             details.pop("executorch_threads")  # the device's, not this host's
-            return program.buffer, details
+            return converted.buffer, details
         if self.runtime == "litert":
-            from autocompress.hardware_profiles.litert import timing_conversion
-
-            return timing_conversion(model, seeded_input(shape))
-        deployed = deployed_onnx(model, input_shape=shape, quantized=self.quantized)
-        return deployed.model_bytes, {
-            "precisions": deployed.planned,
-            "precision_note": precision_summary(deployed.requested, deployed.planned),
+            return converted
+        return converted.model_bytes, {
+            "precisions": converted.planned,
+            "precision_note": precision_summary(converted.requested, converted.planned),
         }
 
     def _request(

@@ -61,16 +61,16 @@ def test_the_converted_runtimes_time_as_deployed_only():
 
 
 def test_a_lut_build_converts_each_module_once_over_its_rounds(monkeypatch):
-    from autocompress.hardware_profiles import measured
+    from autocompress.hardware_profiles import deployed, measured
 
     converted = []
-    convert = measured.deployed_onnx
+    convert = deployed.deployed_onnx
 
     def counting(model, **kwargs):
         converted.append(id(model))
         return convert(model, **kwargs)
 
-    monkeypatch.setattr(measured, "deployed_onnx", counting)
+    monkeypatch.setattr(deployed, "deployed_onnx", counting)
     lut = build_lut([_int8_key()], backend="onnxruntime", **{**_FAST, "rounds": 3})
     # The overhead op, the context op (one shape before and after this layer), the layer and
     # the layer between two context ops: each converted once, though each is timed in every
