@@ -421,11 +421,15 @@ class RunConfig(_Section):
             return "sensitivity" if has_checkpoint else "none"
         return method
 
+    def wants_energy(self) -> bool:
+        """Whether the run prices energy: an energy_mj objective or an energy budget."""
+        in_objectives = "energy_mj" in {o.name for o in self.objectives()}
+        return in_objectives or self.hardware.budget.max_energy_mj is not None
+
     @model_validator(mode="after")
     def _energy_needs_a_power_figure(self) -> RunConfig:
         # A CPU timing gives latency only; energy needs the device's power draw.
-        wants_energy = "energy_mj" in {o.name for o in self.objectives()}
-        wants_energy |= self.hardware.budget.max_energy_mj is not None
+        wants_energy = self.wants_energy()
         options = self.hardware.options
         # On CUDA the measured profile reads the GPU's energy counter through NVML instead.
         on_gpu = str(options.get("device", "cpu")).startswith("cuda")

@@ -69,8 +69,7 @@ def make_hardware_profile(config: RunConfig) -> HardwareProfile:
             profile = create_hardware_profile(hw.profile, **hw.options)
     except (TypeError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"hardware: {err}") from None
-    wants_energy = "energy_mj" in {o.name for o in config.objectives()}
-    if wants_energy or hw.budget.max_energy_mj is not None:
+    if config.wants_energy():
         problem = _energy_problem(profile)
         if problem is not None:
             raise ConfigError(
