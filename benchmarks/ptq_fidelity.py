@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,12 +99,9 @@ def within_budget(objective: TrialObjective, n: int, *, seed: int) -> list[Candi
 def byo_config(model: str, runs_dir: Path) -> RunConfig:
     """``byo_baselines``' run config for ``model``, its checkpoint trained into ``runs_dir``
     unless there."""
-    here = Path(__file__).resolve().parent
-    for folder in (here, here.parent / "examples" / "resnet18_checkpoint"):
-        if str(folder) not in sys.path:  # model.factory and data.dataset name modules there
-            sys.path.insert(0, str(folder))
-    import byo_baselines
+    from technique_ablation import byo_module  # this folder is on sys.path, as the script's
 
+    byo_baselines = byo_module()
     args = byo_baselines.build_parser().parse_args(["--reuse-checkpoint"])
     checkpoint = runs_dir / f"{model}.pt"
     accuracy = byo_baselines.train_checkpoint(model, checkpoint, args)
