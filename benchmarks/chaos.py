@@ -55,7 +55,7 @@ from autocompress.core.trials import RETRY_ATTR, trials_dataframe
 from autocompress.evaluators.simulated import synthetic_table
 from autocompress.search.setup import prepare_setup
 from autocompress.search.storage import make_storage
-from autocompress.search.study import count_done, counted
+from autocompress.search.study import DUPLICATE_ATTR, count_done, counted
 from autocompress.spaces import JointSearchSpace
 from autocompress.spaces.sampling import enumerate_candidates
 
@@ -459,7 +459,8 @@ def check_run(run_dir: Path, *, storage_url: str, n_trials: int) -> Outcome:
         out.problems.append(f"trial numbers are not 0..{len(trials) - 1}: repeated {twice}")
     retried_as: dict[int, list[int]] = {}
     for t in trials:
-        if RETRY_ATTR in t.user_attrs:
+        # A retry queued twice whose later copy was skipped unevaluated is one retry.
+        if RETRY_ATTR in t.user_attrs and DUPLICATE_ATTR not in t.user_attrs:
             retried_as.setdefault(t.user_attrs[RETRY_ATTR], []).append(t.number)
     retried = set(retried_as)
     out.retried = len(retried)

@@ -21,6 +21,7 @@ worker's wall-clock time: the workers' clocks must agree to within the grace per
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import logging
@@ -34,7 +35,7 @@ import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryCallback
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.storages._rdb import models as rdb_models
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -48,7 +49,7 @@ from sqlalchemy.exc import (
 
 from ..config import WorkerConfig
 from ..core.errors import ConfigError, DamagedFileError
-from ..core.trials import RETRY_ATTR, unreadable_storage_message
+from ..core.trials import RETRY_ATTR, retried_trials, unreadable_storage_message
 from ..evaluators.early_stopping import RUNG_ATTR_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,45 @@ class RetryStaleTrial(_RetryCallback):
             if key != HEARTBEAT_ATTR and key.split(":")[0] != "constraints"
         }
         super().__call__(study, trial)
+
+    def owes(self, trial: FrozenTrial) -> bool:
+        """Whether failing ``trial`` as stale calls for a retry (``max_retry`` not used up)."""
+        tries = len(trial.system_attrs.get("retry_history", [])) + 1
+        return self._max_retry is None or tries <= self._max_retry
+
+
+def owed_retries(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials failed as stale whose retry is still owed: the process that fails a stale
+    trial queues its retry right after (Optuna's ``fail_stale_trials``), and it can die, or lose
+    the database and be killed while it waits, in between. See :func:`queue_retry`."""
+    storage = study._storage
+    if not (isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)):
+        return []
+    retry = storage.get_heartbeat_stale_trial_callback()
+    if not isinstance(retry, RetryStaleTrial):
+        return []
+    retried = retried_trials(trials)
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and t.user_attrs.get("fail_reason") == STALE_REASON
+        and t.number not in retried
+        and retry.owes(t)
+    ]
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue the owed retry of ``trial`` (one of :func:`owed_retries`) in place of the process
+    that failed it. Should that process still queue its own, the later of the two retries is
+    skipped when it starts (``StudyBudget.guard``)."""
+    study._storage.get_heartbeat_stale_trial_callback()(study, copy.deepcopy(trial))
+
+
+def failed_since(trial: FrozenTrial) -> float:
+    """Seconds since ``trial`` finished, by this process's clock."""
+    end = trial.datetime_complete
+    return 0.0 if end is None else time.time() - end.timestamp()
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

@@ -46,8 +46,15 @@ from .objective import TrialObjective
 from .results import SearchResult, write_run_results
 from .samplers import make_sampler
 from .setup import prepare_setup
-from .storage import make_storage, redact
-from .study import RepeatGuard, count_done, open_study, retry_interrupted, write_config
+from .storage import failed_since, make_storage, owed_retries, queue_retry, redact
+from .study import (
+    DUPLICATE_ATTR,
+    RepeatGuard,
+    count_done,
+    open_study,
+    retry_interrupted,
+    write_config,
+)
 from .warm_start import warm_start_
 
 logger = logging.getLogger(__name__)
@@ -173,7 +180,9 @@ def _work(
         if on_trial is not None:
             on_trial(study, trial, target)
 
-    budget = None if n_trials is not None else StudyBudget(target)
+    beat = config.search.worker
+    grace = beat.grace_period or 2 * beat.heartbeat_interval
+    budget = None if n_trials is not None else StudyBudget(target, grace_s=grace)
     repeats = RepeatGuard()
     timeout = config.search.timeout_s
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -250,16 +259,29 @@ class StudyBudget:
     Trial numbers order the claims: every worker sees the same order, so exactly one gets the
     slot."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, *, grace_s: float = 0.0) -> None:
         self.target = target
+        self.grace_s = grace_s
 
     def has_room(self, study: optuna.Study) -> bool | None:
-        """Whether a trial may start now (False: wait), or None when the study is done."""
+        """Whether a trial may start now (False: wait), or None when the study is done.
+
+        A trial failed as stale whose retry is not queued yet is owed one: it counts as running
+        for ``grace_s`` seconds (the process that failed it queues the retry right after), then
+        this worker queues the retry itself."""
         trials = study.get_trials(deepcopy=False)
-        done = count_done(trials)
+        owed = owed_retries(study, trials)
+        late = [t for t in owed if failed_since(t) > self.grace_s]
+        for trial in late:
+            logger.warning("Queueing the retry of stale trial %d, still missing", trial.number)
+            queue_retry(study, trial)
+        if late:
+            trials = study.get_trials(deepcopy=False)
+            owed = [t for t in owed if t not in late]
+        done = count_done(trials) - len(owed)
         if done >= self.target:
             return None
-        running = sum(t.state == TrialState.RUNNING for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials) + len(owed)
         return done + running < self.target
 
     def drop_waiting(self, study: optuna.Study) -> None:
@@ -278,6 +300,16 @@ class StudyBudget:
     def guard(self, objective: Callable[[optuna.Trial], list[float]]) -> Callable:
         def guarded(trial: optuna.Trial) -> list[float]:
             trials = trial.study.get_trials(deepcopy=False)
+            if RETRY_ATTR in trial.user_attrs:
+                # Two processes can queue the retry of one trial (see has_room; or a database
+                # that lost its answer to the first request): the first retry is the one.
+                of = trial.user_attrs[RETRY_ATTR]
+                first = min(t.number for t in trials if t.user_attrs.get(RETRY_ATTR) == of)
+                if first != trial.number:
+                    reason = f"not needed: trial {first} already retries trial {of}"
+                    trial.set_user_attr(DUPLICATE_ATTR, first)
+                    trial.set_user_attr("pruned_reason", reason)
+                    raise optuna.TrialPruned(reason)
             ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
             if count_done(trials) + ahead >= self.target:
                 reason = f"not needed: the {self.target} trials were all taken when it started"

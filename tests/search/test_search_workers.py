@@ -336,7 +336,7 @@ def test_a_lost_database_connection_is_waited_out(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("url", ["journal:{}/journal.log", "sqlite:///{}/study.db"])
-def test_a_stale_trial_failed_by_a_process_that_dies_before_its_retry_keeps_its_reason(
+def test_a_stale_trial_failed_by_a_process_that_dies_before_its_retry_is_still_retried(
     tmp_path, url
 ):
     beat = WorkerConfig(heartbeat_interval=1, grace_period=1)
@@ -353,6 +353,7 @@ def test_a_stale_trial_failed_by_a_process_that_dies_before_its_retry_keeps_its_
     def killed_before_the_retry(study, trial):
         raise Killed
 
+    retry = storage.heartbeat_stale_trial_callback
     storage.heartbeat_stale_trial_callback = killed_before_the_retry
     with pytest.raises(Killed):
         optuna.storages.fail_stale_trials(study)
@@ -360,6 +361,26 @@ def test_a_stale_trial_failed_by_a_process_that_dies_before_its_retry_keeps_its_
     failed = study.trials[dead.number]
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == STALE_REASON
     assert trials_dataframe(study).loc[0, "fail_reason"] == STALE_REASON
+
+    # The retry is still owed: the other workers wait for it (the study of one trial is not
+    # done), and after the grace period one of them queues it.
+    from autocompress.search.worker import StudyBudget
+
+    storage.heartbeat_stale_trial_callback = retry
+    assert StudyBudget(1, grace_s=60).has_room(study) is False
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
+    budget = StudyBudget(1, grace_s=0)
+    assert budget.has_room(study) is True
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["retry_of"] for t in waiting] == [dead.number]
+    assert budget.has_room(study) is True  # queued once
+    # The dying process's own retry arrives late after all: the later copy is skipped.
+    retry(study, study.trials[dead.number])
+    first, second = study.ask(), study.ask()
+    assert first.user_attrs["retry_of"] == second.user_attrs["retry_of"] == dead.number
+    with pytest.raises(optuna.TrialPruned, match=f"trial {first.number} already retries"):
+        budget.guard(lambda trial: [1.0])(second)
+    assert budget.guard(lambda trial: [1.0])(first) == [1.0]
 
 
 def test_a_trial_that_never_beat_is_stale_after_the_grace_period(tmp_path):
