@@ -49,8 +49,23 @@ def list_samplers(pattern: str = "*") -> list[str]:
 @register_sampler("nsga2")
 def nsga2(*, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
     import optuna
+    from optuna.search_space import IntersectionSearchSpace
 
-    return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+    class NSGAIISampler(optuna.samplers.NSGAIISampler):
+        """Optuna's NSGA-II, reading the study's trials once per trial instead of twice: its
+        search space from the trials its generation bookkeeping reads (the study's per-trial
+        cache). Each read of a database study fetches every running trial."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._space_of_trials = IntersectionSearchSpace()
+
+        def infer_relative_search_space(self, study, trial):
+            space = self._space_of_trials.calculate(study, use_cache=True)
+            # As Optuna's: a single-valued parameter is sampled independently.
+            return {name: d for name, d in space.items() if not d.single()}
+
+    return NSGAIISampler(population_size=population_size, seed=seed)
 
 
 @register_sampler("tpe")

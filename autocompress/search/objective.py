@@ -32,6 +32,7 @@ from ..hardware_profiles import HardwareMetrics
 from ..spaces import Candidate
 from .prescreen import SKIPPED_ATTR, Prescreener, cost_vector
 from .setup import SearchSetup
+from .storage import one_transaction
 from .study import DUPLICATE_ATTR, STOPPED_ATTR, count_done
 from .surrogate import Proposer
 
@@ -114,9 +115,10 @@ class TrialObjective:
                 trial.set_user_attr("duration_s", time.perf_counter() - start)
                 raise optuna.TrialPruned(priced.skipped)
             outcome = self.train(trial.number, priced)
-            for key, value in outcome.attrs.items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("duration_s", time.perf_counter() - start)
+            with one_transaction(trial):
+                for key, value in outcome.attrs.items():
+                    trial.set_user_attr(key, value)
+                trial.set_user_attr("duration_s", time.perf_counter() - start)
             if outcome.stopped:
                 raise optuna.TrialPruned(outcome.attrs["pruned_reason"])
             outcome.check_finite()
@@ -153,24 +155,28 @@ class TrialObjective:
         see the constraints of every trial as soon as it is suggested. A candidate that an
         earlier trial of the run already evaluated (or is evaluating) is skipped, not trained
         again: the sampler draws another one (explicit retries of interrupted trials excepted)."""
-        candidate = self.setup.space.suggest(trial)
-        trial.set_user_attr("candidate", candidate.to_dict())
+        # Written before the duplicate check, so that concurrent trials see this candidate.
+        with one_transaction(trial):
+            candidate = self.setup.space.suggest(trial)
+            trial.set_user_attr("candidate", candidate.to_dict())
         repeated = self.repeated_trial(trial, candidate)
         if repeated is not None:
             reason = f"duplicate of trial {repeated}"
-            trial.set_user_attr(DUPLICATE_ATTR, repeated)
-            trial.set_user_attr("pruned_reason", reason)
+            with one_transaction(trial):
+                trial.set_user_attr(DUPLICATE_ATTR, repeated)
+                trial.set_user_attr("pruned_reason", reason)
             return Priced(
                 candidate=candidate, model=None, metrics={}, feasible=False, skipped=reason
             )
         model = self.build(candidate)
         metrics, violations = self._costs(model)
         feasible = all(v <= 0 for v in violations.values())
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        for key, value in violations.items():
-            trial.set_constraint(key, value)
-        trial.set_user_attr("feasible", feasible)
+        with one_transaction(trial):
+            for key, value in metrics.items():
+                trial.set_user_attr(key, value)
+            for key, value in violations.items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("feasible", feasible)
         skipped = None
         if feasible and self.prescreener is not None:
             skipped = self.prescreener.skip_reason(trial.study, candidate, self.costs(metrics))

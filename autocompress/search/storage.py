@@ -21,24 +21,36 @@ worker's wall-clock time: the workers' clocks must agree to within the grace per
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
+import json
 import logging
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+)
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
     DBAPIError,
     InterfaceError,
@@ -222,7 +234,107 @@ def _reason(err: Exception) -> str:
 
 
 class HeartbeatRDBStorage(RDBStorage):
-    """``RDBStorage`` whose heartbeats also fail trials that never beat, each with its reason."""
+    """``RDBStorage`` whose heartbeats also fail trials that never beat, each with its reason,
+    and that can write a trial's parameters and attributes in one transaction
+    (:func:`one_transaction`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batch = threading.local()  # this thread's writes held for one transaction
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_batch", None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._batch = threading.local()
+
+    @contextlib.contextmanager
+    def batching(self, trial_id: int) -> Iterator[None]:
+        """Hold this thread's writes to ``trial_id`` (parameters, user and system attributes)
+        and commit them together when the block ends."""
+        if getattr(self._batch, "trial_id", None) is not None:  # nested: the outer block commits
+            yield
+            return
+        self._batch.trial_id, self._batch.writes = trial_id, []
+        try:
+            yield
+        finally:
+            writes = self._batch.writes
+            self._batch.trial_id, self._batch.writes = None, []
+            if writes:
+                self._write_batch(writes)
+
+    def _held(self, trial_id: int, write: tuple) -> bool:
+        if getattr(self._batch, "trial_id", None) != trial_id:
+            return False
+        self._batch.writes.append(write)
+        return True
+
+    def _write_batch(self, writes: list[tuple]) -> None:
+        """``writes`` (all to one trial) in one transaction: the trial is looked up once, the
+        parameters inserted together, each kind of attribute upserted in one statement."""
+        trial_id = writes[0][1]
+        with _create_scoped_session(self.scoped_session, True) as session:
+            trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session)
+            self.check_trial_is_updatable(trial_id, trial.state)
+            for kind, _, *args in writes:
+                if kind != "param":
+                    continue
+                name, value, distribution, previous = args
+                if previous is None:  # the first use of the name in this process: look it up
+                    self._set_trial_param_without_commit(session, trial_id, *args)
+                    continue
+                check_distribution_compatibility(previous, distribution)
+                session.add(
+                    rdb_models.TrialParamModel(
+                        trial_id=trial_id,
+                        param_name=name,
+                        param_value=value,
+                        distribution_json=distribution_to_json(distribution),
+                    )
+                )
+            for kind, model in _ATTR_MODELS.items():
+                attrs = {w[2]: w[3] for w in writes if w[0] == kind}  # the last write wins
+                if not attrs:
+                    continue
+                if self.engine.name not in _UPSERTS:
+                    for key, value in attrs.items():
+                        self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+                    continue
+                rows = [
+                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in attrs.items()
+                ]
+                insert = _UPSERTS[self.engine.name](model).values(rows)
+                session.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=[model.trial_id, model.key],
+                        set_={"value_json": insert.excluded.value_json},
+                    )
+                )
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+        previous_distribution: BaseDistribution | None,
+    ) -> None:
+        write = ("param", trial_id, param_name, param_value_internal, distribution)
+        if not self._held(trial_id, (*write, previous_distribution)):
+            super()._set_trial_param(*write[1:], previous_distribution)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self._held(trial_id, ("user", trial_id, key, value)):
+            super().set_trial_user_attr(trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if not self._held(trial_id, ("system", trial_id, key, value)):
+            super().set_trial_system_attr(trial_id, key, value)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
@@ -256,6 +368,29 @@ class PatientRDBStorage(HeartbeatRDBStorage):
     heartbeats, which heartbeats fail as stale (see :meth:`_get_stale_trial_ids`)."""
 
     patience_s = DB_PATIENCE_S
+
+
+_ATTR_MODELS = {
+    "user": rdb_models.TrialUserAttributeModel,
+    "system": rdb_models.TrialSystemAttributeModel,
+}
+# Databases whose INSERT ... ON CONFLICT DO UPDATE takes many rows (as Optuna's upserts do one).
+_UPSERTS = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
+
+
+@contextlib.contextmanager
+def one_transaction(trial: optuna.Trial) -> Iterator[None]:
+    """Write the parameters and attributes that ``trial`` gets inside the block in one database
+    transaction when it ends, instead of one each: a suggestion writes dozens, and each costs a
+    round trip of ~2 ms on PostgreSQL. Other processes see them when the block ends, and reads
+    inside the block see them only through ``trial`` itself (its own cache). Storages that are
+    not a database (the journal file) write as usual."""
+    storage = getattr(trial.storage, "_backend", trial.storage)  # Optuna's cache in front
+    if not isinstance(storage, HeartbeatRDBStorage):
+        yield
+        return
+    with storage.batching(trial._trial_id):
+        yield
 
 
 def _label_stale(storage: BaseStorage, trial_ids: list[int]) -> list[int]:
@@ -299,6 +434,7 @@ for _name in (
     "get_best_trial",
     "record_heartbeat",
     "_get_stale_trial_ids",
+    "_write_batch",
     # What Optuna's _CachedStorage (which wraps every RDBStorage a Study holds) calls instead.
     "_create_new_trial",
     "_set_trial_param",

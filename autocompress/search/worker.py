@@ -299,7 +299,10 @@ class StudyBudget:
 
     def guard(self, objective: Callable[[optuna.Trial], list[float]]) -> Callable:
         def guarded(trial: optuna.Trial) -> list[float]:
-            trials = trial.study.get_trials(deepcopy=False)
+            # The trials as the sampler read them for this trial (after it was created, so
+            # every trial numbered before it is there); trials that finished since are counted
+            # as running ahead, which adds up the same.
+            trials = trial.study._get_trials(deepcopy=False, use_cache=True)
             if RETRY_ATTR in trial.user_attrs:
                 # Two processes can queue the retry of one trial (see has_room; or a database
                 # that lost its answer to the first request): the first retry is the one.

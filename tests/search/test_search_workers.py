@@ -462,3 +462,49 @@ def test_a_workers_threads_each_take_the_next_trial_when_theirs_ends(
     long = next(t for t in trials if t.number == 0)
     during = [t for t in trials if t.number and t.datetime_complete < long.datetime_complete]
     assert len(during) >= 4, [(t.number, t.datetime_complete) for t in trials]
+
+
+def test_a_trial_written_in_one_transaction(tmp_path):
+    """A suggestion's parameters and attributes reach a database in one commit (each costs a
+    round trip on PostgreSQL), in full, readable by other processes after the block."""
+    from sqlalchemy import event
+
+    from autocompress.search.storage import one_transaction
+
+    storage = make_storage(f"sqlite:///{tmp_path}/study.db")
+    study = optuna.create_study(storage=storage, study_name="s", directions=["maximize"])
+    commits, writing = [], []  # transactions that wrote
+
+    def statement(conn, cursor, sql, *args):
+        writing.extend([sql] if sql.lstrip().upper().startswith(("INSERT", "UPDATE")) else [])
+
+    def commit(conn):
+        commits.extend([len(writing)] if writing else [])
+        writing.clear()
+
+    trial = study.ask()
+    event.listen(storage.engine, "before_cursor_execute", statement)
+    event.listen(storage.engine, "commit", commit)
+    with one_transaction(trial):
+        values = [trial.suggest_categorical(f"x{i}", [1, 2, 3]) for i in range(6)]
+        for i in range(6):
+            trial.set_user_attr(f"a{i}", i)
+        trial.set_constraint("max_latency_ms", -1.0)
+        assert trial.params == {f"x{i}": v for i, v in enumerate(values)}  # its own cache
+        assert commits == []
+    assert len(commits) == 1
+    other = optuna.load_study(
+        study_name="s", storage=make_storage(f"sqlite:///{tmp_path}/study.db")
+    )
+    seen = other.trials[trial.number]
+    assert seen.params == trial.params and seen.user_attrs == {f"a{i}": i for i in range(6)}
+    assert seen.system_attrs["constraints:max_latency_ms"] == -1.0
+    # Outside the block, each write commits on its own, as before.
+    trial.set_user_attr("b", 1)
+    assert len(commits) == 2
+    # A failure inside the block keeps what was written before it.
+    second = study.ask()
+    with pytest.raises(RuntimeError), one_transaction(second):
+        second.set_user_attr("before", True)
+        raise RuntimeError("building the candidate failed")
+    assert other.trials[second.number].user_attrs == {"before": True}
