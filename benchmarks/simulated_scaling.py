@@ -143,6 +143,7 @@ def instrument(sampler_class: type) -> None:
     # The subclasses' own methods too: PatientRDBStorage's retrying wrappers call the originals.
     # Optuna's cache in front of an RDBStorage calls these private ones instead of the public.
     cached = {"_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id"}
+    cached.add("_write_batch")  # a trial's writes in one transaction (storage.one_transaction)
     for storage_class in (
         RDBStorage,
         JournalStorage,

@@ -15,6 +15,7 @@ by the search (``search.study.DUPLICATE_ATTR``) and does not count towards ``n_t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,11 @@ def list_samplers(pattern: str = "*") -> list[str]:
 
 @register_sampler("nsga2")
 def nsga2(*, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
+    return _nsga2_class()(population_size=population_size, seed=seed)
+
+
+@functools.cache
+def _nsga2_class() -> type:
     import optuna
     from optuna.search_space import IntersectionSearchSpace
 
@@ -65,7 +71,7 @@ def nsga2(*, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
             # As Optuna's: a single-valued parameter is sampled independently.
             return {name: d for name, d in space.items() if not d.single()}
 
-    return NSGAIISampler(population_size=population_size, seed=seed)
+    return NSGAIISampler
 
 
 @register_sampler("tpe")
