@@ -48,7 +48,7 @@ import yaml
 from autocompress.config import parse_config
 from autocompress.search.samplers import make_sampler
 from autocompress.search.setup import prepare_setup
-from autocompress.search.storage import make_storage
+from autocompress.search.storage import make_storage, one_transaction
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # chaos.py beside this file
@@ -125,15 +125,21 @@ class NoOp:
     search's trials (7 layers' bits and ratios + arch), one constraint, three objective values."""
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
-        trial.suggest_categorical("arch.width0", [8, 16])
-        trial.suggest_categorical("arch.width1", [8, 16])
-        for layer in range(3):
-            trial.suggest_categorical(f"l{layer}.w_bits", [2, 4, 8])
-            trial.suggest_categorical(f"l{layer}.a_bits", [4, 8])
-            trial.suggest_categorical(f"l{layer}.prune", [0.0, 0.5])
-        for key in ("candidate", "latency_ms", "energy_mj", "size_kb", "feasible", "trained"):
-            trial.set_user_attr(key, 1.0)
-        trial.set_constraint("max_size_kb", -1.0)
+        # In the transactions of TrialObjective: the suggestion, the price, the result.
+        with one_transaction(trial):
+            trial.suggest_categorical("arch.width0", [8, 16])
+            trial.suggest_categorical("arch.width1", [8, 16])
+            for layer in range(3):
+                trial.suggest_categorical(f"l{layer}.w_bits", [2, 4, 8])
+                trial.suggest_categorical(f"l{layer}.a_bits", [4, 8])
+                trial.suggest_categorical(f"l{layer}.prune", [0.0, 0.5])
+            trial.set_user_attr("candidate", 1.0)
+        with one_transaction(trial):
+            for key in ("latency_ms", "energy_mj", "size_kb", "feasible"):
+                trial.set_user_attr(key, 1.0)
+            trial.set_constraint("max_size_kb", -1.0)
+        with one_transaction(trial):
+            trial.set_user_attr("trained", 1.0)
         return 0.5, 1.0, 1.0
 
 

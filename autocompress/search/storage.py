@@ -30,9 +30,10 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -49,6 +50,7 @@ from optuna.storages._rdb import models as rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
@@ -335,6 +337,72 @@ class HeartbeatRDBStorage(RDBStorage):
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         if not self._held(trial_id, ("system", trial_id, key, value)):
             super().set_trial_system_attr(trial_id, key, value)
+
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        """RDBStorage's read of a study's trials, with SQL expressions instead of ORM objects:
+        Optuna's cache in front of the storage reads every running trial again for each
+        ``get_trials``, and through the ORM a read of 64 running trials with their parameters
+        and attributes took ~85 ms of CPU. The trials are built by Optuna's own code."""
+        included = [i for i in included_trial_ids if i <= trial_id_greater_than]
+        trial = rdb_models.TrialModel
+        where = [trial.study_id == study_id]
+        if included and trial_id_greater_than > -1:
+            where.append(or_(trial.trial_id.in_(included), trial.trial_id > trial_id_greater_than))
+        elif trial_id_greater_than > -1:
+            where.append(trial.trial_id > trial_id_greater_than)
+        # Not by state: a trial may change state between the queries below, and keeps its rows.
+        ids = select(trial.trial_id).where(*where).scalar_subquery()
+        if states is not None:
+            where.append(trial.state.in_(list(states)))
+        columns = {
+            "params": (
+                rdb_models.TrialParamModel,
+                "param_id",
+                "param_name",
+                "param_value",
+                "distribution_json",
+            ),
+            "values": (rdb_models.TrialValueModel, "objective", "value", "value_type"),
+            "user_attributes": (rdb_models.TrialUserAttributeModel, "key", "value_json"),
+            "system_attributes": (rdb_models.TrialSystemAttributeModel, "key", "value_json"),
+            "intermediate_values": (
+                rdb_models.TrialIntermediateValueModel,
+                "step",
+                "intermediate_value",
+                "intermediate_value_type",
+            ),
+        }
+        with _create_scoped_session(self.scoped_session) as session:
+            rdb_models.StudyModel.find_or_raise_by_id(study_id, session)
+            found = {
+                row.trial_id: SimpleNamespace(**row._asdict(), **{name: [] for name in columns})
+                for row in session.execute(
+                    select(
+                        trial.trial_id,
+                        trial.number,
+                        trial.state,
+                        trial._datetime_start_utc,
+                        trial._datetime_complete_utc,
+                    )
+                    .where(*where)
+                    .order_by(trial.trial_id)
+                )
+            }
+            for name, (model, *fields) in columns.items():
+                query = select(model.trial_id, *(getattr(model, f) for f in fields))
+                for row in session.execute(query.where(model.trial_id.in_(ids))):
+                    if row.trial_id in found:  # not one added or of another state
+                        getattr(found[row.trial_id], name).append(row)
+        for row in found.values():
+            row.datetime_start = trial.datetime_start.fget(row)
+            row.datetime_complete = trial.datetime_complete.fget(row)
+        return [self._build_frozen_trial_from_trial_model(row) for row in found.values()]
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)

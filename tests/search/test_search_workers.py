@@ -508,3 +508,43 @@ def test_a_trial_written_in_one_transaction(tmp_path):
         second.set_user_attr("before", True)
         raise RuntimeError("building the candidate failed")
     assert other.trials[second.number].user_attrs == {"before": True}
+
+
+def test_the_fast_read_of_trials_equals_optunas(tmp_path):
+    from autocompress.search.storage import HeartbeatRDBStorage
+
+    storage = make_storage(f"sqlite:///{tmp_path}/study.db")
+    assert isinstance(storage, HeartbeatRDBStorage)
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+
+    def objective(trial):
+        x = trial.suggest_float("x", -1.0, 1.0)
+        n = trial.suggest_int("n", 1, 9, log=True)
+        trial.suggest_categorical("c", ["a", None, 3])
+        trial.set_user_attr("candidate", {"layers": [1, 2], "x": x})
+        trial.storage.set_trial_system_attr(trial._trial_id, "note", {"x": [x]})
+        value = float("inf") if n == 2 else x
+        trial.storage.set_trial_intermediate_value(trial._trial_id, n, value)
+        if n % 3 == 0:
+            raise optuna.TrialPruned()
+        if n == 5:
+            raise RuntimeError("failed")
+        return x, float("-inf") if n == 1 else n
+
+    study.optimize(objective, n_trials=25, catch=(RuntimeError,))
+    study.enqueue_trial({"x": 0.5, "n": 2, "c": "a"}, user_attrs={"retry_of": 0})
+    running = study.ask()
+    running.suggest_float("x", -1.0, 1.0)
+    study.enqueue_trial({"x": 0.25})
+    study_id = study._study_id
+    states = {t.state for t in study.get_trials()}
+    assert {TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING} <= states
+    for query in [
+        (None, set(), -1),
+        ((TrialState.RUNNING, TrialState.WAITING), set(), -1),
+        (None, {3, 7, running._trial_id}, 10),  # what Optuna's cache asks: unfinished + newer
+    ]:
+        ours = storage._get_trials(study_id, *query)
+        theirs = optuna.storages.RDBStorage._get_trials(storage, study_id, *query)
+        assert [repr(t) for t in ours] == [repr(t) for t in theirs]
+        assert ours == theirs
