@@ -14,6 +14,10 @@ A database server that is briefly unreachable (restarted, failed over, a network
 stop the processes that share it: :class:`PatientRDBStorage` retries each call that failed on
 the connection, for up to ``DB_PATIENCE_S`` seconds.
 
+On a database, the objective writes a trial's suggestion, its price and its result in one
+transaction each (:func:`one_transaction`), and :class:`HeartbeatRDBStorage` reads a study's
+trials without ORM objects: with many workers, these are what a trial costs the database.
+
 Optuna 5's ``RDBStorage`` implements heartbeats; its ``JournalStorage`` does not, so
 :class:`HeartbeatJournalStorage` adds them (a heartbeat is a system attribute holding the
 worker's wall-clock time: the workers' clocks must agree to within the grace period, e.g. NTP).
