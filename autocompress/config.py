@@ -123,6 +123,12 @@ class WorkerConfig(_Section):
         "retried; defaults to 2 x heartbeat_interval",
     )
     max_retry: int = Field(default=2, ge=0, description="retries of a trial whose worker died")
+
+    @property
+    def stale_after_s(self) -> int:
+        """``grace_period`` with its default: seconds after which a silent trial is stale."""
+        return self.grace_period or 2 * self.heartbeat_interval
+
     threads: int | None = Field(
         default=None,
         ge=1,

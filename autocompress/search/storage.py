@@ -271,22 +271,22 @@ class HeartbeatRDBStorage(RDBStorage):
             writes = self._batch.writes
             self._batch.trial_id, self._batch.writes = None, []
             if writes:
-                self._write_batch(writes)
+                self._write_batch(trial_id, writes)
 
     def _held(self, trial_id: int, write: tuple) -> bool:
+        """Whether ``write`` to ``trial_id`` was held for this thread's batch."""
         if getattr(self._batch, "trial_id", None) != trial_id:
             return False
         self._batch.writes.append(write)
         return True
 
-    def _write_batch(self, writes: list[tuple]) -> None:
-        """``writes`` (all to one trial) in one transaction: the trial is looked up once, the
+    def _write_batch(self, trial_id: int, writes: list[tuple]) -> None:
+        """``writes`` to ``trial_id`` in one transaction: the trial is looked up once, the
         parameters inserted together, each kind of attribute upserted in one statement."""
-        trial_id = writes[0][1]
         with _create_scoped_session(self.scoped_session, True) as session:
             trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session)
             self.check_trial_is_updatable(trial_id, trial.state)
-            for kind, _, *args in writes:
+            for kind, *args in writes:
                 if kind != "param":
                     continue
                 name, value, distribution, previous = args
@@ -303,7 +303,7 @@ class HeartbeatRDBStorage(RDBStorage):
                     )
                 )
             for kind, model in _ATTR_MODELS.items():
-                attrs = {w[2]: w[3] for w in writes if w[0] == kind}  # the last write wins
+                attrs = {w[1]: w[2] for w in writes if w[0] == kind}  # the last write wins
                 if not attrs:
                     continue
                 if self.engine.name not in _UPSERTS:
@@ -330,16 +330,16 @@ class HeartbeatRDBStorage(RDBStorage):
         distribution: BaseDistribution,
         previous_distribution: BaseDistribution | None,
     ) -> None:
-        write = ("param", trial_id, param_name, param_value_internal, distribution)
-        if not self._held(trial_id, (*write, previous_distribution)):
-            super()._set_trial_param(*write[1:], previous_distribution)
+        args = (param_name, param_value_internal, distribution, previous_distribution)
+        if not self._held(trial_id, ("param", *args)):
+            super()._set_trial_param(trial_id, *args)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if not self._held(trial_id, ("user", trial_id, key, value)):
+        if not self._held(trial_id, ("user", key, value)):
             super().set_trial_user_attr(trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        if not self._held(trial_id, ("system", trial_id, key, value)):
+        if not self._held(trial_id, ("system", key, value)):
             super().set_trial_system_attr(trial_id, key, value)
 
     def _get_trials(

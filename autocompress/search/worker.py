@@ -180,8 +180,7 @@ def _work(
         if on_trial is not None:
             on_trial(study, trial, target)
 
-    beat = config.search.worker
-    grace = beat.grace_period or 2 * beat.heartbeat_interval
+    grace = config.search.worker.stale_after_s
     budget = None if n_trials is not None else StudyBudget(target, grace_s=grace)
     repeats = RepeatGuard()
     timeout = config.search.timeout_s
@@ -270,14 +269,16 @@ class StudyBudget:
         for ``grace_s`` seconds (the process that failed it queues the retry right after), then
         this worker queues the retry itself."""
         trials = study.get_trials(deepcopy=False)
-        owed = owed_retries(study, trials)
-        late = [t for t in owed if failed_since(t) > self.grace_s]
-        for trial in late:
+        owed, queued = [], False
+        for trial in owed_retries(study, trials):
+            if failed_since(trial) <= self.grace_s:  # its failing process may queue it yet
+                owed.append(trial)
+                continue
             logger.warning("Queueing the retry of stale trial %d, still missing", trial.number)
             queue_retry(study, trial)
-        if late:
+            queued = True
+        if queued:
             trials = study.get_trials(deepcopy=False)
-            owed = [t for t in owed if t not in late]
         done = count_done(trials) - len(owed)
         if done >= self.target:
             return None
