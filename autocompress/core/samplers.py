@@ -58,18 +58,38 @@ def _nsga2_class() -> type:
     from optuna.search_space import IntersectionSearchSpace
 
     class NSGAIISampler(optuna.samplers.NSGAIISampler):
-        """Optuna's NSGA-II, reading the study's trials once per trial instead of twice: its
-        search space from the trials its generation bookkeeping reads (the study's per-trial
-        cache). Each read of a database study fetches every running trial."""
+        """Optuna's NSGA-II, reading the study's trials once per trial instead of three times:
+        its search space and its parents from the study's per-trial cache, and each
+        generation's parent ids (stored in the study once chosen) from the database once per
+        process. Each read of a database study fetches every running trial."""
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self._space_of_trials = IntersectionSearchSpace()
+            self._parent_ids: dict[tuple[str, int], list[int]] = {}
 
         def infer_relative_search_space(self, study, trial):
             space = self._space_of_trials.calculate(study, use_cache=True)
             # As Optuna's: a single-valued parameter is sampled independently.
             return {name: d for name, d in space.items() if not d.single()}
+
+        def get_parent_population(self, study, generation):
+            if generation == 0:
+                return []
+            known = (study.study_name, generation)
+            if known not in self._parent_ids:
+                key = self._get_parent_cache_key_prefix() + str(generation)
+                ids = study._storage.get_study_system_attrs(study._study_id).get(key)
+                if ids is None:  # this process is the first to reach the generation
+                    parents = self.select_parent(study, generation)
+                    ids = [trial._trial_id for trial in parents]
+                    study._storage.set_study_system_attr(study._study_id, key, ids)
+                    self._parent_ids[known] = ids
+                    return parents  # in selection order, as Optuna's returns them
+                self._parent_ids[known] = ids
+            wanted = set(self._parent_ids[known])
+            trials = study._get_trials(deepcopy=False, use_cache=True)
+            return [trial for trial in trials if trial._trial_id in wanted]
 
     return NSGAIISampler
 

@@ -37,8 +37,9 @@ def test_nsga2_proposes_what_optunas_does_and_reads_the_trials_once_per_trial():
         storage.get_all_trials = counted
         study.ask().suggest_categorical("x0", [0, 1, 2, 3])  # the sampler runs at once
         storage.get_all_trials = original
-    # Optuna's reads them for the waiting trials, the search space and the generation.
-    assert reads.count(ours) == reads.count(theirs) - 1
+    # Optuna's reads them for the waiting trials, then for the search space and the parents
+    # (4 reads); ours, once for the waiting trials and once for the sampler.
+    assert reads.count(ours) == 2 == reads.count(theirs) - 2
 
 
 @pytest.mark.parametrize("name", ["nsga2", "tpe", "random"])
