@@ -510,10 +510,17 @@ def test_a_trial_written_in_one_transaction(tmp_path):
     assert other.trials[second.number].user_attrs == {"before": True}
 
 
-def test_the_fast_read_of_trials_equals_optunas(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path}/study.db"
+
+
+def test_the_fast_read_of_trials_equals_optunas(database_url):
     from autocompress.search.storage import HeartbeatRDBStorage
 
-    storage = make_storage(f"sqlite:///{tmp_path}/study.db")
+    storage = make_storage(database_url)
     assert isinstance(storage, HeartbeatRDBStorage)
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
 
@@ -548,3 +555,33 @@ def test_the_fast_read_of_trials_equals_optunas(tmp_path):
         theirs = optuna.storages.RDBStorage._get_trials(storage, study_id, *query)
         assert [repr(t) for t in ours] == [repr(t) for t in theirs]
         assert ours == theirs
+    for trial in theirs:
+        ours = storage.get_trial(trial._trial_id)
+        assert repr(ours) == repr(optuna.storages.RDBStorage.get_trial(storage, trial._trial_id))
+    with pytest.raises(KeyError):
+        storage.get_trial(10**6)
+
+
+def test_a_trials_values_are_written_in_one_statement_as_optuna_writes_them(database_url):
+    from optuna.exceptions import UpdateFinishedTrialError
+    from sqlalchemy import event
+
+    storage = make_storage(database_url)
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize", "minimize"])
+    inserts = []
+
+    def statement(conn, cursor, sql, *args):
+        inserts.extend([sql] if "INSERT INTO trial_values" in sql else [])
+
+    event.listen(storage.engine, "before_cursor_execute", statement)
+    written = [(0.5, float("inf"), float("-inf")), (-1.0, 0.0, 3e38)]
+    for values in written:
+        study.tell(study.ask(), values)
+    assert len(inserts) == len(written)
+    read = optuna.storages.RDBStorage(database_url).get_all_trials(study._study_id)
+    assert [tuple(t.values) for t in read] == written
+    assert all(t.state == TrialState.COMPLETE and t.datetime_complete for t in read)
+    with pytest.raises(UpdateFinishedTrialError):
+        storage.set_trial_state_values(read[0]._trial_id, TrialState.COMPLETE, [1.0, 1.0, 1.0])
+    running = study.ask()
+    assert not storage.set_trial_state_values(running._trial_id, TrialState.RUNNING, [1.0] * 3)
