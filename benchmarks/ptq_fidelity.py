@@ -5,7 +5,7 @@
                                       [--set FIELD=VALUE ...] [--runs-dir DIR] [--seed 0]
                                       [--calibration mse] [--no-bias-correction] [--adaround 0]
                                       [--calib-batches 8] [--distill-steps 0 ...]
-                                      [--threads 1] [--cheap-epochs 1]
+                                      [--threads 1] [--cheap-epochs 1] [--reference-seeds 1]
 
 Draws ``--candidates`` random candidates of the config's space that fit its hardware budget,
 and scores each, each time freshly built from the teacher as the search builds it: with the
@@ -17,7 +17,11 @@ evaluator (QAT + distillation for ``train.epochs``, no early stopping, no
 ``ptq_fallback``: the reference). Prints the scores per candidate, the seconds per candidate of
 each evaluator, how many candidates each scores per CPU-hour (one thread: wall = CPU time) and
 the Kendall tau of each cheap ranking against the reference
-(:func:`autocompress.evaluators.supernet.rank_correlation`). ``--set`` overrides
+(:func:`autocompress.evaluators.supernet.rank_correlation`). ``--reference-seeds K`` (K >= 2)
+trains the reference K times per candidate, under K shuffling seeds, and prints how well the
+reference ranks like itself (the Kendall tau between its first two seeds: the noise ceiling of
+any tau against one reference) and each cheap ranking's tau against the mean of the K
+references, the ranking a fine-tune gives once its seed noise is averaged out. ``--set`` overrides
 config fields as the CLI's ``--set`` does, e.g. ``--set space.arch.widths=[48]``. The teacher is
 trained once into ``--runs-dir`` (default: a temporary folder) and reused from there. Torch
 runs on ``--threads`` threads (tiny models train fastest on one, and shared CPUs time steadier).
@@ -38,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import kendalltau
 from torch import nn
 
 from autocompress.config import RunConfig, apply_overrides, load_config, parse_config
@@ -96,6 +101,14 @@ def within_budget(objective: TrialObjective, n: int, *, seed: int) -> list[Candi
     raise SystemExit(f"Fewer than {n} distinct candidates of the space fit its budget.")
 
 
+def reseeded_train(context: EvaluatorContext, seed: int) -> TrainEvaluator:
+    """The reference under another shuffling seed: same candidates, same initial models (built
+    by ``rank_correlation``), the training split drawn in another order."""
+    evaluator = TrainEvaluator.from_context(context)
+    evaluator.seed = seed
+    return evaluator
+
+
 def byo_config(model: str, runs_dir: Path) -> RunConfig:
     """``byo_baselines``' run config for ``model``, its checkpoint trained into ``runs_dir``
     unless there."""
@@ -133,6 +146,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--cheap-epochs", type=int, default=1, help="epochs of the short QAT; 0: leave it out"
+    )
+    parser.add_argument(
+        "--reference-seeds",
+        type=int,
+        default=1,
+        help="train the reference under this many shuffling seeds (>= 2: report its noise "
+        "ceiling and each tau against the mean)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -173,18 +193,23 @@ def main() -> None:
     train = Timed(setup.evaluator)
     reference = Cached(train)
     candidates = within_budget(TrialObjective(setup), args.candidates, seed=args.seed)
-    results = {
-        name: rank_correlation(
+
+    def ranked(evaluator: Evaluator, against: Evaluator):
+        return rank_correlation(
             evaluator,
-            reference,
+            against,
             candidates,
             num_classes=setup.data.num_classes,
             input_shape=setup.data.input_shape,
             teacher_state=setup.teacher_state,
             seed=args.seed,
         )
-        for name, evaluator in cheap.items()
-    }
+
+    results = {name: ranked(evaluator, reference) for name, evaluator in cheap.items()}
+    reseeded = [
+        ranked(Cached(reseeded_train(contexts[0], config.seed + k)), reference)
+        for k in range(1, args.reference_seeds)
+    ]
 
     teacher = setup.teacher_metrics.get("accuracy", float("nan"))
     print(f"config          {args.byo or args.config} {' '.join(args.overrides)}")
@@ -202,13 +227,27 @@ def main() -> None:
         f"reference       train, {config.train.epochs} epochs: {train_s:.2f} s / candidate "
         f"(median), {3600 / train_s:.0f} candidates per CPU-hour"
     )
+    if reseeded:
+        runs = [next(iter(results.values())).accuracies[:, 1]]
+        runs += [r.accuracies[:, 0] for r in reseeded]
+        reference_mean = np.mean(runs, axis=0)
+        print(
+            f"reference seeds {len(runs)}: kendall tau of seed 2 against seed 1 "
+            f"{reseeded[0].kendall_tau:.2f} (the noise ceiling of a tau against one seed); "
+            f"accuracy spread between seeds {np.mean(np.ptp(runs, axis=0)):.3f} on average"
+        )
     for name, result in results.items():
         seconds = statistics.median(cheap[name].seconds)
         mean = np.mean(result.accuracies, axis=0)
+        against_mean = ""
+        if reseeded:
+            tau = kendalltau(result.accuracies[:, 0], reference_mean).statistic
+            against_mean = f"; against the mean of {len(runs)} reference seeds {tau:.2f}"
         print(
             f"{name:<15} {seconds:.2f} s / candidate, {3600 / seconds:.0f} per CPU-hour "
             f"({train_s / seconds:.1f}x the reference); mean accuracy {mean[0]:.3f} vs "
             f"{mean[1]:.3f}; kendall tau {result.kendall_tau:.2f} (p = {result.p_value:.3f})"
+            f"{against_mean}"
         )
 
 
