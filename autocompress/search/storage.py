@@ -276,6 +276,7 @@ class HeartbeatRDBStorage(RDBStorage):
 
     def _held(self, trial_id: int, write: tuple) -> bool:
         """Whether ``write`` to ``trial_id`` was held for this thread's batch."""
+        self._batch.created = None  # the trial as created is no longer the trial
         if getattr(self._batch, "trial_id", None) != trial_id:
             return False
         self._batch.writes.append(write)
@@ -335,6 +336,10 @@ class HeartbeatRDBStorage(RDBStorage):
         if not self._held(trial_id, ("param", *args)):
             super()._set_trial_param(trial_id, *args)
 
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        self._batch.created = None
+        super().set_trial_intermediate_value(trial_id, step, value)
+
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         if not self._held(trial_id, ("user", key, value)):
             super().set_trial_user_attr(trial_id, key, value)
@@ -348,6 +353,7 @@ class HeartbeatRDBStorage(RDBStorage):
     ) -> bool:
         """As RDBStorage's, with the objective values written in one statement (RDBStorage
         looks each up and inserts it on its own: two round trips per objective)."""
+        self._batch.created = None
         if values is None or self.engine.name not in _UPSERTS:
             return super().set_trial_state_values(trial_id, state, values)
         value_model = rdb_models.TrialValueModel
@@ -407,9 +413,22 @@ class HeartbeatRDBStorage(RDBStorage):
             rdb_models.StudyModel.find_or_raise_by_id(study_id, session)
             return self._read_trials(session, where, states=states)
 
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)
+        # Study.ask reads a new trial back at once (see get_trial); one made from a template
+        # (enqueue_trial, add_trial) is changed first.
+        self._batch.created = trial if template_trial is None else None
+        return trial
+
     def get_trial(self, trial_id: int) -> FrozenTrial:
         # Optuna's cache asks the database for every running trial it is given: the search
-        # reads its own trial three times (ask, constraint, tell).
+        # reads its own trial three times (ask, constraint, tell). The first, right after
+        # creating it, is what creating it returned.
+        created, self._batch.created = getattr(self._batch, "created", None), None
+        if created is not None and created._trial_id == trial_id:
+            return copy.deepcopy(created)
         with _create_scoped_session(self.scoped_session) as session:
             found = self._read_trials(session, [rdb_models.TrialModel.trial_id == trial_id])
         if not found:

@@ -585,3 +585,26 @@ def test_a_trials_values_are_written_in_one_statement_as_optuna_writes_them(data
         storage.set_trial_state_values(read[0]._trial_id, TrialState.COMPLETE, [1.0, 1.0, 1.0])
     running = study.ask()
     assert not storage.set_trial_state_values(running._trial_id, TrialState.RUNNING, [1.0] * 3)
+
+
+def test_a_new_trial_is_read_back_as_created_until_it_changes(database_url):
+    storage = make_storage(database_url)
+    study = optuna.create_study(storage=storage)
+    reads = []
+    original = storage._read_trials
+    storage._read_trials = lambda *a, **k: reads.append(1) or original(*a, **k)
+    trial = study.ask()  # one read for the queued trials; Trial() reads the new one back
+    assert reads == [1] and trial._cached_frozen_trial.state == TrialState.RUNNING
+    trial._cached_frozen_trial.user_attrs["mine"] = 1  # a copy: not what the storage holds
+    plain = optuna.storages.RDBStorage.get_trial(storage, trial._trial_id)
+    assert storage.get_trial(trial._trial_id) == plain and "mine" not in plain.user_attrs
+    assert len(reads) == 2
+    # Changed before it is read back: read from the database.
+    trial_id = storage.create_new_trial(study._study_id)
+    storage.set_trial_user_attr(trial_id, "seen", True)
+    assert storage.get_trial(trial_id).user_attrs == {"seen": True}
+    # Made from a template (a queued trial) and started by ask: read from the database.
+    study.enqueue_trial({"x": 0.5})
+    queued = study.ask()
+    assert queued._cached_frozen_trial.state == TrialState.RUNNING
+    assert queued.suggest_float("x", 0, 1) == 0.5
