@@ -35,6 +35,7 @@ trained once into ``--runs-dir`` and reused from there).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -104,9 +105,7 @@ def within_budget(objective: TrialObjective, n: int, *, seed: int) -> list[Candi
 def reseeded_train(context: EvaluatorContext, seed: int) -> TrainEvaluator:
     """The reference under another shuffling seed: same candidates, same initial models (built
     by ``rank_correlation``), the training split drawn in another order."""
-    evaluator = TrainEvaluator.from_context(context)
-    evaluator.seed = seed
-    return evaluator
+    return TrainEvaluator.from_context(dataclasses.replace(context, seed=seed))
 
 
 def byo_config(model: str, runs_dir: Path) -> RunConfig:

@@ -247,7 +247,9 @@ class HeartbeatRDBStorage(RDBStorage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._batch = threading.local()  # this thread's writes held for one transaction
+        # This thread's writes held for one transaction, and the trial it created last
+        # (until it is read back or written to).
+        self._batch = threading.local()
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -316,13 +318,20 @@ class HeartbeatRDBStorage(RDBStorage):
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                     for key, value in attrs.items()
                 ]
-                insert = _UPSERTS[self.engine.name](model).values(rows)
-                session.execute(
-                    insert.on_conflict_do_update(
-                        index_elements=[model.trial_id, model.key],
-                        set_={"value_json": insert.excluded.value_json},
-                    )
-                )
+                self._upsert(session, model, rows, unique=("trial_id", "key"))
+
+    def _upsert(self, session: Any, model: Any, rows: list[dict], *, unique: tuple) -> None:
+        """Insert ``rows`` into ``model``'s table in one statement, each row that repeats the
+        ``unique`` columns of an existing one overwriting its other columns (PostgreSQL and
+        SQLite: ``_UPSERTS``)."""
+        insert = _UPSERTS[self.engine.name](model).values(rows)
+        updated = rows[0].keys() - set(unique)
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[getattr(model, column) for column in unique],
+                set_={column: getattr(insert.excluded, column) for column in updated},
+            )
+        )
 
     def _set_trial_param(
         self,
@@ -374,16 +383,7 @@ class HeartbeatRDBStorage(RDBStorage):
                             "value_type": value_type,
                         }
                     )
-                insert = _UPSERTS[self.engine.name](value_model).values(rows)
-                session.execute(
-                    insert.on_conflict_do_update(
-                        index_elements=[value_model.trial_id, value_model.objective],
-                        set_={
-                            "value": insert.excluded.value,
-                            "value_type": insert.excluded.value_type,
-                        },
-                    )
-                )
+                self._upsert(session, value_model, rows, unique=("trial_id", "objective"))
                 if state == TrialState.RUNNING and trial.state != TrialState.WAITING:
                     return False
                 trial.state = state
