@@ -214,6 +214,7 @@ def _quantize(float_bytes: bytes, layers: set[str], input_shape: tuple[int, ...]
         ) from err
 
     proto = onnx.load_from_string(float_bytes)
+    _unshare_initializers(proto)
     nodes = [n.name for n in proto.graph.node if n.op_type in _LAYER_OPS and _layer_of(n.name)]
     nodes = [n for n in nodes if _layer_of(n) in layers]
     input_name = proto.graph.input[0].name
@@ -232,7 +233,7 @@ def _quantize(float_bytes: bytes, layers: set[str], input_shape: tuple[int, ...]
     root = logging.getLogger()
     with tempfile.TemporaryDirectory(prefix="autocompress-int8-") as folder:
         source, target = Path(folder) / "float.onnx", Path(folder) / "int8.onnx"
-        source.write_bytes(float_bytes)
+        onnx.save(proto, str(source))
         root.addFilter(_quantizer_chatter)
         try:
             quantize_static(
@@ -250,6 +251,52 @@ def _quantize(float_bytes: bytes, layers: set[str], input_shape: tuple[int, ...]
         return target.read_bytes()
 
 
+def _unshare_initializers(proto: Any) -> None:
+    """Give every node input its own initializer, in place.
+
+    The exporter keeps one copy of equal parameters (the zero biases that folding an untrained
+    BatchNorm gives every conv, tied weights), reached directly or through ``Identity`` nodes.
+    A bias shared by convs with different input scales cannot become each one's int32 bias, so
+    onnxruntime fuses no integer kernel for them and runs them fp32: a timing artefact that a
+    trained model, whose parameters differ, does not have.
+    """
+    import onnx
+
+    graph = proto.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    outputs = {value.name for value in graph.output}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            if node.output[0] not in outputs:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(initializers[node.input[0]])
+                copy.name = node.output[0]
+                graph.initializer.append(copy)
+                initializers[copy.name] = copy
+                continue
+        kept.append(node)
+    used: set[str] = set()
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name not in initializers:
+                continue
+            if name in used:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(initializers[name])
+                copy.name = f"{name}_unshared_{len(initializers)}"
+                graph.initializer.append(copy)
+                initializers[copy.name] = copy
+                node.input[index] = copy.name
+            used.add(node.input[index])
+    del graph.node[:]
+    graph.node.extend(kept)
+    needed = used | {value.name for value in graph.input} | outputs
+    unused = [tensor for tensor in graph.initializer if tensor.name not in needed]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+
+
 def _quantizer_chatter(record: logging.LogRecord) -> bool:
     # quantize_static warns on the root logger at every call (advice to pre-process, biases it
     # leaves in float): facts about the graph's values, not about which kernels a timing runs.
@@ -258,10 +305,16 @@ def _quantizer_chatter(record: logging.LogRecord) -> bool:
 
 
 def _layer_of(node_name: str) -> str:
-    """The module name in a TorchScript-exported node name (``/features/features.0/Conv`` ->
-    ``features.0``); "" when the node is not inside a named module."""
+    """The module name in a TorchScript-exported node name; "" when the node is not inside a
+    named module.
+
+    The exporter names each scope on the path by the module's last attribute name plus any
+    numeric atoms before it (``/layer1/layer1.0/conv1/Conv`` is ``layer1.0.conv1``,
+    ``/features/features.0/Conv`` is ``features.0``), so the full name is rebuilt from the last
+    atom of every scope.
+    """
     parts = _FUSED_SUFFIX.sub("", node_name).split("/")
-    return parts[-2] if len(parts) >= 3 else ""
+    return ".".join(scope.rsplit(".", 1)[-1] for scope in parts[1:-1] if scope)
 
 
 def executed_precisions(optimized: Any, layers: Mapping[str, str]) -> dict[str, str]:

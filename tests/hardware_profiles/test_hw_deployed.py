@@ -81,6 +81,44 @@ def test_measured_reports_the_precision_each_layer_ran_at():
     ) == {"fp32"}
 
 
+def _bits(model: nn.Module, bits: dict[str, int], default: int) -> nn.Module:
+    """Set w_bits/a_bits on every Conv/Linear of ``model`` (by module name, else ``default``)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.w_bits = module.a_bits = bits.get(name, default)
+    return model.eval()
+
+
+def test_nested_layers_run_at_their_own_planned_precision():
+    # Nested modules: the exporter's scope of layer1.0.conv1 ends in "conv1", like the stem's.
+    torchvision = pytest.importorskip("torchvision")
+    model = _bits(
+        torchvision.models.resnet18(num_classes=10),
+        {"conv1": 16, "layer1.0.conv1": 8, "layer2.0.downsample.0": 8, "fc": 8},
+        default=16,
+    )
+    d = (
+        MeasuredProfile(backend="onnxruntime", warmup=1, repeats=3, threads=1)
+        .profile(model, input_shape=(3, 32, 32))
+        .details
+    )
+    int8 = {name for name, precision in d["precisions"].items() if precision == "int8"}
+    assert int8 == {"layer1.0.conv1", "layer2.0.downsample.0", "fc"}
+
+
+def test_untrained_batchnorm_models_still_get_integer_kernels():
+    # Folding an untrained BatchNorm gives every conv the same zero bias, which the exporter
+    # stores once: shared, it would keep onnxruntime from fusing integer kernels.
+    torchvision = pytest.importorskip("torchvision")
+    model = _bits(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.35), {}, default=8)
+    d = (
+        MeasuredProfile(backend="onnxruntime", warmup=1, repeats=3, threads=1)
+        .profile(model, input_shape=(3, 32, 32))
+        .details
+    )
+    assert set(d["precisions"].values()) == {"int8"}, d["precision_note"]
+
+
 def test_int8_layers_and_their_float_twin_measure_differently():
     shape = (3, 16, 16)
     deployed = MeasuredProfile(backend="onnxruntime", warmup=3, repeats=15, threads=1)
