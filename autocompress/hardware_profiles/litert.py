@@ -57,6 +57,7 @@ from torch import nn
 from autocompress.compression.quantization import QuantConv2d, QuantLinear
 from autocompress.core.validation import check_int
 from autocompress.hardware_profiles.deployed import INT8, INT8_MAX_BITS, runs_int8
+from autocompress.hardware_profiles.graph import is_costed_layer, layer_bits, layer_quantizer
 
 __all__ = [
     "LayerPrecision",
@@ -145,12 +146,12 @@ class LiteRTConversion:
 
 
 def int8_layers(model: nn.Module) -> dict[str, bool]:
-    """``{layer: runs int8}`` for every fake-quant layer of ``model``, by the rule every runtime
-    deploys by (:func:`~.deployed.runs_int8`)."""
+    """``{layer: runs int8}`` for every Conv/Linear layer of ``model``, by the rule every runtime
+    deploys by (:func:`~.deployed.runs_int8`): a plain layer that carries ``w_bits``/``a_bits``
+    (a LUT's isolated layer) is judged by them, one without them stays float32, and neither is
+    left to follow its neighbours' precision as the ops between layers do."""
     return {
-        name: runs_int8(m, name=name)
-        for name, m in model.named_modules()
-        if isinstance(m, QuantConv2d | QuantLinear)
+        name: runs_int8(m, name=name) for name, m in model.named_modules() if is_costed_layer(m)
     }
 
 
@@ -565,7 +566,7 @@ def _layer_precision(
     activation = _one({a for _, a, _ in ops})
     weight = _one({w for _, _, w in ops})
     precision = weight if weight == activation else f"weights {weight}, activations {activation}"
-    w_bits, a_bits = int(module.w_bits), int(module.a_bits)
+    w_bits, a_bits = layer_bits(module, name=name)
     wanted = INT8 if requested else FLOAT32
     if precision != wanted:
         note = f"asked for {wanted}, but the quantizer left it {precision}"
@@ -582,7 +583,7 @@ def _layer_precision(
         name=name,
         w_bits=w_bits,
         a_bits=a_bits,
-        quantizer=str(module.w_quantizer),
+        quantizer=str(layer_quantizer(module)),
         requested=wanted,
         precision=precision,
         weight_format=weight,

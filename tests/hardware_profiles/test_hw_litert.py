@@ -19,6 +19,9 @@ from autocompress.hardware_profiles.litert import (
     int8_layers,
     litert_runner,
 )
+from autocompress.hardware_profiles.lut_build import layer_module
+from autocompress.hardware_profiles.lut_table import DEPLOYED
+from autocompress.hardware_profiles.lut_trace import model_layers
 from autocompress.spaces import Candidate, build_model, conv_linear_layers
 from autocompress.spaces.candidate import LayerChoice
 
@@ -65,6 +68,23 @@ def test_int8_layers_are_those_with_at_most_8_bits():
         "features.2.0": True,
         "classifier": True,
     }
+
+
+def test_plain_layers_run_at_the_precision_their_bits_give(litert):
+    # A LUT times each layer as a plain Conv/Linear carrying w_bits/a_bits; one without bits
+    # is float32, also between int8 layers (never following its neighbours' precision).
+    key = model_layers(_model(MIXED), input_shape=SHAPE, precision=DEPLOYED).layers[0].key
+    assert key.precision == "int8"
+    layer = layer_module(key)
+    calibration = [torch.randn(8, *key.input_shape, generator=_gen(1)).numpy()]
+    alone = convert_litert(layer, input_shape=key.input_shape, calibration=calibration)
+    assert {x.name: x.precision for x in alone.layers} == {"0": "int8"}
+    plain = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1)
+    ).eval()
+    plain[0].w_bits = plain[0].a_bits = 8
+    mixed = convert_litert(plain, input_shape=SHAPE, calibration=[torch.randn(8, *SHAPE).numpy()])
+    assert {x.name: x.precision for x in mixed.layers} == {"0": "int8", "2": "float32"}
 
 
 def test_mixed_candidate_records_which_layers_ran_int8_and_which_float(mixed):
