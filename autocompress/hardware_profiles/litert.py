@@ -170,6 +170,8 @@ def convert_litert(
     limit = check_int(
         max_calibration_samples, name="max_calibration_samples", where="convert_litert", minimum=1
     )
+    if is_costed_layer(model):  # litert-torch names ops after submodules: give it one
+        model = nn.Sequential(model)
     plan = int8_layers(model)
     inputs = []
     if any(plan.values()):  # read first: bad calibration data fails before the slow conversion

@@ -85,6 +85,8 @@ def test_plain_layers_run_at_the_precision_their_bits_give(litert):
     plain[0].w_bits = plain[0].a_bits = 8
     mixed = convert_litert(plain, input_shape=SHAPE, calibration=[torch.randn(8, *SHAPE).numpy()])
     assert {x.name: x.precision for x in mixed.layers} == {"0": "int8", "2": "float32"}
+    bare = convert_litert(plain[0], input_shape=SHAPE, calibration=[torch.randn(8, *SHAPE).numpy()])
+    assert {x.name: x.precision for x in bare.layers} == {"0": "int8"}
 
 
 def test_mixed_candidate_records_which_layers_ran_int8_and_which_float(mixed):
