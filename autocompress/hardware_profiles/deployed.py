@@ -265,10 +265,11 @@ def _unshare_initializers(proto: Any) -> None:
     graph = proto.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     outputs = {value.name for value in graph.output}
-    kept = []
+    kept, copied = [], set()
     for node in graph.node:
         if node.op_type == "Identity" and node.input[0] in initializers:
             if node.output[0] not in outputs:
+                copied.add(node.input[0])
                 copy = onnx.TensorProto()
                 copy.CopyFrom(initializers[node.input[0]])
                 copy.name = node.output[0]
@@ -291,8 +292,9 @@ def _unshare_initializers(proto: Any) -> None:
             used.add(node.input[index])
     del graph.node[:]
     graph.node.extend(kept)
-    needed = used | {value.name for value in graph.input} | outputs
-    unused = [tensor for tensor in graph.initializer if tensor.name not in needed]
+    # Only the sources of the removed Identity nodes can have lost their last reader.
+    inputs = {value.name for value in graph.input}
+    unused = [t for t in graph.initializer if t.name in copied - used - outputs - inputs]
     for tensor in unused:
         graph.initializer.remove(tensor)
 
