@@ -278,7 +278,7 @@ def run(args: argparse.Namespace, seed: int) -> tuple[list[tuple[str, Any]], flo
                     f"med|err| {f.median_abs_pct:4.1f}%  tau {f.kendall_tau:.3f}"
                 )
     if args.save is not None:
-        _save(args.save / f"seed{seed}", models, test, lut, predictor, calibration.spec)
+        _save(args.save / f"seed{seed}", models, test, lut, full, predictor, calibration.spec)
     print(f"wall time {time.perf_counter() - start:.0f} s")
     return results, noise_within
 
@@ -313,7 +313,7 @@ def _distinct_models(per_group: int, *, seed: int, precision: str) -> list[dict[
     return models
 
 
-def _save(folder: Path, models, test, lut, predictor, spec) -> None:
+def _save(folder: Path, models, test, lut, full, predictor, spec) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     test_ids = {id(m) for m in test}
     rows = [
@@ -328,11 +328,12 @@ def _save(folder: Path, models, test, lut, predictor, spec) -> None:
     ]
     (folder / "measurements.json").write_text(json.dumps(rows, indent=1))
     lut.save(folder / "lut_train.json")
+    full.save(folder / "lut_full.json")
     predictor.save(folder / "predictor.json")
     (folder / "host_calibrated.yaml").write_text(
         yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
-    print(f"saved measurements, LUT, predictor and calibrated spec to {folder}")
+    print(f"saved measurements, LUTs (train, full), predictor and calibrated spec to {folder}")
 
 
 if __name__ == "__main__":

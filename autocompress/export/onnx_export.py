@@ -381,8 +381,9 @@ def _rewrite_markers(proto: Any, plans: dict[str, _LayerPlan]) -> None:
 
 def _shorten_names(proto: Any) -> None:
     """Tracer names repeat the module path at every level ("/features/features.0/features.0.1/
-    Relu_output_0"); the last level already names the module fully. Keeping only it makes the
-    file smaller and easier to read. Left unchanged if two names would collide."""
+    Relu_output_0"); in a chain of Sequentials the last level names the module fully. Keeping
+    only it makes the file smaller and easier to read. Left unchanged if two names would collide
+    (nested modules: "/layer1/layer1.0/conv1" and "/layer2/layer2.0/conv1" both end in conv1)."""
     graph = proto.graph
     names = {n for node in graph.node for n in [*node.input, *node.output, node.name]}
     keep = {i.name for i in [*graph.input, *graph.output, *graph.initializer]}
