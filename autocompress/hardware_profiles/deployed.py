@@ -265,31 +265,30 @@ def _unshare_initializers(proto: Any) -> None:
     graph = proto.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     outputs = {value.name for value in graph.output}
+
+    def own_copy(source: str, name: str) -> None:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializers[source])
+        copy.name = name
+        graph.initializer.append(copy)
+        initializers[name] = copy
+
     kept, copied = [], set()
     for node in graph.node:
-        if node.op_type == "Identity" and node.input[0] in initializers:
-            if node.output[0] not in outputs:
-                copied.add(node.input[0])
-                copy = onnx.TensorProto()
-                copy.CopyFrom(initializers[node.input[0]])
-                copy.name = node.output[0]
-                graph.initializer.append(copy)
-                initializers[copy.name] = copy
-                continue
-        kept.append(node)
+        reads_initializer = node.op_type == "Identity" and node.input[0] in initializers
+        if reads_initializer and node.output[0] not in outputs:
+            copied.add(node.input[0])
+            own_copy(node.input[0], node.output[0])
+        else:
+            kept.append(node)
     used: set[str] = set()
     for node in kept:
         for index, name in enumerate(node.input):
-            if name not in initializers:
-                continue
             if name in used:
-                copy = onnx.TensorProto()
-                copy.CopyFrom(initializers[name])
-                copy.name = f"{name}_unshared_{len(initializers)}"
-                graph.initializer.append(copy)
-                initializers[copy.name] = copy
-                node.input[index] = copy.name
-            used.add(node.input[index])
+                node.input[index] = f"{name}_unshared_{len(initializers)}"
+                own_copy(name, node.input[index])
+            if name in initializers:
+                used.add(node.input[index])
     del graph.node[:]
     graph.node.extend(kept)
     # Only the sources of the removed Identity nodes can have lost their last reader.

@@ -218,8 +218,7 @@ def layer_module(key: LayerKey, *, seed: int = 0) -> nn.Module:
         # A ReLU after a negative shift can zero every output; an int8 runtime calibrated on
         # that sees a zero range it cannot requantize (XNNPACK refuses the graph). With a
         # shift >= 0 about half the outputs stay positive; values never change the timing.
-        shift = module[1].bias if key.bn else layers[0].bias
-        shift.abs_()
+        layers[1 if key.bn else 0].bias.abs_()
     return module.eval()
 
 
