@@ -76,6 +76,9 @@ _PARAM_TYPES: dict[str, tuple[type, ...]] = {
 # target needs a positive floor.
 _MIN_MS = 1e-4
 _MIN_CORRECTION_MODELS = len(CORRECTION_FEATURES) + 1
+# Relative error at which the correction's robust loss starts to discount a training model:
+# half the +-10% that a prediction is judged by.
+_CORRECTION_SCALE = 0.05
 # Refit-on-load must reproduce the saved model; anything beyond float round-off means the
 # scikit-learn build grows different trees.
 _REFIT_RTOL = 1e-9
@@ -387,7 +390,16 @@ def _fit_layers(
 
 
 def _fit_correction(rows: list[dict[str, float]]) -> np.ndarray:
-    """Least squares in relative error of measured ~ [1, *CORRECTION_FEATURES]."""
+    """Robust fit, in relative error, of measured ~ [1, *CORRECTION_FEATURES].
+
+    A training model timed in a slow phase of the host is off by tens of percent; in plain
+    least squares a few such rows pull the coefficients that every prediction uses. The Cauchy
+    loss weighs a residual of :data:`_CORRECTION_SCALE` about half as much as a small one and
+    one of 50% almost not at all; it starts from the least-squares solution, which it equals
+    where every row fits.
+    """
+    from scipy.optimize import least_squares
+
     x = np.array([[1.0, *(r[f] for f in CORRECTION_FEATURES)] for r in rows])
     y = np.array([r["measured_ms"] for r in rows])
     design = x / y[:, None]
@@ -395,8 +407,21 @@ def _fit_correction(rows: list[dict[str, float]]) -> np.ndarray:
     # cut-off does not drop the small ones.
     scale = np.abs(design).max(axis=0)
     scale[scale == 0] = 1.0
-    coef, *_ = np.linalg.lstsq(design / scale, np.ones(len(y)), rcond=None)
-    return coef / scale
+    design = design / scale
+    start, *_ = np.linalg.lstsq(design, np.ones(len(y)), rcond=None)
+    fit = least_squares(
+        lambda coef: design @ coef - 1.0,
+        start,
+        jac=lambda coef: design,
+        loss="cauchy",
+        f_scale=_CORRECTION_SCALE,
+        method="trf",
+        x_scale="jac",
+        xtol=1e-12,
+        ftol=1e-12,
+        gtol=1e-12,
+    )
+    return fit.x / scale
 
 
 def _check_params(params: Any) -> dict[str, Any]:
