@@ -49,6 +49,7 @@ __all__ = [
     "deployed_precision",
     "executed_precisions",
     "float_copy",
+    "int8_plan",
     "precision_summary",
     "runs_int8",
 ]
@@ -89,6 +90,17 @@ def runs_int8(module: nn.Module, *, name: str = "") -> bool:
     no fake-quant switch is judged by its bits alone)."""
     enabled = bool(getattr(module, "quant_enabled", True))
     return enabled and deployed_precision(*layer_bits(module, name=name)) == INT8
+
+
+def int8_plan(model: nn.Module) -> dict[str, bool]:
+    """``{layer: runs int8}`` for every Conv/Linear layer of ``model`` (a bare layer is ``""``),
+    in module order, by :func:`runs_int8`: the one plan that every runtime's export, the LUT's
+    layer keys and the reports follow."""
+    return {
+        name: runs_int8(module, name=name)
+        for name, module in model.named_modules()
+        if is_costed_layer(module)
+    }
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,7 @@ def deployed_onnx(
         if is_costed_layer(module)
     }
     planned = {
-        name: deployed_precision(*bits) if quantized else FP32 for name, bits in requested.items()
+        name: INT8 if int8 and quantized else FP32 for name, int8 in int8_plan(model).items()
     }
     float_bytes = export_onnx(float_copy(model), seeded_input(input_shape))
     int8_layers = {name for name, precision in planned.items() if precision == INT8}

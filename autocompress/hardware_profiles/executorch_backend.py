@@ -45,8 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from autocompress.compression.quantization import FLOAT_BITS, QuantConv2d, QuantLinear
-from autocompress.hardware_profiles.deployed import INT8, INT8_MAX_BITS, runs_int8
-from autocompress.hardware_profiles.graph import is_costed_layer, layer_bits, layer_quantizer
+from autocompress.hardware_profiles.deployed import INT8, INT8_MAX_BITS, int8_plan
+from autocompress.hardware_profiles.graph import layer_bits, layer_quantizer
 from autocompress.spaces.candidate import UNIFORM
 
 __all__ = [
@@ -157,11 +157,7 @@ def precision_plan(model: nn.Module) -> dict[str, str]:
     """``{layer: "int8" | "float32"}`` for every Conv/Linear layer of ``model``, in module
     order: int8 where :func:`~.deployed.runs_int8` says so (fake-quant on, at most 8 weight and
     input bits), float32 for every other layer."""
-    return {
-        name: INT8 if runs_int8(module, name=name) else FLOAT32
-        for name, module in model.named_modules()
-        if is_costed_layer(module)
-    }
+    return {name: INT8 if int8 else FLOAT32 for name, int8 in int8_plan(model).items()}
 
 
 def float_model(model: nn.Module) -> nn.Module:

@@ -56,7 +56,7 @@ from torch import nn
 
 from autocompress.compression.quantization import QuantConv2d, QuantLinear
 from autocompress.core.validation import check_int
-from autocompress.hardware_profiles.deployed import INT8, INT8_MAX_BITS, runs_int8
+from autocompress.hardware_profiles.deployed import INT8, INT8_MAX_BITS, int8_plan
 from autocompress.hardware_profiles.graph import is_costed_layer, layer_bits, layer_quantizer
 
 __all__ = [
@@ -64,7 +64,6 @@ __all__ = [
     "LiteRTConversion",
     "convert_litert",
     "deployable_copy",
-    "int8_layers",
     "litert_interpreter",
     "litert_runner",
     "litert_timed_run",
@@ -145,16 +144,6 @@ class LiteRTConversion:
         return counts
 
 
-def int8_layers(model: nn.Module) -> dict[str, bool]:
-    """``{layer: runs int8}`` for every Conv/Linear layer of ``model``, by the rule every runtime
-    deploys by (:func:`~.deployed.runs_int8`): a plain layer that carries ``w_bits``/``a_bits``
-    (a LUT's isolated layer) is judged by them, one without them stays float32, and neither is
-    left to follow its neighbours' precision as the ops between layers do."""
-    return {
-        name: runs_int8(m, name=name) for name, m in model.named_modules() if is_costed_layer(m)
-    }
-
-
 def convert_litert(
     model: nn.Module,
     *,
@@ -163,16 +152,16 @@ def convert_litert(
     max_calibration_samples: int = 256,
 ) -> LiteRTConversion:
     """Convert ``model`` (a candidate with fake-quant layers) to a batch-1 LiteRT model, int8
-    where :func:`int8_layers` says so (see the module doc). ``calibration``: batches of inputs
-    (``(n, *input_shape)`` arrays) whose activation ranges set the int8 scales; at most
-    ``max_calibration_samples`` samples are used. ``model`` is not modified."""
+    where :func:`~.deployed.int8_plan` says so (see the module doc). ``calibration``: batches
+    of inputs (``(n, *input_shape)`` arrays) whose activation ranges set the int8 scales; at
+    most ``max_calibration_samples`` samples are used. ``model`` is not modified."""
     litert_torch, _ = _modules()
     limit = check_int(
         max_calibration_samples, name="max_calibration_samples", where="convert_litert", minimum=1
     )
     if is_costed_layer(model):  # litert-torch names ops after submodules: give it one
         model = nn.Sequential(model)
-    plan = int8_layers(model)
+    plan = int8_plan(model)
     inputs = []
     if any(plan.values()):  # read first: bad calibration data fails before the slow conversion
         inputs = list(_samples(calibration, tuple(input_shape), limit=limit))

@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.overrides import TorchFunctionMode
 
-from autocompress.hardware_profiles.deployed import deployed_precision, float_copy
+from autocompress.hardware_profiles.deployed import FP32, INT8, float_copy, int8_plan
 from autocompress.hardware_profiles.device_spec import DeviceSpec
 from autocompress.hardware_profiles.graph import (
     check_input_shape,
@@ -57,10 +57,10 @@ def model_layers(
 
     ``precision``: a str is the precision of every layer (:data:`HOST_PRECISION` for a host
     that runs float kernels), except :data:`DEPLOYED`, which gives each layer the precision the
-    host runtime executes its bits at (int8 or fp32); a :class:`DeviceSpec` gives each layer
-    the precision that device computes its ``w_bits``/``a_bits`` at. The model is traced as a
-    deep copy in eval mode with fake quantization off, so it comes back unchanged and
-    concurrent calls do not interfere.
+    host runtime executes it at (int8 or fp32, by :func:`~.deployed.int8_plan`); a
+    :class:`DeviceSpec` gives each layer the precision that device computes its
+    ``w_bits``/``a_bits`` at. The model is traced as a deep copy in eval mode with fake
+    quantization off, so it comes back unchanged and concurrent calls do not interfere.
     """
     shape = check_input_shape(input_shape, caller="model_layers")
     if not isinstance(precision, str | DeviceSpec):
@@ -68,6 +68,8 @@ def model_layers(
             "The 'precision' parameter of model_layers must be a str or a DeviceSpec. "
             f"Got {precision!r} instead."
         )
+    # The plan is read before the copy switches fake quantization off.
+    int8 = int8_plan(model) if precision == DEPLOYED else {}
     traced = float_copy(model)
     names = {module: name for name, module in traced.named_modules()}
     calls: list[tuple[nn.Module, Any, Any]] = []
@@ -106,6 +108,7 @@ def model_layers(
         calls,
         names,
         precision=precision,
+        int8=int8,
         functional_ops=counter.count,
         functional_elems=counter.elems,
     )
@@ -137,6 +140,7 @@ def _group(
     names: Mapping[nn.Module, str],
     *,
     precision: str | DeviceSpec,
+    int8: Mapping[str, bool],
     functional_ops: int,
     functional_elems: int,
 ) -> ModelLayers:
@@ -163,7 +167,7 @@ def _group(
             act = FUSED_ACTIVATIONS[type(calls[i][0])]
             i += 1
         name = names.get(module, "")
-        layers.append(LayerRecord(name, _key(module, x, name, bn, act, precision)))
+        layers.append(LayerRecord(name, _key(module, x, name, bn, act, precision, int8)))
     return ModelLayers(layers=layers, uncosted_ops=uncosted, uncosted_elems=uncosted_elems)
 
 
@@ -172,14 +176,20 @@ def _consumes(call: tuple[nn.Module, Any, Any], tensor: Any) -> bool:
 
 
 def _key(
-    module: nn.Module, x: Any, name: str, bn: bool, act: str, precision: str | DeviceSpec
+    module: nn.Module,
+    x: Any,
+    name: str,
+    bn: bool,
+    act: str,
+    precision: str | DeviceSpec,
+    int8: Mapping[str, bool],
 ) -> LayerKey | None:
     if isinstance(precision, DeviceSpec):
         w_bits, a_bits = layer_bits(module, name=name)
         w_bits = precision.weight_compute_bits(w_bits, layer_quantizer(module))
         label = precision.mac_cost(w_bits=w_bits, a_bits=a_bits).precision
     elif precision == DEPLOYED:
-        label = deployed_precision(*layer_bits(module, name=name))
+        label = INT8 if int8.get(name) else FP32
     else:
         label = precision
     if not isinstance(x, torch.Tensor):

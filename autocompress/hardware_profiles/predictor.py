@@ -13,7 +13,8 @@ The predictor has two stages, trained from measurements on one host/runtime:
    instead of a flat tree leaf. Training data: the entries of a :class:`LatencyLUT`. A layer
    that is in the training data keeps its measured value; the trees price the layers never
    measured.
-2. **Per model**: a linear correction, fitted to whole-model measurements in relative error,
+2. **Per model**: a linear correction, fitted to whole-model measurements in relative error
+   with a robust loss (a model timed in a slow phase of the host barely moves it),
    ``latency = b0 + b1 * sum(layer predictions) + b2 * n_layers + b3 * n_uncosted_ops
    + b4 * uncosted_elems`` (see :class:`ModelLayers`): it absorbs the per-run overhead and what
    per-layer timings miss (ops outside the layer groups such as pooling and residual additions,

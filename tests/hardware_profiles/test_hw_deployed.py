@@ -10,7 +10,7 @@ from torch import nn
 
 from autocompress.compression.quantization import QuantConv2d, QuantLinear
 from autocompress.hardware_profiles import LUTProfile, MeasuredProfile, build_lut
-from autocompress.hardware_profiles.deployed import deployed_onnx, deployed_precision
+from autocompress.hardware_profiles.deployed import deployed_onnx, deployed_precision, int8_plan
 from autocompress.hardware_profiles.lut_table import DEPLOYED
 from autocompress.hardware_profiles.lut_trace import model_layers
 from autocompress.hardware_profiles.timing import time_calls
@@ -65,6 +65,24 @@ def test_deployed_onnx_quantizes_only_layers_of_at_most_8_bits():
     assert not any(
         n.op_type == "QuantizeLinear"
         for n in onnx.load_from_string(float_twin.model_bytes).graph.node
+    )
+
+
+def test_a_layer_with_fake_quant_off_is_planned_fp32_by_every_runtime_and_the_lut():
+    from autocompress.hardware_profiles.executorch_backend import precision_plan
+
+    model = _mixed()
+    model[0].quant_enabled = False  # 3-bit weights, but the layer computes in float
+    assert int8_plan(model) == {"0": False, "2": False, "4": False}
+    assert set(deployed_onnx(model, input_shape=(3, 8, 8)).planned.values()) == {"fp32"}
+    assert set(precision_plan(model).values()) == {"float32"}
+    traced = model_layers(model, input_shape=(3, 8, 8), precision=DEPLOYED)
+    assert {r.key.precision for r in traced.layers} == {"fp32"}
+    model[0].quant_enabled = True
+    assert int8_plan(model) == {"0": True, "2": False, "4": False}
+    assert (
+        model_layers(model, input_shape=(3, 8, 8), precision=DEPLOYED).layers[0].key.precision
+        == "int8"
     )
 
 

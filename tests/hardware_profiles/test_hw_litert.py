@@ -13,10 +13,10 @@ import torch
 
 from autocompress.compression.apply import build_compressed
 from autocompress.hardware_profiles import MeasuredProfile
+from autocompress.hardware_profiles.deployed import int8_plan
 from autocompress.hardware_profiles.litert import (
     convert_litert,
     deployable_copy,
-    int8_layers,
     litert_runner,
 )
 from autocompress.hardware_profiles.lut_build import layer_module
@@ -62,7 +62,7 @@ def mixed(litert):
 
 
 def test_int8_layers_are_those_with_at_most_8_bits():
-    assert int8_layers(_model(MIXED)) == {
+    assert int8_plan(_model(MIXED)) == {
         "features.0.0": True,
         "features.1.0": False,
         "features.2.0": True,
