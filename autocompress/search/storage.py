@@ -533,11 +533,7 @@ def _child_columns(model: Any, name: Any, number: Any, text: Any, label: Any, in
 
 
 _values, _intermediate = rdb_models.TrialValueModel, rdb_models.TrialIntermediateValueModel
-_params, _user, _system = (
-    rdb_models.TrialParamModel,
-    rdb_models.TrialUserAttributeModel,
-    rdb_models.TrialSystemAttributeModel,
-)
+_params, _user, _system = rdb_models.TrialParamModel, _ATTR_MODELS["user"], _ATTR_MODELS["system"]
 # What a trial is built from: RDBStorage's relationships of TrialModel, each as the union's
 # columns and what Optuna's _build_frozen_trial_from_trial_model reads of a row.
 _CHILD_ROWS = [
