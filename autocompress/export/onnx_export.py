@@ -55,6 +55,7 @@ from ..compression.quantization import (
     lsq_grid,
     weight_code,
 )
+from ..hardware_profiles.deployed import module_of_node
 from .packing import integer_weight, pack_bits
 
 ONNX_OPSET = 21  # first opset with INT4/UINT4 and 16-bit QuantizeLinear/DequantizeLinear
@@ -380,18 +381,14 @@ def _rewrite_markers(proto: Any, plans: dict[str, _LayerPlan]) -> None:
 
 
 def _shorten_names(proto: Any) -> None:
-    """Tracer names repeat the module path at every level ("/features/features.0/features.0.1/
-    Relu_output_0"); in a chain of Sequentials the last level names the module fully. Keeping
-    only it makes the file smaller and easier to read. Left unchanged if two names would collide
-    (nested modules: "/layer1/layer1.0/conv1" and "/layer2/layer2.0/conv1" both end in conv1)."""
+    """Tracer names repeat the module path at every level ("/layer1/layer1.0/conv1/Conv",
+    "/features/features.0/features.0.1/Relu_output_0"); "<module name>/<last part>"
+    ("layer1.0.conv1/Conv", "features.0.1/Relu_output_0") says the same, so the file is smaller
+    and easier to read. Left unchanged should two names still collide."""
     graph = proto.graph
     names = {n for node in graph.node for n in [*node.input, *node.output, node.name]}
     keep = {i.name for i in [*graph.input, *graph.output, *graph.initializer]}
-    mapping = {
-        n: "/".join(n.strip("/").split("/")[-2:])
-        for n in names
-        if n.startswith("/") and n not in keep
-    }
+    mapping = {n: _short_name(n) for n in names if n.startswith("/") and n not in keep}
     unchanged = names - set(mapping)
     if len(set(mapping.values())) != len(mapping) or set(mapping.values()) & unchanged:
         return
@@ -400,6 +397,11 @@ def _shorten_names(proto: Any) -> None:
         for field in (node.input, node.output):
             for i, name in enumerate(field):
                 field[i] = mapping.get(name, name)
+
+
+def _short_name(name: str) -> str:
+    module, last = module_of_node(name), name.rsplit("/", 1)[-1]
+    return f"{module}/{last}" if module else last
 
 
 def _integer_tensor(name: str, plan: _LayerPlan) -> Any:

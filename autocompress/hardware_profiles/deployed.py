@@ -50,6 +50,7 @@ __all__ = [
     "executed_precisions",
     "float_copy",
     "int8_plan",
+    "module_of_node",
     "precision_summary",
     "runs_int8",
 ]
@@ -227,8 +228,8 @@ def _quantize(float_bytes: bytes, layers: set[str], input_shape: tuple[int, ...]
 
     proto = onnx.load_from_string(float_bytes)
     _unshare_initializers(proto)
-    nodes = [n.name for n in proto.graph.node if n.op_type in _LAYER_OPS and _layer_of(n.name)]
-    nodes = [n for n in nodes if _layer_of(n) in layers]
+    nodes = [n.name for n in proto.graph.node if n.op_type in _LAYER_OPS and module_of_node(n.name)]
+    nodes = [n for n in nodes if module_of_node(n) in layers]
     input_name = proto.graph.input[0].name
     feeds = [
         {input_name: seeded_input(input_shape, seed=_INPUT_SEED + i).numpy()}
@@ -317,7 +318,7 @@ def _quantizer_chatter(record: logging.LogRecord) -> bool:
     return not (quantizer and record.levelno < logging.ERROR)
 
 
-def _layer_of(node_name: str) -> str:
+def module_of_node(node_name: str) -> str:
     """The module name in a TorchScript-exported node name; "" when the node is not inside a
     named module.
 
@@ -334,7 +335,7 @@ def executed_precisions(optimized: Any, layers: Mapping[str, str]) -> dict[str, 
     """Per layer of ``layers`` (module name -> planned precision), the precision it ran at in
     ``optimized`` (an ``onnx.ModelProto`` onnxruntime wrote after optimising): int8 when one of
     its nodes is an integer kernel, fp32 otherwise."""
-    integer = {_layer_of(n.name) for n in optimized.graph.node if n.op_type in INTEGER_KERNELS}
+    integer = {module_of_node(n.name) for n in optimized.graph.node if n.op_type in INTEGER_KERNELS}
     return {name: INT8 if name in integer else FP32 for name in layers}
 
 

@@ -147,3 +147,19 @@ def test_uncalibrated_activation_range_is_a_clear_error(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="'features.0.0' has no calibrated activation range"):
         export_onnx(model.eval(), tmp_path / "m.onnx", input_shape=INPUT_SHAPE)
+
+
+def test_nested_model_node_names_are_short_unique_module_paths(tmp_path) -> None:
+    models = pytest.importorskip("torchvision.models")
+    model = models.resnet18(num_classes=10).eval()
+    path = tmp_path / "resnet18.onnx"
+    export_onnx(model, path, input_shape=(3, 32, 32))
+    nodes = [n.name for n in onnx.load(str(path)).graph.node]
+    assert len(set(nodes)) == len(nodes) and not any(n.startswith("/") for n in nodes)
+    # Both blocks have a conv1: the full module name tells them apart.
+    for name in ("layer1.0.conv1/Conv", "layer4.1.conv1/Conv", "layer2.0.downsample.0/Conv"):
+        assert name in nodes
+    x = torch.randn(4, 3, 32, 32, generator=_gen(3))
+    np.testing.assert_allclose(
+        onnx_runner(path)(x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-4
+    )
