@@ -60,7 +60,7 @@ from ..spaces import Candidate
 from .objective import Priced, TrialObjective, describe_failure
 from .results import SearchResult, write_run_results
 from .setup import prepare_setup
-from .storage import make_storage
+from .storage import make_storage, one_transaction
 from .study import (
     REPEAT_LIMIT,
     count_done,
@@ -243,9 +243,10 @@ class StudySearcher(OptunaSearch):
         if error:
             return  # StudyCallback.on_trial_error records it, with Ray's error message
         prefix = f"{ATTRS_KEY}/"  # Tune flattens nested result dicts with "/"
-        for key, value in result.items():
-            if key.startswith(prefix):
-                ot_trial.set_user_attr(key.removeprefix(prefix), value)
+        with one_transaction(ot_trial):
+            for key, value in result.items():
+                if key.startswith(prefix):
+                    ot_trial.set_user_attr(key.removeprefix(prefix), value)
         if result.get(FAILED_KEY):
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif result.get(PRUNED_KEY):
