@@ -339,8 +339,13 @@ def executed_precisions(optimized: Any, layers: Mapping[str, str]) -> dict[str, 
     return {name: INT8 if name in integer else FP32 for name in layers}
 
 
-def precision_summary(requested: Mapping[str, tuple[int, int]], executed: Mapping[str, str]) -> str:
-    """One sentence: how many layers ran at each precision, and which asked for other bits."""
+def precision_summary(
+    requested: Mapping[str, tuple[int, int]],
+    executed: Mapping[str, str],
+    planned: Mapping[str, str],
+) -> str:
+    """One sentence: how many layers ran at each precision, which asked for other bits, and
+    which were planned int8 (:func:`int8_plan`) but ran fp32."""
     if not executed:
         return "No Conv/Linear layer."
     counts = {p: sum(1 for v in executed.values() if v == p) for p in (INT8, FP32)}
@@ -355,9 +360,7 @@ def precision_summary(requested: Mapping[str, tuple[int, int]], executed: Mappin
     if narrower:
         parts.append(f"{', '.join(narrower)} executed as int8 (no narrower CPU kernel)")
     unfused = sorted(
-        name
-        for name, (w, a) in requested.items()
-        if deployed_precision(w, a) == INT8 and executed.get(name) == FP32
+        name for name in requested if planned.get(name) == INT8 and executed.get(name) == FP32
     )
     if unfused:
         shown = ", ".join(unfused[:3]) + (", ..." if len(unfused) > 3 else "")

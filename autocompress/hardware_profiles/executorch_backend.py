@@ -155,7 +155,7 @@ def _require(what: str) -> None:
 
 def precision_plan(model: nn.Module) -> dict[str, str]:
     """``{layer: "int8" | "float32"}`` for every Conv/Linear layer of ``model``, in module
-    order: int8 where :func:`~.deployed.runs_int8` says so (fake-quant on, at most 8 weight and
+    order: int8 where :func:`~.deployed.int8_plan` says so (fake-quant on, at most 8 weight and
     input bits), float32 for every other layer."""
     return {name: INT8 if int8 else FLOAT32 for name, int8 in int8_plan(model).items()}
 

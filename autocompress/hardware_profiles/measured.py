@@ -330,7 +330,7 @@ class MeasuredProfile(ConversionReuse, HardwareProfile):
         precision = {
             "precisions": executed,
             "requested_bits": {k: list(v) for k, v in deployed.requested.items()},
-            "precision_note": precision_summary(deployed.requested, executed),
+            "precision_note": precision_summary(deployed.requested, executed, deployed.planned),
         }
         return timing, precision
 

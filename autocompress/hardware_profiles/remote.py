@@ -170,7 +170,9 @@ class RemoteProfile(ConversionReuse, HardwareProfile):
             return converted
         return converted.model_bytes, {
             "precisions": converted.planned,
-            "precision_note": precision_summary(converted.requested, converted.planned),
+            "precision_note": precision_summary(
+                converted.requested, converted.planned, converted.planned
+            ),
         }
 
     def _request(

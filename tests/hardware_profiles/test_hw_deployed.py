@@ -10,7 +10,12 @@ from torch import nn
 
 from autocompress.compression.quantization import QuantConv2d, QuantLinear
 from autocompress.hardware_profiles import LUTProfile, MeasuredProfile, build_lut
-from autocompress.hardware_profiles.deployed import deployed_onnx, deployed_precision, int8_plan
+from autocompress.hardware_profiles.deployed import (
+    deployed_onnx,
+    deployed_precision,
+    int8_plan,
+    precision_summary,
+)
 from autocompress.hardware_profiles.lut_table import DEPLOYED
 from autocompress.hardware_profiles.lut_trace import model_layers
 from autocompress.hardware_profiles.timing import time_calls
@@ -78,6 +83,12 @@ def test_a_layer_with_fake_quant_off_is_planned_fp32_by_every_runtime_and_the_lu
     assert set(precision_plan(model).values()) == {"float32"}
     traced = model_layers(model, input_shape=(3, 8, 8), precision=DEPLOYED)
     assert {r.key.precision for r in traced.layers} == {"fp32"}
+    # Planned fp32, it ran fp32: not a missing integer kernel.
+    note = precision_summary({"0": (3, 8)}, {"0": "fp32"}, {"0": "fp32"})
+    assert "fused no integer kernel" not in note
+    assert "fused no integer kernel" in precision_summary(
+        {"0": (3, 8)}, {"0": "fp32"}, {"0": "int8"}
+    )
     model[0].quant_enabled = True
     assert int8_plan(model) == {"0": True, "2": False, "4": False}
     assert (
