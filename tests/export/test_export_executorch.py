@@ -74,6 +74,23 @@ def test_program_matches_its_pt2e_model_and_the_candidate_as_executed(
     assert within(executed, TOLERANCES["executorch"]), executed
 
 
+def test_dropping_the_qat_conv_bn_patterns_leaves_the_program_unchanged(
+    mixed_bits_cnn, mixed_program, monkeypatch
+):
+    # The lowering skips XNNPACK's conv-batch-norm patterns because prepare_pt2e folds an
+    # eval-mode batch norm before annotating; should that ever change, the programs differ.
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    from autocompress.hardware_profiles import executorch_backend
+
+    model, shape = mixed_bits_cnn
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    monkeypatch.setattr(executorch_backend, "_eval_quantizer_class", lambda: XNNPACKQuantizer)
+    full = lower_to_executorch(model, input_shape=shape, calibration=_batches(shape, 4, seed=1))
+    assert full.buffer == mixed_program.buffer
+    assert full.layers == mixed_program.layers
+
+
 def test_float_model_keeps_the_fake_quant_weights_and_drops_the_fake_quant(mixed_bits_cnn):
     model, shape = mixed_bits_cnn
     floating = float_model(model)
