@@ -65,6 +65,7 @@ from sqlalchemy.exc import (
     PendingRollbackError,
     SQLAlchemyError,
 )
+from sqlalchemy.orm import sessionmaker
 
 from ..config import WorkerConfig
 from ..core.errors import ConfigError, DamagedFileError
@@ -235,6 +236,17 @@ def _patient(method: Callable) -> Callable:
     return call
 
 
+def _read_sessions(engine: Any) -> Any:
+    """Sessions for the trial reads, in autocommit mode on PostgreSQL, else None (reads run in
+    a transaction). A read there needs no transaction: the trials and their rows are read with
+    separate statements, and in PostgreSQL's default isolation (READ COMMITTED) each statement
+    of a transaction sees its own snapshot anyway, so the transaction only adds its BEGIN and
+    COMMIT round trips (about ten per trial)."""
+    if engine.name != "postgresql":
+        return None
+    return sessionmaker(bind=engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+
 def _reason(err: Exception) -> str:
     cause = err.__cause__ if isinstance(err, StorageInternalError) else err
     return str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
@@ -250,15 +262,34 @@ class HeartbeatRDBStorage(RDBStorage):
         # This thread's writes held for one transaction, and the trial it created last
         # (until it is read back or written to).
         self._batch = threading.local()
+        self._read_sessions = _read_sessions(self.engine)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         state.pop("_batch", None)
+        state.pop("_read_sessions", None)
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._batch = threading.local()
+        self._read_sessions = _read_sessions(self.engine)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A session for reads only: outside a transaction where :func:`_read_sessions` says
+        so, else in one as RDBStorage's reads are."""
+        if self._read_sessions is None:
+            with _create_scoped_session(self.scoped_session) as session:
+                yield session
+            return
+        session = self._read_sessions()
+        try:
+            yield session
+        except SQLAlchemyError as err:
+            raise StorageInternalError("Reading the study from the database failed.") from err
+        finally:
+            session.close()
 
     @contextlib.contextmanager
     def batching(self, trial_id: int) -> Iterator[None]:
@@ -409,9 +440,11 @@ class HeartbeatRDBStorage(RDBStorage):
             where.append(or_(trial.trial_id.in_(included), trial.trial_id > trial_id_greater_than))
         elif trial_id_greater_than > -1:
             where.append(trial.trial_id > trial_id_greater_than)
-        with _create_scoped_session(self.scoped_session) as session:
-            rdb_models.StudyModel.find_or_raise_by_id(study_id, session)
-            return self._read_trials(session, where, states=states)
+        with self._reading() as session:
+            trials = self._read_trials(session, where, states=states)
+            if not trials:  # a study that has trials exists: look it up only when none came
+                rdb_models.StudyModel.find_or_raise_by_id(study_id, session)
+            return trials
 
     def _create_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None = None
@@ -429,7 +462,7 @@ class HeartbeatRDBStorage(RDBStorage):
         created, self._batch.created = getattr(self._batch, "created", None), None
         if created is not None and created._trial_id == trial_id:
             return copy.deepcopy(created)
-        with _create_scoped_session(self.scoped_session) as session:
+        with self._reading() as session:
             found = self._read_trials(session, [rdb_models.TrialModel.trial_id == trial_id])
         if not found:
             raise KeyError(rdb_models.NOT_FOUND_MSG)

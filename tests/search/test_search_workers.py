@@ -608,3 +608,28 @@ def test_a_new_trial_is_read_back_as_created_until_it_changes(database_url):
     queued = study.ask()
     assert queued._cached_frozen_trial.state == TrialState.RUNNING
     assert queued.suggest_float("x", 0, 1) == 0.5
+
+
+def test_reading_trials_commits_nothing_on_postgresql_and_a_missing_study_is_a_key_error(
+    database_url,
+):
+    from sqlalchemy import event
+
+    storage = make_storage(database_url)
+    study = optuna.create_study(storage=storage)
+    empty_id = optuna.create_study(storage=storage)._study_id
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    trial_id = study.ask()._trial_id
+    commits = []
+    event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+    found = storage._get_trials(study._study_id, None, set(), -1)
+    assert [t.state for t in found] == [TrialState.COMPLETE] * 2 + [TrialState.RUNNING]
+    assert storage.get_trial(trial_id).state == TrialState.RUNNING
+    # PostgreSQL reads outside a transaction (no BEGIN / COMMIT); SQLite as Optuna does.
+    assert commits == ([] if database_url.startswith("postgresql") else [1, 1])
+    assert storage._get_trials(empty_id, None, set(), -1) == []
+    with pytest.raises(KeyError):
+        storage._get_trials(10**6, None, set(), -1)
+    storage.set_trial_user_attr(trial_id, "written", True)  # writes still commit
+    assert commits[-1:] == [1]
+    assert storage.get_trial(trial_id).user_attrs == {"written": True}
