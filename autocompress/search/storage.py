@@ -61,6 +61,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     cast,
+    insert,
     literal,
     null,
     or_,
@@ -328,11 +329,14 @@ class HeartbeatRDBStorage(RDBStorage):
         return True
 
     def _write_batch(self, trial_id: int, writes: list[tuple]) -> None:
-        """``writes`` to ``trial_id`` in one transaction: the trial is looked up once, the
+        """``writes`` to ``trial_id`` in one transaction: the trial's state is read once, the
         parameters inserted together, each kind of attribute upserted in one statement."""
         with _create_scoped_session(self.scoped_session, True) as session:
-            trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session)
-            self.check_trial_is_updatable(trial_id, trial.state)
+            state = session.execute(_TRIAL_STATE, {"trial_id": trial_id}).scalar_one_or_none()
+            if state is None:
+                raise KeyError(rdb_models.NOT_FOUND_MSG)
+            self.check_trial_is_updatable(trial_id, state)
+            params = []
             for kind, *args in writes:
                 if kind != "param":
                     continue
@@ -341,14 +345,16 @@ class HeartbeatRDBStorage(RDBStorage):
                     self._set_trial_param_without_commit(session, trial_id, *args)
                     continue
                 check_distribution_compatibility(previous, distribution)
-                session.add(
-                    rdb_models.TrialParamModel(
-                        trial_id=trial_id,
-                        param_name=name,
-                        param_value=value,
-                        distribution_json=distribution_to_json(distribution),
-                    )
+                params.append(
+                    {
+                        "trial_id": trial_id,
+                        "param_name": name,
+                        "param_value": value,
+                        "distribution_json": distribution_to_json(distribution),
+                    }
                 )
+            if params:
+                session.execute(insert(rdb_models.TrialParamModel), params)
             for kind, model in _ATTR_MODELS.items():
                 attrs = {w[1]: w[2] for w in writes if w[0] == kind}  # the last write wins
                 if not attrs:
@@ -364,17 +370,11 @@ class HeartbeatRDBStorage(RDBStorage):
                 self._upsert(session, model, rows, unique=("trial_id", "key"))
 
     def _upsert(self, session: Any, model: Any, rows: list[dict], *, unique: tuple) -> None:
-        """Insert ``rows`` into ``model``'s table in one statement, each row that repeats the
+        """Insert ``rows`` into ``model``'s table in one round trip, each row that repeats the
         ``unique`` columns of an existing one overwriting its other columns (PostgreSQL and
         SQLite: ``_UPSERTS``)."""
-        insert = _UPSERTS[self.engine.name](model).values(rows)
-        updated = rows[0].keys() - set(unique)
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=[getattr(model, column) for column in unique],
-                set_={column: getattr(insert.excluded, column) for column in updated},
-            )
-        )
+        updated = tuple(sorted(rows[0].keys() - set(unique)))
+        session.execute(_upsert_statement(self.engine.name, model, unique, updated), rows)
 
     def _set_trial_param(
         self,
@@ -663,6 +663,23 @@ def _trial_reads(where: str, by_state: bool) -> tuple[Any, Any]:
 
 # Databases whose INSERT ... ON CONFLICT DO UPDATE takes many rows (as Optuna's upserts do one).
 _UPSERTS = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
+
+_TRIAL_STATE = select(rdb_models.TrialModel.state).where(
+    rdb_models.TrialModel.trial_id == bindparam("trial_id")
+)
+
+
+@functools.cache
+def _upsert_statement(dialect: str, model: Any, unique: tuple, updated: tuple) -> Any:
+    """INSERT into ``model``'s table that overwrites the ``updated`` columns of a row whose
+    ``unique`` columns exist; built once (building it cost more than running it)."""
+    # Every column bound by name: executemany then sends rows with a NULL in one batch too.
+    columns = (*unique, *updated)
+    statement = _UPSERTS[dialect](model).values({column: bindparam(column) for column in columns})
+    return statement.on_conflict_do_update(
+        index_elements=[getattr(model, column) for column in unique],
+        set_={column: getattr(statement.excluded, column) for column in updated},
+    )
 
 
 @contextlib.contextmanager
