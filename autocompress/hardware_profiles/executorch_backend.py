@@ -32,6 +32,7 @@ outside the XNNPACK delegate are counted.
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -332,6 +333,7 @@ def _quantize_pt2e(
     return convert_pt2e(prepared)
 
 
+@functools.cache
 def _eval_quantizer_class() -> type:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
 
