@@ -17,6 +17,8 @@ the connection, for up to ``DB_PATIENCE_S`` seconds.
 On a database, the objective writes a trial's suggestion, its price and its result in one
 transaction each (:func:`one_transaction`), and :class:`HeartbeatRDBStorage` reads a study's
 trials without ORM objects: with many workers, these are what a trial costs the database.
+:class:`TrialCache` (Optuna's cache of a database's trials, which every study puts in front of
+one) lists a study's trials without sorting every trial object on each read.
 
 Optuna 5's ``RDBStorage`` implements heartbeats; its ``JournalStorage`` does not, so
 :class:`HeartbeatJournalStorage` adds them (a heartbeat is a system attribute holding the
@@ -36,6 +38,7 @@ import time
 import warnings
 from collections.abc import Callable, Container, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -47,7 +50,7 @@ from optuna.distributions import (
     distribution_to_json,
 )
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, _CachedStorage
 from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.storages._rdb import models as rdb_models
@@ -466,6 +469,26 @@ class HeartbeatRDBStorage(RDBStorage):
         self._batch.created = trial if template_trial is None else None
         return trial
 
+    def _get_prepared_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None, session: Any
+    ) -> Any:
+        # Optuna numbers a new trial by counting the study's trials before it, a read of every
+        # one of them (milliseconds at 10,000 trials). Trials are created one at a time per
+        # study (Optuna's caller holds the study's row lock; SQLite, its file lock) and never
+        # deleted alone: the number of the study's latest trial before this one, + 1, is that
+        # count, and the primary key's index finds that trial at once.
+        if template_trial is not None:  # queued or added trials, numbered as Optuna does
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        trial = rdb_models.TrialModel(
+            study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=datetime.now()
+        )
+        session.add(trial)
+        session.flush()  # its trial_id
+        params = {"study_id": study_id, "trial_id": trial.trial_id}
+        latest = session.execute(_NUMBER_BEFORE, params).scalar()
+        trial.number = 0 if latest is None else latest + 1
+        return trial
+
     def get_trial(self, trial_id: int) -> FrozenTrial:
         # Optuna's cache asks the database for every running trial it is given: the search
         # reads its own trial three times (ask, constraint, tell). The first, right after
@@ -664,6 +687,15 @@ def _trial_reads(where: str, by_state: bool) -> tuple[Any, Any]:
 # Databases whose INSERT ... ON CONFLICT DO UPDATE takes many rows (as Optuna's upserts do one).
 _UPSERTS = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
 
+_NUMBER_BEFORE = (
+    select(rdb_models.TrialModel.number)
+    .where(
+        rdb_models.TrialModel.study_id == bindparam("study_id"),
+        rdb_models.TrialModel.trial_id < bindparam("trial_id"),
+    )
+    .order_by(rdb_models.TrialModel.trial_id.desc())
+    .limit(1)
+)
 _TRIAL_STATE = select(rdb_models.TrialModel.state).where(
     rdb_models.TrialModel.trial_id == bindparam("trial_id")
 )
@@ -680,6 +712,58 @@ def _upsert_statement(dialect: str, model: Any, unique: tuple, updated: tuple) -
         index_elements=[getattr(model, column) for column in unique],
         set_={column: getattr(statement.excluded, column) for column in updated},
     )
+
+
+class TrialCache(_CachedStorage):
+    """Optuna's cache of a database study's trials, with each state's trial numbers kept apart.
+
+    Optuna's cache lists a study's trials by sorting every cached trial object on each read, and
+    filters them by state one trial at a time; a trial reads the list twice when it is asked for
+    (the queued-trial check, the sampler), which costs milliseconds per trial at 10,000 trials.
+    Here each state's numbers are kept as they change (every trial enters the cache through
+    ``_add_trials_to_cache``), so a read sorts integers and picks the trials, and a read of
+    one rare state (the queued trials) touches only those. What a read returns is unchanged:
+    the trials in ``states``, by number."""
+
+    def __init__(self, backend: RDBStorage) -> None:
+        super().__init__(backend)
+        self._numbers: dict[int, dict[TrialState, dict[int, None]]] = {}
+
+    @property
+    def backend(self) -> RDBStorage:
+        return self._backend
+
+    def _add_trials_to_cache(self, study_id: int, trials: list[FrozenTrial]) -> None:
+        cached = self._studies[study_id].trials
+        numbers = self._numbers.setdefault(study_id, {})
+        for trial in trials:
+            old = cached.get(trial.number)
+            if old is not None:
+                numbers[old.state].pop(trial.number, None)
+            numbers.setdefault(trial.state, {})[trial.number] = None
+        super()._add_trials_to_cache(study_id, trials)
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        self._read_trials_from_remote_storage(study_id)
+        with self._lock:
+            cached = self._studies[study_id].trials
+            if states is None:
+                numbers = sorted(cached)
+            else:
+                by_state = self._numbers.get(study_id, {})
+                numbers = sorted(chain.from_iterable(by_state[s] for s in by_state if s in states))
+            trials = list(map(cached.__getitem__, numbers))
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def delete_study(self, study_id: int) -> None:
+        super().delete_study(study_id)
+        with self._lock:
+            self._numbers.pop(study_id, None)
 
 
 @contextlib.contextmanager
@@ -779,7 +863,7 @@ def make_storage(url: str, *, heartbeat: WorkerConfig | None = None) -> BaseStor
         # restart widens the window between failing a stale trial and queueing its retry.)
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        return _open_rdb(url, engine_kwargs=engine_kwargs, beat=beat)
+        return TrialCache(_open_rdb(url, engine_kwargs=engine_kwargs, beat=beat))
     except ImportError as err:  # Optuna re-raises the driver's ModuleNotFoundError as this
         missing = getattr(err.__cause__, "name", None) or "its database driver"
         raise ConfigError(

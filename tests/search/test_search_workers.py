@@ -353,8 +353,9 @@ def test_a_stale_trial_failed_by_a_process_that_dies_before_its_retry_is_still_r
     def killed_before_the_retry(study, trial):
         raise Killed
 
-    retry = storage.heartbeat_stale_trial_callback
-    storage.heartbeat_stale_trial_callback = killed_before_the_retry
+    beating = getattr(storage, "backend", storage)  # a database's is behind its trial cache
+    retry = beating.heartbeat_stale_trial_callback
+    beating.heartbeat_stale_trial_callback = killed_before_the_retry
     with pytest.raises(Killed):
         optuna.storages.fail_stale_trials(study)
 
@@ -366,7 +367,7 @@ def test_a_stale_trial_failed_by_a_process_that_dies_before_its_retry_is_still_r
     # done), and after the grace period one of them queues it.
     from autocompress.search.worker import StudyBudget
 
-    storage.heartbeat_stale_trial_callback = retry
+    beating.heartbeat_stale_trial_callback = retry
     assert StudyBudget(1, grace_s=60).has_room(study) is False
     assert study.get_trials(states=(TrialState.WAITING,)) == []
     budget = StudyBudget(1, grace_s=0)
@@ -471,7 +472,7 @@ def test_a_trial_written_in_one_transaction(tmp_path):
 
     from autocompress.search.storage import one_transaction
 
-    storage = make_storage(f"sqlite:///{tmp_path}/study.db")
+    storage = make_storage(f"sqlite:///{tmp_path}/study.db").backend
     study = optuna.create_study(storage=storage, study_name="s", directions=["maximize"])
     commits, writing = [], []  # transactions that wrote
 
@@ -520,7 +521,7 @@ def database_url(request, tmp_path):
 def test_the_fast_read_of_trials_equals_optunas(database_url):
     from autocompress.search.storage import HeartbeatRDBStorage
 
-    storage = make_storage(database_url)
+    storage = make_storage(database_url).backend
     assert isinstance(storage, HeartbeatRDBStorage)
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
 
@@ -566,7 +567,7 @@ def test_a_trials_values_are_written_in_one_statement_as_optuna_writes_them(data
     from optuna.exceptions import UpdateFinishedTrialError
     from sqlalchemy import event
 
-    storage = make_storage(database_url)
+    storage = make_storage(database_url).backend
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize", "minimize"])
     inserts = []
 
@@ -588,7 +589,7 @@ def test_a_trials_values_are_written_in_one_statement_as_optuna_writes_them(data
 
 
 def test_a_new_trial_is_read_back_as_created_until_it_changes(database_url):
-    storage = make_storage(database_url)
+    storage = make_storage(database_url).backend
     study = optuna.create_study(storage=storage)
     reads = []
     original = storage._read_trials
@@ -615,7 +616,7 @@ def test_reading_trials_commits_nothing_on_postgresql_and_a_missing_study_is_a_k
 ):
     from sqlalchemy import event
 
-    storage = make_storage(database_url)
+    storage = make_storage(database_url).backend
     study = optuna.create_study(storage=storage)
     empty_id = optuna.create_study(storage=storage)._study_id
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
@@ -633,3 +634,75 @@ def test_reading_trials_commits_nothing_on_postgresql_and_a_missing_study_is_a_k
     storage.set_trial_user_attr(trial_id, "written", True)  # writes still commit
     assert commits[-1:] == [1]
     assert storage.get_trial(trial_id).user_attrs == {"written": True}
+
+
+def test_the_trial_cache_lists_trials_by_state_and_number_as_optunas_does(database_url):
+    from optuna.storages import _CachedStorage
+
+    from autocompress.search.storage import TrialCache
+
+    storage = make_storage(database_url)
+    assert isinstance(storage, TrialCache)
+    study = optuna.create_study(storage=storage, directions=["maximize"])
+    other = optuna.load_study(study_name=study.study_name, storage=make_storage(database_url))
+    plain = _CachedStorage(storage.backend)
+
+    def listed(cache, states):
+        return [(t.number, t.state) for t in cache.get_all_trials(study._study_id, states=states)]
+
+    def check():
+        for states in (None, (TrialState.WAITING,), (TrialState.COMPLETE, TrialState.RUNNING)):
+            assert listed(storage, states) == listed(plain, states)
+
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    held = study.ask()  # RUNNING until told below
+    check()
+    # Trials another process makes: this cache learns of them from the database, after making
+    # one itself whose number is above theirs.
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    other.enqueue_trial({"x": 0.5})  # WAITING
+    storage.create_new_trial(study._study_id)
+    check()
+    assert [n for n, _ in listed(storage, None)] == list(range(6))
+    assert listed(storage, (TrialState.WAITING,)) == [(4, TrialState.WAITING)]
+    queued = study.ask()
+    check()
+    assert listed(storage, (TrialState.WAITING,)) == [] and queued.suggest_float("x", 0, 1) == 0.5
+    study.tell(held, 1.0)
+    study.tell(queued, state=TrialState.FAIL)
+    study.tell(5, 0.0)
+    check()
+    assert listed(storage, (TrialState.RUNNING,)) == []
+    assert [t.state for t in study.get_trials(deepcopy=True)] == [TrialState.COMPLETE] * 4 + [
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+
+
+def test_new_trials_are_numbered_as_optuna_numbers_them_also_when_created_at_once(
+    database_url,
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = optuna.create_study(storage=make_storage(database_url), study_name="a")
+    second = optuna.create_study(storage=make_storage(database_url), study_name="b")
+    # Interleaved in one database, with queued and added (template) trials among them.
+    for i in range(3):
+        first.ask()
+        second.ask()
+        first.enqueue_trial({"x": float(i)})
+        second.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+        first.ask()  # the queued one
+
+    def create(name):
+        study = optuna.load_study(study_name=name, storage=make_storage(database_url))
+        return [study.ask().number for _ in range(5)]
+
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(create, ["a", "b", "a", "b"]))
+    assert sorted(made[0] + made[2]) == sorted(made[1] + made[3]) == list(range(6, 16))
+    plain = optuna.storages.RDBStorage(database_url)
+    for study in (first, second):
+        trials = sorted(plain.get_all_trials(study._study_id), key=lambda t: t._trial_id)
+        assert [t.number for t in trials] == list(range(len(trials)))  # Optuna's count
+    assert len(trials) == 6 + 10
